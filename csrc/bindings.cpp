@@ -1,0 +1,25 @@
+// The pybind11 module fastmask._C: one register_* function per capability file.
+#include <pybind11/pybind11.h>
+
+#include "common.h"
+
+namespace py = pybind11;
+
+namespace fastmask {
+void register_masking(py::module_& m);        // masking.cpp
+void register_cross_entropy(py::module_& m);  // cross_entropy.cpp
+void register_collate(py::module_& m);        // collate.cpp
+}  // namespace fastmask
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastmask's C++ CPU kernels (masking, cross-entropy, collation) on plain buffers.";
+  m.def("num_threads", &fastmask::num_threads, "Worker threads used by the C++ kernels.");
+  m.def("set_num_threads", &fastmask::set_num_threads, py::arg("n"),
+        "Set the C++ kernels' thread count (<= 0 restores the default).");
+  m.def(
+      "lowbias32", [](uint32_t x) { return fastmask::lowbias32(x); }, py::arg("x"),
+      "The generator's hash, for tests.");
+  fastmask::register_masking(m);
+  fastmask::register_cross_entropy(m);
+  fastmask::register_collate(m);
+}

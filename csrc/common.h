@@ -1,0 +1,57 @@
+// Shared pieces of fastmask's C++ core: the counter-based generator (the same arithmetic as
+// fastmask/_rng.py and the Triton kernels) and a small thread pool for loops over rows.
+#pragma once
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace fastmask {
+
+// ---------------------------------------------------------------- generator (see _rng.py)
+constexpr uint32_t kHashMul1 = 0x7FEB352Du;
+constexpr uint32_t kHashMul2 = 0x846CA68Bu;
+constexpr int kNumStreams = 4;
+constexpr int kStreamSelect = 0;
+constexpr int kStreamReplace = 1;
+constexpr int kStreamRandomId = 2;
+constexpr int kStreamSpanLength = 3;
+constexpr int kProbBits = 24;
+
+inline uint32_t lowbias32(uint32_t x) {
+  x ^= x >> 16;
+  x *= kHashMul1;
+  x ^= x >> 15;
+  x *= kHashMul2;
+  x ^= x >> 16;
+  return x;
+}
+
+struct RowState {
+  uint32_t s1, s2;
+  RowState(uint32_t seed_mix1, uint32_t seed_mix2, int64_t row_key) {
+    const uint64_t key = static_cast<uint64_t>(row_key);
+    const uint32_t lo = static_cast<uint32_t>(key), hi = static_cast<uint32_t>(key >> 32);
+    s1 = lowbias32(lowbias32(lo ^ seed_mix1) ^ hi);
+    s2 = lowbias32(lowbias32(hi ^ seed_mix2) ^ lo);
+  }
+  inline uint32_t draw(int64_t position, int stream) const {
+    const uint32_t counter = static_cast<uint32_t>(position * kNumStreams + stream);
+    return lowbias32(lowbias32(counter ^ s1) ^ s2);
+  }
+};
+
+// ---------------------------------------------------------------- threads
+// Number of worker threads: FASTMASK_NUM_THREADS, else hardware concurrency.
+int num_threads();
+void set_num_threads(int n);
+
+// Runs fn(begin, end) over [0, n) split into contiguous chunks of at least `grain` items,
+// on a persistent pool. Runs inline when one chunk suffices. fn must not throw.
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+}  // namespace fastmask

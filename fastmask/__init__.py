@@ -1,0 +1,47 @@
+"""fastmask: fast masked-language-model data preparation and masked-position loss.
+
+Public names are imported lazily, so ``import fastmask`` stays light (transformers is only
+imported when a collator or integration is first used).
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # masking engine
+    "mask_tokens": "fastmask.masking",
+    "word_start_table": "fastmask.words",
+    "word_starts_from_offsets": "fastmask.words",
+    "word_starts_from_word_ids": "fastmask.words",
+    "detect_word_boundary_scheme": "fastmask.words",
+    # loss
+    "masked_cross_entropy": "fastmask.cross_entropy",
+    "MaskedLMLoss": "fastmask.loss",
+    "fused_masked_lm_loss": "fastmask.fused_linear_cross_entropy",
+    "apply_fastmask": "fastmask.integrations.transformers",
+    "unapply_fastmask": "fastmask.integrations.transformers",
+    # collators
+    "DataCollatorForLanguageModeling": "fastmask.collator",
+    "DataCollatorForWholeWordMask": "fastmask.collator",
+    "DataCollatorForMaskedAugmentation": "fastmask.collator",
+    # misc
+    "BackendUnavailableError": "fastmask._backend",
+    "availability": "fastmask.info",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'fastmask' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

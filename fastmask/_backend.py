@@ -1,0 +1,125 @@
+"""Backend availability and dispatch, shared by every op.
+
+Each backend says why it cannot run a call; ``auto`` picks the best one that can (Triton for
+CUDA tensors, C++ for CPU tensors, the reference otherwise) and never raises, while an
+explicitly requested backend that cannot serve the call raises with the reasons.
+The environment variable ``FASTMASK_BACKEND`` overrides ``auto``.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from typing import Mapping, Optional
+
+import torch
+
+BACKENDS = ("reference", "cpp", "triton")
+BACKEND_CHOICES = ("auto",) + BACKENDS
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run this call."""
+
+
+@functools.lru_cache(maxsize=None)
+def _cpp_module_reason() -> tuple[Optional[object], Optional[str]]:
+    if os.environ.get("FASTMASK_DISABLE_CPP", "0") == "1":
+        return None, "disabled by FASTMASK_DISABLE_CPP=1"
+    try:
+        module = importlib.import_module("fastmask._C")
+    except ImportError as exc:
+        return None, (
+            f"the C++ extension fastmask._C is not built ({exc}); reinstall without "
+            "FASTMASK_NO_EXT=1, e.g. `pip install -e .`"
+        )
+    return module, None
+
+
+def cpp_module():
+    """The compiled extension module, or None."""
+    return _cpp_module_reason()[0]
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_reason() -> Optional[str]:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return f"triton is not importable ({type(exc).__name__}: {exc}); `pip install triton`"
+    return None
+
+
+def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
+    """Why ``backend`` cannot run on ``device`` (None when it can)."""
+    if backend == "reference":
+        return None
+    if backend == "cpp":
+        if device.type != "cpu":
+            return f"the C++ kernels run on CPU tensors, got a {device.type} tensor"
+        return _cpp_module_reason()[1]
+    if backend == "triton":
+        reason = _triton_import_reason()
+        if reason:
+            return reason
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu":
+            if triton_interpreting():
+                return None
+            return "Triton runs on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1)"
+        return f"Triton kernels do not support {device.type} tensors"
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKEND_CHOICES}")
+
+
+def check_backend_name(backend: str) -> str:
+    if not isinstance(backend, str) or backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend={backend!r} is not one of {BACKEND_CHOICES}")
+    return backend
+
+
+def resolve_backend(
+    backend: str,
+    device: torch.device,
+    *,
+    op: str,
+    call_reasons: Optional[Mapping[str, Optional[str]]] = None,
+) -> str:
+    """Pick the concrete backend for one call.
+
+    ``call_reasons`` holds per-call limits of a backend (e.g. a sequence too long for one
+    Triton block); they count like unavailability.
+    """
+    check_backend_name(backend)
+    explicit = backend != "auto"
+    if not explicit:
+        env = os.environ.get("FASTMASK_BACKEND", "").strip()
+        if env and env != "auto":
+            if env not in BACKENDS:
+                raise ValueError(f"FASTMASK_BACKEND={env!r} is not one of {BACKEND_CHOICES}")
+            backend, explicit = env, True
+    call_reasons = call_reasons or {}
+
+    def reason_for(name: str) -> Optional[str]:
+        return unavailable_reason(name, device) or call_reasons.get(name)
+
+    if explicit:
+        reason = reason_for(backend)
+        if reason:
+            raise BackendUnavailableError(f"{op}: backend {backend!r} cannot run this call: {reason}")
+        return backend
+    preferred = ("triton", "reference") if device.type == "cuda" else ("cpp", "reference")
+    for name in preferred:
+        if reason_for(name) is None:
+            return name
+    return "reference"
+
+
+def availability(device: torch.device) -> dict[str, Optional[str]]:
+    """``{backend: None or the reason it is unavailable}`` for ``device``."""
+    return {name: unavailable_reason(name, device) for name in BACKENDS}

@@ -1,0 +1,1 @@
+"""Pure-torch reference implementations: readable, device-agnostic, and the test oracle."""
