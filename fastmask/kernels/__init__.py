@@ -1,0 +1,1 @@
+"""Triton GPU kernels (also runnable on CPU tensors under TRITON_INTERPRET=1)."""
