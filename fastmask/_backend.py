@@ -41,6 +41,14 @@ def cpp_module():
     return _cpp_module_reason()[0]
 
 
+def cpp_symbol_reason(symbol: str) -> Optional[str]:
+    """Why the C++ extension cannot serve ``symbol`` (a stale build), or None."""
+    module = cpp_module()
+    if module is not None and not hasattr(module, symbol):
+        return f"fastmask._C has no {symbol} (a stale build?); rebuild with `pip install -e .`"
+    return None
+
+
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 

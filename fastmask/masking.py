@@ -146,7 +146,10 @@ _TABLE_CACHE: dict = {}
 
 
 def _cached_table(key, build):
-    """Small memo for per-vocabulary tables, keyed by tensor identity and version."""
+    """Small memo for per-vocabulary tables, keyed by tensor identity and version (not used
+    while torch.compile traces: the graph then builds the table itself)."""
+    if torch.compiler.is_compiling():
+        return build()
     table = _TABLE_CACHE.get(key)
     if table is None:
         if len(_TABLE_CACHE) > 32:
@@ -156,7 +159,7 @@ def _cached_table(key, build):
 
 
 def _tensor_key(t: Optional[torch.Tensor]):
-    if t is None:
+    if t is None or torch.compiler.is_compiling():
         return None
     return (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
 
@@ -212,6 +215,8 @@ def _as_mask(name: str, value, input_ids: torch.Tensor) -> Optional[torch.Tensor
 
 
 def _check_ids_in_table(name: str, table_size: int, ids: torch.Tensor) -> None:
+    if torch.compiler.is_compiling():
+        return  # data-dependent; the kernels still bounds-guard every table lookup
     lo, hi = torch.aminmax(ids)
     lo, hi = int(lo), int(hi)
     if lo < 0 or hi >= table_size:
@@ -235,6 +240,19 @@ def _row_keys(row_keys, batch: int, device) -> torch.Tensor:
     if row_keys.numel() != batch:
         raise ValueError(f"row_keys has {row_keys.numel()} entries but input_ids has {batch} rows; give one key per row")
     return row_keys.to(device=device, dtype=torch.int64).contiguous()
+
+
+@torch.compiler.assume_constant_result
+def _choose_backend(backend: str, device_type: str, batch: int, length: int, strategy: str, exact: bool) -> str:
+    call_reasons = {"cpp": _backend.cpp_symbol_reason("mask_tokens")}
+    if device_type != "cpu" or _backend.triton_interpreting():
+        try:
+            from .kernels.masking import triton_call_reason
+
+            call_reasons["triton"] = triton_call_reason(batch, length, strategy, exact)
+        except ImportError:
+            pass
+    return _backend.resolve_backend(backend, torch.device(device_type), op="mask_tokens", call_reasons=call_reasons)
 
 
 def mask_tokens(
@@ -356,7 +374,9 @@ def mask_tokens(
         check_tensor("token_weights", token_weights, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64), dim=1)
         if budget != "bernoulli":
             raise ValueError("token_weights works with budget='bernoulli' only; drop token_weights or the exact budget")
-        if not bool(torch.isfinite(token_weights).all()) or bool((token_weights < 0).any()):
+        if not torch.compiler.is_compiling() and (
+            not bool(torch.isfinite(token_weights).all()) or bool((token_weights < 0).any())
+        ):
             raise ValueError("token_weights must be finite and non-negative")
         if length > MAX_WEIGHTED_LENGTH:
             raise ValueError(f"token_weights supports rows of at most {MAX_WEIGHTED_LENGTH} tokens, got {length}")
@@ -375,15 +395,7 @@ def mask_tokens(
     t_mask = _rng.probability_threshold(mask_replace_prob)
     t_mask_or_random = _rng.probability_threshold(mask_replace_prob + random_replace_prob)
 
-    call_reasons = {}
-    if device.type != "cpu" or _backend.triton_interpreting():
-        try:
-            from .kernels.masking import triton_call_reason
-
-            call_reasons["triton"] = triton_call_reason(batch, length, strategy, exact)
-        except ImportError:
-            pass
-    chosen = _backend.resolve_backend(backend, device, op="mask_tokens", call_reasons=call_reasons)
+    chosen = _choose_backend(backend, device.type, batch, length, strategy, exact)
     args = (
         input_ids, special_mask, attention, starts, vocab_flags, weights_q, keys,
         torch.tensor(span_thresholds, dtype=torch.int32, device=device) if span_thresholds else torch.zeros(0, dtype=torch.int32, device=device),
