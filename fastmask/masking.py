@@ -137,6 +137,12 @@ def _span_tables(distribution: str, span_p: float, max_span_words: int) -> tuple
     return tuple(_rng.span_length_thresholds(probs)), probs
 
 
+@functools.lru_cache(maxsize=256)
+def _span_anchor_threshold(p: float, distribution: str, span_p: float, max_span_words: int) -> int:
+    probs = _span_tables(distribution, span_p, max_span_words)[1]
+    return _rng.probability_threshold(_rng.span_anchor_probability(p, probs))
+
+
 @functools.lru_cache(maxsize=64)
 def _budget_table_cpu(p: float, length: int) -> torch.Tensor:
     return _rng.exact_budget_table(p, length)
@@ -384,9 +390,9 @@ def mask_tokens(
     weights_q = _weights_q(token_weights, device)
     keys = _row_keys(row_keys, batch, device)
 
-    span_thresholds, span_probs = _span_tables(span_distribution, span_p, max_span_words)
+    span_thresholds, _ = _span_tables(span_distribution, span_p, max_span_words)
     if strategy == "span":
-        select_threshold = _rng.probability_threshold(_rng.span_anchor_probability(mlm_probability, span_probs))
+        select_threshold = _span_anchor_threshold(mlm_probability, span_distribution, span_p, max_span_words)
     else:
         select_threshold = _rng.probability_threshold(mlm_probability)
     exact = budget == "exact"

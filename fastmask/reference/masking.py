@@ -43,7 +43,7 @@ DEFAULT_FLAGS = FLAG_WORD_START
 
 def _lookup(table: torch.Tensor, ids: torch.Tensor, default: int) -> torch.Tensor:
     inside = (ids >= 0) & (ids < table.numel())
-    values = table.to(torch.int64)[ids.clamp(0, table.numel() - 1)]
+    values = table.to(torch.int64).index_select(0, ids.clamp(0, table.numel() - 1).flatten()).view(ids.shape)
     return torch.where(inside, values, torch.full_like(values, default))
 
 
