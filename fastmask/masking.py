@@ -332,7 +332,8 @@ def mask_tokens(
         raise ValueError(f"input_ids rows have {length} tokens; at most {_rng.MAX_SEQUENCE_LENGTH - 1} are supported")
     device = input_ids.device
     id_max = torch.iinfo(input_ids.dtype).max
-    vocab_size = check_int("vocab_size", vocab_size, minimum=1, maximum=id_max + 1)
+    # random ids are (draw * vocab_size) >> 32 in int64: vocab_size must stay below 2**31
+    vocab_size = check_int("vocab_size", vocab_size, minimum=1, maximum=min(id_max + 1, 2**31))
     mask_token_id = check_int("mask_token_id", mask_token_id, minimum=0, maximum=id_max)
     mlm_probability = check_probability("mlm_probability", mlm_probability)
     mask_replace_prob = check_probability("mask_replace_prob", mask_replace_prob)

@@ -58,6 +58,14 @@ def sample_inputs(*, long_rows: bool = True, seed: int = 0) -> Iterator[tuple[st
                 base, special_tokens_mask=special, word_starts=word_starts, span_distribution="uniform",
                 max_span_words=4, mlm_probability=0.5,
             )
+    for budget in BUDGETS:  # many short segments and long spans: the segment clip matters
+        ids, special, _ = _batch(g, 4, 120, torch.int64, pad_rows=False)
+        special |= torch.rand(4, 120, generator=g) < 0.15
+        yield f"short-segments-span-{budget}", dict(
+            input_ids=ids, mask_token_id=MASK_ID, vocab_size=VOCAB, strategy="span", budget=budget,
+            special_tokens_mask=special, word_starts=torch.rand(4, 120, generator=g) < 0.8, mlm_probability=0.5,
+            span_distribution="uniform", max_span_words=12, seed=11,
+        )
     for p, (strategy, budget) in itertools.product((0.0, 1.0), options):
         ids, special, attention = _batch(g, 3, 40, torch.int64)
         yield f"p{p}-{strategy}-{budget}", dict(
