@@ -22,6 +22,8 @@ _EXPORTS = {
     "fused_masked_lm_loss": "fastmask.fused_linear_cross_entropy",
     "apply_fastmask": "fastmask.integrations.transformers",
     "unapply_fastmask": "fastmask.integrations.transformers",
+    "fastmask_patched": "fastmask.integrations.transformers",
+    "is_fastmask_applied": "fastmask.integrations.transformers",
     # collators
     "DataCollatorForLanguageModeling": "fastmask.collator",
     "DataCollatorForWholeWordMask": "fastmask.collator",
