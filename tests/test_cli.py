@@ -1,0 +1,95 @@
+"""The ``fastmask`` command: help, one-line errors, info, train (also under torchrun), bench."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastmask import cli
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+
+
+def run(*args, timeout=600, module=("-m", "fastmask")):
+    return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def test_help_documents_every_option():
+    parser = cli.build_parser()
+    for name in ("info", "bench", "train"):
+        sub = parser._subparsers._group_actions[0].choices[name]
+        for action in sub._actions:
+            assert action.help, f"`fastmask {name}` option {action.option_strings} has no help"
+    result = run("train", "--help")
+    assert result.returncode == 0
+    for option in ("--max-steps", "--seq-len", "--batch-size", "--strategy", "--mlm-probability", "--seed",
+                   "--output-dir", "--compare", "--text", "--dataset", "--tokenizer"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--text", "/no/such/file.txt"], "no such file: /no/such/file.txt"),
+        (["train", "--strategy", "words"], "invalid choice: 'words'"),
+        (["train", "--max-steps", "0", "--no-save"], "--max-steps must be at least 1"),
+        (["train", "--tokenizer", "no-such-org/no-such-tokenizer", "--no-save"], "could not be loaded"),
+        (["bench", "--suite", "nothing"], "invalid choice: 'nothing'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_errors_are_one_line(args, message):
+    result = run(*args, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fastmask: error:") and message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_info_lists_backends():
+    result = run("info", timeout=120)
+    assert result.returncode == 0
+    assert "backends for cpu tensors:" in result.stdout and "cpp" in result.stdout and "reference" in result.stdout
+
+
+@pytest.mark.slow
+def test_train_compare(tmp_path):
+    out = tmp_path / "run"
+    result = run("train", "--max-steps", "3", "--seq-len", "64", "--batch-size", "4", "--compare", "--no-progress",
+                 "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "fastmask" in result.stdout and "stock" in result.stdout and "speed-up" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = [r["name"] for r in metrics["results"]]
+    assert names == ["fastmask", "stock"]
+    for r in metrics["results"]:
+        assert r["steps"] == 3 and r["tokens_per_second"] > 0 and 0 < r["eval_loss"] < 20
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert (out / "model" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_train_on_own_text_file(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join(f"Paragraph {i} talks about masked language models and tokens." * 5 for i in range(200)))
+    result = run("train", "--text", str(text), "--max-steps", "2", "--seq-len", "32", "--batch-size", "4",
+                 "--strategy", "whole_word", "--no-progress", "--no-save")
+    assert result.returncode == 0, result.stderr
+    assert str(text) in result.stdout
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_two_processes(tmp_path):
+    result = run(
+        "--standalone", "--nproc_per_node=2", "-m", "fastmask", "train", "--max-steps", "2", "--seq-len", "32",
+        "--batch-size", "4", "--device", "cpu", "--no-progress", "--output-dir", str(tmp_path / "ddp"),
+        module=("-m", "torch.distributed.run"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "processes: 2" in result.stdout
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["results"][0]["steps"] == 2
