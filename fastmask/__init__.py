@@ -28,6 +28,10 @@ _EXPORTS = {
     "DataCollatorForLanguageModeling": "fastmask.collator",
     "DataCollatorForWholeWordMask": "fastmask.collator",
     "DataCollatorForMaskedAugmentation": "fastmask.collator",
+    "count_token_frequencies": "fastmask.collator",
+    "token_weights_from_counts": "fastmask.collator",
+    "MaskingSchedule": "fastmask.schedules",
+    "MaskingScheduleCallback": "fastmask.schedules",
     # misc
     "BackendUnavailableError": "fastmask._backend",
     "availability": "fastmask.info",
