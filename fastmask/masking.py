@@ -216,15 +216,19 @@ def _as_mask(name: str, value, input_ids: torch.Tensor) -> Optional[torch.Tensor
     check_tensor(name, value, dtypes=_MASK_DTYPES)
     check_same_shape(name, value, "input_ids", input_ids)
     if value.dtype != torch.bool:
-        value = value != 0
+        # numpy on CPU: torch's elementwise ops spin up intra-op threads for large batches
+        value = torch.from_numpy(value.numpy() != 0) if value.device.type == "cpu" else value != 0
     return value.to(input_ids.device).contiguous()
 
 
 def _check_ids_in_table(name: str, table_size: int, ids: torch.Tensor) -> None:
     if torch.compiler.is_compiling():
         return  # data-dependent; the kernels still bounds-guard every table lookup
-    lo, hi = torch.aminmax(ids)
-    lo, hi = int(lo), int(hi)
+    if ids.device.type == "cpu":  # numpy's min/max is single-threaded and ~100x faster here
+        array = ids.numpy()
+        lo, hi = int(array.min()), int(array.max())
+    else:
+        lo, hi = (int(v) for v in torch.aminmax(ids))
     if lo < 0 or hi >= table_size:
         bad = lo if lo < 0 else hi
         raise ValueError(

@@ -143,7 +143,14 @@ def word_starts_from_offsets(offset_mapping, special_tokens_mask=None) -> torch.
 
 def word_starts_from_word_ids(word_ids) -> torch.Tensor:
     """Bool ``[B, L]`` word starts from per-token word indices (``None`` or -1 for special tokens)."""
-    rows = word_ids.tolist() if isinstance(word_ids, (torch.Tensor, np.ndarray)) else list(word_ids)
+    if isinstance(word_ids, (torch.Tensor, np.ndarray)):
+        ids = _as_numpy(word_ids, "word_ids").astype(np.int64)
+        if ids.ndim == 1:
+            ids = ids[None]
+        previous = np.full_like(ids, -1)
+        previous[:, 1:] = ids[:, :-1]
+        return torch.from_numpy((ids >= 0) & (ids != previous))
+    rows = list(word_ids)
     if rows and not isinstance(rows[0], (list, tuple)):
         rows = [rows]
     length = max((len(r) for r in rows), default=0)
