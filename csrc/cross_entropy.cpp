@@ -1,8 +1,794 @@
-// Placeholder: filled in by the cross_entropy work.
+// The C++ masked-position cross-entropy: forward loss, the gradient of the logits computed in
+// the same pass (so backward only scales), and the helpers the op layer needs around it.
+//
+// Work is over the labelled rows only (`rows`, an int64 list the op layer builds), threaded with
+// parallel_for, one row per task item. A row is processed in three cache-resident passes:
+//   1. m   = max_j x_j
+//   2. e_j = exp(x_j - m), s = sum_j e_j, sx = sum_j x_j  (e_j kept in the gradient row)
+//   3. g_j = scale * ((1 + 2 z lse) e_j / s - eps / V) - scale (1 - eps) [j == y]
+// with lse = m + log s and loss = lse - (1 - eps) x_y - eps/V sx + z lse^2, so exp is evaluated
+// once per element. bf16/fp16 rows arrive as 16-bit integer bits and are widened into a
+// per-thread fp32 scratch row; the gradient is narrowed back with round-to-nearest-even.
+//
+// The inner loops use gcc/clang 16-lane vector types (no -ffast-math is needed: the float
+// reductions keep 16 partial sums explicitly, in fp32 per 1024 elements, then in double), and
+// exp is a Cody-Waite range reduction plus a degree-7 polynomial (under 1 ulp for x <= 0, exactly
+// 0 below -87.5). On x86-64 with gcc the hot loops are cloned for AVX-512 / AVX2 / baseline and
+// picked at load time; other compilers run scalar loops with the same arithmetic.
+//
+// The binding checks buffer shapes and dtypes (memory safety); the kernels trust the values:
+// labels are validated by the op layer (fastmask/cross_entropy.py).
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors passed between inline helpers
+#endif
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
 
 namespace py = pybind11;
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTMASK_NO_CLONES) && \
+    defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define FM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+#endif
+#ifndef FM_CLONES
+#define FM_CLONES
+#endif
+// Helpers are inlined into every ISA clone: a call would pass vectors with the caller's and the
+// callee's ABIs disagreeing, and would run the baseline ISA.
+#if defined(__GNUC__) || defined(__clang__)
+#define FM_INLINE inline __attribute__((always_inline))
+#else
+#define FM_INLINE inline
+#endif
+
 namespace fastmask {
-void register_cross_entropy(py::module_& m) { (void)m; }
+namespace {
+
+enum DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
+constexpr int64_t kBlock = 1024;  // elements per fp32 partial sum before adding into double
+
+// ---------------------------------------------------------------- scalar building blocks
+inline float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+// exp(x) for x <= 88; exactly 0 below -87.5 (keeps 2^n a normal number) and for -inf; NaN
+// propagates. Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then e^r by Taylor to r^7.
+inline float fast_exp(float x) {
+  const float xc = x < -87.5f ? -87.5f : x;
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  float r = xc - n * 0.693145751953125f;  // ln2 high part: n * it is exact
+  r = r - n * 1.428606820309417232e-6f;   // ln2 low part
+  float p = 1.98412698e-4f;               // 1/7!
+  p = p * r + 1.38888889e-3f;             // 1/6!
+  p = p * r + 8.33333333e-3f;             // 1/5!
+  p = p * r + 4.16666667e-2f;             // 1/4!
+  p = p * r + 1.66666667e-1f;             // 1/3!
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  const float result = p * scale;
+  return x < -87.5f ? 0.0f : result;
+}
+
+inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32_t>(h) << 16); }
+
+inline uint16_t float_to_bf16(float f) {
+  const uint32_t u = float_to_bits(f);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  return static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
+}
+
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t em = h & 0x7FFFu;
+  const float subnormal = static_cast<float>(static_cast<int32_t>(em)) * 5.9604644775390625e-08f;  // em * 2^-24
+  const uint32_t normal = (em << 13) + 0x38000000u;  // rebias the exponent by 127 - 15
+  const uint32_t inf_nan = (em << 13) | 0x7F800000u;
+  uint32_t bits = em >= 0x7C00u ? inf_nan : normal;
+  bits = em < 0x0400u ? float_to_bits(subnormal) : bits;
+  return bits_to_float(bits | sign);
+}
+
+inline uint16_t float_to_half(float f) {
+  const uint32_t u = float_to_bits(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t a = u & 0x7FFFFFFFu;
+  // Normal range: rebias, round to nearest even on the 13 dropped bits.
+  const uint32_t normal = (a - 0x38000000u + 0x0FFFu + ((a >> 13) & 1u)) >> 13;
+  // Subnormal range: adding 0.5f aligns the half's 2^-24 grid to the float's last bit.
+  const uint32_t subnormal = float_to_bits(bits_to_float(a) + 0.5f) - 0x3F000000u;
+  uint32_t h = a < 0x38800000u ? subnormal : normal;
+  h = a >= 0x477FF000u ? 0x7C00u : h;  // rounds to infinity
+  h = a > 0x7F800000u ? 0x7E00u : h;   // NaN
+  return static_cast<uint16_t>(h | sign);
+}
+
+// ---------------------------------------------------------------- vectors
+// gcc/clang vector extensions: 16 lanes, lowered to whatever the clone's ISA has (4 x SSE,
+// 2 x AVX2, 1 x AVX-512). Other compilers run the scalar loops, which compute the same values.
+#if defined(__GNUC__) || defined(__clang__)
+#define FM_VEC 1
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+
+FM_INLINE vf splat(float v) { return vf{} + v; }
+FM_INLINE vi splat_i(int32_t v) { return vi{} + v; }
+FM_INLINE vf load_vf(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+FM_INLINE void store_vf(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+FM_INLINE vu load_vh(const uint16_t* p) {
+  vh v;
+  std::memcpy(&v, p, sizeof v);
+  return __builtin_convertvector(v, vu);
+}
+FM_INLINE void store_vh(uint16_t* p, vu v) {
+  const vh h = __builtin_convertvector(v, vh);
+  std::memcpy(p, &h, sizeof h);
+}
+
+// The same arithmetic as fast_exp, lane-wise.
+FM_INLINE vf fast_exp(vf x) {
+  const vi under = x < -87.5f;
+  const vf xc = under ? splat(-87.5f) : x;
+  const vf n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  vf r = xc - n * 0.693145751953125f;
+  r = r - n * 1.428606820309417232e-6f;
+  vf p = splat(1.98412698e-4f);
+  p = p * r + 1.38888889e-3f;
+  p = p * r + 8.33333333e-3f;
+  p = p * r + 4.16666667e-2f;
+  p = p * r + 1.66666667e-1f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vf scale = (vf)((__builtin_convertvector(n, vi) + 127) << 23);
+  return under ? splat(0.0f) : p * scale;
+}
+
+FM_INLINE vf bf16_to_float(vu h) { return (vf)(h << 16); }
+FM_INLINE vu float_to_bf16(vf f) {
+  const vu u = (vu)f;
+  const vu rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return (vu)(((u & 0x7FFFFFFFu) > 0x7F800000u) ? (vi)((u >> 16) | 0x40u) : (vi)rounded);
+}
+FM_INLINE vf half_to_float(vu h) {
+  const vu sign = (h & 0x8000u) << 16;
+  const vu em = h & 0x7FFFu;
+  const vf subnormal = __builtin_convertvector((vi)em, vf) * 5.9604644775390625e-08f;
+  const vu normal = (em << 13) + 0x38000000u;
+  const vu inf_nan = (em << 13) | 0x7F800000u;
+  vi bits = em >= 0x7C00u ? (vi)inf_nan : (vi)normal;
+  bits = em < 0x0400u ? (vi)subnormal : bits;
+  return (vf)((vu)bits | sign);
+}
+FM_INLINE vu float_to_half(vf f) {
+  const vu u = (vu)f;
+  const vu sign = (u >> 16) & 0x8000u;
+  const vu a = u & 0x7FFFFFFFu;
+  const vu normal = (a - 0x38000000u + 0x0FFFu + ((a >> 13) & 1u)) >> 13;
+  const vu subnormal = (vu)((vf)a + 0.5f) - 0x3F000000u;
+  vi h = a < 0x38800000u ? (vi)subnormal : (vi)normal;
+  h = a >= 0x477FF000u ? splat_i(0x7C00) : h;
+  h = a > 0x7F800000u ? splat_i(0x7E00) : h;
+  return (vu)h | sign;
+}
+#else
+#define FM_VEC 0
+#endif
+constexpr int64_t kLanes = 16;
+
+// ---------------------------------------------------------------- row passes
+FM_CLONES float row_max(const float* __restrict x, int64_t n) {
+  float m = -INFINITY;
+  int64_t i = 0;
+#if FM_VEC
+  if (n >= kLanes) {
+    vf acc = splat(-INFINITY);
+    for (; i + kLanes <= n; i += kLanes) {
+      const vf v = load_vf(x + i);
+      acc = v > acc ? v : acc;
+    }
+    for (int l = 0; l < kLanes; ++l) m = acc[l] > m ? acc[l] : m;
+  }
+#endif
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;  // skips NaN; a NaN still reaches the loss through the sums of the next pass
+}
+
+// e_j = exp(x_j - m) into e (null: not stored; may equal x); sums of e_j and x_j in double,
+// from fp32 partial sums over blocks of kBlock elements.
+template <bool kStore>
+FM_INLINE void row_exp_body(const float* x, float* e, int64_t n, float m, double* sum_e, double* sum_x) {
+  double total_e = 0.0, total_x = 0.0;
+  int64_t i = 0;
+#if FM_VEC
+  while (i + kLanes <= n) {
+    const int64_t stop = std::min<int64_t>(n, i + kBlock);
+    vf acc_e = splat(0.0f), acc_x = splat(0.0f);
+    for (; i + kLanes <= stop; i += kLanes) {
+      const vf v = load_vf(x + i);
+      const vf ev = fast_exp(v - m);
+      if (kStore) store_vf(e + i, ev);
+      acc_e += ev;
+      acc_x += v;
+    }
+    float block_e = 0.0f, block_x = 0.0f;
+    for (int l = 0; l < kLanes; ++l) {
+      block_e += acc_e[l];
+      block_x += acc_x[l];
+    }
+    total_e += block_e;
+    total_x += block_x;
+  }
+#endif
+  for (; i < n; ++i) {
+    const float v = x[i];
+    const float ev = fast_exp(v - m);
+    if (kStore) e[i] = ev;
+    total_e += ev;
+    total_x += v;
+  }
+  *sum_e = total_e;
+  *sum_x = total_x;
+}
+
+FM_CLONES void row_exp_store(const float* __restrict x, float* __restrict e, int64_t n, float m, double* se,
+                             double* sx) {
+  row_exp_body<true>(x, e, n, m, se, sx);
+}
+FM_CLONES void row_exp_inplace(float* x, int64_t n, float m, double* se, double* sx) {
+  row_exp_body<true>(x, x, n, m, se, sx);
+}
+FM_CLONES void row_exp_sum(const float* __restrict x, int64_t n, float m, double* se, double* sx) {
+  row_exp_body<false>(x, nullptr, n, m, se, sx);
+}
+
+// Element-wise loops: `VEC` is the 16-lane body at offset i, `SCALAR` the same for one element.
+#if FM_VEC
+#define FM_ROW_LOOP(n, VEC, SCALAR)                    \
+  do {                                                 \
+    int64_t i = 0;                                     \
+    for (; i + kLanes <= (n); i += kLanes) { VEC; }    \
+    for (; i < (n); ++i) { SCALAR; }                   \
+  } while (0)
+#else
+#define FM_ROW_LOOP(n, VEC, SCALAR)                    \
+  do {                                                 \
+    for (int64_t i = 0; i < (n); ++i) { SCALAR; }      \
+  } while (0)
+#endif
+
+// g_j = a * e_j + b, in place (fp32) or narrowed into a uint16 row.
+FM_CLONES void row_affine_inplace(float* e, int64_t n, float a, float b) {
+  FM_ROW_LOOP(n, store_vf(e + i, load_vf(e + i) * a + b), e[i] = e[i] * a + b);
+}
+FM_CLONES void row_affine_to_bf16(const float* __restrict e, uint16_t* __restrict out, int64_t n, float a, float b) {
+  FM_ROW_LOOP(n, store_vh(out + i, float_to_bf16(load_vf(e + i) * a + b)), out[i] = float_to_bf16(e[i] * a + b));
+}
+FM_CLONES void row_affine_to_half(const float* __restrict e, uint16_t* __restrict out, int64_t n, float a, float b) {
+  FM_ROW_LOOP(n, store_vh(out + i, float_to_half(load_vf(e + i) * a + b)), out[i] = float_to_half(e[i] * a + b));
+}
+FM_CLONES void row_widen_bf16(const uint16_t* __restrict in, float* __restrict out, int64_t n) {
+  FM_ROW_LOOP(n, store_vf(out + i, bf16_to_float(load_vh(in + i))), out[i] = bf16_to_float(in[i]));
+}
+FM_CLONES void row_widen_half(const uint16_t* __restrict in, float* __restrict out, int64_t n) {
+  FM_ROW_LOOP(n, store_vf(out + i, half_to_float(load_vh(in + i))), out[i] = half_to_float(in[i]));
+}
+FM_CLONES void row_narrow_bf16(const float* __restrict in, uint16_t* __restrict out, int64_t n) {
+  FM_ROW_LOOP(n, store_vh(out + i, float_to_bf16(load_vf(in + i))), out[i] = float_to_bf16(in[i]));
+}
+FM_CLONES void row_narrow_half(const float* __restrict in, uint16_t* __restrict out, int64_t n) {
+  FM_ROW_LOOP(n, store_vh(out + i, float_to_half(load_vf(in + i))), out[i] = float_to_half(in[i]));
+}
+// Scaling may run in place (in == out), so these take no __restrict; each lane reads before it writes.
+FM_CLONES void row_scale_f32(const float* in, float* out, int64_t n, float a) {
+  FM_ROW_LOOP(n, store_vf(out + i, load_vf(in + i) * a), out[i] = in[i] * a);
+}
+FM_CLONES void row_scale_bf16(const uint16_t* in, uint16_t* out, int64_t n, float a) {
+  FM_ROW_LOOP(n, store_vh(out + i, float_to_bf16(bf16_to_float(load_vh(in + i)) * a)),
+              out[i] = float_to_bf16(bf16_to_float(in[i]) * a));
+}
+FM_CLONES void row_scale_half(const uint16_t* in, uint16_t* out, int64_t n, float a) {
+  FM_ROW_LOOP(n, store_vh(out + i, float_to_half(half_to_float(load_vh(in + i)) * a)),
+              out[i] = float_to_half(half_to_float(in[i]) * a));
+}
+FM_CLONES void exp_array(const float* __restrict x, float* __restrict out, int64_t n) {
+  FM_ROW_LOOP(n, store_vf(out + i, fast_exp(load_vf(x + i))), out[i] = fast_exp(x[i]));
+}
+
+inline float load_as_float(const void* row, int dtype, int64_t j) {
+  if (dtype == kF32) return static_cast<const float*>(row)[j];
+  const uint16_t h = static_cast<const uint16_t*>(row)[j];
+  return dtype == kBF16 ? bf16_to_float(h) : half_to_float(h);
+}
+
+// ---------------------------------------------------------------- the forward kernel
+struct ForwardArgs {
+  const char* logits = nullptr;  // [N, V] rows of elem_size bytes each element
+  int64_t logits_row_stride = 0;  // in elements
+  char* grad = nullptr;          // null: no gradient
+  int64_t grad_row_stride = 0;
+  bool grad_at_row = false;      // gradient row = rows[i] (in place) instead of i (compact)
+  int dtype = kF32;
+  int64_t V = 0, M = 0;
+  const int64_t* rows = nullptr;  // [M] or null (identity)
+  const int64_t* targets = nullptr;  // [M]
+  float* loss = nullptr;          // [M]
+  float* lse = nullptr;           // [M] or null
+  const float* row_scale = nullptr;  // [M] or null: per-row factor on grad_scale
+  double grad_scale = 1.0, label_smoothing = 0.0, z_loss = 0.0;
+};
+
+void forward_rows(const ForwardArgs& p, int64_t begin, int64_t end) {
+  const int64_t V = p.V;
+  const size_t elem = p.dtype == kF32 ? 4 : 2;
+  std::vector<float> scratch(p.dtype == kF32 ? 0 : V);
+  const double eps = p.label_smoothing;
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t row = p.rows ? p.rows[i] : i;
+    const int64_t y = p.targets[i];
+    const char* xrow = p.logits + static_cast<size_t>(row) * static_cast<size_t>(p.logits_row_stride) * elem;
+    char* grow = nullptr;
+    if (p.grad) {
+      const int64_t g = p.grad_at_row ? row : i;
+      grow = p.grad + static_cast<size_t>(g) * static_cast<size_t>(p.grad_row_stride) * elem;
+    }
+    const float x_y = load_as_float(xrow, p.dtype, y);
+    // Pass 1 + 2 over an fp32 view of the row; `work` receives e_j when a gradient is wanted.
+    const float* x;
+    float* work = nullptr;
+    if (p.dtype == kF32) {
+      x = reinterpret_cast<const float*>(xrow);
+      if (grow) work = reinterpret_cast<float*>(grow);
+    } else {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(xrow);
+      if (p.dtype == kBF16)
+        row_widen_bf16(h, scratch.data(), V);
+      else
+        row_widen_half(h, scratch.data(), V);
+      x = scratch.data();
+      if (grow) work = scratch.data();
+    }
+    const float m = row_max(x, V);
+    double s, sx;
+    if (!work)
+      row_exp_sum(x, V, m, &s, &sx);
+    else if (work == x)
+      row_exp_inplace(work, V, m, &s, &sx);
+    else
+      row_exp_store(x, work, V, m, &s, &sx);
+    const double lse = static_cast<double>(m) + std::log(s);
+    double loss = lse - (1.0 - eps) * x_y + p.z_loss * lse * lse;
+    if (eps != 0.0) loss -= eps / static_cast<double>(V) * sx;  // sx may be -inf (masked classes)
+    p.loss[i] = static_cast<float>(loss);
+    if (p.lse) p.lse[i] = static_cast<float>(lse);
+    if (!grow) continue;
+    // Pass 3: g = a e + b, then the target's -scale (1 - eps).
+    const double scale = p.row_scale ? p.grad_scale * p.row_scale[i] : p.grad_scale;
+    const double a = scale * (1.0 + 2.0 * p.z_loss * lse) / s;
+    const double b = -scale * eps / static_cast<double>(V);
+    const double e_y = std::exp(static_cast<double>(x_y) - m);
+    const float g_y = static_cast<float>(a * e_y + b - scale * (1.0 - eps));
+    if (p.dtype == kF32) {
+      float* g = reinterpret_cast<float*>(grow);
+      row_affine_inplace(g, V, static_cast<float>(a), static_cast<float>(b));
+      g[y] = g_y;
+    } else {
+      uint16_t* g = reinterpret_cast<uint16_t*>(grow);
+      if (p.dtype == kBF16) {
+        row_affine_to_bf16(work, g, V, static_cast<float>(a), static_cast<float>(b));
+        g[y] = float_to_bf16(g_y);
+      } else {
+        row_affine_to_half(work, g, V, static_cast<float>(a), static_cast<float>(b));
+        g[y] = float_to_half(g_y);
+      }
+    }
+  }
+}
+
+// dst = factor * src for one row of V elements (same dtype; src may equal dst).
+inline void scale_row(const char* src, char* dst, int dtype, int64_t V, float factor) {
+  if (dtype == kF32) {
+    row_scale_f32(reinterpret_cast<const float*>(src), reinterpret_cast<float*>(dst), V, factor);
+  } else if (dtype == kBF16) {
+    row_scale_bf16(reinterpret_cast<const uint16_t*>(src), reinterpret_cast<uint16_t*>(dst), V, factor);
+  } else {
+    row_scale_half(reinterpret_cast<const uint16_t*>(src), reinterpret_cast<uint16_t*>(dst), V, factor);
+  }
+}
+
+// ---------------------------------------------------------------- binding helpers
+std::string shape_string(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
+  return s + ")";
+}
+
+int dtype_code(const py::array& a, const char* name) {
+  if (py::isinstance<py::array_t<float>>(a)) return kF32;
+  if (a.itemsize() == 2 && (a.dtype().kind() == 'i' || a.dtype().kind() == 'u')) return -1;  // bits
+  throw std::invalid_argument(std::string(name) + ": expected a float32 array or 16-bit bits view, got " +
+                              py::str(a.dtype()).cast<std::string>());
+}
+
+// A 2-D array whose rows are contiguous; returns the row stride in elements.
+int64_t check_rows(const py::array& a, const char* name, int64_t V, bool writable) {
+  if (a.ndim() != 2 || a.shape(1) != V)
+    throw std::invalid_argument(std::string(name) + ": expected shape (*, " + std::to_string(V) + "), got " +
+                                shape_string(a));
+  if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + ": array is read-only");
+  if (a.shape(0) == 0) return V;  // nothing to address
+  if (a.shape(1) > 1 && a.strides(1) != a.itemsize())
+    throw std::invalid_argument(std::string(name) + ": rows must be contiguous (last stride 1)");
+  if (a.strides(0) % a.itemsize() != 0 || a.strides(0) < 0)
+    throw std::invalid_argument(std::string(name) + ": unsupported row stride");
+  return a.shape(0) > 1 ? a.strides(0) / a.itemsize() : V;
+}
+
+template <typename T>
+T* vector_ptr(const py::handle& obj, const char* name, int64_t n, bool writable) {
+  if (!py::isinstance<py::array_t<T>>(obj))
+    throw std::invalid_argument(std::string(name) + ": wrong dtype");
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (a.ndim() != 1 || a.shape(0) != n || (n > 1 && a.strides(0) != static_cast<py::ssize_t>(sizeof(T))))
+    throw std::invalid_argument(std::string(name) + ": expected a contiguous 1-D array of " + std::to_string(n) +
+                                " elements, got " + shape_string(a));
+  if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + ": array is read-only");
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+int resolve_dtype(const py::array& a, int dtype, const char* name) {
+  const int code = dtype_code(a, name);
+  if (dtype < kF32 || dtype > kF16) throw std::invalid_argument("dtype must be 0 (fp32), 1 (bf16) or 2 (fp16)");
+  if ((code == kF32) != (dtype == kF32))
+    throw std::invalid_argument(std::string(name) + ": buffer dtype does not match dtype code " + std::to_string(dtype));
+  return dtype;
+}
+
+// Rows per parallel_for chunk: enough work per chunk (about 64k elements) to beat the wake-up.
+int64_t row_grain(int64_t V) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(V, 1)); }
+
+// ---------------------------------------------------------------- bindings
+void ce_forward(const py::array& logits, int dtype, const py::object& rows_obj, const py::object& targets_obj,
+                const py::object& loss_obj, const py::object& lse_obj, const py::object& grad_obj, bool grad_at_row,
+                double grad_scale, const py::object& row_scale_obj, double label_smoothing, double z_loss) {
+  ForwardArgs p;
+  p.dtype = resolve_dtype(logits, dtype, "logits");
+  p.V = logits.ndim() == 2 ? logits.shape(1) : -1;
+  p.logits_row_stride = check_rows(logits, "logits", p.V, false);
+  p.logits = static_cast<const char*>(logits.data());
+  const int64_t n_rows = logits.shape(0);
+  if (!py::isinstance<py::array>(targets_obj)) throw std::invalid_argument("targets: expected an int64 array");
+  p.M = py::reinterpret_borrow<py::array>(targets_obj).shape(0);
+  p.targets = vector_ptr<int64_t>(targets_obj, "targets", p.M, false);
+  p.loss = vector_ptr<float>(loss_obj, "loss", p.M, true);
+  if (!lse_obj.is_none()) p.lse = vector_ptr<float>(lse_obj, "lse", p.M, true);
+  if (!row_scale_obj.is_none()) p.row_scale = vector_ptr<float>(row_scale_obj, "row_scale", p.M, false);
+  if (!rows_obj.is_none()) {
+    p.rows = vector_ptr<int64_t>(rows_obj, "rows", p.M, false);
+  } else if (p.M > n_rows) {
+    throw std::invalid_argument("targets has more entries than logits has rows");
+  }
+  p.grad_at_row = grad_at_row;
+  if (!grad_obj.is_none()) {
+    py::array grad = py::reinterpret_borrow<py::array>(grad_obj);
+    resolve_dtype(grad, dtype, "grad");
+    p.grad_row_stride = check_rows(grad, "grad", p.V, true);
+    const int64_t needed = grad_at_row ? n_rows : p.M;
+    if (grad.shape(0) < needed) throw std::invalid_argument("grad: too few rows, got " + shape_string(grad));
+    p.grad = static_cast<char*>(grad.mutable_data());
+  }
+  p.grad_scale = grad_scale;
+  p.label_smoothing = label_smoothing;
+  p.z_loss = z_loss;
+  py::gil_scoped_release release;
+  parallel_for(p.M, row_grain(p.V), [&](int64_t b, int64_t e) { forward_rows(p, b, e); });
+}
+
+// out[r] = scale(r) * grad_rows[pos(r)] for r in rows, 0 elsewhere; scale from grad_output
+// (one value, or one per row of out when per_row).
+void ce_expand_grad(const py::array& grad_rows, int dtype, const py::object& rows_obj, py::array out,
+                    const py::object& grad_output_obj, bool per_row) {
+  resolve_dtype(grad_rows, dtype, "grad_rows");
+  resolve_dtype(out, dtype, "out");
+  const int64_t V = out.ndim() == 2 ? out.shape(1) : -1;
+  const int64_t src_stride = check_rows(grad_rows, "grad_rows", V, false);
+  const int64_t dst_stride = check_rows(out, "out", V, true);
+  const int64_t M = grad_rows.shape(0), N = out.shape(0);
+  const int64_t* rows = vector_ptr<int64_t>(rows_obj, "rows", M, false);
+  const float* go = vector_ptr<float>(grad_output_obj, "grad_output", per_row ? N : 1, false);
+  std::vector<int64_t> pos(N, -1);
+  for (int64_t i = 0; i < M; ++i) {
+    if (rows[i] < 0 || rows[i] >= N) throw std::invalid_argument("rows: index out of range");
+    pos[rows[i]] = i;
+  }
+  const size_t elem = dtype == kF32 ? 4 : 2;
+  const char* src = static_cast<const char*>(grad_rows.data());
+  char* dst = static_cast<char*>(out.mutable_data());
+  py::gil_scoped_release release;
+  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      char* d = dst + static_cast<size_t>(r) * dst_stride * elem;
+      const int64_t i = pos[r];
+      if (i < 0) {
+        std::memset(d, 0, static_cast<size_t>(V) * elem);
+        continue;
+      }
+      const char* s = src + static_cast<size_t>(i) * src_stride * elem;
+      const float factor = go[per_row ? r : 0];
+      if (factor == 1.0f)
+        std::memcpy(d, s, static_cast<size_t>(V) * elem);
+      else
+        scale_row(s, d, dtype, V, factor);
+    }
+  });
+}
+
+// In place: buf[rows[i]] *= grad_output (one value, or grad_output[rows[i]] when per_row).
+void ce_scale_rows(py::array buf, int dtype, const py::object& rows_obj, const py::object& grad_output_obj,
+                   bool per_row) {
+  resolve_dtype(buf, dtype, "buf");
+  const int64_t V = buf.ndim() == 2 ? buf.shape(1) : -1;
+  const int64_t stride = check_rows(buf, "buf", V, true);
+  const int64_t N = buf.shape(0);
+  if (!py::isinstance<py::array>(rows_obj)) throw std::invalid_argument("rows: expected an int64 array");
+  const int64_t M = py::reinterpret_borrow<py::array>(rows_obj).shape(0);
+  const int64_t* rows = vector_ptr<int64_t>(rows_obj, "rows", M, false);
+  const float* go = vector_ptr<float>(grad_output_obj, "grad_output", per_row ? N : 1, false);
+  for (int64_t i = 0; i < M; ++i)
+    if (rows[i] < 0 || rows[i] >= N) throw std::invalid_argument("rows: index out of range");
+  const size_t elem = dtype == kF32 ? 4 : 2;
+  char* base = static_cast<char*>(buf.mutable_data());
+  py::gil_scoped_release release;
+  parallel_for(M, row_grain(V), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float factor = go[per_row ? rows[i] : 0];
+      if (factor == 1.0f) continue;
+      char* d = base + static_cast<size_t>(rows[i]) * stride * elem;
+      scale_row(d, d, dtype, V, factor);
+    }
+  });
+}
+
+// buf[rows[i]] = 0.
+void ce_zero_rows(py::array buf, const py::object& rows_obj) {
+  if (buf.ndim() != 2) throw std::invalid_argument("buf: expected a 2-D array, got " + shape_string(buf));
+  const int64_t V = buf.shape(1);
+  const int64_t stride = check_rows(buf, "buf", V, true);
+  const int64_t N = buf.shape(0);
+  if (!py::isinstance<py::array>(rows_obj)) throw std::invalid_argument("rows: expected an int64 array");
+  const int64_t M = py::reinterpret_borrow<py::array>(rows_obj).shape(0);
+  const int64_t* rows = vector_ptr<int64_t>(rows_obj, "rows", M, false);
+  for (int64_t i = 0; i < M; ++i)
+    if (rows[i] < 0 || rows[i] >= N) throw std::invalid_argument("rows: index out of range");
+  const size_t elem = buf.itemsize();
+  char* base = static_cast<char*>(buf.mutable_data());
+  py::gil_scoped_release release;
+  parallel_for(M, row_grain(V), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) std::memset(base + static_cast<size_t>(rows[i]) * stride * elem, 0, V * elem);
+  });
+}
+
+// Gradient buffers: a small cache of freed blocks. A fresh N x V gradient costs more in
+// first-touch page faults than in computing it (4 KiB pages: ~100 ms per 500 MB here, versus
+// ~20 ms for the kernel), and a training loop asks for the same sizes every step, so the last
+// kCacheSlots freed blocks of at least kCacheMin bytes are kept and handed out again for an
+// equal (2 MiB-rounded) size. ce_cache_clear() frees them; FASTMASK_CACHE_BUFFERS=0 disables
+// the cache. Blocks are 2 MiB aligned; huge pages are not requested (compaction stalls on a
+// busy machine cost more than they save).
+constexpr size_t kCacheAlign = size_t{1} << 21;
+constexpr size_t kCacheMin = size_t{1} << 21;
+constexpr size_t kCacheSlots = 2;
+
+struct Block {
+  void* ptr;
+  size_t size;  // bytes allocated (rounded)
+};
+
+void* block_alloc(size_t align, size_t size) {  // size: a multiple of align
+#if defined(_MSC_VER)
+  return _aligned_malloc(size, align);
+#else
+  return std::aligned_alloc(align, size);
+#endif
+}
+
+void block_free(void* ptr) {
+#if defined(_MSC_VER)
+  _aligned_free(ptr);
+#else
+  std::free(ptr);
+#endif
+}
+
+class BufferCache {
+ public:
+  BufferCache() {
+    const char* env = std::getenv("FASTMASK_CACHE_BUFFERS");
+    enabled_ = !(env && std::string(env) == "0");
+  }
+  void* take(size_t size) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      if (blocks_[i].size == size) {
+        void* ptr = blocks_[i].ptr;
+        blocks_.erase(blocks_.begin() + static_cast<std::ptrdiff_t>(i));
+        return ptr;
+      }
+    }
+    return nullptr;
+  }
+  void give(Block block) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!enabled_ || block.size < kCacheMin) {
+      lock.unlock();
+      block_free(block.ptr);
+      return;
+    }
+    blocks_.push_back(block);
+    std::vector<void*> evicted;
+    while (blocks_.size() > kCacheSlots) {  // keep the most recently freed
+      evicted.push_back(blocks_.front().ptr);
+      blocks_.erase(blocks_.begin());
+    }
+    lock.unlock();
+    for (void* ptr : evicted) block_free(ptr);
+  }
+  size_t clear() {
+    std::vector<Block> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(blocks_);
+    }
+    size_t freed = 0;
+    for (const Block& b : blocks) {
+      freed += b.size;
+      block_free(b.ptr);
+    }
+    return freed;
+  }
+  size_t held() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    size_t total = 0;
+    for (const Block& b : blocks_) total += b.size;
+    return total;
+  }
+  void set_enabled(bool on) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      enabled_ = on;
+    }
+    if (!on) clear();
+  }
+  bool enabled() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return enabled_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<Block> blocks_;
+  bool enabled_ = true;
+};
+
+// Never destroyed: numpy arrays freed during interpreter shutdown may still return blocks.
+BufferCache& buffer_cache() {
+  static BufferCache* cache = new BufferCache();
+  return *cache;
+}
+
+// An uninitialised uint8 buffer of nbytes, from the cache when a block of that size is free.
+py::array_t<uint8_t> ce_alloc(int64_t nbytes) {
+  if (nbytes < 0) throw std::invalid_argument("nbytes must be >= 0");
+  const size_t want = std::max<size_t>(static_cast<size_t>(nbytes), 1);
+  const size_t align = want >= kCacheMin ? kCacheAlign : 64;
+  Block block{nullptr, (want + align - 1) / align * align};
+  if (want >= kCacheMin) block.ptr = buffer_cache().take(block.size);
+  if (!block.ptr) block.ptr = block_alloc(align, block.size);
+  if (!block.ptr) throw std::bad_alloc();
+  Block* owned = new Block(block);
+  py::capsule owner(owned, [](void* p) {
+    Block* b = static_cast<Block*>(p);
+    buffer_cache().give(*b);
+    delete b;
+  });
+  return py::array_t<uint8_t>({static_cast<py::ssize_t>(nbytes)}, {static_cast<py::ssize_t>(1)},
+                              static_cast<uint8_t*>(block.ptr), owner);
+}
+
+// Test hooks: the kernel's exp and its fp32 <-> bf16/fp16 conversions, element-wise.
+void ce_exp(const py::array_t<float>& x, py::array_t<float> out) {
+  const int64_t n = x.size();
+  if (out.size() != n) throw std::invalid_argument("out: size mismatch");
+  exp_array(x.data(), out.mutable_data(), n);
+}
+
+void ce_convert(const py::array& src, int src_dtype, py::array dst, int dst_dtype) {
+  const int64_t n = src.size();
+  if (dst.size() != n) throw std::invalid_argument("dst: size mismatch");
+  resolve_dtype(src, src_dtype, "src");
+  resolve_dtype(dst, dst_dtype, "dst");
+  if (!(src.flags() & py::array::c_style) || !(dst.flags() & py::array::c_style))
+    throw std::invalid_argument("src and dst must be contiguous");
+  if ((src_dtype == kF32) == (dst_dtype == kF32))
+    throw std::invalid_argument("ce_convert converts between fp32 and bf16/fp16");
+  if (src_dtype == kF32) {
+    const float* s = static_cast<const float*>(src.data());
+    uint16_t* d = static_cast<uint16_t*>(dst.mutable_data());
+    if (dst_dtype == kBF16)
+      row_narrow_bf16(s, d, n);
+    else
+      row_narrow_half(s, d, n);
+  } else {
+    const uint16_t* s = static_cast<const uint16_t*>(src.data());
+    float* d = static_cast<float*>(dst.mutable_data());
+    if (src_dtype == kBF16)
+      row_widen_bf16(s, d, n);
+    else
+      row_widen_half(s, d, n);
+  }
+}
+
+}  // namespace
+
+void register_cross_entropy(py::module_& m) {
+  m.def("ce_forward", &ce_forward, py::arg("logits"), py::arg("dtype"), py::arg("rows"), py::arg("targets"),
+        py::arg("loss"), py::arg("lse"), py::arg("grad"), py::arg("grad_at_row"), py::arg("grad_scale"),
+        py::arg("row_scale"), py::arg("label_smoothing"), py::arg("z_loss"),
+        "Cross-entropy of the rows `rows` (None: 0..M-1) of [N, V] logits (fp32, or bf16/fp16 bits as int16)\n"
+        "against `targets`: per-row loss (and lse) into fp32 buffers, and optionally the gradient of the\n"
+        "logits times grad_scale (times row_scale[i] if given) into `grad` (row i, or row rows[i] when\n"
+        "grad_at_row; `grad` may be `logits`).");
+  m.def("ce_expand_grad", &ce_expand_grad, py::arg("grad_rows"), py::arg("dtype"), py::arg("rows"),
+        py::arg("out"), py::arg("grad_output"), py::arg("per_row"),
+        "out[rows[i]] = grad_output * grad_rows[i]; every other row of out = 0.");
+  m.def("ce_scale_rows", &ce_scale_rows, py::arg("buf"), py::arg("dtype"), py::arg("rows"), py::arg("grad_output"),
+        py::arg("per_row"), "buf[rows[i]] *= grad_output (in place).");
+  m.def("ce_zero_rows", &ce_zero_rows, py::arg("buf"), py::arg("rows"), "buf[rows[i]] = 0 (in place).");
+  m.def("ce_alloc", &ce_alloc, py::arg("nbytes"),
+        "An uninitialised uint8 buffer; blocks >= 2 MiB come from / return to a small cache of freed blocks.");
+  m.def(
+      "ce_cache_clear", [] { return buffer_cache().clear(); }, "Free the cached gradient blocks; returns bytes freed.");
+  m.def(
+      "ce_cache_bytes", [] { return buffer_cache().held(); }, "Bytes held by the gradient-block cache.");
+  m.def(
+      "ce_cache_enable", [](bool on) { buffer_cache().set_enabled(on); }, py::arg("on"),
+      "Enable or disable (and clear) the gradient-block cache.");
+  m.def(
+      "ce_cache_enabled", [] { return buffer_cache().enabled(); }, "Whether the gradient-block cache is on.");
+  m.def("ce_exp", &ce_exp, py::arg("x"), py::arg("out"), "The kernel's exp, element-wise (test hook).");
+  m.def("ce_convert", &ce_convert, py::arg("src"), py::arg("src_dtype"), py::arg("dst"), py::arg("dst_dtype"),
+        "The kernel's fp32/bf16/fp16 conversions, element-wise (test hook).");
+}
+
 }  // namespace fastmask

@@ -1,16 +1,282 @@
-"""TEMPORARY STUB (to be replaced by the loss work): the public signature of the fused head.
+"""The fused sparse MLM head: ``fused_masked_lm_loss(hidden, weight, labels, bias)``.
 
-Computes the same loss as the final implementation, naively (gather + linear + cross_entropy),
-so code written against the API can be developed and tested meanwhile.
+Same loss and gradients as ``masked_cross_entropy(hidden @ weight.T + bias, labels)``, without
+the ``[N, V]`` logits: the labelled rows of ``hidden`` are gathered first (``M`` of ``N``, ~15% in
+MLM), then logits are formed ``chunk_size`` rows at a time (matmul through torch). On each chunk
+the cross-entropy kernel (C++ on CPU, Triton on CUDA) writes the loss and, in place over the
+chunk's logits, their gradient; the chunk's contributions to ``grad_hidden`` (rows ``M``),
+``grad_weight`` and ``grad_bias`` (accumulated in fp32 for fp16/bf16) are taken at once and the
+chunk is dropped (Liger-Kernel's fused-linear-cross-entropy pattern); ``grad_hidden`` is
+scattered back to all ``N`` rows (zero at unlabelled rows). Backward only multiplies the stored
+gradients by ``grad_output``, in place, so it runs once per forward. With ``reduction="none"``
+the per-row ``grad_output`` is unknown in the forward, so the forward keeps only the losses and
+backward recomputes the chunks.
+
+Peak extra memory: the gathered rows and their gradient (``2 M H``), the fp32 weight (and bias)
+gradient accumulator, and one chunk of logits.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
+
+from ._validation import check_choice, check_int, check_tensor
+from .cross_entropy import (
+    LOGITS_DTYPES,
+    LABEL_DTYPES,
+    REDUCTIONS,
+    _NONE,
+    choose_backend,
+    check_label_smoothing,
+    check_nonnegative_float,
+    cpp_empty,
+    cross_entropy_rows,
+    loss_dtype,
+    loss_normalizer,
+    normalization,
+    reduce_losses,
+    select_rows,
+)
+
+__all__ = ["fused_masked_lm_loss", "default_chunk_size", "CHUNK_ELEMENTS"]
+
+# Default chunk: the most rows whose logits hold at most 2**23 elements (32 MiB in fp32):
+# 274 rows for V = 30522, 166 for 50265, 65 for 128256. Chunks this size keep the matmuls
+# efficient while the chunk is small next to the weight gradient.
+CHUNK_ELEMENTS = 1 << 23
 
 
+def default_chunk_size(vocab: int) -> int:
+    """Rows per chunk when ``chunk_size=None``: ``max(1, 2**23 // vocab)``."""
+    return max(1, CHUNK_ELEMENTS // max(1, vocab))
+
+
+def _accumulate(acc: Optional[torch.Tensor], update: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return update.to(dtype) if acc is None else acc.add_(update)
+
+
+def chunked_head(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    label_smoothing: float,
+    z_loss: float,
+    chunk_size: int,
+    grad_scale: float,
+    row_scale: Optional[torch.Tensor],
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+    backend: str,
+):
+    """Per-row losses of ``hidden[rows] @ weight.T + bias`` and, if asked, their gradients.
+
+    Returns ``(loss [M], grad of hidden[rows] [M, H] or None, grad_weight [V, H] in fp32
+    (fp64 for fp64) or None, grad_bias [V] likewise or None)``; gradients are scaled by
+    ``grad_scale`` and ``row_scale`` (``[M]``) as in the row-level cross-entropy contract.
+    """
+    count = rows.shape[0]
+    vocab, width = weight.shape
+    work = loss_dtype(hidden.dtype)
+    want_grad = need_hidden or need_weight or need_bias
+    loss = torch.empty(count, dtype=work, device=hidden.device)
+    grad_rows = hidden.new_empty((count, width)) if need_hidden else None
+    grad_weight = grad_bias = None
+    selected = hidden.index_select(0, rows)
+    weight_t = weight.t()
+    # Equal chunks of at most chunk_size rows (no small remainder chunk), all in one buffer.
+    n_chunks = max(1, -(-count // chunk_size))
+    step = -(-count // n_chunks) if count else 1
+    if backend == "cpp" and hidden.device.type == "cpu" and hidden.dtype != torch.float64:
+        buffer = cpp_empty((min(step, count), vocab), hidden.dtype)  # recycled across calls
+    else:
+        buffer = hidden.new_empty((min(step, count), vocab))
+    for start in range(0, count, step):
+        end = min(count, start + step)
+        h = selected[start:end]
+        logits = buffer[: end - start]
+        if bias is not None:
+            torch.addmm(bias, h, weight_t, out=logits)
+        else:
+            torch.mm(h, weight_t, out=logits)
+        chunk_loss, _ = cross_entropy_rows(
+            backend, logits, None, targets[start:end], grad_scale=grad_scale, label_smoothing=label_smoothing,
+            z_loss=z_loss, grad_mode="inplace" if want_grad else "none",
+            row_scale=None if row_scale is None else row_scale[start:end],
+        )
+        loss[start:end] = chunk_loss
+        if not want_grad:
+            continue
+        # `logits` now holds d loss / d logits of the chunk.
+        if need_hidden:
+            torch.mm(logits, weight, out=grad_rows[start:end])
+        if need_weight:
+            if grad_weight is None and weight.dtype == work:
+                grad_weight = torch.mm(logits.t(), h)
+            elif weight.dtype == work:
+                grad_weight.addmm_(logits.t(), h)
+            else:  # fp16/bf16: one low-precision product per chunk, summed in fp32
+                grad_weight = _accumulate(grad_weight, torch.mm(logits.t(), h), work)
+        if need_bias:
+            grad_bias = _accumulate(grad_bias, logits.sum(0, dtype=work), work)
+    if need_weight and grad_weight is None:
+        grad_weight = torch.zeros((vocab, width), dtype=work, device=weight.device)
+    if need_bias and grad_bias is None:
+        grad_bias = torch.zeros(vocab, dtype=work, device=weight.device)
+    return loss, grad_rows, grad_weight, grad_bias
+
+
+def _scatter_rows(grad_rows: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    out = grad_rows.new_zeros((n_rows, grad_rows.shape[1]))
+    return out.index_copy_(0, rows, grad_rows)
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty((0,))
+
+
+# ----------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("fastmask::fused_masked_lm_loss", mutates_args=())
+def _fused_op(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    ignore_index: int,
+    reduction: int,
+    label_smoothing: float,
+    z_loss: float,
+    chunk_size: int,
+    denominator: Optional[torch.Tensor],
+    loss_scale: float,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, grad_hidden [N, H], grad_weight [V, H], grad_bias [V])``; a gradient not asked
+    for (or any, with reduction none) is an empty tensor."""
+    n_rows = hidden.shape[0]
+    rows, targets = select_rows(labels, ignore_index, weight.shape[0])
+    grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
+    in_forward = reduction != _NONE
+    loss_rows, grad_rows, grad_weight, grad_bias = chunked_head(
+        hidden, weight, bias, rows, targets, label_smoothing=label_smoothing, z_loss=z_loss,
+        chunk_size=chunk_size, grad_scale=grad_scale, row_scale=None,
+        need_hidden=need_hidden and in_forward, need_weight=need_weight and in_forward,
+        need_bias=need_bias and in_forward and bias is not None, backend=backend,
+    )
+    loss = reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, loss_dtype(hidden.dtype))
+    return (
+        loss,
+        _empty(hidden) if grad_rows is None else _scatter_rows(grad_rows, rows, n_rows),
+        _empty(weight) if grad_weight is None else grad_weight.to(weight.dtype),
+        _empty(hidden) if grad_bias is None else grad_bias.to(bias.dtype),
+    )
+
+
+@_fused_op.register_fake
+def _fused_fake(hidden, weight, labels, bias, ignore_index, reduction, label_smoothing, z_loss, chunk_size,
+                denominator, loss_scale, need_hidden, need_weight, need_bias, backend):
+    in_forward = reduction != _NONE
+    loss = hidden.new_empty((hidden.shape[0],) if reduction == _NONE else (), dtype=loss_dtype(hidden.dtype))
+    grad_hidden = hidden.new_empty(hidden.shape if need_hidden and in_forward else (0,))
+    grad_weight = weight.new_empty(weight.shape if need_weight and in_forward else (0,))
+    has_bias = need_bias and in_forward and bias is not None
+    grad_bias = bias.new_empty(bias.shape) if has_bias else hidden.new_empty((0,))
+    return loss, grad_hidden, grad_weight, grad_bias
+
+
+@torch.library.custom_op("fastmask::fused_masked_lm_loss_backward", mutates_args=())
+def _fused_backward_op(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    grad_output: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    chunk_size: int,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients for reduction="none" (per-row ``grad_output [N]``), recomputing the chunks."""
+    rows, targets = select_rows(labels, ignore_index, weight.shape[0])
+    row_scale = grad_output.reshape(-1).index_select(0, rows).to(torch.float32)
+    _, grad_rows, grad_weight, grad_bias = chunked_head(
+        hidden, weight, bias, rows, targets, label_smoothing=label_smoothing, z_loss=z_loss,
+        chunk_size=chunk_size, grad_scale=1.0, row_scale=row_scale, need_hidden=need_hidden,
+        need_weight=need_weight, need_bias=need_bias and bias is not None, backend=backend,
+    )
+    return (
+        _empty(hidden) if grad_rows is None else _scatter_rows(grad_rows, rows, hidden.shape[0]),
+        _empty(weight) if grad_weight is None else grad_weight.to(weight.dtype),
+        _empty(hidden) if grad_bias is None else grad_bias.to(bias.dtype),
+    )
+
+
+@_fused_backward_op.register_fake
+def _fused_backward_fake(hidden, weight, labels, bias, grad_output, ignore_index, label_smoothing, z_loss,
+                         chunk_size, need_hidden, need_weight, need_bias, backend):
+    return (
+        hidden.new_empty(hidden.shape if need_hidden else (0,)),
+        weight.new_empty(weight.shape if need_weight else (0,)),
+        bias.new_empty(bias.shape) if need_bias and bias is not None else hidden.new_empty((0,)),
+    )
+
+
+def _fused_setup_context(ctx, inputs, output):
+    (hidden, weight, labels, bias, ignore_index, reduction, label_smoothing, z_loss, chunk_size,
+     _denominator, _loss_scale, need_hidden, need_weight, need_bias, backend) = inputs
+    ctx.reduction = reduction
+    ctx.needs = (need_hidden, need_weight, need_bias and bias is not None)
+    # Only the loss is differentiable: no zero gradients get materialised for the stored ones.
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+    if reduction == _NONE:
+        ctx.save_for_backward(hidden, weight, labels, bias)
+        ctx.options = (ignore_index, label_smoothing, z_loss, chunk_size)
+        ctx.backend = backend
+    else:
+        ctx.save_for_backward(*output[1:])
+
+
+def _fused_backward(ctx, grad_loss, *_unused):
+    if grad_loss is None:  # grads are not materialised: the loss did not reach the output
+        return (None,) * 15
+    need_hidden, need_weight, need_bias = ctx.needs
+    if ctx.reduction == _NONE:
+        hidden, weight, labels, bias = ctx.saved_tensors
+        grads = _fused_backward_op(hidden, weight, labels, bias, grad_loss, *ctx.options, need_hidden, need_weight,
+                                   need_bias, ctx.backend)
+    else:
+        # Eager: the stored gradients are scaled in place and handed on (no second weight-sized
+        # buffer), so backward can run once per forward. Traced (torch.compile, AOT): out of place.
+        if type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling():
+            if getattr(ctx, "consumed", False):
+                raise RuntimeError(
+                    "fused_masked_lm_loss: backward ran twice through the same forward (retain_graph=True); "
+                    "its stored gradients are scaled in place, so recompute the loss for a second backward"
+                )
+            ctx.consumed = True
+            grads = tuple(g.mul_(grad_loss) for g in ctx.saved_tensors)
+        else:
+            grads = tuple(g * grad_loss for g in ctx.saved_tensors)
+    grad_hidden, grad_weight, grad_bias = (g if need else None for g, need in zip(grads, ctx.needs))
+    return (grad_hidden, grad_weight, None, grad_bias) + (None,) * 11
+
+
+_fused_op.register_autograd(_fused_backward, setup_context=_fused_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
 def fused_masked_lm_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -22,16 +288,76 @@ def fused_masked_lm_loss(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     chunk_size: Optional[int] = None,
-    num_items_in_batch=None,
+    num_items_in_batch: Union[int, torch.Tensor, None] = None,
     global_normalization: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
-    hidden = hidden.reshape(-1, hidden.shape[-1])
-    labels = labels.reshape(-1)
-    keep = labels != ignore_index
-    logits = F.linear(hidden[keep], weight, bias).float()
-    loss = F.cross_entropy(logits, labels[keep], reduction="sum", label_smoothing=label_smoothing)
-    if reduction == "sum":
-        return loss
-    count = keep.sum()
-    return loss / count.clamp_min(1)
+    """Masked-LM loss of a linear head without materialising ``[N, V]`` logits.
+
+    Equals ``masked_cross_entropy(hidden @ weight.T + bias, labels, ...)`` with the same
+    gradients for ``hidden``, ``weight`` and ``bias``.
+
+    Args:
+        hidden: ``[N, H]`` or ``[B, L, H]`` fp32/fp16/bf16 (fp64 on the reference backend),
+            the input of the decoder (after any transform / layer norm).
+        weight: ``[V, H]`` decoder weight, same dtype and device (may be tied to embeddings).
+        labels: ``hidden.shape[:-1]`` int64/int32 class ids or ``ignore_index``.
+        bias: optional ``[V]`` decoder bias.
+        chunk_size: labelled rows per chunk of logits; None: ``max(1, 2**23 // V)`` (the
+            chunk's logits stay within 32 MiB of fp32).
+        ignore_index, reduction, label_smoothing, z_loss, num_items_in_batch,
+        global_normalization, backend: as :func:`fastmask.masked_cross_entropy`; ``backend``
+            picks the cross-entropy kernel run on each chunk.
+
+    Returns:
+        fp32 loss (fp64 for fp64 inputs): a scalar, or ``labels``-shaped for ``"none"``.
+    """
+    check_tensor("hidden", hidden, dtypes=LOGITS_DTYPES)
+    if hidden.dim() < 1:
+        raise ValueError("hidden must be [N, H] or [B, L, H], got a 0-d tensor")
+    check_tensor("weight", weight, dtypes=LOGITS_DTYPES, dim=2)
+    check_tensor("labels", labels, dtypes=LABEL_DTYPES)
+    vocab, width = weight.shape
+    if hidden.shape[-1] != width:
+        raise ValueError(
+            f"hidden has {hidden.shape[-1]} features but weight {tuple(weight.shape)} expects {width}; "
+            "weight must be [vocab_size, hidden_size]"
+        )
+    if tuple(labels.shape) != tuple(hidden.shape[:-1]):
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)} but hidden {tuple(hidden.shape)} needs labels of shape "
+            f"{tuple(hidden.shape[:-1])}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight is {weight.dtype} but hidden is {hidden.dtype}; cast one of them (as F.linear requires)")
+    if bias is not None:
+        check_tensor("bias", bias, dtypes=LOGITS_DTYPES, dim=1)
+        if bias.shape[0] != vocab:
+            raise ValueError(f"bias has {bias.shape[0]} entries but weight has {vocab} rows; pass a [{vocab}] bias")
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"bias is {bias.dtype} but hidden is {hidden.dtype}; cast one of them")
+    for name, tensor in (("weight", weight), ("labels", labels), ("bias", bias)):
+        if tensor is not None and tensor.device != hidden.device:
+            raise ValueError(f"{name} is on {tensor.device} but hidden on {hidden.device}; move them to one device")
+    if vocab == 0 or width == 0 or labels.numel() == 0:
+        raise ValueError(
+            f"empty input: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}; pass at least one row and class"
+        )
+    ignore_index = check_int("ignore_index", ignore_index)
+    check_choice("reduction", reduction, REDUCTIONS)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    z_loss = check_nonnegative_float("z_loss", z_loss)
+    chunk_size = default_chunk_size(vocab) if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
+    flat_labels = labels.reshape(-1).to(torch.int64)
+    denominator, loss_scale = loss_normalizer(flat_labels, ignore_index, reduction, num_items_in_batch, global_normalization)
+    chosen = choose_backend(backend, hidden.device.type, hidden.dtype == torch.float64, "fused_masked_lm_loss")
+    grad_on = torch.is_grad_enabled()
+    loss = _fused_op(
+        hidden.reshape(-1, width), weight, flat_labels, bias, ignore_index, REDUCTIONS.index(reduction),
+        label_smoothing, z_loss, chunk_size, denominator, loss_scale,
+        grad_on and hidden.requires_grad, grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad, chosen,
+    )[0]
+    if reduction == "none":
+        loss = loss.view(labels.shape)
+    return loss

@@ -1,0 +1,526 @@
+"""The masked-position cross-entropy op: ``masked_cross_entropy`` and its backends.
+
+The op layer validates, selects the labelled rows (``labels != ignore_index``), checks their
+labels, and hands the kernels plain tensors: the logits as ``[N, V]`` with unit stride along V,
+the labelled row indices, their targets and the gradient's scale. Each backend implements one
+row-level contract (documented with the math in :mod:`fastmask.reference.cross_entropy`):
+per-row losses plus the gradient of the logits, computed in the forward pass (Liger-style).
+Backward then only scales that gradient by ``grad_output`` and places it: a compact ``[M, V]``
+gradient of the ``M`` labelled rows is expanded into a zero ``[N, V]`` tensor, or, with
+``inplace_backward=True``, the gradient was written over the logits themselves.
+
+On CPU the gradient buffers come from the extension's allocator, which keeps the last two freed
+blocks of 2 MiB or more for reuse: the first-touch page faults of a fresh ``[N, V]`` buffer cost
+several times the kernel itself, and a training loop asks for the same sizes every step.
+:func:`release_cached_buffers` frees them; ``FASTMASK_CACHE_BUFFERS=0`` turns the cache off.
+
+``fastmask::masked_cross_entropy`` (functional, with ``register_autograd``) and
+``fastmask::masked_cross_entropy_inplace`` (mutates the logits; wrapped in an
+``autograd.Function``) are ``torch.library`` custom ops with fake implementations, so
+``torch.compile(fullgraph=True)`` treats them as opaque.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Union
+
+import torch
+
+from . import _backend
+from ._validation import check_choice, check_int, check_tensor
+from .distributed import global_normalizer, is_initialized
+from .reference.cross_entropy import reference_cross_entropy_rows
+
+__all__ = ["masked_cross_entropy", "release_cached_buffers", "REDUCTIONS"]
+
+REDUCTIONS = ("none", "mean", "sum")  # index = the ops' reduction code (as torch's Reduction enum)
+LOGITS_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+LABEL_DTYPES = (torch.int32, torch.int64)
+_KERNEL_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+# ----------------------------------------------------------------------------- backends
+def _cpp_buffer(t: torch.Tensor):
+    """A numpy view of a CPU tensor; fp16/bf16 as int16 bits."""
+    t = t.detach()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.view(torch.int16)
+    return t.numpy()
+
+
+def release_cached_buffers() -> int:
+    """Free the gradient blocks the C++ backend keeps for reuse; returns the bytes freed."""
+    module = _backend.cpp_module()
+    if module is None or not hasattr(module, "ce_cache_clear"):
+        return 0
+    return int(module.ce_cache_clear())
+
+
+def cpp_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor from the extension's allocator (recycles large blocks)."""
+    count = 1
+    for size in shape:
+        count *= size
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    buf = torch.from_numpy(_backend.cpp_module().ce_alloc(count * itemsize))
+    return buf.view(dtype).view(shape)
+
+
+def _cpp_rows(logits, rows, targets, *, grad_scale, label_smoothing, z_loss, grad_mode, row_scale=None):
+    count, vocab = targets.shape[0], logits.shape[1]
+    loss = torch.empty(count, dtype=torch.float32)
+    grad = None
+    if grad_mode == "compact":
+        grad = cpp_empty((count, vocab), logits.dtype)
+    elif grad_mode == "inplace":
+        grad = logits
+    _backend.cpp_module().ce_forward(
+        _cpp_buffer(logits), _KERNEL_DTYPES[logits.dtype],
+        None if rows is None else rows.contiguous().numpy(), targets.contiguous().numpy(), loss.numpy(), None,
+        None if grad is None else _cpp_buffer(grad), grad_mode == "inplace", float(grad_scale),
+        None if row_scale is None else row_scale.to(torch.float32).contiguous().numpy(),
+        float(label_smoothing), float(z_loss),
+    )
+    return loss, grad
+
+
+def _scale_rows_torch(buf, rows, factors):
+    work = _work_dtype(buf.dtype)
+    scaled = buf.index_select(0, rows).to(work) * factors.to(work).unsqueeze(1)
+    buf.index_copy_(0, rows, scaled.to(buf.dtype))
+
+
+def _triton_rows(*args, **kwargs):
+    from .kernels.cross_entropy import triton_cross_entropy_rows
+
+    return triton_cross_entropy_rows(*args, **kwargs)
+
+
+_ROW_IMPLS = {"reference": reference_cross_entropy_rows, "cpp": _cpp_rows, "triton": _triton_rows}
+
+
+def cross_entropy_rows(backend, logits, rows, targets, *, grad_scale, label_smoothing, z_loss, grad_mode, row_scale=None):
+    """Dispatch the row-level contract (see :mod:`fastmask.reference.cross_entropy`).
+
+    fp64 logits always take the reference.
+    """
+    if logits.dtype == torch.float64:
+        backend = "reference"
+    return _ROW_IMPLS[backend](
+        logits, rows, targets, grad_scale=grad_scale, label_smoothing=label_smoothing,
+        z_loss=z_loss, grad_mode=grad_mode, row_scale=row_scale,
+    )
+
+
+def _use_cpp(backend: str, t: torch.Tensor) -> bool:
+    return backend == "cpp" and t.dtype in _KERNEL_DTYPES and t.device.type == "cpu"
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _expand_grad(backend, grad_rows, rows, grad_output, n_rows, per_row):
+    """``out[rows[i]] = grad_output * grad_rows[i]``, zero elsewhere: ``[n_rows, V]``."""
+    vocab = grad_rows.shape[1]
+    work = _work_dtype(grad_rows.dtype)
+    go = grad_output.detach().to(work).reshape(-1).contiguous()
+    if _use_cpp(backend, grad_rows):
+        out = cpp_empty((n_rows, vocab), grad_rows.dtype)
+        _backend.cpp_module().ce_expand_grad(
+            _cpp_buffer(grad_rows), _KERNEL_DTYPES[grad_rows.dtype], rows.numpy(), _cpp_buffer(out), go.numpy(), per_row
+        )
+        return out
+    out = grad_rows.new_zeros((n_rows, vocab))
+    factor = go.index_select(0, rows).unsqueeze(1) if per_row else go
+    out.index_copy_(0, rows, (grad_rows.to(work) * factor).to(grad_rows.dtype))
+    return out
+
+
+def _scale_rows(backend, buf, rows, grad_output, per_row):
+    """In place: ``buf[rows[i]] *= grad_output`` (``grad_output[rows[i]]`` when ``per_row``)."""
+    go = grad_output.detach().to(_work_dtype(buf.dtype)).reshape(-1).contiguous()
+    if _use_cpp(backend, buf):
+        _backend.cpp_module().ce_scale_rows(_cpp_buffer(buf), _KERNEL_DTYPES[buf.dtype], rows.numpy(), go.numpy(), per_row)
+        return
+    factor = go.index_select(0, rows) if per_row else go.expand(rows.shape[0])
+    _scale_rows_torch(buf, rows, factor)
+
+
+def _zero_rows(backend, buf, rows):
+    if _use_cpp(backend, buf):
+        _backend.cpp_module().ce_zero_rows(_cpp_buffer(buf), rows.numpy())
+    elif rows.numel():
+        buf.index_fill_(0, rows, 0)
+
+
+# ----------------------------------------------------------------------------- shared op pieces
+_NONE, _MEAN, _SUM = 0, 1, 2
+
+
+def check_label_range(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """ValueError naming an offending label (the smallest or largest) outside ``[0, vocab)``."""
+    if targets.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(targets))
+    if lo < 0 or hi >= vocab:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"labels contains {bad}, outside the {vocab} classes [0, {vocab}) of the logits and not "
+            f"ignore_index={ignore_index}; every label must be a class id or ignore_index "
+            "(check the vocabulary size of the head and the collator's ignore value)"
+        )
+
+
+def select_rows(labels: torch.Tensor, ignore_index: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, targets)``: int64 indices of the labelled entries of 1-D ``labels``, and their labels."""
+    rows = (labels != ignore_index).nonzero().squeeze(1)
+    targets = labels.index_select(0, rows)
+    check_label_range(targets, vocab, ignore_index)
+    return rows, targets
+
+
+def normalization(reduction: int, count: int, denominator: Optional[torch.Tensor], loss_scale: float) -> tuple[float, float]:
+    """``(gradient scale, divisor of the summed loss)`` for ``count`` labelled rows.
+
+    ``mean`` divides by ``denominator`` (num_items_in_batch or the global count) or else by
+    ``count``, and multiplies by ``loss_scale`` (the world size under global normalisation).
+    A zero divisor with nothing labelled gives a zero loss and zero gradient.
+    """
+    if reduction != _MEAN:
+        return 1.0, 1.0
+    divisor = float(denominator) if denominator is not None else float(count)
+    if divisor <= 0:
+        if count > 0:
+            raise ValueError(
+                f"num_items_in_batch={divisor:g} but the batch has {count} labelled tokens; pass the "
+                "(positive) number of labelled tokens the loss should be averaged over"
+            )
+        return 0.0, 0.0
+    return loss_scale / divisor, divisor
+
+
+def reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, dtype):
+    """Per-row losses of the labelled rows -> the requested reduction, in ``dtype``."""
+    if reduction == _NONE:
+        out = torch.zeros(n_rows, dtype=dtype, device=loss_rows.device)
+        return out.index_copy_(0, rows, loss_rows.to(dtype))
+    total = loss_rows.to(torch.float64).sum()
+    if reduction == _MEAN:
+        total = total * (loss_scale / divisor) if divisor > 0 else total * 0.0
+    return total.to(dtype)
+
+
+def loss_dtype(logits_dtype: torch.dtype) -> torch.dtype:
+    return _work_dtype(logits_dtype)
+
+
+# ----------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("fastmask::masked_cross_entropy", mutates_args=())
+def _masked_ce_op(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int,
+    reduction: int,
+    label_smoothing: float,
+    z_loss: float,
+    denominator: Optional[torch.Tensor],
+    loss_scale: float,
+    compute_grad: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, gradient of the labelled rows [M, V] (scaled for the reduction), rows [M])``."""
+    n_rows, vocab = logits.shape
+    rows, targets = select_rows(labels, ignore_index, vocab)
+    grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
+    loss_rows, grad = cross_entropy_rows(
+        backend, logits, rows, targets, grad_scale=grad_scale, label_smoothing=label_smoothing,
+        z_loss=z_loss, grad_mode="compact" if compute_grad else "none",
+    )
+    if grad is None:
+        grad = logits.new_empty((0, vocab))
+    loss = reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, loss_dtype(logits.dtype))
+    return loss, grad, rows
+
+
+@_masked_ce_op.register_fake
+def _masked_ce_fake(logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, compute_grad, backend):
+    n_rows, vocab = logits.shape
+    count = torch.library.get_ctx().new_dynamic_size()
+    loss = logits.new_empty((n_rows,) if reduction == _NONE else (), dtype=loss_dtype(logits.dtype))
+    grad = logits.new_empty((count if compute_grad else 0, vocab))
+    return loss, grad, labels.new_empty((count,), dtype=torch.int64)
+
+
+@torch.library.custom_op("fastmask::masked_cross_entropy_backward", mutates_args=())
+def _expand_grad_op(
+    grad_rows: torch.Tensor, rows: torch.Tensor, grad_output: torch.Tensor, n_rows: int, per_row: bool, backend: str
+) -> torch.Tensor:
+    """``[n_rows, V]``: ``grad_output`` times the saved gradient at ``rows``, zero elsewhere."""
+    return _expand_grad(backend, grad_rows, rows, grad_output, n_rows, per_row)
+
+
+@_expand_grad_op.register_fake
+def _expand_grad_fake(grad_rows, rows, grad_output, n_rows, per_row, backend):
+    return grad_rows.new_empty((n_rows, grad_rows.shape[1]))
+
+
+def _masked_ce_setup_context(ctx, inputs, output):
+    logits, _, _, reduction, _, _, _, _, compute_grad, backend = inputs
+    _, grad, rows = output
+    # Only the loss is differentiable: no zero gradients get materialised for the other outputs.
+    ctx.mark_non_differentiable(grad, rows)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(grad, rows)
+    ctx.n_rows = logits.shape[0]
+    ctx.per_row = reduction == _NONE
+    ctx.compute_grad = compute_grad
+    ctx.backend = backend
+
+
+def _masked_ce_backward(ctx, grad_loss, _grad_grad, _grad_rows):
+    if grad_loss is None:  # grads are not materialised: the loss did not reach the output
+        return (None,) * 10
+    if not ctx.compute_grad:
+        raise RuntimeError(
+            "masked_cross_entropy: the forward ran without computing the gradient (grad mode was "
+            "off or logits did not require grad); run the forward with torch.enable_grad()"
+        )
+    grad, rows = ctx.saved_tensors
+    grad_logits = _expand_grad_op(grad, rows, grad_loss, ctx.n_rows, ctx.per_row, ctx.backend)
+    return (grad_logits,) + (None,) * 9
+
+
+_masked_ce_op.register_autograd(_masked_ce_backward, setup_context=_masked_ce_setup_context)
+
+
+@torch.library.custom_op("fastmask::masked_cross_entropy_inplace", mutates_args=("logits",))
+def _masked_ce_inplace_op(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int,
+    reduction: int,
+    label_smoothing: float,
+    z_loss: float,
+    denominator: Optional[torch.Tensor],
+    loss_scale: float,
+    backend: str,
+) -> torch.Tensor:
+    """The loss; overwrites ``logits`` with the (reduction-scaled) gradient, zero at ignored rows."""
+    n_rows, vocab = logits.shape
+    rows, targets = select_rows(labels, ignore_index, vocab)
+    grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
+    loss_rows, _ = cross_entropy_rows(
+        backend, logits, rows, targets, grad_scale=grad_scale, label_smoothing=label_smoothing,
+        z_loss=z_loss, grad_mode="inplace",
+    )
+    _zero_rows(backend, logits, (labels == ignore_index).nonzero().squeeze(1))
+    return reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, loss_dtype(logits.dtype))
+
+
+@_masked_ce_inplace_op.register_fake
+def _masked_ce_inplace_fake(logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend):
+    return logits.new_empty((logits.shape[0],) if reduction == _NONE else (), dtype=loss_dtype(logits.dtype))
+
+
+@torch.library.custom_op("fastmask::masked_cross_entropy_scale_rows_", mutates_args=("buf",))
+def _scale_rows_op(
+    buf: torch.Tensor, labels: torch.Tensor, ignore_index: int, grad_output: torch.Tensor, per_row: bool, backend: str
+) -> None:
+    """In place: the labelled rows of ``buf`` times ``grad_output`` (its row's value when ``per_row``)."""
+    rows = (labels != ignore_index).nonzero().squeeze(1)
+    _scale_rows(backend, buf, rows, grad_output, per_row)
+
+
+@_scale_rows_op.register_fake
+def _scale_rows_fake(buf, labels, ignore_index, grad_output, per_row, backend):
+    return None
+
+
+class _InplaceMaskedCrossEntropy(torch.autograd.Function):
+    """The gradient is written over the logits in forward; backward scales it in place."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend):
+        loss = _masked_ce_inplace_op(
+            logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend
+        )
+        ctx.save_for_backward(logits, labels)
+        ctx.ignore_index = ignore_index
+        ctx.per_row = reduction == _NONE
+        ctx.backend = backend
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        buf, labels = ctx.saved_tensors
+        _scale_rows_op(buf, labels, ctx.ignore_index, grad_loss, ctx.per_row, ctx.backend)
+        return (buf,) + (None,) * 8
+
+
+# ----------------------------------------------------------------------------- validation
+def check_nonnegative_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not (value >= 0.0 and value != float("inf")):
+        raise ValueError(f"{name}={value} must be finite and >= 0")
+    return value
+
+
+def check_label_smoothing(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"label_smoothing must be a float in [0, 1], got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing={value} is outside [0, 1]; pass a value between 0 and 1 (torch's range)")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def loss_normalizer(
+    labels: torch.Tensor,
+    ignore_index: int,
+    reduction: str,
+    num_items_in_batch,
+    global_normalization: bool,
+) -> tuple[Optional[torch.Tensor], float]:
+    """``(denominator tensor or None, loss scale)`` from ``num_items_in_batch`` / ``global_normalization``."""
+    check_bool("global_normalization", global_normalization)
+    if num_items_in_batch is None and not global_normalization:
+        return None, 1.0
+    if reduction != "mean":
+        option = "num_items_in_batch" if num_items_in_batch is not None else "global_normalization"
+        raise ValueError(f"{option} changes the denominator of reduction='mean'; it has no meaning for reduction={reduction!r}")
+    if num_items_in_batch is not None and global_normalization:
+        raise ValueError(
+            "pass num_items_in_batch or global_normalization=True, not both: num_items_in_batch is "
+            "already the count the loss is averaged over"
+        )
+    if num_items_in_batch is not None:
+        if isinstance(num_items_in_batch, torch.Tensor):
+            if num_items_in_batch.numel() != 1 or num_items_in_batch.dtype == torch.bool or num_items_in_batch.is_complex():
+                raise ValueError(
+                    f"num_items_in_batch must be a number or a one-element real tensor, got a "
+                    f"{num_items_in_batch.dtype} tensor of shape {tuple(num_items_in_batch.shape)}"
+                )
+            return num_items_in_batch.detach().reshape(()), 1.0
+        value = check_int("num_items_in_batch", num_items_in_batch, minimum=0)
+        return torch.tensor(float(value), dtype=torch.float64), 1.0
+    if not is_initialized():
+        return None, 1.0
+    count, world_size = global_normalizer((labels != ignore_index).sum())
+    return count, float(world_size)
+
+
+@torch.compiler.assume_constant_result
+def choose_backend(backend: str, device_type: str, float64: bool, op: str) -> str:
+    """The concrete backend for one call (a constant under torch.compile).
+
+    fp64 runs on the reference only: the kernels compute in fp32.
+    """
+    call_reasons = {"cpp": _backend.cpp_symbol_reason("ce_forward")}
+    if float64:
+        reason = "float64 runs on the reference backend only (the kernels compute in fp32)"
+        call_reasons = {"cpp": reason, "triton": reason}
+    return _backend.resolve_backend(backend, torch.device(device_type), op=op, call_reasons=call_reasons)
+
+
+# ----------------------------------------------------------------------------- public API
+def masked_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    inplace_backward: bool = False,
+    num_items_in_batch: Union[int, torch.Tensor, None] = None,
+    global_normalization: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Cross-entropy over the labelled positions only; ignored rows cost nothing.
+
+    Equals ``F.cross_entropy(logits.float(), labels, ignore_index=..., reduction=...,
+    label_smoothing=...)`` (flattened over the leading dims), plus ``z_loss * logsumexp(logits)**2``
+    per labelled row when ``z_loss > 0`` (PaLM's z-loss). The gradient is computed in the forward
+    pass and stored, so backward only scales it.
+
+    Args:
+        logits: ``[N, V]`` or ``[B, L, V]`` (classes last), fp32/fp16/bf16 (fp64 on the
+            reference backend); any strides (a copy is made when the class dim is not
+            contiguous). Math is fp32.
+        labels: ``logits.shape[:-1]`` int64 or int32 class ids in ``[0, V)``, or ``ignore_index``.
+        reduction: ``"mean"`` (over labelled positions), ``"sum"`` or ``"none"`` (per-token
+            losses shaped like ``labels``, 0 at ignored positions).
+        label_smoothing: in ``[0, 1]``, as torch.
+        z_loss: weight of ``logsumexp**2`` per labelled row (0 disables).
+        inplace_backward: write the gradient over ``logits`` during the forward (no second
+            ``N x V`` buffer; ignored rows are zero-filled, still never read). **The logits are
+            destroyed**: do not use them after this call, and nothing else may have saved them
+            for its backward. Backward may run once.
+        num_items_in_batch: ``mean`` divides the summed loss by this count instead of the local
+            number of labelled tokens (transformers' convention for gradient accumulation).
+        global_normalization: under an initialised ``torch.distributed``, ``mean`` divides by the
+            all-reduced number of labelled tokens over all ranks and multiplies by the world
+            size, so DDP's gradient averaging gives exactly the single-process gradient (the
+            mean of the per-rank values is the global mean loss). A no-op otherwise.
+        backend: ``"auto"``, ``"reference"``, ``"cpp"`` or ``"triton"``.
+
+    Returns:
+        fp32 loss (fp64 for fp64 logits): a scalar, or ``labels``-shaped for ``"none"``.
+
+    On CPU the C++ backend recycles its large gradient buffers (see
+    :func:`release_cached_buffers`).
+
+    Differences from torch: a batch with no labelled position gives loss 0 and a zero
+    gradient for every reduction (torch's ``mean`` gives NaN); the loss is fp32 for fp16/bf16
+    logits (torch returns the logits' dtype); class weights and probability targets are not
+    supported; labels outside ``[0, V)`` raise ``ValueError``.
+    """
+    check_tensor("logits", logits, dtypes=LOGITS_DTYPES)
+    if logits.dim() < 2:
+        raise ValueError(f"logits must be [N, V] or [B, L, V] with classes last, got shape {tuple(logits.shape)}")
+    check_tensor("labels", labels, dtypes=LABEL_DTYPES)
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)} but logits {tuple(logits.shape)} needs labels of shape "
+            f"{tuple(logits.shape[:-1])} (classes are the last dim of logits)"
+        )
+    if labels.device != logits.device:
+        raise ValueError(f"labels is on {labels.device} but logits on {logits.device}; move them to one device")
+    vocab = logits.shape[-1]
+    if vocab == 0 or labels.numel() == 0:
+        raise ValueError(f"logits is empty (shape {tuple(logits.shape)}); pass at least one row and one class")
+    ignore_index = check_int("ignore_index", ignore_index)
+    check_choice("reduction", reduction, REDUCTIONS)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    z_loss = check_nonnegative_float("z_loss", z_loss)
+    check_bool("inplace_backward", inplace_backward)
+    flat_labels = labels.reshape(-1).to(torch.int64)
+    denominator, loss_scale = loss_normalizer(flat_labels, ignore_index, reduction, num_items_in_batch, global_normalization)
+    chosen = choose_backend(backend, logits.device.type, logits.dtype == torch.float64, "masked_cross_entropy")
+    flat = logits.reshape(-1, vocab)
+    compute_grad = torch.is_grad_enabled() and logits.requires_grad
+    inplace = inplace_backward and compute_grad
+    # The kernels need unit stride along V; in place, rows must not overlap either.
+    if (vocab > 1 and flat.stride(1) != 1) or (inplace and flat.shape[0] > 1 and flat.stride(0) < vocab):
+        flat = flat.contiguous()
+    code = REDUCTIONS.index(reduction)
+    if inplace:
+        loss = _InplaceMaskedCrossEntropy.apply(
+            flat, flat_labels, ignore_index, code, label_smoothing, z_loss, denominator, loss_scale, chosen
+        )
+    else:
+        loss = _masked_ce_op(
+            flat, flat_labels, ignore_index, code, label_smoothing, z_loss, denominator, loss_scale, compute_grad, chosen
+        )[0]
+    if reduction == "none":
+        loss = loss.view(labels.shape)
+    return loss
