@@ -259,7 +259,9 @@ def run_pipeline(kind: str, config: TrainConfig, tokenizer, train_rows, eval_bat
     if kind == "fastmask":
         from .integrations.transformers import apply_fastmask
 
-        apply_fastmask(model)
+        # under torchrun: normalise by the global count of masked tokens (DDP then averages
+        # gradients into exactly the single-process gradient)
+        apply_fastmask(model, global_normalization=world > 1)
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -288,8 +290,6 @@ def run_pipeline(kind: str, config: TrainConfig, tokenizer, train_rows, eval_bat
             collator.set_epoch(epoch)
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
-            if kind == "fastmask" and world > 1:
-                batch["num_items_in_batch"] = _global_label_share(batch["labels"], world)
             loss = train_model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -312,15 +312,6 @@ def run_pipeline(kind: str, config: TrainConfig, tokenizer, train_rows, eval_bat
         _save(model, tokenizer, config)
     tail = losses[-max(1, len(losses) // 10):]
     return RunResult(kind, len(losses), seconds, tokens / seconds, sum(tail) / len(tail), eval_loss, eval_accuracy, losses)
-
-
-def _global_label_share(labels: torch.Tensor, world: int) -> torch.Tensor:
-    """All ranks' labelled-token count divided by the world size: dividing each rank's summed
-    loss by it makes DDP's gradient average equal the single-process gradient of the global
-    token-level mean."""
-    count = (labels != -100).sum().to(torch.float64)
-    torch.distributed.all_reduce(count)
-    return (count / world).clamp_min(1.0 / world)
 
 
 def _progress(config: TrainConfig, label: str, rank: int):

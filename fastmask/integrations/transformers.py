@@ -125,6 +125,7 @@ class _PatchState:
     spec: _HeadSpec
     chunk_size: Optional[int]
     backend: str
+    global_normalization: bool
     previous_forward: Optional[Callable]  # an instance-level forward that was there before, if any
 
 
@@ -241,16 +242,11 @@ def _sparse_head_loss(model, state: _PatchState, sequence_output: torch.Tensor, 
     if index.numel() == 0:  # nothing labelled: loss 0, zero (not missing) gradients for the head
         loss = rows.float().sum() * 0.0 + weight.float().sum() * 0.0
         return loss if bias is None else loss + bias.float().sum() * 0.0
-    loss = fused_masked_lm_loss(
-        rows, weight, targets, bias, ignore_index=IGNORE_INDEX,
-        reduction="mean" if num_items_in_batch is None else "sum",
-        chunk_size=state.chunk_size, backend=state.backend,
+    return fused_masked_lm_loss(
+        rows, weight, targets, bias, ignore_index=IGNORE_INDEX, chunk_size=state.chunk_size,
+        num_items_in_batch=num_items_in_batch,  # divides the sum, as transformers' fixed_cross_entropy
+        global_normalization=state.global_normalization and num_items_in_batch is None, backend=state.backend,
     )
-    if num_items_in_batch is not None:  # as transformers' fixed_cross_entropy
-        if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(loss.device)
-        loss = loss / num_items_in_batch
-    return loss
 
 
 def _forward(model, *args, **kwargs):
@@ -289,29 +285,36 @@ def _forward(model, *args, **kwargs):
     return output if return_dict else output.to_tuple()
 
 
-def apply_fastmask(model, *, chunk_size: Optional[int] = None, backend: str = "auto"):
+def apply_fastmask(
+    model, *, chunk_size: Optional[int] = None, backend: str = "auto", global_normalization: bool = False
+):
     """Give ``model`` (one instance) the sparse fused MLM head; returns ``model``.
 
     Args:
         model: one of ``SUPPORTED_CLASSES`` (transformers ``*ForMaskedLM``).
         chunk_size: rows per chunk for :func:`fastmask.fused_masked_lm_loss` (None = its default).
         backend: ``"auto"``, ``"reference"``, ``"cpp"`` or ``"triton"``, as for the fused loss.
+        global_normalization: under ``torch.distributed`` (DDP), normalise the loss by the
+            global number of labelled tokens so gradients equal single-process training (see
+            :func:`fastmask.masked_cross_entropy`); ignored for calls given ``num_items_in_batch``.
 
     Raises ``TypeError`` (listing the supported classes) for any other model. Applying twice
-    keeps one patch and takes the new ``chunk_size``/``backend``.
+    keeps one patch and takes the new ``chunk_size``/``backend``/``global_normalization``.
     """
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     check_backend_name(backend)
+    if not isinstance(global_normalization, bool):
+        raise TypeError(f"global_normalization must be a bool, got {global_normalization!r}")
     base_class, spec = _find_base_class(model)
     state = model.__dict__.get(_STATE_ATTR)
     if state is not None:
-        state.chunk_size, state.backend = chunk_size, backend
+        state.chunk_size, state.backend, state.global_normalization = chunk_size, backend, global_normalization
         return model
     decoder = model.get_output_embeddings()
     if not isinstance(getattr(decoder, "weight", None), torch.Tensor) or decoder.weight.dim() != 2:
         raise _unsupported(model, f"its output embeddings {type(decoder).__name__} have no 2-D weight")
-    state = _PatchState(base_class, spec, chunk_size, backend, model.__dict__.get("forward"))
+    state = _PatchState(base_class, spec, chunk_size, backend, global_normalization, model.__dict__.get("forward"))
     model.__dict__[_STATE_ATTR] = state
     model.__dict__["forward"] = _PatchedForward(model)
     return model
@@ -344,19 +347,23 @@ def is_fastmask_applied(model) -> bool:
 
 
 @contextlib.contextmanager
-def fastmask_patched(model, *, chunk_size: Optional[int] = None, backend: str = "auto") -> Iterator:
+def fastmask_patched(
+    model, *, chunk_size: Optional[int] = None, backend: str = "auto", global_normalization: bool = False
+) -> Iterator:
     """``with fastmask_patched(model) as m:`` — :func:`apply_fastmask` for the block only.
 
     On exit the model is unpatched, or, if it was already patched before, gets its previous
-    ``chunk_size``/``backend`` back.
+    options back.
     """
     previous = model.__dict__.get(_STATE_ATTR) if isinstance(model, nn.Module) else None
-    previous_options = None if previous is None else (previous.chunk_size, previous.backend)
-    apply_fastmask(model, chunk_size=chunk_size, backend=backend)
+    previous_options = None if previous is None else dataclasses.replace(previous)
+    apply_fastmask(model, chunk_size=chunk_size, backend=backend, global_normalization=global_normalization)
     try:
         yield model
     finally:
         if previous_options is None:
             unapply_fastmask(model)
         else:
-            previous.chunk_size, previous.backend = previous_options
+            previous.chunk_size = previous_options.chunk_size
+            previous.backend = previous_options.backend
+            previous.global_normalization = previous_options.global_normalization
