@@ -20,6 +20,7 @@ _EXPORTS = {
     "masked_cross_entropy": "fastmask.cross_entropy",
     "MaskedLMLoss": "fastmask.loss",
     "fused_masked_lm_loss": "fastmask.fused_linear_cross_entropy",
+    "release_cached_buffers": "fastmask.cross_entropy",
     "apply_fastmask": "fastmask.integrations.transformers",
     "unapply_fastmask": "fastmask.integrations.transformers",
     "fastmask_patched": "fastmask.integrations.transformers",
