@@ -1,24 +1,19 @@
 """pytest-benchmark suite for the masking op (small shapes; run with ``pytest benchmarks/``).
 
-The same real-text batch as ``bench_masking.py`` (stdlib docstrings, MiniLM WordPiece), masked
+The same real-text batch as :mod:`fastmask.bench.masking` (stdlib docstrings, MiniLM WordPiece), masked
 by each fastmask backend and by transformers' ``torch_mask_tokens``; compare the rows of one
 group (``--benchmark-group-by=group``, the default here groups by strategy and shape).
 """
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import bench_masking  # noqa: E402
-
-import fastmask  # noqa: E402
-from fastmask import _backend  # noqa: E402
+import fastmask
+from fastmask import _backend
+from fastmask.bench import common, masking
 
 SHAPES = [(8, 128), (4, 512)]
 STRATEGIES = ["token", "whole_word", "span"]
@@ -26,15 +21,15 @@ STRATEGIES = ["token", "whole_word", "span"]
 
 @pytest.fixture(scope="module")
 def corpus():
-    tokenizer, _ = bench_masking.load_tokenizer()
-    return tokenizer, bench_masking.token_stream(tokenizer)
+    tokenizer, _ = common.load_tokenizer()
+    return tokenizer, common.token_stream(tokenizer)
 
 
 @pytest.fixture(scope="module", params=SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def batch(request, corpus):
     tokenizer, stream = corpus
     batch_size, length = request.param
-    data = bench_masking.make_batch(tokenizer, stream, batch_size, length)
+    data = masking.make_batch(tokenizer, stream, batch_size, length)
     data["word_starts"] = fastmask.word_starts_from_offsets(data["offset_mapping"], data["special_tokens_mask"])
     return tokenizer, data
 

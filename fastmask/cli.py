@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small shapes and few repeats (under a minute on a 2-core CPU)")
     bench.add_argument("--suite", nargs="+", choices=["collator", "masking", "loss", "train-step"],
                        help="run only these suites (default: collator, masking, loss)")
-    bench.add_argument("--lengths", nargs="+", type=int, metavar="L", help="sequence lengths for the masking suites")
+    bench.add_argument("--lengths", nargs="+", type=int, metavar="L",
+                       help="sequence lengths for the collator and masking suites (8 to 16384; default 128 512 2048 8192)")
     bench.add_argument("--json", metavar="PATH", help="also write all rows as JSON")
     bench.add_argument("--markdown", metavar="PATH", help="also write the tables as markdown")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG of speed-up against sequence length")

@@ -1,0 +1,146 @@
+"""``fastmask bench`` (one quick suite end to end, option errors) and the plumbing of
+``benchmarks/gpu_check.py`` (dry run, pytest-output parsing, non-empty test selections)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from fastmask import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPU_CHECK = os.path.join(ROOT, "benchmarks", "gpu_check.py")
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+
+def _gpu_check_module():
+    spec = importlib.util.spec_from_file_location("gpu_check", GPU_CHECK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_masking_suite_writes_rows_tables_and_plot(tmp_path, capsys):
+    out, md, png = tmp_path / "bench.json", tmp_path / "bench.md", tmp_path / "plot.png"
+    code = cli.main(["bench", "--quick", "--suite", "masking", "--lengths", "128", "--device", "cpu", "--no-progress",
+                     "--json", str(out), "--markdown", str(md), "--plot", str(png)])
+    assert code == 0
+    document = json.loads(out.read_text())
+    rows = document["rows"]
+    assert rows and all(r["suite"] == "masking" and r["length"] == 128 for r in rows)
+    assert all(r["tokens_per_s"] > 0 and r["ms"] > 0 for r in rows)
+    assert {r["case"] for r in rows} == {"token", "whole_word (offsets)", "whole_word (table)", "span (offsets)"}
+    baseline_ms = {(r["case"], r["shape"]): r["ms"] for r in rows if r["impl"].startswith("transformers")}
+    compared = [r for r in rows if r["impl"].startswith("fastmask") and r["baseline"] == "transformers"]
+    assert {r["case"] for r in compared} == {"token", "whole_word (offsets)", "whole_word (table)"}
+    for row in compared:
+        assert row["speedup"] == pytest.approx(baseline_ms[(row["case"], row["shape"])] / row["ms"])
+    assert all(r["speedup"] is None for r in rows if r["case"] == "span (offsets)")  # transformers has no spans
+    assert document["machine"]["torch"] == torch.__version__ and "masking" in document["suites"]
+    assert document["options"]["lengths"] == [128] and document["failures"] == []
+
+    stdout = capsys.readouterr().out
+    assert "speed-up vs transformers" in stdout
+    assert re.search(r"masking token 64x128: .*\d+(\.\d+)?x transformers", stdout)
+    text = md.read_text()
+    assert text.startswith("# fastmask bench") and "## Masking op" in text and "| token | - | 64 x 128 |" in text
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "--plot skipped: matplotlib is not installed" in stdout
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--suite", "masking", "--lengths", "4"], "--lengths: 4 is out of range"),
+    (["--suite", "loss", "--lengths", "128"], "--lengths applies to the collator and masking suites"),
+    (["--device", "tpu"], "--device 'tpu' is not one of auto, cpu, cuda"),
+    (["--suite", "masking", "--tokenizer", "/no/such/tokenizer"], "could not be loaded"),
+    pytest.param(["--device", "cuda"], "CUDA is not available on this machine",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+])
+def test_bad_options_are_one_line_errors(args, message, capsys):
+    assert cli.main(["bench", "--no-progress", *args]) == cli.EXIT_USAGE
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fastmask: error:") and message in lines[0], lines
+
+
+def test_parse_pytest_counts_skips_and_cut_off_runs():
+    gpu_check = _gpu_check_module()
+    log = textwrap.dedent("""\
+        collecting ... collected 5 items / 1 deselected / 4 selected
+
+        tests/test_a.py::test_one[triton-x] PASSED                                  [ 25%]
+        tests/test_a.py::test_two FAILED                                            [ 50%]
+        tests/test_a.py::test_three SKIPPED (a GPU is present: compiled there)      [ 75%]
+        tests/test_a.py::test_four SKIPPED (backend 'triton' unavailable: no CUDA)  [100%]
+
+        =========================== short test summary info ============================
+        FAILED tests/test_a.py::test_two - AssertionError: triton labels differ from the reference
+        SKIPPED [1] tests/test_a.py:30: a GPU is present: compiled there
+        SKIPPED [1] tests/test_a.py:40: backend 'triton' unavailable: no CUDA
+        ============ 1 failed, 1 passed, 2 skipped, 1 deselected in 3.21s =============
+        """)
+    parsed = gpu_check.parse_pytest(log)
+    assert (parsed["passed"], parsed["failed"], parsed["skipped"], parsed["deselected"], parsed["ran"]) == (1, 1, 2, 1, 4)
+    assert parsed["complete"] and parsed["failures"] == ["tests/test_a.py::test_two"]
+    assert [s["reason"] for s in parsed["unexpected_skips"]] == ["backend 'triton' unavailable: no CUDA"]
+    cut = gpu_check.parse_pytest(log.split("=====")[0])  # killed before the summary
+    assert not cut["complete"] and (cut["passed"], cut["failed"], cut["skipped"], cut["ran"]) == (1, 1, 2, 4)
+    assert [s["where"] for s in cut["unexpected_skips"]] == ["tests/test_a.py::test_four"]
+    assert gpu_check.parse_pytest("collected 0 items\n\n===== no tests ran in 0.01s =====\n")["ran"] == 0
+
+
+def test_gpu_check_test_selections_are_not_empty():
+    """Every pytest selection of the GPU check collects tests (names or markers may drift)."""
+    gpu_check = _gpu_check_module()
+    script = textwrap.dedent("""
+        import json, sys
+        import pytest
+
+        class Count:
+            def pytest_collection_finish(self, session):
+                self.n = len(session.items)
+
+        counts = {}
+        for name, selection in json.loads(sys.argv[1]):
+            plugin = Count()
+            pytest.main([*selection, "--collect-only", "-q", "-p", "no:cacheprovider"], plugins=[plugin])
+            counts[name] = getattr(plugin, "n", 0)
+        print("COUNTS " + json.dumps(counts))
+        """)
+    steps = [(name, selection) for name, selection, _ in gpu_check.TEST_STEPS + gpu_check.DRY_TEST_STEPS]
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(steps)], cwd=ROOT, env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("COUNTS "))
+    counts = json.loads(line[len("COUNTS "):])
+    assert set(counts) == {name for name, _ in steps}
+    assert all(n > 0 for n in counts.values()), counts
+
+
+def test_gpu_check_dry_run_writes_the_report(tmp_path):
+    out = tmp_path / "gpu"
+    result = subprocess.run([sys.executable, GPU_CHECK, str(out), "--dry-run", "--time-limit", "240"], cwd=tmp_path,
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    cuda = torch.cuda.is_available()
+    assert result.returncode == (0 if cuda else 3), result.stdout + result.stderr
+    if not cuda:
+        assert "gpu_check: NO CUDA: no CUDA device here" in result.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["gpu_check.json", "gpu_check.md", "pytest.log", "steps.log"]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["mode"] == "dry-run" and report["probe"]["torch"] == torch.__version__
+    (test,) = report["tests"].values()
+    assert test["status"] == "ok" and test["passed"] >= 1 and test["failed"] == 0
+    (bench,) = report["bench"].values()
+    assert bench["status"] == "ok" and bench["rows"] and all(r["tokens_per_s"] > 0 for r in bench["rows"])
+    assert any(line.startswith("masking token 64x128:") for line in bench["summary"])
+    markdown = (out / "gpu_check.md").read_text()
+    assert ("NO CUDA" in markdown) != cuda and "| kernels-masking-dry |" in markdown and "## Benchmarks" in markdown
+    assert "passed" in (out / "pytest.log").read_text()
