@@ -41,14 +41,16 @@ from .cross_entropy import (
 
 __all__ = ["fused_masked_lm_loss", "default_chunk_size", "CHUNK_ELEMENTS"]
 
-# Default chunk: the most rows whose logits hold at most 2**23 elements (32 MiB in fp32):
-# 274 rows for V = 30522, 166 for 50265, 65 for 128256. Chunks this size keep the matmuls
-# efficient while the chunk is small next to the weight gradient.
-CHUNK_ELEMENTS = 1 << 23
+# Default chunk: the most rows whose logits hold at most 2**24 elements (64 MiB in fp32):
+# 549 rows for V = 30522, 333 for 50265, 130 for 128256. Larger chunks make the matmuls more
+# efficient; measured on 2 CPU cores (H = 384, V = 30522, 15% of N = 4096 / 8192 rows
+# labelled), 2**24 gave 8.0x naive linear + CE and 1.28x gather + torch, 2**23 gave 7.4x and
+# 1.19x for a chunk 32 MiB smaller.
+CHUNK_ELEMENTS = 1 << 24
 
 
 def default_chunk_size(vocab: int) -> int:
-    """Rows per chunk when ``chunk_size=None``: ``max(1, 2**23 // vocab)``."""
+    """Rows per chunk when ``chunk_size=None``: ``max(1, 2**24 // vocab)``."""
     return max(1, CHUNK_ELEMENTS // max(1, vocab))
 
 
@@ -303,8 +305,8 @@ def fused_masked_lm_loss(
         weight: ``[V, H]`` decoder weight, same dtype and device (may be tied to embeddings).
         labels: ``hidden.shape[:-1]`` int64/int32 class ids or ``ignore_index``.
         bias: optional ``[V]`` decoder bias.
-        chunk_size: labelled rows per chunk of logits; None: ``max(1, 2**23 // V)`` (the
-            chunk's logits stay within 32 MiB of fp32).
+        chunk_size: labelled rows per chunk of logits; None: ``max(1, 2**24 // V)`` (the
+            chunk's logits stay within 64 MiB of fp32).
         ignore_index, reduction, label_smoothing, z_loss, num_items_in_batch,
         global_normalization, backend: as :func:`fastmask.masked_cross_entropy`; ``backend``
             picks the cross-entropy kernel run on each chunk.

@@ -124,9 +124,9 @@ def test_chunks_bound_the_logits(backend, monkeypatch):
 
 
 def test_default_chunk_size():
-    assert fused_ops.default_chunk_size(30522) == 2**23 // 30522 == 274
-    assert fused_ops.default_chunk_size(128256) == 65
-    assert fused_ops.default_chunk_size(2**24) == 1
+    assert fused_ops.default_chunk_size(30522) == 2**24 // 30522 == 549
+    assert fused_ops.default_chunk_size(128256) == 130
+    assert fused_ops.default_chunk_size(2**25) == 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
