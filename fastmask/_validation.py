@@ -54,3 +54,13 @@ def check_same_shape(name: str, value: torch.Tensor, reference_name: str, refere
             f"{name} has shape {tuple(value.shape)} but {reference_name} has shape "
             f"{tuple(reference.shape)}; they must match"
         )
+
+
+def value_range(values: torch.Tensor) -> tuple[int, int]:
+    """``(min, max)`` of a non-empty integer tensor as Python ints (numpy on CPU: torch's
+    reduction starts intra-op threads for large tensors and is ~100x slower there)."""
+    if values.device.type == "cpu":
+        array = values.detach().numpy()
+        return int(array.min()), int(array.max())
+    lo, hi = torch.aminmax(values)
+    return int(lo), int(hi)

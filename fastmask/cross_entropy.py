@@ -27,7 +27,7 @@ from typing import Optional, Union
 import torch
 
 from . import _backend
-from ._validation import check_choice, check_int, check_tensor
+from ._validation import check_choice, check_int, check_tensor, value_range
 from .distributed import global_normalizer, is_initialized
 from .reference.cross_entropy import reference_cross_entropy_rows
 
@@ -162,7 +162,7 @@ def check_label_range(targets: torch.Tensor, vocab: int, ignore_index: int) -> N
     """ValueError naming an offending label (the smallest or largest) outside ``[0, vocab)``."""
     if targets.numel() == 0:
         return
-    lo, hi = (int(v) for v in torch.aminmax(targets))
+    lo, hi = value_range(targets)
     if lo < 0 or hi >= vocab:
         bad = lo if lo < 0 else hi
         raise ValueError(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import _backend, _rng
-from ._validation import check_choice, check_int, check_probability, check_same_shape, check_tensor
+from ._validation import check_choice, check_int, check_probability, check_same_shape, check_tensor, value_range
 from .reference.masking import FLAG_SPECIAL, FLAG_WORD_START, IGNORE_INDEX, reference_mask_tokens
 
 STRATEGIES = ("token", "whole_word", "span")
@@ -224,11 +224,7 @@ def _as_mask(name: str, value, input_ids: torch.Tensor) -> Optional[torch.Tensor
 def _check_ids_in_table(name: str, table_size: int, ids: torch.Tensor) -> None:
     if torch.compiler.is_compiling():
         return  # data-dependent; the kernels still bounds-guard every table lookup
-    if ids.device.type == "cpu":  # numpy's min/max is single-threaded and ~100x faster here
-        array = ids.numpy()
-        lo, hi = int(array.min()), int(array.max())
-    else:
-        lo, hi = (int(v) for v in torch.aminmax(ids))
+    lo, hi = value_range(ids)
     if lo < 0 or hi >= table_size:
         bad = lo if lo < 0 else hi
         raise ValueError(

@@ -135,13 +135,29 @@ def _dataset_texts(config: TrainConfig) -> list[str]:
     return texts
 
 
+def _pretrained_path(config: TrainConfig) -> Optional[str]:
+    """``--model``, else MiniLM-L6 when installed and the default tokenizer is used, else None."""
+    if config.model:
+        return config.model
+    if config.tokenizer is None and data.minilm_path() is not None:
+        return str(data.minilm_path())
+    return None
+
+
+def describe_model(config: TrainConfig) -> str:
+    path = _pretrained_path(config)
+    if path:
+        return f"{path} (BertForMaskedLM, MLM head from the tied embeddings)"
+    return "randomly initialised BertForMaskedLM (4 layers, hidden 256)"
+
+
 def build_model(config: TrainConfig, tokenizer, seed: int):
     """MiniLM-L6 as BertForMaskedLM (head from the tied embeddings) when available, else a
     small randomly initialised BERT. The same ``seed`` gives the same weights."""
     from transformers import BertConfig, BertForMaskedLM, logging as hf_logging
 
     torch.manual_seed(seed)
-    path = config.model or (str(data.minilm_path()) if data.minilm_path() is not None and config.tokenizer is None else None)
+    path = _pretrained_path(config)
     if path:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the MLM head's missing weights are expected
@@ -155,12 +171,12 @@ def build_model(config: TrainConfig, tokenizer, seed: int):
             raise ValueError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's ({len(tokenizer)})")
         if config.seq_len > model.config.max_position_embeddings:
             raise ValueError(f"--seq-len {config.seq_len} exceeds the model's {model.config.max_position_embeddings} positions")
-        return model, f"{path} (BertForMaskedLM, MLM head from the tied embeddings)"
+        return model
     bert_config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
         intermediate_size=1024, max_position_embeddings=max(512, config.seq_len), pad_token_id=tokenizer.pad_token_id,
     )
-    return BertForMaskedLM(bert_config), "randomly initialised BertForMaskedLM (4 layers, hidden 256)"
+    return BertForMaskedLM(bert_config)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -254,7 +270,7 @@ def run_pipeline(kind: str, config: TrainConfig, tokenizer, train_rows, eval_bat
     from transformers import get_linear_schedule_with_warmup
 
     rank, world, _ = _dist_info()
-    model, _ = build_model(config, tokenizer, seed=config.seed)
+    model = build_model(config, tokenizer, seed=config.seed)
     model.to(device)
     if kind == "fastmask":
         from .integrations.transformers import apply_fastmask
@@ -265,7 +281,7 @@ def run_pipeline(kind: str, config: TrainConfig, tokenizer, train_rows, eval_bat
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    pretrained = config.model is not None or (data.minilm_path() is not None and config.tokenizer is None)
+    pretrained = _pretrained_path(config) is not None
     lr = config.lr if config.lr is not None else (5e-5 if pretrained else 5e-4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * config.max_steps), config.max_steps)
@@ -396,13 +412,15 @@ def train(config: TrainConfig, log=print) -> list[RunResult]:
     rank, world, _ = _dist_info()
     say = log if rank == 0 else (lambda *a, **k: None)
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight loading / saving bars would interleave with ours
     tokenizer = data.default_tokenizer(config.tokenizer)
     if tokenizer.mask_token_id is None:
         raise ValueError("the tokenizer has no mask token; masked-language modelling needs one")
     train_rows, eval_rows, source = load_rows(config, tokenizer)
-    _, model_description = build_model(config, tokenizer, seed=config.seed)
     say(f"data: {source}: {len(train_rows)} training rows + {len(eval_rows)} held-out rows of {config.seq_len} tokens")
-    say(f"model: {model_description}; device: {device}; processes: {world}")
+    say(f"model: {describe_model(config)}; device: {device}; processes: {world}")
     eval_batches = make_eval_batches(eval_rows, tokenizer, config)
     results = [run_pipeline("fastmask", config, tokenizer, train_rows, eval_batches, device)]
     if config.compare:
