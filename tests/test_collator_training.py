@@ -86,27 +86,126 @@ def test_shared_step_survives_spawned_workers():
     assert all(labels.ne(-100).any() for labels in _labels(loader))
 
 
-def test_unshared_schedule_in_a_worker_warns():
+def test_schedule_reaches_workers_without_any_call():
+    """The state is shared from construction: a step set after the first epoch reaches new workers."""
     dataset = features(rows=4, max_length=32, offsets=False)
-    c = collator(seed=0, mlm_probability=lambda step: 0.15)
+    c = collator(seed=0, mlm_probability=MaskingSchedule("linear", start=0.0, end=1.0, total_steps=1))
+    assert all(labels.eq(-100).all() for labels in _labels(_loader(dataset, c, workers=1)))
+    c.set_step(1)
+    assert all(labels.ne(-100).any() for labels in _labels(_loader(dataset, c, workers=1)))
 
-    def collate(batch):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out = c(batch)
-        out["warned"] = any("never shared" in str(w.message) for w in caught)
-        return out
 
-    warned = [batch["warned"] for batch in _loader(dataset, collate, workers=1)]
-    assert warned == [True, False]  # once per worker
-    c.set_step(0)  # shared from now on: no warning
-    assert not any(batch["warned"] for batch in _loader(dataset, collate, workers=1))
+# ----------------------------------------------------------------------------- dynamic masking across epochs
+
+
+def _epochs(loader, epochs):
+    return [torch.cat([labels.flatten() for labels in _labels(loader)]) for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("seed", [None, 0])
+@pytest.mark.parametrize("workers,persistent", [(0, False), (2, False), (2, True)])
+def test_every_epoch_draws_new_masks(workers, persistent, seed):
+    """Regression: with non-persistent workers every epoch repeated the first epoch's masks."""
+    row = features(rows=1, max_length=64, offsets=False)[0]
+    dataset = [dict(row) for _ in range(8)]
+    c = collator(seed=seed)
+    kwargs = {"persistent_workers": True} if persistent else {}
+    first, second, third = _epochs(_loader(dataset, c, workers=workers, **kwargs), 3)
+    assert first.ne(-100).any()
+    assert not torch.equal(first, second) and not torch.equal(second, third) and not torch.equal(first, third)
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_multi_epoch_run_is_reproducible(workers, seed):
+    """Same seed and the same torch.manual_seed before the loader: the same masks for a whole run."""
+    dataset = features(rows=12, max_length=48, offsets=False)
+
+    def run():
+        torch.manual_seed(123)
+        c = collator(seed=seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=c, num_workers=workers, shuffle=True,
+                                             **({"multiprocessing_context": "fork"} if workers else {}))
+        return _epochs(loader, 3)
+
+    first, again = run(), run()
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], first[1])
+
+
+def test_state_dict_after_worker_epochs_counts_every_process():
+    """Regression: after epochs in workers, state_dict reported examples: 0."""
+    dataset = features(rows=8, max_length=32, offsets=False)
+    c = collator(seed=1)
+    _epochs(_loader(dataset, c, workers=2), 2)
+    state = c.state_dict()
+    assert state["examples"] == 0 and state["worker_examples"] == [8, 8]
+    assert state["seed"] == 1 and state["format"] == "fastmask.collator/2"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_at_an_epoch_boundary_continues_the_stream(workers):
+    dataset = features(rows=8, max_length=32, offsets=False)
+    uninterrupted = _epochs(_loader(dataset, collator(seed=2), workers=workers), 3)
+    first = collator(seed=2)
+    _epochs(_loader(dataset, first, workers=workers), 2)
+    resumed = collator(seed=2)
+    resumed.load_state_dict(first.state_dict())
+    assert torch.equal(_epochs(_loader(dataset, resumed, workers=workers), 1)[0], uninterrupted[2])
+
+
+def test_drawn_seed_is_shared_and_restored():
+    dataset = features(rows=4, max_length=32, offsets=False)
+    torch.manual_seed(5)
+    c = collator(seed=None)
+    _epochs(_loader(dataset, c, workers=2), 1)  # the workers draw the seed from the loader's base seed
+    seed = c.state_dict()["seed"]
+    assert c.resolved_seed() == seed and 0 <= seed < 2**62
+    other = collator(seed=None)
+    other.load_state_dict(c.state_dict())
+    assert other.resolved_seed() == seed
+
+
+def _keyed(rows=8):
+    dataset = features(rows=rows, max_length=48, offsets=False)
+    for i, f in enumerate(dataset):
+        f["idx"] = i
+    return dataset
+
+
+@pytest.mark.parametrize("workers,persistent", [(0, False), (1, True)])
+def test_row_key_column_repeats_without_set_epoch_and_warns_once(workers, persistent):
+    dataset = _keyed()
+    c = collator(seed=0, row_key_column="idx")
+    kwargs = {"persistent_workers": True} if persistent else {}
+    loader = _loader(dataset, c, workers=workers, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = _epochs(loader, 2)
+    assert torch.equal(first, second)  # a row's mask follows its key: static until set_epoch
+    if workers == 0:  # a worker's warnings go to its stderr
+        assert sum("came round again" in str(w.message) for w in caught) == 1
+
+
+def test_row_key_column_changes_with_set_epoch_without_warning():
+    dataset = _keyed()
+    c = collator(seed=0, row_key_column="idx")
+    loader = _loader(dataset, c, workers=0)
+    epochs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epoch in range(3):
+            c.set_epoch(epoch)
+            epochs += _epochs(loader, 1)
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
+    again = collator(seed=0, row_key_column="idx")
+    again.set_epoch(1)
+    assert torch.equal(_epochs(_loader(dataset, again, workers=2), 1)[0], epochs[1])
 
 
 def test_schedule_callback_drives_step_and_epoch():
     c = collator(seed=0, mlm_probability=MaskingSchedule("cosine", start=0.3, end=0.1, total_steps=10))
     callback = MaskingScheduleCallback(c)
-    assert c._shared is not None
     state = types.SimpleNamespace(global_step=0, epoch=0.0)
     callback.on_train_begin(None, state, None)
     callback.on_epoch_begin(None, state, None)
