@@ -68,7 +68,7 @@ from transformers.tokenization_utils_base import BatchEncoding
 
 from . import _backend, _rng
 from ._validation import check_choice, check_int, check_probability
-from .masking import BUDGETS, IGNORE_INDEX, MAX_SPAN_WORDS, SPAN_DISTRIBUTIONS, STRATEGIES, mask_tokens
+from .masking import BUDGETS, IGNORE_INDEX, MAX_SPAN_WORDS, SPAN_DISTRIBUTIONS, STRATEGIES, _check_ids, _mask_tokens
 from .schedules import MaskingSchedule, MaskingScheduleCallback, is_schedule, probability_at
 from .words import word_start_table, word_starts_from_offsets, word_starts_from_word_ids
 
@@ -884,7 +884,7 @@ class DataCollatorForLanguageModeling(_MaskStream, _HFDataCollatorForLanguageMod
                 kwargs["word_starts"] = word_starts.to(work_ids.device)
             else:
                 kwargs.update(self._tables.word_starts(tokenizer, work_ids))
-        masked, labels = mask_tokens(
+        masked, labels = _mask_tokens(
             work_ids,
             mask_token_id=tokenizer.mask_token_id,
             vocab_size=len(tokenizer),
@@ -901,6 +901,7 @@ class DataCollatorForLanguageModeling(_MaskStream, _HFDataCollatorForLanguageMod
             seed=self._effective_seed(),
             row_keys=row_keys,
             backend=self.backend,
+            ids_beyond_vocab=True,  # like transformers' collator (such ids start words)
             **kwargs,
         )
         if masked.dtype != ids.dtype:
@@ -1147,6 +1148,7 @@ class DataCollatorForMaskedAugmentation(_MaskStream, DataCollatorMixin):
 
     def _corrupt(self, data: dict, padded: PaddedBatch, key_values, padding) -> None:
         ids = data["input_ids"]
+        _check_ids(ids, None)  # shifted past the vocabulary below, a negative id would pass as a real one
         batch, length = ids.shape
         tokenizer = self.tokenizer
         vocab = len(tokenizer)
@@ -1172,10 +1174,10 @@ class DataCollatorForMaskedAugmentation(_MaskStream, DataCollatorMixin):
         total = self.mask_probability + self.random_replace_probability + self.delete_probability
         keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
         common = dict(vocab_size=vocab, special_tokens_mask=ineligible, seed=self._effective_seed(), row_keys=keys,
-                      backend=self.backend)
+                      backend=self.backend, ids_beyond_vocab=True)
         # Ids are shifted past the vocabulary, so the selected tokens that mask_tokens leaves
         # unchanged (its "keep" share, here the deletion share) are the ones still >= vocab.
-        masked, labels = mask_tokens(
+        masked, labels = _mask_tokens(
             ids + vocab,
             mask_token_id=tokenizer.mask_token_id if tokenizer.mask_token_id is not None else 0,
             mlm_probability=min(1.0, total),
@@ -1201,7 +1203,7 @@ class DataCollatorForMaskedAugmentation(_MaskStream, DataCollatorMixin):
                 selected & torch.gather(m, 1, first) for m in (to_mask, to_delete, to_random)
             )
             if to_random.any():  # the per-position random ids (stream 2) of every eligible token
-                random_ids, _ = mask_tokens(ids, mask_token_id=0, mlm_probability=1.0, mask_replace_prob=0.0,
+                random_ids, _ = _mask_tokens(ids, mask_token_id=0, mlm_probability=1.0, mask_replace_prob=0.0,
                                             random_replace_prob=1.0, **common)
         out = torch.where(to_random, random_ids, ids)
         if tokenizer.mask_token_id is not None:

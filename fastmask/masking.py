@@ -9,6 +9,7 @@ contiguous buffers, tables and integer thresholds only.
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -147,26 +148,43 @@ def _budget_table_cpu(p: float, length: int) -> torch.Tensor:
     return _rng.exact_budget_table(p, length)
 
 
-_TABLE_CACHE: dict = {}
+class _TableCache:
+    """Derived per-vocabulary tables (flags, quantised weights), memoised per source tensor.
+
+    An entry holds a weak reference to its source tensor and the tensor's ``_version``, and is
+    used only while that very tensor is alive and unmodified: a new tensor allocated at a freed
+    one's address, or an in-place edit, never reuses an old table. Not used while
+    ``torch.compile`` traces (the graph then builds the table itself).
+    """
+
+    MAX_ENTRIES = 32
+
+    def __init__(self):
+        self._entries: dict = {}
+
+    def get(self, kind: str, source: Optional[torch.Tensor], extra, build):
+        if torch.compiler.is_compiling():
+            return build()
+        key = (kind, None if source is None else id(source), extra)
+        version = None if source is None else source._version
+        entry = self._entries.get(key)
+        if entry is not None:
+            ref, cached_version, table = entry
+            if (source is None or ref() is source) and cached_version == version:
+                return table
+        table = build()
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries = {k: e for k, e in self._entries.items() if e[0] is None or e[0]() is not None}
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+        self._entries[key] = (None if source is None else weakref.ref(source), version, table)
+        return table
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
-def _cached_table(key, build):
-    """Small memo for per-vocabulary tables, keyed by tensor identity and version (not used
-    while torch.compile traces: the graph then builds the table itself)."""
-    if torch.compiler.is_compiling():
-        return build()
-    table = _TABLE_CACHE.get(key)
-    if table is None:
-        if len(_TABLE_CACHE) > 32:
-            _TABLE_CACHE.clear()
-        table = _TABLE_CACHE[key] = build()
-    return table
-
-
-def _tensor_key(t: Optional[torch.Tensor]):
-    if t is None or torch.compiler.is_compiling():
-        return None
-    return (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
+_TABLE_CACHE = _TableCache()
 
 
 def _vocab_flags(
@@ -187,7 +205,7 @@ def _vocab_flags(
             flags[list(special_token_ids)] |= FLAG_SPECIAL
         return flags.to(device)
 
-    return _cached_table(("flags", _tensor_key(word_start_table), special_token_ids, str(device)), build)
+    return _TABLE_CACHE.get("flags", word_start_table, (special_token_ids, str(device)), build)
 
 
 def quantize_token_weights(token_weights: torch.Tensor) -> torch.Tensor:
@@ -202,10 +220,7 @@ def quantize_token_weights(token_weights: torch.Tensor) -> torch.Tensor:
 def _weights_q(token_weights: Optional[torch.Tensor], device) -> Optional[torch.Tensor]:
     if token_weights is None:
         return None
-    return _cached_table(
-        ("weights", _tensor_key(token_weights), str(device)),
-        lambda: quantize_token_weights(token_weights).to(device),
-    )
+    return _TABLE_CACHE.get("weights", token_weights, str(device), lambda: quantize_token_weights(token_weights).to(device))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -220,14 +235,30 @@ def _as_mask(name: str, value, input_ids: torch.Tensor) -> Optional[torch.Tensor
     return value.to(input_ids.device).contiguous()
 
 
-def _check_ids_in_table(name: str, table_size: int, ids: torch.Tensor) -> None:
+def _check_ids(input_ids: torch.Tensor, vocab_size: Optional[int]) -> Optional[tuple[int, int]]:
+    """``(min, max)`` of the ids, checked to lie in ``[0, vocab_size)`` (only ``>= 0`` when
+    ``vocab_size`` is None). None while ``torch.compile`` traces: the check is data-dependent,
+    and the kernels still bound every table lookup."""
     if torch.compiler.is_compiling():
-        return  # data-dependent; the kernels still bounds-guard every table lookup
-    lo, hi = value_range(ids)
-    if lo < 0 or hi >= table_size:
-        bad = lo if lo < 0 else hi
+        return None
+    lo, hi = value_range(input_ids)
+    if lo < 0:
         raise ValueError(
-            f"input_ids contains id {bad}, outside {name} (size {table_size}); pass a table "
+            f"input_ids contains the negative id {lo}; ids must be >= 0 (pad with the pad token's id, "
+            "not -100: labels use -100, input_ids do not)"
+        )
+    if vocab_size is not None and hi >= vocab_size:
+        raise ValueError(
+            f"input_ids contains id {hi}, outside [0, vocab_size={vocab_size}); pass ids of this vocabulary "
+            "or the vocab_size that covers them"
+        )
+    return lo, hi
+
+
+def _check_ids_in_table(name: str, table_size: int, id_range: Optional[tuple[int, int]]) -> None:
+    if id_range is not None and id_range[1] >= table_size:
+        raise ValueError(
+            f"input_ids contains id {id_range[1]}, outside {name} (size {table_size}); pass a table "
             f"that covers every id in input_ids (ids 0..{table_size - 1})"
         )
 
@@ -237,7 +268,10 @@ def _row_keys(row_keys, batch: int, device) -> torch.Tensor:
         return torch.arange(batch, dtype=torch.int64, device=device)
     if not isinstance(row_keys, torch.Tensor):
         try:
-            row_keys = torch.as_tensor(np.asarray(row_keys, dtype=np.int64))
+            array = np.asarray(row_keys)
+            if array.dtype.kind not in "iu":
+                raise TypeError(f"got dtype {array.dtype}")
+            row_keys = torch.as_tensor(array.astype(np.int64))
         except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(f"row_keys must be a sequence of ints or an integer tensor ({exc})") from None
     check_tensor("row_keys", row_keys, dtypes=(torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8))
@@ -315,6 +349,59 @@ def mask_tokens(
         ``(masked_input_ids, labels)``: ids with ``input_ids``' shape, dtype and device, and
         int64 labels holding the original id at selected positions and -100 elsewhere.
     """
+    return _mask_tokens(
+        input_ids,
+        mask_token_id=mask_token_id,
+        vocab_size=vocab_size,
+        mlm_probability=mlm_probability,
+        mask_replace_prob=mask_replace_prob,
+        random_replace_prob=random_replace_prob,
+        special_tokens_mask=special_tokens_mask,
+        attention_mask=attention_mask,
+        word_starts=word_starts,
+        word_start_table=word_start_table,
+        special_token_ids=special_token_ids,
+        pad_token_id=pad_token_id,
+        strategy=strategy,
+        budget=budget,
+        span_distribution=span_distribution,
+        span_p=span_p,
+        max_span_words=max_span_words,
+        token_weights=token_weights,
+        seed=seed,
+        row_keys=row_keys,
+        backend=backend,
+        ids_beyond_vocab=False,
+    )
+
+
+def _mask_tokens(
+    input_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    mlm_probability: float = 0.15,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+    special_tokens_mask: Optional[torch.Tensor] = None,
+    attention_mask: Optional[torch.Tensor] = None,
+    word_starts: Optional[torch.Tensor] = None,
+    word_start_table: Optional[torch.Tensor] = None,
+    special_token_ids: Optional[Sequence[int]] = None,
+    pad_token_id: Optional[int] = None,
+    strategy: str = "token",
+    budget: str = "bernoulli",
+    span_distribution: str = "geometric",
+    span_p: float = 0.2,
+    max_span_words: int = 10,
+    token_weights: Optional[torch.Tensor] = None,
+    seed: int = 0,
+    row_keys: Union[torch.Tensor, Sequence[int], None] = None,
+    backend: str = "auto",
+    ids_beyond_vocab: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mask_tokens`; ``ids_beyond_vocab=True`` (the collators) accepts ids at or past
+    ``vocab_size`` (they are masked like any other; random ids still come from the vocabulary)."""
     check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
     squeeze = input_ids.dim() == 1
     if squeeze:
@@ -333,7 +420,7 @@ def mask_tokens(
     id_max = torch.iinfo(input_ids.dtype).max
     # random ids are (draw * vocab_size) >> 32 in int64: vocab_size must stay below 2**31
     vocab_size = check_int("vocab_size", vocab_size, minimum=1, maximum=min(id_max + 1, 2**31))
-    mask_token_id = check_int("mask_token_id", mask_token_id, minimum=0, maximum=id_max)
+    mask_token_id = check_int("mask_token_id", mask_token_id, minimum=0, maximum=vocab_size - 1)
     mlm_probability = check_probability("mlm_probability", mlm_probability)
     mask_replace_prob = check_probability("mask_replace_prob", mask_replace_prob)
     random_replace_prob = check_probability("random_replace_prob", random_replace_prob)
@@ -355,17 +442,18 @@ def mask_tokens(
         pad_token_id = check_int("pad_token_id", pad_token_id)
     if special_token_ids is not None:
         special_token_ids = tuple(
-            check_int("special_token_ids[]", i, minimum=0, maximum=1 << 31) for i in special_token_ids
+            check_int("special_token_ids[]", i, minimum=0, maximum=vocab_size - 1) for i in special_token_ids
         )
 
     input_ids = input_ids.contiguous()
+    id_range = _check_ids(input_ids, None if ids_beyond_vocab else vocab_size)
     special_mask = _as_mask("special_tokens_mask", special_tokens_mask, input_ids)
     attention = _as_mask("attention_mask", attention_mask, input_ids)
     starts = _as_mask("word_starts", word_starts, input_ids)
     if word_start_table is not None:
         check_tensor("word_start_table", word_start_table, dtypes=_MASK_DTYPES, dim=1)
         if starts is None and strategy != "token":
-            _check_ids_in_table("word_start_table", word_start_table.numel(), input_ids)
+            _check_ids_in_table("word_start_table", word_start_table.numel(), id_range)
         else:
             word_start_table = None  # not consulted
     if strategy != "token" and starts is None and word_start_table is None:
@@ -386,7 +474,7 @@ def mask_tokens(
             raise ValueError("token_weights must be finite and non-negative")
         if length > MAX_WEIGHTED_LENGTH:
             raise ValueError(f"token_weights supports rows of at most {MAX_WEIGHTED_LENGTH} tokens, got {length}")
-        _check_ids_in_table("token_weights", token_weights.numel(), input_ids)
+        _check_ids_in_table("token_weights", token_weights.numel(), id_range)
     weights_q = _weights_q(token_weights, device)
     keys = _row_keys(row_keys, batch, device)
 

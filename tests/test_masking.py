@@ -195,6 +195,14 @@ def _call(**overrides):
         (dict(row_keys=[1, 2, 3]), ValueError, "row_keys has 3 entries"),
         (dict(seed=1.5), TypeError, "seed must be an int"),
         (dict(backend="cuda"), ValueError, "backend='cuda'"),
+        # regressions: accepted silently before
+        (dict(input_ids=torch.tensor([[5, VOCAB, 7]])), ValueError, f"input_ids contains id {VOCAB}, outside"),
+        (dict(input_ids=torch.tensor([[5, -100, 7]])), ValueError, "input_ids contains the negative id -100"),
+        (dict(mask_token_id=VOCAB), ValueError, f"mask_token_id={VOCAB} is above"),
+        (dict(row_keys=[1.9, 2.2]), TypeError, "row_keys must be a sequence of ints"),
+        (dict(row_keys=torch.tensor([1.9, 2.2])), TypeError, "row_keys has dtype float32"),
+        (dict(special_token_ids=[2**31]), ValueError, "special_token_ids"),
+        (dict(special_token_ids=[VOCAB]), ValueError, "special_token_ids"),
     ],
 )
 def test_bad_input_is_named(overrides, error, pattern):
@@ -217,3 +225,47 @@ def test_auto_falls_back_to_reference_without_extension(monkeypatch):
     assert backend_module.resolve_backend("auto", torch.device("cpu"), op="t") == "reference"
     with pytest.raises(fastmask.BackendUnavailableError, match="not built"):
         backend_module.resolve_backend("cpp", torch.device("cpu"), op="t")
+
+
+# ----------------------------------------------------------------------------- table cache
+
+
+def test_fresh_token_weights_never_reuse_a_freed_tables_cache_entry():
+    """Regression: tables were cached by data_ptr(); a new tensor at a freed one's address
+    silently reused the old table (32 of 40 calls wrong)."""
+    ids = torch.arange(1, 11).repeat(4, 1)
+    for i in range(1000):
+        target = 1 + i % 10
+        weights = fastmask.token_weights_from_counts([0 if k == target else 10**9 for k in range(11)], alpha=4.0)
+        _, labels = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=11, mlm_probability=0.9,
+                                         token_weights=weights, seed=i)
+        assert set(ids[labels != -100].tolist()) <= {target}, f"call {i}: a stale weights table was used"
+
+
+def test_fresh_word_start_tables_agree_with_per_position_starts():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (4, 24), generator=generator)
+    for i in range(1000):
+        table = torch.rand(50, generator=generator) < 0.5
+        by_table = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=50, strategy="whole_word", seed=i,
+                                        mlm_probability=0.3, word_start_table=table)
+        by_starts = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=50, strategy="whole_word", seed=i,
+                                         mlm_probability=0.3, word_starts=table[ids])
+        assert all(torch.equal(a, b) for a, b in zip(by_table, by_starts)), f"call {i}"
+
+
+def test_in_place_edits_of_a_table_are_seen():
+    ids = torch.arange(1, 11).repeat(4, 1)
+    weights = torch.zeros(11)
+    for target in range(1, 11):
+        weights.zero_()
+        weights[target] = 1.0
+        _, labels = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=11, mlm_probability=0.9, token_weights=weights)
+        assert set(ids[labels != -100].tolist()) <= {target}
+    table = torch.ones(11, dtype=torch.bool)
+    first = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=11, strategy="whole_word", word_start_table=table)
+    table[1::2] = False
+    second = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=11, strategy="whole_word", word_start_table=table)
+    expected = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=11, strategy="whole_word", word_starts=table[ids])
+    assert all(torch.equal(a, b) for a, b in zip(second, expected))
+    assert not all(torch.equal(a, b) for a, b in zip(first, second))
