@@ -401,10 +401,10 @@ def test_bad_options(kwargs, error):
     assert not is_fastmask_applied(model)
 
 
-def _tiny_dataset(n: int = 16, length: int = 24):
+def _tiny_dataset(n: int = 16, length: int = 24, arch: str = "bert"):
     rows = []
     for i in range(n):
-        batch = make_batch("bert", seed=100 + i, batch=1, length=length)
+        batch = make_batch(arch, seed=100 + i, batch=1, length=length)
         rows.append({k: v[0] for k, v in batch.items()})
     return rows
 
@@ -440,8 +440,103 @@ def test_trainer_steps_and_prediction_step(tmp_path):
     assert only_loss[1] is None and only_loss[2] is None
     torch.testing.assert_close(only_loss[0], stock_only[0], **LOSS_TOL)
     torch.testing.assert_close(with_outputs[0], stock_outputs[0], **LOSS_TOL)
-    assert with_outputs[1] == ()  # no logits when labels are given
+    assert model.training  # prediction_step outside evaluate() leaves the model in train mode:
+    assert with_outputs[1] == ()  # so no logits for a labelled call (eval mode: see the evaluate test)
     assert torch.equal(with_outputs[2], stock_outputs[2])
+
+
+# transformers' examples/pytorch/language-modeling/run_mlm.py evaluates with these two hooks
+def _run_mlm_preprocess_logits_for_metrics(logits, labels):
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def _run_mlm_compute_metrics(eval_preds):
+    preds, labels = eval_preds
+    labels = labels.reshape(-1)
+    preds = preds.reshape(-1)
+    mask = labels != -100
+    return {"accuracy": float((preds[mask] == labels[mask]).mean())}
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_trainer_evaluate_with_run_mlm_metrics_matches_stock(arch, tmp_path):
+    """Trainer.evaluate() / predict() with run_mlm.py's metric hooks: the patched model gives the
+    stock eval loss, accuracy and arg-max predictions (it returns logits when not training)."""
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
+    data = _tiny_dataset(8, arch=arch)
+    base = build(arch)
+    results = {}
+    for name in ("stock", "fastmask"):
+        model = copy.deepcopy(base)
+        if name == "fastmask":
+            apply_fastmask(model)
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / name), per_device_eval_batch_size=4, report_to=[], use_cpu=True, seed=0,
+            disable_tqdm=True,
+        )
+        trainer = transformers.Trainer(
+            model=model, args=args, eval_dataset=data, compute_metrics=_run_mlm_compute_metrics,
+            preprocess_logits_for_metrics=_run_mlm_preprocess_logits_for_metrics,
+        )
+        metrics = trainer.evaluate()
+        predictions = trainer.predict(data)
+        results[name] = (metrics, predictions)
+        assert is_fastmask_applied(model) == (name == "fastmask")
+
+    (stock, stock_pred), (patched, patched_pred) = results["stock"], results["fastmask"]
+    torch.testing.assert_close(patched["eval_loss"], stock["eval_loss"], **LOSS_TOL)
+    assert patched["eval_accuracy"] == stock["eval_accuracy"]
+    assert patched_pred.predictions.shape == (len(data), LENGTH)  # arg-max ids, one per token
+    assert (patched_pred.predictions == stock_pred.predictions).all()
+    assert (patched_pred.label_ids == stock_pred.label_ids).all()
+    torch.testing.assert_close(patched_pred.metrics["test_loss"], stock_pred.metrics["test_loss"], **LOSS_TOL)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_eval_mode_labelled_call_returns_stock_logits_and_loss(arch):
+    model = build(arch).eval()
+    batch = make_batch(arch)
+    with torch.no_grad():
+        stock = model(**batch)
+        stock_tuple = model(**batch, return_dict=False)
+        apply_fastmask(model)
+        patched = model(**batch)
+        patched_tuple = model(**batch, return_dict=False)
+    assert patched.logits is not None and torch.equal(patched.logits, stock.logits)
+    torch.testing.assert_close(patched.loss, stock.loss, **LOSS_TOL)
+    assert len(patched_tuple) == len(stock_tuple) == 2  # (loss, logits), as the stock model
+    torch.testing.assert_close(patched_tuple[0], stock_tuple[0], **LOSS_TOL)
+    assert torch.equal(patched_tuple[1], stock_tuple[1])
+
+
+def test_labelled_call_skips_logits_only_while_training(fused_calls):
+    """Default (skip_logits=None): fused loss without logits in train mode, the stock forward in
+    eval mode; skip_logits=True / False override that in either mode."""
+    model = build("bert")
+    batch = make_batch("bert")
+    stock_train = model(**batch)
+    stock_eval = model.eval()(**batch)
+    apply_fastmask(model.train())
+
+    out = model(**batch)  # train mode: the fused path, no logits
+    assert out.logits is None and len(fused_calls) == 1
+    torch.testing.assert_close(out.loss, stock_train.loss, **LOSS_TOL)
+
+    model.eval()
+    out = model(**batch)  # eval mode: the stock forward, logits and the stock loss
+    assert torch.equal(out.logits, stock_eval.logits) and len(fused_calls) == 1
+    torch.testing.assert_close(out.loss, stock_eval.loss, **LOSS_TOL)
+    out = model(**batch, skip_logits=True)  # explicit: fused in eval mode too
+    assert out.logits is None and len(fused_calls) == 2
+    torch.testing.assert_close(out.loss, stock_eval.loss, **LOSS_TOL)
+
+    model.train()
+    out = model(**batch, skip_logits=False)  # explicit: the stock forward in train mode
+    assert torch.equal(out.logits, stock_train.logits) and len(fused_calls) == 2
+    torch.testing.assert_close(out.loss, stock_train.loss, **LOSS_TOL)
+    assert model(**batch).logits is None and len(fused_calls) == 3  # back in train mode: fused again
 
 
 def _real_text_batch(tokenizer, batch: int, length: int, seed: int = 0) -> dict:

@@ -1,21 +1,30 @@
 """Sparse masked-LM head for transformers models: ``apply_fastmask(model)``.
 
 ``apply_fastmask(model)`` replaces ``model.forward`` on that one instance (other instances and
-the class are untouched). A call **with** ``labels`` then runs the encoder as usual, gathers
-the labelled positions (``labels != -100``), runs only those rows through the head's transform
-(dense, activation, LayerNorm) and computes the loss with
-:func:`fastmask.fused_masked_lm_loss` on the decoder's own ``weight`` (tied to the input
-embeddings, so the gradient reaches the shared tensor) and ``bias``. No ``(batch, seq_len,
-vocab)`` logits are ever built. A call **without** ``labels`` is the unpatched forward.
+the class are untouched). A call **with** ``labels`` while the model is **training**
+(``model.training``, i.e. after ``model.train()``) then runs the encoder as usual, gathers the
+labelled positions (``labels != -100``), runs only those rows through the head's transform
+(dense, activation, LayerNorm) and computes the loss with :func:`fastmask.fused_masked_lm_loss`
+on the decoder's own ``weight`` (tied to the input embeddings, so the gradient reaches the
+shared tensor) and ``bias``. No ``(batch, seq_len, vocab)`` logits are built. Every other call
+is the unpatched forward: a call **without** ``labels``, and a labelled call in **eval** mode
+(after ``model.eval()``, as ``Trainer.evaluate``/``predict`` do), which returns the stock logits
+and the stock loss, so ``preprocess_logits_for_metrics``/``compute_metrics`` (transformers'
+``run_mlm.py`` masked accuracy) work unchanged. That is Liger-Kernel's default rule for its
+``skip_logits``: skip the logits iff ``training and labels is not None``.
 
-What a labelled call returns (differences from the unpatched model):
+Extra keyword for the patched forward: ``skip_logits`` (the name Liger-Kernel and ``Trainer``
+use) overrides that rule for one call: ``None`` (default) = the rule above; ``True`` = fused
+loss without logits in either mode (labels required), e.g. for a loss-only evaluation, which
+``Trainer`` cannot ask for here (it passes ``skip_logits=True`` only with ``use_liger_kernel``),
+or to train in eval mode; ``False`` = the unpatched forward, logits included, in either mode.
+
+What a fused call (training, or ``skip_logits=True``) returns, compared with the unpatched model:
 
 * ``logits`` is ``None`` (the point is not to compute them). With ``return_dict=False`` the
   tuple therefore has no logits entry: ``(loss, [hidden_states], [attentions])``.
-  ``Trainer`` reads ``outputs["loss"]``, so training and ``prediction_step`` with
-  ``prediction_loss_only=True`` work. For metrics that need logits, call the model with
-  ``skip_logits=False`` (the unpatched forward for that call) or evaluate inside
-  ``unapply_fastmask``.
+  ``Trainer`` reads ``outputs["loss"]``, so training works; ``Trainer.prediction_step`` called
+  on a model still in train mode (outside ``evaluate``/``predict``) gets no logits either.
 * ``num_items_in_batch`` (passed by ``Trainer``), when given, normalises the summed loss like
   transformers' ``ForMaskedLMLoss`` (what ModernBERT does). The BERT-family forwards ignore it
   and return the per-batch mean, so the two differ when it is not this batch's count of labels
@@ -26,9 +35,9 @@ What a labelled call returns (differences from the unpatched model):
 * Under ``torch.autocast`` the decoder inputs are cast to the autocast dtype, as the
   unpatched ``nn.Linear`` would be; the loss math itself is fp32.
 
-Extra keyword for the patched forward: ``skip_logits`` (the name Liger-Kernel and ``Trainer``
-use): ``None`` = fused loss iff labels are given; ``True`` = fused (labels required);
-``False`` = unpatched forward for this call.
+A labelled call in eval mode is the unpatched forward, so none of these differences apply to it:
+it returns the stock model's loss (its ``num_items_in_batch`` handling, NaN for a batch with no
+labels included) and builds the full logits, as the stock model does.
 
 Forms: ``apply_fastmask(model)`` / ``unapply_fastmask(model)`` (both return the model, both
 idempotent; applying again only updates ``chunk_size``/``backend``), and the context manager
@@ -259,7 +268,9 @@ def _forward(model, *args, **kwargs):
     labels = bound.arguments.get("labels")
     if skip_logits and labels is None:
         raise ValueError("skip_logits=True needs labels: the fused loss is the only output it computes")
-    if labels is None or skip_logits is False:
+    if skip_logits is None:  # as Liger-Kernel: skip the logits only while training (eval metrics need them)
+        skip_logits = labels is not None and model.training
+    if labels is None or not skip_logits:
         if state.previous_forward is not None:
             return state.previous_forward(*args, **kwargs)
         return state.base_class.forward(model, *args, **kwargs)
