@@ -94,6 +94,10 @@ _MAX_TRACKED_KEYS = 1 << 22  # keys remembered per epoch to notice repeats (then
 _STEP, _EPOCH, _SEED_IS_SET, _SEED, _HEADER = 0, 1, 2, 3, 4
 _STATE_FORMAT = "fastmask.collator/2"
 _STATE_FORMATS = ("fastmask.collator/1", _STATE_FORMAT)
+# keys that hold one entry per token of input_ids: a row of another length is an error
+_TOKEN_KEYS = frozenset(
+    {"attention_mask", "token_type_ids", "special_tokens_mask", "offset_mapping", "word_ids", "position_ids"}
+)
 
 # ----------------------------------------------------------------------------- padding
 
@@ -267,9 +271,18 @@ def pad_features(
         features = list(features)
     if len(features) == 0:
         raise ValueError("features is empty; pass at least one example")
+    if pad_to_multiple_of is not None:
+        check_int("pad_to_multiple_of", pad_to_multiple_of, minimum=1)
     left = getattr(tokenizer, "padding_side", "right") == "left"
     first = features[0]
     from_mappings = isinstance(first, Mapping)
+    mixed = next((i for i, f in enumerate(features) if isinstance(f, Mapping) != from_mappings), None)
+    if mixed is not None:
+        kinds = ("a dict", "a sequence of ids")
+        raise TypeError(
+            f"features mixes kinds: row 0 is {kinds[not from_mappings]} but row {mixed} is "
+            f"{type(features[mixed]).__name__}; pass all rows as dicts or all as sequences of ids"
+        )
     main_key = "input_ids" if from_mappings else None
     if from_mappings and "input_ids" not in first:
         raise ValueError(
@@ -329,6 +342,12 @@ def pad_features(
         if np.array_equal(key_lengths, lengths):
             key_length = length
             aligned.add(key)
+        elif key in _TOKEN_KEYS:
+            bad = int(np.argmax(key_lengths != lengths))
+            raise ValueError(
+                f"{key!r} of row {bad} has {int(key_lengths[bad])} items but its input_ids has {int(lengths[bad])}; "
+                f"{key} holds one entry per token: tokenize them together (or drop {key})"
+            )
         else:
             key_length = int(key_lengths.max())
         shape = (batch, key_length) if width is None else (batch, key_length, width)
@@ -753,6 +772,8 @@ class DataCollatorForLanguageModeling(_MaskStream, _HFDataCollatorForLanguageMod
         _backend.check_backend_name(self.backend)
         if self.seed is not None:
             check_int("seed", self.seed)
+        if self.pad_to_multiple_of is not None:
+            check_int("pad_to_multiple_of", self.pad_to_multiple_of, minimum=1)
         if not self.mlm and self.strategy != "token":
             raise ValueError(f"strategy={self.strategy!r} needs mlm=True (causal LM has no masking)")
         if self.token_weights is not None:
@@ -1306,8 +1327,8 @@ def token_weights_from_counts(
     values = counts.detach().cpu().numpy() if isinstance(counts, torch.Tensor) else np.asarray(counts)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"counts must be a non-empty 1-D sequence, got shape {values.shape}")
-    if values.dtype.kind not in "iuf" or (values < 0).any():
-        raise ValueError("counts must be non-negative numbers")
+    if values.dtype.kind not in "iuf" or not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError("counts must be finite non-negative numbers (no NaN or inf)")
     exponent = -alpha if mode == "rare" else alpha
     weights = np.power(values.astype(np.float64) + smoothing, exponent)
     return torch.from_numpy((weights / weights.max()).astype(np.float32))

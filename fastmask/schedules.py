@@ -64,6 +64,7 @@ class MaskingSchedule:
             )
 
     def __call__(self, step: int) -> float:
+        step = check_int("step", step, minimum=0)
         if self.kind == "constant":
             return self.start
         span = self.total_steps - self.warmup_steps

@@ -14,6 +14,8 @@ Three sources, in the order the collators prefer them:
 """
 from __future__ import annotations
 
+import numbers
+
 from typing import Any, Optional
 
 import numpy as np
@@ -144,7 +146,10 @@ def word_starts_from_offsets(offset_mapping, special_tokens_mask=None) -> torch.
 def word_starts_from_word_ids(word_ids) -> torch.Tensor:
     """Bool ``[B, L]`` word starts from per-token word indices (``None`` or -1 for special tokens)."""
     if isinstance(word_ids, (torch.Tensor, np.ndarray)):
-        ids = _as_numpy(word_ids, "word_ids").astype(np.int64)
+        ids = _as_numpy(word_ids, "word_ids")
+        if ids.dtype.kind not in "iub":
+            raise TypeError(f"word_ids must hold integer word indices (or None / -1), got dtype {ids.dtype}")
+        ids = ids.astype(np.int64)
         if ids.ndim == 1:
             ids = ids[None]
         previous = np.full_like(ids, -1)
@@ -161,6 +166,11 @@ def word_starts_from_word_ids(word_ids) -> torch.Tensor:
             if word is None or word == -1:
                 previous = None
                 continue
+            if isinstance(word, bool) or not isinstance(word, numbers.Integral):
+                raise TypeError(
+                    f"word_ids[{b}][{i}] is {word!r}; word_ids must hold integer word indices (or None / -1 for "
+                    "special tokens), as tokenizers' word_ids() returns"
+                )
             out[b, i] = word != previous
             previous = word
     return torch.from_numpy(out)

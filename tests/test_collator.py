@@ -634,3 +634,35 @@ def test_whole_word_mask_collator_chinese_ref_joins_characters():
     words = np.array([[-1, 0, 0, 0, 0, 1, 1, 1, 1, -1]] * 16)
     assert_whole_words(selected, words)
     assert selected.any()
+
+
+# ----------------------------------------------------------------------------- bad input regressions
+
+
+@pytest.mark.parametrize("epoch,error", [(2**64, ValueError), (2**63 + 5, ValueError), (-1, ValueError), (1.0, TypeError)])
+def test_set_epoch_and_step_reject_values_that_would_wrap(epoch, error):
+    c = collator(tokenizer(), seed=0)
+    with pytest.raises(error, match="epoch"):
+        c.set_epoch(epoch)
+    with pytest.raises(error, match="step"):
+        c.set_step(epoch)
+    assert (c.epoch, c.step) == (0, 0)
+
+
+def test_load_state_dict_names_missing_fields():
+    c = collator(tokenizer(), seed=0)
+    state = c.state_dict()
+    for field in ("seed", "epoch", "step", "examples"):
+        with pytest.raises(ValueError, match=f"missing \\['{field}'\\]"):
+            c.load_state_dict({k: v for k, v in state.items() if k != field})
+    with pytest.raises(ValueError, match="worker_examples"):
+        c.load_state_dict(dict(state, worker_examples=5))
+    old = {"format": "fastmask.collator/1", "seed": 0, "epoch": 1, "step": 2, "examples": 3}
+    c.load_state_dict(old)  # the previous format still loads
+    assert c.state_dict()["examples"] == 3 and c.state_dict()["worker_examples"] == []
+
+
+@pytest.mark.parametrize("counts", [[1.0, float("nan")], [1.0, float("inf")], [-1, 2]])
+def test_token_weights_from_counts_rejects_non_finite_counts(counts):
+    with pytest.raises(ValueError, match="counts must be finite non-negative"):
+        fastmask.token_weights_from_counts(counts)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import BatchEncoding
 
+import fastmask
 from fastmask import _backend, collator as collator_module
 from fastmask.collator import DataCollatorForLanguageModeling, pad_features
 from collator_support import features, padded, tokenizer
@@ -150,3 +151,41 @@ def test_fallback_collates_like_the_extension(no_extension):
     feats = features(rows=4)
     out = DataCollatorForLanguageModeling(tok, seed=0, whole_word_mask=True, keep_replace_probs=True)(feats)
     assert out["input_ids"].shape == (4, max(len(f["input_ids"]) for f in feats))
+
+
+# ----------------------------------------------------------------------------- bad input (regressions: accepted or unclear before)
+
+
+@pytest.mark.parametrize(
+    "feats,error,pattern",
+    [
+        ([{"input_ids": [101, 7, 102], "attention_mask": [1, 1]}], ValueError, "'attention_mask' of row 0 has 2 items"),
+        ([{"input_ids": [101, 7, 102], "attention_mask": [1, 1, 1, 1]}], ValueError, "attention_mask"),
+        ([{"input_ids": [101, 102], "token_type_ids": [0, 0]}, {"input_ids": [101, 7, 102], "token_type_ids": [0, 0]}],
+         ValueError, "'token_type_ids' of row 1"),
+        ([{"input_ids": [101, 102], "special_tokens_mask": [1, 0, 1]}], ValueError, "special_tokens_mask"),
+        ([{"input_ids": [101, 102]}, [101, 102]], TypeError, "features mixes kinds: row 0 is a dict but row 1 is list"),
+        ([[101, 102], {"input_ids": [101, 102]}], TypeError, "row 0 is a sequence of ids but row 1 is dict"),
+        ([{"input_ids": [101, -5, 102]}], ValueError, "negative id -5"),
+    ],
+)
+def test_collator_rejects_inconsistent_features(feats, error, pattern):
+    c = DataCollatorForLanguageModeling(tokenizer(), seed=0)
+    with pytest.raises(error, match=pattern):
+        c(feats)
+
+
+@pytest.mark.parametrize("value,error", [(-4, ValueError), (0, ValueError), (2.5, TypeError), ("8", TypeError)])
+def test_pad_to_multiple_of_is_checked_by_name(value, error):
+    for cls in (DataCollatorForLanguageModeling, fastmask.DataCollatorForMaskedAugmentation):
+        with pytest.raises(error, match="pad_to_multiple_of"):
+            cls(tokenizer(), pad_to_multiple_of=value)
+    with pytest.raises(error, match="pad_to_multiple_of"):
+        pad_features([[1, 2]], tokenizer(), pad_to_multiple_of=value)
+
+
+def test_augmentation_rejects_negative_ids():
+    """Regression: a negative id was shifted into the vocabulary and came back as id 30520."""
+    c = fastmask.DataCollatorForMaskedAugmentation(tokenizer(), mask_probability=0, delete_probability=1.0, seed=0)
+    with pytest.raises(ValueError, match="negative id -2"):
+        c([{"input_ids": [101, -2, 7, 102]}])
