@@ -29,8 +29,8 @@ _EXPORTS = {
     "DataCollatorForLanguageModeling": "fastmask.collator",
     "DataCollatorForWholeWordMask": "fastmask.collator",
     "DataCollatorForMaskedAugmentation": "fastmask.collator",
-    "count_token_frequencies": "fastmask.collator",
-    "token_weights_from_counts": "fastmask.collator",
+    "count_token_frequencies": "fastmask.token_weights",
+    "token_weights_from_counts": "fastmask.token_weights",
     "MaskingSchedule": "fastmask.schedules",
     "MaskingScheduleCallback": "fastmask.schedules",
     # misc

@@ -8,57 +8,16 @@
 * :class:`DataCollatorForMaskedAugmentation` corrupts inputs (mask / random replace / delete)
   while fine-tuning a classifier, keeping the task's labels aligned.
 
-**Padding.** Features (a list of dicts, lists, tuples, numpy arrays or tensors) are padded by
-``fastmask._C.pad_rows`` (``csrc/collate.cpp``), which reads the Python lists / buffers directly
-and writes preallocated numpy arrays; without the extension a numpy loop does the same. Every key
-is kept: sequences aligned with ``input_ids`` are padded with it (``input_ids`` with the pad id,
-``attention_mask`` 0, ``token_type_ids`` the pad type id, ``special_tokens_mask`` 1,
-``labels`` -100, ``offset_mapping`` (0, 0), ``word_ids`` -1, anything else 0), other sequences
-to their own longest row, scalars are stacked, strings and other objects are returned as lists.
-
-**Masks are dynamic and reproducible.** A mask is a pure function of ``(seed, epoch, row key,
-position)``. Row keys default to a running example counter mixed with the DataLoader worker id
-and the distributed rank, so workers and ranks draw different masks, and every pass over a
-DataLoader draws new masks — with 0 or N workers, persistent or not, ``seed=None`` or an int:
-the counters live in shared memory (``multiprocessing.RawArray``) that workers inherit, so a
-worker of the next epoch continues where its predecessor stopped. With an int ``seed`` a run is
-reproducible given the same order of batches (for a shuffled loader: the same
-``torch.manual_seed`` before it is built, which ``Trainer``'s ``set_seed`` does);
-``seed=None`` draws the seed from torch's global RNG on first use (in a worker: from the
-loader's base seed), so ``torch.manual_seed`` makes that reproducible too. Which masks an
-example gets depends on which process collates it, and so on ``num_workers``.
-
-``row_key_column="idx"`` takes the keys from a feature column instead: an example gets the same
-mask wherever it lands, whatever the number of workers or the batch size, and its mask changes
-only with ``set_epoch(e)`` (:class:`MaskingScheduleCallback` calls it at every epoch under
-``Trainer``; in a plain loop call it yourself). Without that, every epoch repeats the first
-epoch's masks — static masking — and the collator warns once when it sees a key come round
-again in the same epoch (it can see that with ``num_workers=0`` or persistent workers).
-
-``state_dict()`` / ``load_state_dict()`` save and restore the stream's position (seed, epoch,
-step, and the example counter of the main process and of every worker); see
-:meth:`~_MaskStream.load_state_dict` for when resuming with workers is exact.
-
-**Step and epoch across DataLoader workers.** ``set_step`` / ``set_epoch`` write the same
-shared memory, which workers read on every batch, also with ``persistent_workers=True``. A
-batch sees the step current when it is collated: workers prefetch up to ``num_workers *
-prefetch_factor`` batches (and accelerate's loader, used by ``Trainer``, one), so a scheduled
-rate lags by that look-ahead, and with workers the lag depends on timing (use
-``num_workers=0`` when scheduled masks must be reproducible). Pickling the collator outside a
-worker start-up (``copy.deepcopy``, ``pickle``, ``datasets.map``) gives the copy a shared block
-of its own with the current values.
+Padding (every key a batch carries, in C++) is :mod:`fastmask.padding`; the mask stream (seed,
+epoch, step, row keys; dynamic across epochs and DataLoader workers; resumable) is
+:mod:`fastmask.mask_stream`; token weights for conditional masking are
+:mod:`fastmask.token_weights`.
 """
 from __future__ import annotations
 
-import ctypes
-import itertools
-import multiprocessing
-import numbers
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
-from multiprocessing.context import get_spawning_popen
-from typing import Any, Iterable, Optional, Union
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -66,546 +25,27 @@ from transformers import DataCollatorForLanguageModeling as _HFDataCollatorForLa
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.tokenization_utils_base import BatchEncoding
 
-from . import _backend, _rng
+from . import _backend
 from ._validation import check_choice, check_int, check_probability
+from .mask_stream import MaskStream
 from .masking import BUDGETS, IGNORE_INDEX, MAX_SPAN_WORDS, SPAN_DISTRIBUTIONS, STRATEGIES, _check_ids, _mask_tokens
+from .padding import PaddedBatch, pad_features, pad_value, round_up, to_torch
 from .schedules import MaskingSchedule, MaskingScheduleCallback, is_schedule, probability_at
+from .token_weights import count_token_frequencies, token_weights_from_counts
 from .words import word_start_table, word_starts_from_offsets, word_starts_from_word_ids
 
 __all__ = [
     "DataCollatorForLanguageModeling",
     "DataCollatorForWholeWordMask",
     "DataCollatorForMaskedAugmentation",
+    # re-exported from their own modules (fastmask.collator kept them before)
     "MaskingSchedule",
     "MaskingScheduleCallback",
     "count_token_frequencies",
     "token_weights_from_counts",
     "pad_features",
+    "PaddedBatch",
 ]
-
-_MASK64 = (1 << 64) - 1
-_EPOCH_MIX = 0x9E3779B97F4A7C15
-_COUNTER_BITS = 40
-_MAX_WORKER_SLOTS = 1 << 11  # worker id + 1 (0 = the main process)
-_MAX_RANKS = 1 << 13
-_MAX_INT64 = (1 << 63) - 1
-_MAX_TRACKED_KEYS = 1 << 22  # keys remembered per epoch to notice repeats (then no more checks)
-# the shared stream block: a header, then one example counter per worker slot
-_STEP, _EPOCH, _SEED_IS_SET, _SEED, _HEADER = 0, 1, 2, 3, 4
-_STATE_FORMAT = "fastmask.collator/2"
-_STATE_FORMATS = ("fastmask.collator/1", _STATE_FORMAT)
-# keys that hold one entry per token of input_ids: a row of another length is an error
-_TOKEN_KEYS = frozenset(
-    {"attention_mask", "token_type_ids", "special_tokens_mask", "offset_mapping", "word_ids", "position_ids"}
-)
-
-# ----------------------------------------------------------------------------- padding
-
-
-def _pad_value(key: str, tokenizer, label_pad_token_id: int):
-    if key == "input_ids":
-        return tokenizer.pad_token_id
-    if key == "attention_mask":
-        return 0
-    if key == "token_type_ids":
-        return getattr(tokenizer, "pad_token_type_id", 0) or 0
-    if key == "special_tokens_mask":
-        return 1
-    if key in ("labels", "label", "label_ids"):
-        return label_pad_token_id
-    if key == "word_ids":
-        return -1
-    return 0
-
-
-def _is_scalar(value) -> bool:
-    if isinstance(value, (numbers.Number, np.generic)):
-        return True
-    return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0
-
-
-def _element_dtype(value, key: str) -> Optional[np.dtype]:
-    """numpy dtype for a number, None when ``value`` is not a number."""
-    if isinstance(value, (bool, np.bool_)):
-        return np.dtype(bool)
-    if isinstance(value, (numbers.Integral, np.integer)):
-        return np.dtype(np.int64)
-    if isinstance(value, (numbers.Real, np.floating)):
-        return np.dtype(np.float64)
-    if value is None and key == "word_ids":
-        return np.dtype(np.int64)
-    return None
-
-
-def _array_dtype(row) -> np.dtype:
-    dtype = row.numpy().dtype if isinstance(row, torch.Tensor) else row.dtype
-    if dtype == np.bool_:
-        return np.dtype(bool)
-    if dtype.kind in "iu":
-        return np.dtype(np.int64)
-    if dtype.kind == "f":
-        return np.dtype(np.float64)
-    raise TypeError(f"unsupported array dtype {dtype}")
-
-
-def _sequence_layout(rows: Iterable, key: str) -> tuple[np.dtype, Optional[int]]:
-    """``(dtype, width)`` of a key's rows, read from the first item of the first non-empty row:
-    width is None for ``[L]`` rows and W for ``[L, W]`` rows (e.g. offset pairs)."""
-    for row in rows:
-        if len(row) == 0:
-            continue
-        if isinstance(row, (np.ndarray, torch.Tensor)):
-            return _array_dtype(row), (None if row.ndim == 1 else int(row.shape[1]))
-        item, width = row[0], None
-        if isinstance(item, (list, tuple, np.ndarray, torch.Tensor)) and not _is_scalar(item):
-            width = len(item)
-            item = item[0] if width else 0
-        if isinstance(item, (np.ndarray, torch.Tensor)):
-            item = item.item()
-        dtype = _element_dtype(item, key)
-        if dtype is None:
-            raise TypeError(f"{key!r} holds non-numeric items ({type(item).__name__}); sequences must hold numbers")
-        return dtype, width
-    return np.dtype(np.int64), None
-
-
-def _pad_python(rows, out: np.ndarray, pad_value, left: bool, none_value) -> None:
-    """The numpy fallback of ``_C.pad_rows`` (same layout, same errors for common cases)."""
-    out.fill(pad_value)
-    length = out.shape[1]
-    for i, row in enumerate(rows):
-        if isinstance(row, torch.Tensor):
-            row = row.numpy()
-        if none_value is not None and not isinstance(row, np.ndarray):
-            row = [none_value if v is None else v for v in row]
-        values = np.asarray(row)
-        n = len(values)
-        if n > length:
-            raise ValueError(f"row {i} has {n} items, more than the padded length {length}")
-        if n == 0:
-            continue
-        if out.dtype.kind in "iub" and values.dtype.kind == "f":
-            raise TypeError(f"row {i}: float values in an integer sequence")
-        if out.dtype.kind in "iu":
-            info = np.iinfo(out.dtype)
-            if values.min() < info.min or values.max() > info.max:
-                raise ValueError(f"row {i}: a value does not fit in {out.dtype}")
-        target = out[i, length - n :] if left else out[i, :n]
-        target[...] = values
-
-
-def _collate_module():
-    """The C++ extension when it has the collation functions (a stale build may not), else None."""
-    module = _backend.cpp_module()
-    return module if hasattr(module, "pad_rows") else None
-
-
-def _pad_key(features, key, out: np.ndarray, pad_value, left: bool, none_value=None) -> None:
-    module = _collate_module()
-    if module is not None:
-        module.pad_rows(features, key, out, pad_value, left, none_value)
-        return
-    rows = features if key is None else [_feature(f, key, i) for i, f in enumerate(features)]
-    _pad_python(rows, out, pad_value, left, none_value)
-
-
-def _row_lengths(features, key) -> np.ndarray:
-    module = _collate_module()
-    if module is not None:
-        return module.row_lengths(features, key)
-    rows = features if key is None else [_feature(f, key, i) for i, f in enumerate(features)]
-    return np.array([-1 if (v is None or _is_scalar(v)) else len(v) for v in rows], dtype=np.int64)
-
-
-def _round_up(length: int, multiple: Optional[int]) -> int:
-    if multiple and length % multiple:
-        return (length // multiple + 1) * multiple
-    return length
-
-
-def _missing_pad_error(tokenizer) -> ValueError:
-    return ValueError(
-        "You are attempting to pad samples but the tokenizer you are using "
-        f"({tokenizer.__class__.__name__}) does not have a pad token."
-    )
-
-
-@dataclass
-class PaddedBatch:
-    """What :func:`pad_features` returns.
-
-    ``data``: key -> numpy array (or list for non-numeric values), in the features' key order;
-    ``lengths``: int64 ``[B]`` unpadded lengths of ``input_ids``; ``aligned``: the keys padded
-    alongside ``input_ids`` (same row lengths); ``from_mappings``: the features were dicts.
-    """
-
-    data: dict
-    lengths: np.ndarray
-    aligned: set
-    from_mappings: bool
-
-
-def pad_features(
-    features,
-    tokenizer,
-    *,
-    pad_to_multiple_of: Optional[int] = None,
-    max_length: Optional[int] = None,
-    float_dtype=np.float32,
-    label_pad_token_id: int = IGNORE_INDEX,
-    add_attention_mask: bool = True,
-    keep_dtype_of: tuple = (torch.Tensor,),
-) -> PaddedBatch:
-    """Pad a batch of tokenized features into numpy arrays (see the module docstring for keys).
-
-    ``features``: a non-empty list of dicts (``input_ids`` required) or of sequences (lists,
-    tuples, numpy arrays or tensors of ids). Sequences follow ``tokenizer.padding_side``; the
-    length is the longest row (or ``max_length`` when larger) rounded up to
-    ``pad_to_multiple_of``. Integer keys become int64, floats ``float_dtype``, bools bool;
-    rows of ids given directly (not in dicts) as instances of ``keep_dtype_of`` keep their dtype
-    (transformers keeps a tensor's dtype with ``return_tensors="pt"``, an array's with ``"np"``).
-    ``add_attention_mask`` adds an ``attention_mask`` to dict features that lack one when the
-    tokenizer's model inputs include it (as ``tokenizer.pad`` does). Features are never modified.
-    """
-    if not isinstance(features, list):  # tuples, a [B, L] tensor or array, other iterables
-        features = list(features)
-    if len(features) == 0:
-        raise ValueError("features is empty; pass at least one example")
-    if pad_to_multiple_of is not None:
-        check_int("pad_to_multiple_of", pad_to_multiple_of, minimum=1)
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-    first = features[0]
-    from_mappings = isinstance(first, Mapping)
-    mixed = next((i for i, f in enumerate(features) if isinstance(f, Mapping) != from_mappings), None)
-    if mixed is not None:
-        kinds = ("a dict", "a sequence of ids")
-        raise TypeError(
-            f"features mixes kinds: row 0 is {kinds[not from_mappings]} but row {mixed} is "
-            f"{type(features[mixed]).__name__}; pass all rows as dicts or all as sequences of ids"
-        )
-    main_key = "input_ids" if from_mappings else None
-    if from_mappings and "input_ids" not in first:
-        raise ValueError(
-            "You should supply an encoding or a list of encodings to this method that includes input_ids, "
-            f"but you provided {list(first.keys())}"
-        )
-    lengths = _row_lengths(features, main_key)
-    if (lengths < 0).any():
-        bad = int(np.argmax(lengths < 0))
-        raise ValueError(f"input_ids of row {bad} is not a sequence of ids")
-    longest = int(lengths.max())
-    length = _round_up(max(longest, max_length or 0), pad_to_multiple_of)
-    needs_padding = bool((lengths != length).any())
-    if needs_padding and tokenizer.pad_token_id is None:
-        raise _missing_pad_error(tokenizer)
-
-    if not from_mappings:
-        if isinstance(first, torch.Tensor) and isinstance(first, keep_dtype_of):
-            dtype = first.numpy().dtype
-        elif isinstance(first, np.ndarray) and isinstance(first, keep_dtype_of):
-            dtype = first.dtype
-        else:
-            dtype = np.dtype(np.int64)
-        out = np.empty((len(features), length), dtype=dtype)
-        _pad_key(features, None, out, tokenizer.pad_token_id if needs_padding else 0, left)
-        return PaddedBatch({"input_ids": out}, lengths, {"input_ids"}, False)
-
-    data, aligned = {}, {"input_ids"}
-    batch = len(features)
-    for key in list(first.keys()):
-        value = first[key]
-        if key == "input_ids":
-            out = np.empty((batch, length), dtype=np.int64)
-            _pad_key(features, key, out, tokenizer.pad_token_id if needs_padding else 0, left)
-            data[key] = out
-            continue
-        if value is None or isinstance(value, (str, bytes)) or not (
-            _is_scalar(value) or isinstance(value, (list, tuple, np.ndarray, torch.Tensor))
-        ):
-            data[key] = [_feature(f, key, i) for i, f in enumerate(features)]
-            continue
-        if _is_scalar(value):
-            values = [_feature(f, key, i) for i, f in enumerate(features)]
-            values = [v.item() if isinstance(v, (np.ndarray, np.generic, torch.Tensor)) else v for v in values]
-            array = np.asarray(values)
-            if array.dtype.kind == "f":
-                array = array.astype(float_dtype)
-            data[key] = array
-            continue
-        key_lengths = _row_lengths(features, key)
-        if (key_lengths < 0).any():
-            bad = int(np.argmax(key_lengths < 0))
-            raise ValueError(f"{key!r} of row {bad} is a scalar but row 0 holds a sequence")
-        dtype, width = _sequence_layout((_feature(f, key, i) for i, f in enumerate(features)), key)
-        if dtype.kind == "f":
-            dtype = np.dtype(float_dtype)
-        if np.array_equal(key_lengths, lengths):
-            key_length = length
-            aligned.add(key)
-        elif key in _TOKEN_KEYS:
-            bad = int(np.argmax(key_lengths != lengths))
-            raise ValueError(
-                f"{key!r} of row {bad} has {int(key_lengths[bad])} items but its input_ids has {int(lengths[bad])}; "
-                f"{key} holds one entry per token: tokenize them together (or drop {key})"
-            )
-        else:
-            key_length = int(key_lengths.max())
-        shape = (batch, key_length) if width is None else (batch, key_length, width)
-        out = np.empty(shape, dtype=dtype)
-        pad = _pad_value(key, tokenizer, label_pad_token_id)
-        if dtype == np.bool_:
-            pad = bool(pad)
-        _pad_key(features, key, out, pad, left, -1 if key == "word_ids" else None)
-        data[key] = out
-    if add_attention_mask and "attention_mask" not in data and "attention_mask" in getattr(
-        tokenizer, "model_input_names", ("attention_mask",)
-    ):
-        positions = np.arange(length)
-        if left:
-            mask = positions[None, :] >= (length - lengths)[:, None]
-        else:
-            mask = positions[None, :] < lengths[:, None]
-        data["attention_mask"] = mask.astype(np.int64)
-        aligned.add("attention_mask")
-    return PaddedBatch(data, lengths, aligned, True)
-
-
-def _feature(feature, key, row):
-    try:
-        return feature[key]
-    except KeyError:
-        raise ValueError(
-            f"{key!r} of row {row}: missing (row 0 has this key; every feature needs the same keys)"
-        ) from None
-
-
-def _to_torch(value):
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value)
-    return value
-
-
-# ----------------------------------------------------------------------------- mask stream state
-
-
-def _worker_slot() -> int:
-    info = torch.utils.data.get_worker_info()
-    return 0 if info is None else info.id + 1
-
-
-def _rank() -> int:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return 0
-
-
-class _MaskStream:
-    """Seed, epoch, step and example counters shared by fastmask's collators (module docstring).
-
-    The state lives in one small block of shared memory (``multiprocessing.RawArray``) made when
-    the collator is built: ``[step, epoch, seed_is_set, seed, examples of slot 0, 1, ...]``, a
-    slot per process that collates (0: the main process, ``k + 1``: DataLoader worker ``k``).
-    DataLoader workers inherit it (fork) or receive it (spawn), so every worker continues its own
-    counter across epochs — with persistent workers or not — and the main process can report and
-    restore the true position of the stream.
-    """
-
-    def _init_stream(self) -> None:
-        self._shared = _new_shared_state()
-        self._seen_keys: set = set()
-        self._seen_epoch = 0
-        self._warned_repeated_keys = False
-
-    # -- seed
-    def resolved_seed(self) -> int:
-        """The seed in use: ``seed``, or one drawn once when ``seed`` is None.
-
-        The drawn seed comes from torch's global RNG in the main process, or — when a DataLoader
-        worker collates first — from the loader's base seed (``get_worker_info().seed - id``,
-        itself drawn from torch's global RNG when the loader's iterator was made), so every
-        worker agrees on it. Either way ``torch.manual_seed`` makes it reproducible, and it is
-        stored in the shared state, so later workers, epochs and :meth:`state_dict` see it.
-        """
-        if self.seed is not None:
-            return check_int("seed", self.seed)
-        shared = self._shared
-        if not shared[_SEED_IS_SET]:
-            info = torch.utils.data.get_worker_info()
-            if info is None:
-                seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
-            else:
-                mix1, mix2 = _rng.seed_mix(info.seed - info.id)  # the loader's base seed, hashed
-                seed = ((mix1 << 32) | mix2) >> 2
-            shared[_SEED], shared[_SEED_IS_SET] = seed, 1
-        return int(shared[_SEED])
-
-    def _effective_seed(self) -> int:
-        return (self.resolved_seed() & _MASK64) ^ ((self.epoch * _EPOCH_MIX) & _MASK64)
-
-    # -- step / epoch
-    @property
-    def step(self) -> int:
-        """The step last given to :meth:`set_step` (shared with DataLoader workers)."""
-        return int(self._shared[_STEP])
-
-    @property
-    def epoch(self) -> int:
-        """The epoch last given to :meth:`set_epoch` (shared with DataLoader workers)."""
-        return int(self._shared[_EPOCH])
-
-    def share_state(self):
-        """Kept for compatibility: the state is always shared with DataLoader workers. Returns ``self``."""
-        return self
-
-    def set_step(self, step: int) -> None:
-        """Set the training step (drives a scheduled ``mlm_probability``)."""
-        self._shared[_STEP] = check_int("step", step, minimum=0, maximum=_MAX_INT64)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch: every mask changes with it, reproducibly (dynamic masking)."""
-        self._shared[_EPOCH] = check_int("epoch", epoch, minimum=0, maximum=_MAX_INT64)
-
-    # -- row keys
-    def _next_row_keys(self, batch: int) -> torch.Tensor:
-        slot, rank = _worker_slot(), _rank()
-        if slot >= _MAX_WORKER_SLOTS or rank >= _MAX_RANKS:
-            raise ValueError(
-                f"default row keys support {_MAX_WORKER_SLOTS - 1} DataLoader workers and {_MAX_RANKS} ranks "
-                f"(got worker slot {slot}, rank {rank}); pass row_key_column= to key rows by a dataset column"
-            )
-        stream = rank * _MAX_WORKER_SLOTS + slot
-        start = self._advance(slot, batch)
-        keys = (start + torch.arange(batch, dtype=torch.int64)) & ((1 << _COUNTER_BITS) - 1)
-        # stream < 2**24, so the key stays below 2**64; fold it into int64's range.
-        offset = stream << _COUNTER_BITS
-        if offset >= 1 << 63:
-            offset -= 1 << 64
-        return keys + offset
-
-    def _advance(self, slot: int, batch: int) -> int:
-        """Counts ``batch`` examples in ``slot``'s counter; returns the count before them."""
-        index = _HEADER + min(slot, _MAX_WORKER_SLOTS - 1)
-        start = int(self._shared[index])
-        self._shared[index] = start + batch
-        return start
-
-    def _column_row_keys(self, values, batch: int) -> torch.Tensor:
-        if isinstance(values, list):
-            try:
-                values = np.asarray(values, dtype=np.int64)
-            except (TypeError, ValueError, OverflowError):
-                raise TypeError(f"row_key_column {self.row_key_column!r} must hold integers") from None
-        keys = torch.as_tensor(values)
-        if keys.dtype.is_floating_point or keys.dtype == torch.bool or keys.dtype.is_complex or keys.numel() != batch:
-            raise TypeError(
-                f"row_key_column {self.row_key_column!r} must hold one integer per example, got {keys.dtype} "
-                f"with {keys.numel()} values for {batch} examples"
-            )
-        keys = keys.reshape(-1).to(torch.int64)
-        self._advance(_worker_slot(), batch)
-        self._check_repeated_keys(keys)
-        return keys
-
-    def _check_repeated_keys(self, keys: torch.Tensor) -> None:
-        """Warns once when a key comes round again in the same epoch of this process: its row
-        then gets the very mask it had before (masks are a function of seed, epoch and key)."""
-        if self._warned_repeated_keys:
-            return
-        epoch = self.epoch
-        if epoch != self._seen_epoch:
-            self._seen_keys, self._seen_epoch = set(), epoch
-        if len(self._seen_keys) >= _MAX_TRACKED_KEYS:
-            return
-        values = keys.tolist()
-        repeated = not self._seen_keys.isdisjoint(values) or len(set(values)) < len(values)
-        self._seen_keys.update(values)
-        if repeated:
-            self._warned_repeated_keys = True
-            warnings.warn(
-                f"row_key_column={self.row_key_column!r}: a key came round again in epoch {epoch}, and a row's mask "
-                "is a function of (seed, epoch, key), so it gets the same mask as before. Call collator.set_epoch(e) "
-                "at the start of every epoch (MaskingScheduleCallback does under Trainer) for new masks each epoch, "
-                "or drop row_key_column for a running example counter.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-
-    # -- state
-    def state_dict(self) -> dict:
-        """The position of the mask stream: seed, epoch, step and every process's example counter.
-
-        ``examples`` counts the rows collated in the main process, ``worker_examples[k]`` those of
-        DataLoader worker ``k`` (the counters live in shared memory, so they include batches a
-        worker prefetched but the training loop has not consumed yet).
-        """
-        counters = [int(v) for v in self._shared[_HEADER:]]
-        while len(counters) > 1 and counters[-1] == 0:
-            counters.pop()
-        return {
-            "format": _STATE_FORMAT,
-            "seed": self.resolved_seed(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "examples": counters[0],
-            "worker_examples": counters[1:],
-        }
-
-    def load_state_dict(self, state: Mapping) -> None:
-        """Restore :meth:`state_dict` (e.g. after loading a checkpoint).
-
-        Resuming is exact — the masks an uninterrupted run would have drawn — when the resumed
-        loader hands the same batches to the same processes: always with ``num_workers=0``, and
-        with workers when resuming at an epoch boundary. Resuming mid-epoch with workers (a
-        loader that skips the consumed batches deals the rest to workers from worker 0 again,
-        and counters include prefetched batches) gives fresh, reproducible masks that differ
-        from the uninterrupted run's.
-        """
-        if not isinstance(state, Mapping) or state.get("format") not in _STATE_FORMATS:
-            raise ValueError(
-                f"not a fastmask collator state (expected a dict from state_dict() with format {_STATE_FORMAT!r}); "
-                f"got {type(state).__name__}"
-            )
-        missing = [k for k in ("seed", "epoch", "step", "examples") if k not in state]
-        if missing:
-            raise ValueError(f"collator state is missing {missing}; pass the whole dict that state_dict() returned")
-        seed = check_int("state['seed']", state["seed"], minimum=0, maximum=_MAX_INT64)
-        if self.seed is not None and int(self.seed) != seed:
-            raise ValueError(
-                f"state was saved with seed={seed} but this collator has seed={self.seed}; "
-                "construct it with the same seed (or seed=None to adopt the saved one)"
-            )
-        counters = [check_int("state['examples']", state["examples"], minimum=0, maximum=_MAX_INT64)]
-        workers = state.get("worker_examples", [])
-        if not isinstance(workers, (list, tuple)) or len(workers) >= _MAX_WORKER_SLOTS:
-            raise ValueError(f"state['worker_examples'] must be a list of at most {_MAX_WORKER_SLOTS - 1} counts")
-        counters += [check_int(f"state['worker_examples'][{k}]", v, minimum=0, maximum=_MAX_INT64)
-                     for k, v in enumerate(workers)]
-        step = check_int("state['step']", state["step"], minimum=0, maximum=_MAX_INT64)
-        epoch = check_int("state['epoch']", state["epoch"], minimum=0, maximum=_MAX_INT64)
-        shared = self._shared
-        shared[_STEP], shared[_EPOCH], shared[_SEED], shared[_SEED_IS_SET] = step, epoch, seed, 1
-        shared[_HEADER:] = counters + [0] * (_MAX_WORKER_SLOTS - len(counters))
-
-    # -- pickling: the shared block travels to processes being started (DataLoader workers under
-    # spawn); any other copy (deepcopy, pickle, datasets.map) gets a block of its own.
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if get_spawning_popen() is None:
-            state["_shared"] = list(self._shared)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if isinstance(self._shared, list):
-            self._shared = _new_shared_state(self._shared)
-
-
-def _new_shared_state(values=None):
-    shared = multiprocessing.RawArray(ctypes.c_int64, _HEADER + _MAX_WORKER_SLOTS)
-    if values is not None:
-        shared[:] = values
-    return shared
 
 
 # ----------------------------------------------------------------------------- tokenizer tables
@@ -656,8 +96,8 @@ def _special_mask(ids: torch.Tensor, special_ids: tuple) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- LM collator
 
-@dataclass(init=False)
-class DataCollatorForLanguageModeling(_MaskStream, _HFDataCollatorForLanguageModeling):
+@dataclass
+class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageModeling):
     """transformers' ``DataCollatorForLanguageModeling`` with fastmask's masking and padding.
 
     The positional fields, their defaults, validation, warnings and output (keys, shapes, dtypes,
@@ -689,6 +129,7 @@ class DataCollatorForLanguageModeling(_MaskStream, _HFDataCollatorForLanguageMod
     present, else from the tokenizer's special ids.
     """
 
+    _: KW_ONLY
     strategy: str = "token"
     budget: str = "bernoulli"
     span_distribution: str = "geometric"
@@ -699,50 +140,6 @@ class DataCollatorForLanguageModeling(_MaskStream, _HFDataCollatorForLanguageMod
     device: Optional[Union[str, torch.device]] = None
     keep_replace_probs: bool = False
     backend: str = "auto"
-
-    def __init__(
-        self,
-        tokenizer,
-        mlm: bool = True,
-        whole_word_mask: bool = False,
-        mlm_probability=0.15,
-        mask_replace_prob: float = 0.8,
-        random_replace_prob: float = 0.1,
-        pad_to_multiple_of: Optional[int] = None,
-        return_tensors: str = "pt",
-        seed: Optional[int] = None,
-        *,
-        strategy: str = "token",
-        budget: str = "bernoulli",
-        span_distribution: str = "geometric",
-        span_p: float = 0.2,
-        max_span_words: int = 10,
-        token_weights: Optional[torch.Tensor] = None,
-        row_key_column: Optional[str] = None,
-        device: Optional[Union[str, torch.device]] = None,
-        keep_replace_probs: bool = False,
-        backend: str = "auto",
-    ):
-        self.tokenizer = tokenizer
-        self.mlm = mlm
-        self.whole_word_mask = whole_word_mask
-        self.mlm_probability = mlm_probability
-        self.mask_replace_prob = mask_replace_prob
-        self.random_replace_prob = random_replace_prob
-        self.pad_to_multiple_of = pad_to_multiple_of
-        self.return_tensors = return_tensors
-        self.seed = seed
-        self.strategy = strategy
-        self.budget = budget
-        self.span_distribution = span_distribution
-        self.span_p = span_p
-        self.max_span_words = max_span_words
-        self.token_weights = token_weights
-        self.row_key_column = row_key_column
-        self.device = device
-        self.keep_replace_probs = keep_replace_probs
-        self.backend = backend
-        self.__post_init__()
 
     def __post_init__(self):
         schedule = self.mlm_probability if is_schedule(self.mlm_probability) else None
@@ -761,7 +158,6 @@ class DataCollatorForLanguageModeling(_MaskStream, _HFDataCollatorForLanguageMod
         self._check_extensions()
         self._init_stream()
         self._tables = _TokenizerTables()
-        self._batch_context = None
 
     def _check_extensions(self) -> None:
         check_choice("strategy", self.strategy, STRATEGIES)
@@ -838,8 +234,8 @@ class DataCollatorForLanguageModeling(_MaskStream, _HFDataCollatorForLanguageMod
                 labels[labels == self.tokenizer.pad_token_id] = IGNORE_INDEX
             data["labels"] = labels
         if fmt == "pt":
-            data = {k: _to_torch(v) for k, v in data.items()}
-            special, offsets = _to_torch(special), _to_torch(offsets)
+            data = {k: to_torch(v) for k, v in data.items()}
+            special, offsets = to_torch(special), to_torch(offsets)
             if self.device is not None:
                 data = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
                 special = None if special is None else special.to(self.device)
@@ -847,40 +243,48 @@ class DataCollatorForLanguageModeling(_MaskStream, _HFDataCollatorForLanguageMod
         if self.mlm:
             batch = len(ids)
             keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
-            self._batch_context = (keys, word_starts)
-            try:
-                if fmt == "pt":
-                    data["input_ids"], data["labels"] = self.torch_mask_tokens(
-                        ids, special_tokens_mask=special, offset_mapping=offsets
-                    )
-                else:
-                    data["input_ids"], data["labels"] = self.numpy_mask_tokens(
-                        ids, special_tokens_mask=special, offset_mapping=offsets
-                    )
-            finally:
-                self._batch_context = None
+            data["input_ids"], data["labels"] = self._mask_batch(fmt, ids, special, offsets, keys, word_starts)
         return BatchEncoding(data) if padded.from_mappings else data
 
     # -- masking
-    def torch_mask_tokens(self, inputs: Any, special_tokens_mask: Any = None, offset_mapping: Any = None):
+    def _mask_batch(self, fmt: str, ids, special, offsets, row_keys: torch.Tensor, word_starts):
+        """Masks a collated batch through ``torch_mask_tokens`` / ``numpy_mask_tokens``, so a
+        subclass overriding them keeps working; an override with transformers' signature (no
+        ``row_keys`` / ``word_starts`` keywords) is called with that signature and draws counter
+        keys (``row_key_column`` then has no effect)."""
+        name = "torch_mask_tokens" if fmt == "pt" else "numpy_mask_tokens"
+        method = getattr(self, name)
+        if getattr(type(self), name) is not getattr(DataCollatorForLanguageModeling, name):
+            return method(ids, special_tokens_mask=special, offset_mapping=offsets)
+        return method(ids, special_tokens_mask=special, offset_mapping=offsets, row_keys=row_keys,
+                      word_starts=word_starts)
+
+    def torch_mask_tokens(
+        self,
+        inputs: Any,
+        special_tokens_mask: Any = None,
+        offset_mapping: Any = None,
+        *,
+        row_keys: Optional[torch.Tensor] = None,
+        word_starts: Optional[torch.Tensor] = None,
+    ):
         """``(masked_inputs, labels)`` for a padded ``[B, L]`` batch; ``inputs`` is not modified.
 
-        Same signature as transformers' method (so subclasses overriding it keep working);
-        masking runs through :func:`fastmask.mask_tokens`.
+        transformers' signature plus keyword-only ``row_keys`` (``[B]`` int64; default: the
+        next keys of the collator's example counter) and ``word_starts`` (``[B, L]`` bool;
+        default: from ``offset_mapping`` or the tokenizer's word-start table). Masking runs
+        through :func:`fastmask.mask_tokens`.
         """
         ids = inputs if isinstance(inputs, torch.Tensor) else torch.as_tensor(np.asarray(inputs))
-        context, self._batch_context = self._batch_context, None
-        if context is not None and context[0].numel() == ids.shape[0]:
-            row_keys, word_starts = context
-        else:
-            row_keys, word_starts = self._next_row_keys(ids.shape[0]), None
+        if row_keys is None:
+            row_keys = self._next_row_keys(ids.shape[0])
         return self._mask(ids, special_tokens_mask, offset_mapping, word_starts, row_keys)
 
-    def numpy_mask_tokens(self, inputs: Any, special_tokens_mask: Any = None, offset_mapping: Any = None):
-        """numpy version of :meth:`torch_mask_tokens` (same masks)."""
+    def numpy_mask_tokens(self, inputs: Any, special_tokens_mask: Any = None, offset_mapping: Any = None, **keys):
+        """numpy version of :meth:`torch_mask_tokens` (same masks, same keywords)."""
         ids = torch.from_numpy(np.ascontiguousarray(inputs))
         special = None if special_tokens_mask is None else torch.from_numpy(np.asarray(special_tokens_mask))
-        masked, labels = self.torch_mask_tokens(ids, special_tokens_mask=special, offset_mapping=offset_mapping)
+        masked, labels = self.torch_mask_tokens(ids, special_tokens_mask=special, offset_mapping=offset_mapping, **keys)
         return masked.numpy(), labels.numpy()
 
     def _mask(self, ids: torch.Tensor, special, offsets, word_starts, row_keys):
@@ -1004,11 +408,7 @@ class DataCollatorForWholeWordMask(DataCollatorForLanguageModeling):
             word_starts = self._word_starts_with_refs(ids, padded, chinese_ref)
         if self.device is not None and fmt == "pt":
             ids = ids.to(self.device)
-        self._batch_context = (keys, word_starts)
-        try:
-            masked, labels = self.torch_mask_tokens(ids)
-        finally:
-            self._batch_context = None
+        masked, labels = self._mask_batch("pt", ids, None, None, keys, word_starts)
         if fmt == "np":
             return {"input_ids": masked.cpu().numpy(), "labels": labels.cpu().numpy()}
         return {"input_ids": masked, "labels": labels}
@@ -1030,8 +430,8 @@ class DataCollatorForWholeWordMask(DataCollatorForLanguageModeling):
 # ----------------------------------------------------------------------------- augmentation
 
 
-@dataclass(init=False)
-class DataCollatorForMaskedAugmentation(_MaskStream, DataCollatorMixin):
+@dataclass
+class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
     """Pads for sequence / token classification and corrupts the inputs while training.
 
     Padding follows ``DataCollatorWithPadding`` (``label`` / ``label_ids`` renamed to
@@ -1053,6 +453,7 @@ class DataCollatorForMaskedAugmentation(_MaskStream, DataCollatorMixin):
     label_pad_token_id: int = IGNORE_INDEX
     return_tensors: str = "pt"
     seed: Optional[int] = None
+    _: KW_ONLY
     mask_probability: float = 0.1
     random_replace_probability: float = 0.0
     delete_probability: float = 0.0
@@ -1060,40 +461,6 @@ class DataCollatorForMaskedAugmentation(_MaskStream, DataCollatorMixin):
     training: bool = True
     row_key_column: Optional[str] = None
     backend: str = "auto"
-
-    def __init__(
-        self,
-        tokenizer,
-        padding: Union[bool, str] = True,
-        max_length: Optional[int] = None,
-        pad_to_multiple_of: Optional[int] = None,
-        label_pad_token_id: int = IGNORE_INDEX,
-        return_tensors: str = "pt",
-        seed: Optional[int] = None,
-        *,
-        mask_probability: float = 0.1,
-        random_replace_probability: float = 0.0,
-        delete_probability: float = 0.0,
-        whole_word: bool = False,
-        training: bool = True,
-        row_key_column: Optional[str] = None,
-        backend: str = "auto",
-    ):
-        self.tokenizer = tokenizer
-        self.padding = padding
-        self.max_length = max_length
-        self.pad_to_multiple_of = pad_to_multiple_of
-        self.label_pad_token_id = label_pad_token_id
-        self.return_tensors = return_tensors
-        self.seed = seed
-        self.mask_probability = mask_probability
-        self.random_replace_probability = random_replace_probability
-        self.delete_probability = delete_probability
-        self.whole_word = whole_word
-        self.training = training
-        self.row_key_column = row_key_column
-        self.backend = backend
-        self.__post_init__()
 
     def __post_init__(self):
         padding = getattr(self.padding, "value", self.padding)
@@ -1151,7 +518,7 @@ class DataCollatorForMaskedAugmentation(_MaskStream, DataCollatorMixin):
             float_dtype=np.float32 if fmt == "pt" else np.float64,
             label_pad_token_id=self.label_pad_token_id,
         )
-        data = {k: _to_torch(v) for k, v in padded.data.items()}
+        data = {k: to_torch(v) for k, v in padded.data.items()}
         key_values = data.pop(self.row_key_column) if self.row_key_column in data else None
         if self.row_key_column is not None and key_values is None:
             raise ValueError(f"row_key_column={self.row_key_column!r} is not among the features' keys {list(data)}")
@@ -1243,7 +610,7 @@ class DataCollatorForMaskedAugmentation(_MaskStream, DataCollatorMixin):
         keep = inside & ~deleted
         new_lengths = keep.sum(dim=1)
         target = max(int(new_lengths.max()), self.max_length if padding == "max_length" else 0)
-        target = _round_up(target, self.pad_to_multiple_of)
+        target = round_up(target, self.pad_to_multiple_of)
         order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept positions first, in order
         slots = torch.arange(target)[None, :]
         if left:  # right-aligned: slot j holds kept item j - (target - n)
@@ -1258,7 +625,7 @@ class DataCollatorForMaskedAugmentation(_MaskStream, DataCollatorMixin):
             if key not in data:
                 continue
             value = data[key]
-            pad = _pad_value(key, self.tokenizer, self.label_pad_token_id)
+            pad = pad_value(key, self.tokenizer, self.label_pad_token_id)
             if value.dim() == 3:
                 moved = torch.gather(value, 1, index[..., None].expand(-1, -1, value.shape[2]))
                 mask = valid[..., None]
@@ -1267,68 +634,3 @@ class DataCollatorForMaskedAugmentation(_MaskStream, DataCollatorMixin):
                 mask = valid
             fill = torch.full_like(moved, bool(pad) if value.dtype == torch.bool else pad)
             data[key] = torch.where(mask, moved, fill)
-
-
-# ----------------------------------------------------------------------------- token weights
-
-
-def count_token_frequencies(data, *, vocab_size: Optional[int] = None, key: str = "input_ids") -> torch.Tensor:
-    """int64 ``[V]`` counts of every id in ``data``.
-
-    ``data``: a list of dicts (``key`` column), a list of id sequences, or a ``datasets.Dataset``
-    (read in column batches). ``V`` is ``vocab_size`` (e.g. ``len(tokenizer)``), grown to the
-    largest id seen when smaller.
-    """
-    counts = np.zeros(0 if vocab_size is None else check_int("vocab_size", vocab_size, minimum=1), dtype=np.int64)
-
-    def add(rows):
-        nonlocal counts
-        flat = np.fromiter(
-            itertools.chain.from_iterable(r.tolist() if hasattr(r, "tolist") else r for r in rows), dtype=np.int64
-        )
-        if flat.size == 0:
-            return
-        if flat.min() < 0:
-            raise ValueError(f"{key} holds a negative id ({int(flat.min())}); ids must be >= 0")
-        binned = np.bincount(flat, minlength=counts.size)
-        if binned.size > counts.size:
-            counts = np.concatenate([counts, np.zeros(binned.size - counts.size, dtype=np.int64)])
-        counts[: binned.size] += binned
-
-    if hasattr(data, "column_names") and hasattr(data, "iter"):  # datasets.Dataset
-        for chunk in data.iter(batch_size=1024):
-            add(chunk[key])
-        return torch.from_numpy(counts)
-    chunk = []
-    for item in data:
-        chunk.append(item[key] if isinstance(item, Mapping) else item)
-        if len(chunk) == 1024:
-            add(chunk)
-            chunk = []
-    add(chunk)
-    return torch.from_numpy(counts)
-
-
-def token_weights_from_counts(
-    counts, *, mode: str = "rare", alpha: float = 0.5, smoothing: float = 1.0
-) -> torch.Tensor:
-    """float32 ``[V]`` weights for conditional masking from token counts.
-
-    ``mode="rare"``: ``(count + smoothing) ** -alpha`` (rare tokens are masked more often,
-    e.g. PMI-style masking); ``"frequent"``: ``(count + smoothing) ** alpha``. Scaled so the
-    largest weight is 1 (the masking op renormalises per row, so the expected rate stays
-    ``mlm_probability``).
-    """
-    check_choice("mode", mode, ("rare", "frequent"))
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"alpha={alpha!r} must be a finite number >= 0")
-    if isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Real) or not smoothing > 0:
-        raise ValueError(f"smoothing={smoothing!r} must be > 0 (it keeps unseen ids finite)")
-    values = counts.detach().cpu().numpy() if isinstance(counts, torch.Tensor) else np.asarray(counts)
-    if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"counts must be a non-empty 1-D sequence, got shape {values.shape}")
-    if values.dtype.kind not in "iuf" or not np.isfinite(values).all() or (values < 0).any():
-        raise ValueError("counts must be finite non-negative numbers (no NaN or inf)")
-    exponent = -alpha if mode == "rare" else alpha
-    weights = np.power(values.astype(np.float64) + smoothing, exponent)
-    return torch.from_numpy((weights / weights.max()).astype(np.float32))

@@ -9,8 +9,9 @@ import torch
 from transformers import BatchEncoding
 
 import fastmask
-from fastmask import _backend, collator as collator_module
-from fastmask.collator import DataCollatorForLanguageModeling, pad_features
+from fastmask import _backend, padding as padding_module
+from fastmask.collator import DataCollatorForLanguageModeling
+from fastmask.padding import pad_features
 from collator_support import features, padded, tokenizer
 
 CPP = _backend.cpp_module()
@@ -19,7 +20,7 @@ needs_cpp = pytest.mark.skipif(not hasattr(CPP, "pad_rows"), reason="fastmask._C
 
 @pytest.fixture
 def no_extension(monkeypatch):
-    monkeypatch.setattr(collator_module, "_collate_module", lambda: None)
+    monkeypatch.setattr(padding_module, "_collate_module", lambda: None)
 
 
 def _feature_sets():
@@ -50,7 +51,7 @@ def test_cpp_padding_equals_numpy_fallback(name, side, monkeypatch):
     tok.padding_side = side
     feats = _feature_sets()[name]
     fast = pad_features(feats, tok, pad_to_multiple_of=8)
-    monkeypatch.setattr(collator_module, "_collate_module", lambda: None)
+    monkeypatch.setattr(padding_module, "_collate_module", lambda: None)
     slow = pad_features(feats, tok, pad_to_multiple_of=8)
     assert list(fast.data) == list(slow.data) and fast.aligned == slow.aligned
     for key in fast.data:
