@@ -555,13 +555,25 @@ void run_typed(const Params& p, const py::array& input_ids, const py::array& mas
   mask_tokens_kernel<Id>(p, ids, masked, labels);
 }
 
-void mask_tokens_binding(const py::object& input_ids_obj, const py::object& masked_obj, const py::object& labels_obj,
-                         const py::object& special_mask, const py::object& attention_mask,
-                         const py::object& word_starts, const py::object& vocab_flags, const py::object& weights_q,
-                         const py::object& row_keys, const py::object& span_thresholds,
-                         const py::object& budget_table, int64_t seed_mix1, int64_t seed_mix2, int64_t strategy,
-                         bool exact, int64_t pad_token_id, int64_t select_threshold, int64_t mask_token_id,
-                         int64_t vocab_size, int64_t replace_mask_threshold, int64_t replace_random_threshold) {
+// One field of the plan dict (fastmask.masking_plan.MaskingPlan's fields by name).
+py::object plan_field(const py::dict& plan, const char* name) {
+  if (!plan.contains(name)) fail(std::string("plan is missing the field '") + name + "'");
+  return plan[name];
+}
+
+int64_t plan_int(const py::dict& plan, const char* name) {
+  py::object value = plan_field(plan, name);
+  if (!py::isinstance<py::int_>(value) && !py::isinstance<py::bool_>(value))
+    fail(std::string(name) + " must be an int, got " + py::str(py::type::of(value)).cast<std::string>());
+  try {
+    return value.cast<int64_t>();
+  } catch (const py::cast_error&) {
+    fail(std::string(name) + " = " + py::str(value).cast<std::string>() + " does not fit in int64");
+  }
+}
+
+void mask_tokens_binding(const py::dict& plan, const py::object& masked_obj, const py::object& labels_obj) {
+  const py::object input_ids_obj = plan_field(plan, "input_ids");
   py::array input_ids = as_array(input_ids_obj, "input_ids");
   const bool is64 = has_dtype<int64_t>(input_ids);
   if (!is64 && !has_dtype<int32_t>(input_ids))
@@ -581,13 +593,17 @@ void mask_tokens_binding(const py::object& input_ids_obj, const py::object& mask
   if (!has_dtype<int64_t>(labels)) fail("labels_out must be int64, got " + dtype_string(labels));
   check_layout(labels, "labels_out", {B, L}, true);
 
-  p.special_mask = byte_buffer(special_mask, "special_mask", {B, L});
-  p.attention_mask = byte_buffer(attention_mask, "attention_mask", {B, L});
-  p.word_starts = byte_buffer(word_starts, "word_starts", {B, L});
-  p.vocab_flags = byte_buffer(vocab_flags, "vocab_flags", {-1}, &p.flags_size);
+  p.special_mask = byte_buffer(plan_field(plan, "special_mask"), "special_mask", {B, L});
+  p.attention_mask = byte_buffer(plan_field(plan, "attention_mask"), "attention_mask", {B, L});
+  p.word_starts = byte_buffer(plan_field(plan, "word_starts"), "word_starts", {B, L});
+  p.vocab_flags = byte_buffer(plan_field(plan, "vocab_flags"), "vocab_flags", {-1}, &p.flags_size);
   if (!p.vocab_flags) p.flags_size = 0;
-  p.weights_q = typed_buffer<int32_t>(weights_q, "weights_q", "int32", {-1}, &p.weights_size);
+  p.weights_q = typed_buffer<int32_t>(plan_field(plan, "weights_q"), "weights_q", "int32", {-1}, &p.weights_size);
   if (!p.weights_q) p.weights_size = 0;
+  const py::object row_keys = plan_field(plan, "row_keys");
+  const py::object span_thresholds = plan_field(plan, "span_thresholds");
+  const py::object budget_table = plan_field(plan, "budget_table");
+  const bool exact = plan_int(plan, "exact") != 0;
   if (row_keys.is_none()) fail("row_keys must be an int64 array of shape (" + std::to_string(B) + ",), got None");
   p.row_keys = typed_buffer<int64_t>(row_keys, "row_keys", "int64", {B});
   if (span_thresholds.is_none()) {
@@ -604,19 +620,19 @@ void mask_tokens_binding(const py::object& input_ids_obj, const py::object& mask
       fail("budget_table has " + std::to_string(size) + " entries; it needs L + 1 = " + std::to_string(L + 1));
   }
 
-  p.seed_mix1 = static_cast<uint32_t>(check_range(seed_mix1, "seed_mix1", 0, 0xFFFFFFFFll));
-  p.seed_mix2 = static_cast<uint32_t>(check_range(seed_mix2, "seed_mix2", 0, 0xFFFFFFFFll));
-  p.strategy = static_cast<int>(check_range(strategy, "strategy", 0, 2));
-  p.pad_token_id = pad_token_id;
-  p.has_pad = pad_token_id >= 0;  // negative: no padding id
-  p.select_threshold = check_range(select_threshold, "select_threshold", 0, kProbOne);
+  p.seed_mix1 = static_cast<uint32_t>(check_range(plan_int(plan, "seed_mix1"), "seed_mix1", 0, 0xFFFFFFFFll));
+  p.seed_mix2 = static_cast<uint32_t>(check_range(plan_int(plan, "seed_mix2"), "seed_mix2", 0, 0xFFFFFFFFll));
+  p.strategy = static_cast<int>(check_range(plan_int(plan, "strategy"), "strategy", 0, 2));
+  p.pad_token_id = plan_int(plan, "pad_token_id");
+  p.has_pad = p.pad_token_id >= 0;  // negative: no padding id
+  p.select_threshold = check_range(plan_int(plan, "select_threshold"), "select_threshold", 0, kProbOne);
   const int64_t id_max = is64 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int32_t>::max();
-  p.mask_token_id = check_range(mask_token_id, "mask_token_id", 0, id_max);
-  p.vocab_size = check_range(vocab_size, "vocab_size", 1, is64 ? id_max : id_max + 1);
+  p.mask_token_id = check_range(plan_int(plan, "mask_token_id"), "mask_token_id", 0, id_max);
+  p.vocab_size = check_range(plan_int(plan, "vocab_size"), "vocab_size", 1, is64 ? id_max : id_max + 1);
   p.replace_mask_threshold =
-      static_cast<uint32_t>(check_range(replace_mask_threshold, "replace_mask_threshold", 0, kProbOne));
+      static_cast<uint32_t>(check_range(plan_int(plan, "replace_mask_threshold"), "replace_mask_threshold", 0, kProbOne));
   p.replace_random_threshold =
-      static_cast<uint32_t>(check_range(replace_random_threshold, "replace_random_threshold", 0, kProbOne));
+      static_cast<uint32_t>(check_range(plan_int(plan, "replace_random_threshold"), "replace_random_threshold", 0, kProbOne));
   if (B == 0 || L == 0) return;
 
   int64_t* labels_ptr = static_cast<int64_t*>(labels.mutable_data());
@@ -631,16 +647,11 @@ void mask_tokens_binding(const py::object& input_ids_obj, const py::object& mask
 }  // namespace
 
 void register_masking(py::module_& m) {
-  m.def("mask_tokens", &mask_tokens_binding, py::arg("input_ids"), py::arg("masked_out"), py::arg("labels_out"),
-        py::arg("special_mask").none(true), py::arg("attention_mask").none(true), py::arg("word_starts").none(true),
-        py::arg("vocab_flags").none(true), py::arg("weights_q").none(true), py::arg("row_keys"),
-        py::arg("span_thresholds").none(true), py::arg("budget_table").none(true), py::arg("seed_mix1"),
-        py::arg("seed_mix2"), py::arg("strategy"), py::arg("exact"), py::arg("pad_token_id"),
-        py::arg("select_threshold"), py::arg("mask_token_id"), py::arg("vocab_size"),
-        py::arg("replace_mask_threshold"), py::arg("replace_random_threshold"),
+  m.def("mask_tokens", &mask_tokens_binding, py::arg("plan"), py::arg("masked_out"), py::arg("labels_out"),
         R"doc(Masks a [B, L] batch into masked_out / labels_out (see fastmask/reference/masking.py).
 
-input_ids: int32 or int64 [B, L]; masked_out: same dtype and shape; labels_out: int64 [B, L].
+plan: a dict of fastmask.masking_plan.MaskingPlan's fields by name (buffers as numpy arrays, bool
+as uint8; scalars as ints). input_ids: int32 or int64 [B, L]; masked_out: same dtype and shape; labels_out: int64 [B, L].
 special_mask, attention_mask, word_starts: None or uint8 [B, L]. vocab_flags: None or uint8 [V]
 (bit0 special, bit1 word start; ids outside give 2). weights_q: None or int32 [V] (ids outside
 give 0). row_keys: int64 [B]. span_thresholds: int32 [n]. budget_table: None (bernoulli) or

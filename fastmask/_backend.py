@@ -131,3 +131,27 @@ def resolve_backend(
 def availability(device: torch.device) -> dict[str, Optional[str]]:
     """``{backend: None or the reason it is unavailable}`` for ``device``."""
     return {name: unavailable_reason(name, device) for name in BACKENDS}
+
+
+@torch.compiler.assume_constant_result
+def choose_backend(op: str, backend: str, device_type: str, cpp_symbol: str, limits: tuple = ()) -> str:
+    """The concrete backend for one call of ``op`` (a constant under ``torch.compile``).
+
+    ``cpp_symbol``: the extension function the op calls (a stale build may lack it);
+    ``limits``: ``((backend, reason), ...)`` for backends that cannot take this call's shape
+    or dtype. Every op dispatches through here.
+    """
+    call_reasons = {"cpp": cpp_symbol_reason(cpp_symbol)}
+    for name, reason in limits:
+        call_reasons[name] = call_reasons.get(name) or reason
+    return resolve_backend(backend, torch.device(device_type), op=op, call_reasons=call_reasons)
+
+
+def call_op(custom_op, impls: Mapping, backend: str, plan):
+    """Runs ``plan`` on ``backend``: through the registered ``torch.library`` custom op while
+    ``torch.compile`` traces (an opaque op with a fake impl), directly in eager mode (the same
+    implementation without the dispatcher's overhead). One policy for every op."""
+    if torch.compiler.is_compiling():
+        buffers, scalars = plan.to_op_args()
+        return custom_op(buffers, scalars, backend)
+    return impls[backend](plan)

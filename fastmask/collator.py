@@ -28,7 +28,7 @@ from transformers.tokenization_utils_base import BatchEncoding
 from . import _backend
 from ._validation import check_choice, check_int, check_probability
 from .mask_stream import MaskStream
-from .masking import BUDGETS, IGNORE_INDEX, MAX_SPAN_WORDS, SPAN_DISTRIBUTIONS, STRATEGIES, _check_ids, _mask_tokens
+from .masking import BUDGETS, IGNORE_INDEX, MAX_SPAN_WORDS, SPAN_DISTRIBUTIONS, STRATEGIES, _check_ids, plan_masking, run_masking
 from .padding import PaddedBatch, pad_features, pad_value, round_up, to_torch
 from .schedules import MaskingSchedule, MaskingScheduleCallback, is_schedule, probability_at
 from .token_weights import count_token_frequencies, token_weights_from_counts
@@ -309,7 +309,7 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
                 kwargs["word_starts"] = word_starts.to(work_ids.device)
             else:
                 kwargs.update(self._tables.word_starts(tokenizer, work_ids))
-        masked, labels = _mask_tokens(
+        plan = plan_masking(
             work_ids,
             mask_token_id=tokenizer.mask_token_id,
             vocab_size=len(tokenizer),
@@ -325,10 +325,10 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
             token_weights=self.token_weights,
             seed=self._effective_seed(),
             row_keys=row_keys,
-            backend=self.backend,
             ids_beyond_vocab=True,  # like transformers' collator (such ids start words)
             **kwargs,
         )
+        masked, labels = run_masking(plan, self.backend)
         if masked.dtype != ids.dtype:
             masked = masked.to(ids.dtype)
         if ids.dtype != torch.int64:
@@ -562,10 +562,10 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
         total = self.mask_probability + self.random_replace_probability + self.delete_probability
         keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
         common = dict(vocab_size=vocab, special_tokens_mask=ineligible, seed=self._effective_seed(), row_keys=keys,
-                      backend=self.backend, ids_beyond_vocab=True)
+                      ids_beyond_vocab=True)
         # Ids are shifted past the vocabulary, so the selected tokens that mask_tokens leaves
         # unchanged (its "keep" share, here the deletion share) are the ones still >= vocab.
-        masked, labels = _mask_tokens(
+        masked, labels = self._run(
             ids + vocab,
             mask_token_id=tokenizer.mask_token_id if tokenizer.mask_token_id is not None else 0,
             mlm_probability=min(1.0, total),
@@ -591,7 +591,7 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
                 selected & torch.gather(m, 1, first) for m in (to_mask, to_delete, to_random)
             )
             if to_random.any():  # the per-position random ids (stream 2) of every eligible token
-                random_ids, _ = _mask_tokens(ids, mask_token_id=0, mlm_probability=1.0, mask_replace_prob=0.0,
+                random_ids, _ = self._run(ids, mask_token_id=0, mlm_probability=1.0, mask_replace_prob=0.0,
                                             random_replace_prob=1.0, **common)
         out = torch.where(to_random, random_ids, ids)
         if tokenizer.mask_token_id is not None:
@@ -599,6 +599,9 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
         data["input_ids"] = out
         if to_delete.any():
             self._close_up(data, padded, to_delete, inside, left, padding)
+
+    def _run(self, ids: torch.Tensor, **kwargs):
+        return run_masking(plan_masking(ids, **kwargs), self.backend)
 
     def _close_up(self, data: dict, padded: PaddedBatch, deleted, inside, left: bool, padding) -> None:
         """Remove deleted positions from every key aligned with ``input_ids`` and re-pad.

@@ -1,10 +1,12 @@
 """The masking op: selection (token / whole word / span), budget, and 80/10/10 replacement.
 
-``mask_tokens`` validates and normalises its arguments, then dispatches to one of three
-implementations that return bit-identical results: the pure-torch reference
-(:mod:`fastmask.reference.masking`, which documents the exact semantics), the C++ kernel
-(``csrc/masking.cpp``) and the Triton kernel (:mod:`fastmask.kernels.masking`). The kernels see
-contiguous buffers, tables and integer thresholds only.
+``mask_tokens`` is two steps, each public: :func:`plan_masking` validates and normalises the
+arguments into a :class:`~fastmask.masking_plan.MaskingPlan` (tables, integer thresholds,
+seeds), and :func:`run_masking` hands the plan to one of three implementations that return
+bit-identical results: the pure-torch reference (:mod:`fastmask.reference.masking`, which
+documents the exact semantics), the C++ kernel (``csrc/masking.cpp``) and the Triton kernel
+(:mod:`fastmask.kernels.masking`). The kernels see contiguous buffers, tables and integer
+thresholds only.
 """
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ import numpy as np
 import torch
 
 from . import _backend, _rng
+from ._constants import IGNORE_INDEX
 from ._validation import check_choice, check_int, check_probability, check_same_shape, check_tensor, value_range
-from .reference.masking import FLAG_SPECIAL, FLAG_WORD_START, IGNORE_INDEX, reference_mask_tokens
+from .masking_plan import BUDGETS, FLAG_SPECIAL, FLAG_WORD_START, STRATEGIES, MaskingPlan
+from .reference.masking import reference_mask_tokens
 
-STRATEGIES = ("token", "whole_word", "span")
-BUDGETS = ("bernoulli", "exact")
 SPAN_DISTRIBUTIONS = ("geometric", "uniform")
 MAX_SPAN_WORDS = 256
 WEIGHT_BITS = 16
@@ -28,105 +30,41 @@ WEIGHT_BITS = 16
 MAX_WEIGHTED_LENGTH = 1 << 22
 _MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _ID_DTYPES = (torch.int32, torch.int64)
+_WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-__all__ = ["mask_tokens", "STRATEGIES", "BUDGETS", "SPAN_DISTRIBUTIONS", "IGNORE_INDEX"]
+__all__ = ["mask_tokens", "plan_masking", "run_masking", "STRATEGIES", "BUDGETS", "SPAN_DISTRIBUTIONS", "IGNORE_INDEX"]
 
 
 # ----------------------------------------------------------------------------- backends
-def _cpp_impl(
-    input_ids, special_mask, attention_mask, word_starts, vocab_flags, weights_q, row_keys,
-    span_thresholds, budget_table, seed_mix1, seed_mix2, strategy, exact, pad_token_id,
-    select_threshold, mask_token_id, vocab_size, replace_mask_threshold, replace_random_threshold,
-):
-    module = _backend.cpp_module()
-    masked = torch.empty_like(input_ids)
-    labels = torch.empty(input_ids.shape, dtype=torch.int64, device=input_ids.device)
-
-    def buffer(t):
-        if t is None:
-            return None
-        return (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
-
-    module.mask_tokens(
-        buffer(input_ids), buffer(masked), buffer(labels),
-        buffer(special_mask), buffer(attention_mask), buffer(word_starts),
-        buffer(vocab_flags), buffer(weights_q), buffer(row_keys),
-        buffer(span_thresholds), buffer(budget_table),
-        seed_mix1, seed_mix2, strategy, exact, pad_token_id, select_threshold,
-        mask_token_id, vocab_size, replace_mask_threshold, replace_random_threshold,
-    )
+def _cpp_impl(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    masked = torch.empty_like(plan.input_ids)
+    labels = torch.empty(plan.input_ids.shape, dtype=torch.int64)
+    fields = {name: None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
+              for name, t in plan.buffers().items()}
+    fields.update(plan.scalars())
+    _backend.cpp_module().mask_tokens(fields, masked.numpy(), labels.numpy())
     return masked, labels
 
 
-def _triton_impl(*args):
+def _triton_impl(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
     from .kernels.masking import triton_mask_tokens
 
-    return triton_mask_tokens(*args)
+    return triton_mask_tokens(plan)
 
 
-def _reference_impl(
-    input_ids, special_mask, attention_mask, word_starts, vocab_flags, weights_q, row_keys,
-    span_thresholds, budget_table, seed_mix1, seed_mix2, strategy, exact, pad_token_id,
-    select_threshold, mask_token_id, vocab_size, replace_mask_threshold, replace_random_threshold,
-):
-    return reference_mask_tokens(
-        input_ids,
-        mask_token_id=mask_token_id,
-        vocab_size=vocab_size,
-        replace_mask_threshold=replace_mask_threshold,
-        replace_random_threshold=replace_random_threshold,
-        special_mask=special_mask,
-        attention_mask=attention_mask,
-        word_starts=word_starts,
-        vocab_flags=vocab_flags,
-        weights_q=weights_q,
-        row_keys=row_keys,
-        seed_mix1=seed_mix1,
-        seed_mix2=seed_mix2,
-        strategy=STRATEGIES[strategy],
-        budget="exact" if exact else "bernoulli",
-        pad_token_id=pad_token_id,
-        select_threshold=select_threshold,
-        span_thresholds=span_thresholds.tolist(),
-        budget_table=budget_table,
-    )
-
-
-_IMPLS = {"reference": _reference_impl, "cpp": _cpp_impl, "triton": _triton_impl}
+_IMPLS = {"reference": reference_mask_tokens, "cpp": _cpp_impl, "triton": _triton_impl}
 
 
 @torch.library.custom_op("fastmask::mask_tokens", mutates_args=())
 def _mask_tokens_op(
-    input_ids: torch.Tensor,
-    special_mask: Optional[torch.Tensor],
-    attention_mask: Optional[torch.Tensor],
-    word_starts: Optional[torch.Tensor],
-    vocab_flags: Optional[torch.Tensor],
-    weights_q: Optional[torch.Tensor],
-    row_keys: torch.Tensor,
-    span_thresholds: torch.Tensor,
-    budget_table: Optional[torch.Tensor],
-    seed_mix1: int,
-    seed_mix2: int,
-    strategy: int,
-    exact: bool,
-    pad_token_id: int,
-    select_threshold: int,
-    mask_token_id: int,
-    vocab_size: int,
-    replace_mask_threshold: int,
-    replace_random_threshold: int,
-    backend: str,
+    buffers: list[Optional[torch.Tensor]], scalars: list[int], backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _IMPLS[backend](
-        input_ids, special_mask, attention_mask, word_starts, vocab_flags, weights_q, row_keys,
-        span_thresholds, budget_table, seed_mix1, seed_mix2, strategy, exact, pad_token_id,
-        select_threshold, mask_token_id, vocab_size, replace_mask_threshold, replace_random_threshold,
-    )
+    return _IMPLS[backend](MaskingPlan.from_op_args(buffers, scalars))
 
 
 @_mask_tokens_op.register_fake
-def _mask_tokens_fake(input_ids, *args):
+def _mask_tokens_fake(buffers, scalars, backend):
+    input_ids = buffers[0]
     return torch.empty_like(input_ids), torch.empty(input_ids.shape, dtype=torch.int64, device=input_ids.device)
 
 
@@ -281,17 +219,165 @@ def _row_keys(row_keys, batch: int, device) -> torch.Tensor:
     return row_keys.to(device=device, dtype=torch.int64).contiguous()
 
 
-@torch.compiler.assume_constant_result
-def _choose_backend(backend: str, device_type: str, batch: int, length: int, strategy: str, exact: bool) -> str:
-    call_reasons = {"cpp": _backend.cpp_symbol_reason("mask_tokens")}
-    if device_type != "cpu" or _backend.triton_interpreting():
-        try:
-            from .kernels.masking import triton_call_reason
+# ----------------------------------------------------------------------------- plan / run
+def _triton_limits(device_type: str, length: int) -> tuple:
+    """``(("triton", reason),)`` when the Triton kernel cannot take rows of ``length``."""
+    if device_type == "cpu" and not _backend.triton_interpreting():
+        return ()
+    try:
+        from .kernels.masking import triton_call_reason
+    except ImportError:
+        return ()
+    reason = triton_call_reason(length)
+    return (("triton", reason),) if reason else ()
 
-            call_reasons["triton"] = triton_call_reason(batch, length, strategy, exact)
-        except ImportError:
-            pass
-    return _backend.resolve_backend(backend, torch.device(device_type), op="mask_tokens", call_reasons=call_reasons)
+
+def run_masking(plan: MaskingPlan, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(masked_input_ids, labels)`` for a plan from :func:`plan_masking`, on ``backend``
+    (``"auto"``, ``"reference"``, ``"cpp"`` or ``"triton"``)."""
+    _backend.check_backend_name(backend)
+    device_type = plan.input_ids.device.type
+    chosen = _backend.choose_backend(
+        "mask_tokens", backend, device_type, "mask_tokens", _triton_limits(device_type, plan.input_ids.shape[1])
+    )
+    return _backend.call_op(_mask_tokens_op, _IMPLS, chosen, plan)
+
+
+def plan_masking(
+    input_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    mlm_probability: float = 0.15,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+    special_tokens_mask: Optional[torch.Tensor] = None,
+    attention_mask: Optional[torch.Tensor] = None,
+    word_starts: Optional[torch.Tensor] = None,
+    word_start_table: Optional[torch.Tensor] = None,
+    special_token_ids: Optional[Sequence[int]] = None,
+    pad_token_id: Optional[int] = None,
+    strategy: str = "token",
+    budget: str = "bernoulli",
+    span_distribution: str = "geometric",
+    span_p: float = 0.2,
+    max_span_words: int = 10,
+    token_weights: Optional[torch.Tensor] = None,
+    seed: int = 0,
+    row_keys: Union[torch.Tensor, Sequence[int], None] = None,
+    ids_beyond_vocab: bool = False,
+) -> MaskingPlan:
+    """Validate :func:`mask_tokens`' arguments (``input_ids`` ``[B, L]``) into a plan.
+
+    ``ids_beyond_vocab=True`` (what the collators pass, like transformers' collators) accepts
+    ids at or past ``vocab_size``: they are masked like any other, random ids still come from
+    ``[0, vocab_size)``. Negative ids are always an error.
+    """
+    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, length] (or [length]), got shape {tuple(input_ids.shape)}")
+    batch, length = input_ids.shape
+    if batch == 0 or length == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token")
+    if length >= _rng.MAX_SEQUENCE_LENGTH:
+        raise ValueError(f"input_ids rows have {length} tokens; at most {_rng.MAX_SEQUENCE_LENGTH - 1} are supported")
+    device = input_ids.device
+    id_max = torch.iinfo(input_ids.dtype).max
+    # random ids are (draw * vocab_size) >> 32 in int64: vocab_size must stay below 2**31
+    vocab_size = check_int("vocab_size", vocab_size, minimum=1, maximum=min(id_max + 1, 2**31))
+    mask_token_id = check_int("mask_token_id", mask_token_id, minimum=0, maximum=vocab_size - 1)
+    mlm_probability = check_probability("mlm_probability", mlm_probability)
+    t_mask, t_mask_or_random = _replacement_thresholds(mask_replace_prob, random_replace_prob)
+    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("budget", budget, BUDGETS)
+    check_choice("span_distribution", span_distribution, SPAN_DISTRIBUTIONS)
+    max_span_words = check_int("max_span_words", max_span_words, minimum=1, maximum=MAX_SPAN_WORDS)
+    span_p = check_probability("span_p", span_p)
+    if span_p == 0.0 and strategy == "span" and span_distribution == "geometric":
+        raise ValueError("span_p=0 gives no geometric span length; pass span_p in (0, 1]")
+    seed = check_int("seed", seed)
+    if pad_token_id is not None:
+        pad_token_id = check_int("pad_token_id", pad_token_id)
+    if special_token_ids is not None:
+        special_token_ids = tuple(
+            check_int("special_token_ids[]", i, minimum=0, maximum=vocab_size - 1) for i in special_token_ids
+        )
+
+    input_ids = input_ids.contiguous()
+    id_range = _check_ids(input_ids, None if ids_beyond_vocab else vocab_size)
+    special_mask = _as_mask("special_tokens_mask", special_tokens_mask, input_ids)
+    starts = _as_mask("word_starts", word_starts, input_ids)
+    if word_start_table is not None:
+        check_tensor("word_start_table", word_start_table, dtypes=_MASK_DTYPES, dim=1)
+        if starts is None and strategy != "token":
+            _check_ids_in_table("word_start_table", word_start_table.numel(), id_range)
+        else:
+            word_start_table = None  # not consulted
+    if strategy != "token" and starts is None and word_start_table is None:
+        raise ValueError(
+            f"strategy={strategy!r} needs word boundaries: pass word_starts=[B, L] bool "
+            "(see fastmask.words) or word_start_table=fastmask.word_start_table(tokenizer)"
+        )
+    if special_mask is not None:
+        special_token_ids = None  # the mask wins
+    if token_weights is not None:
+        _check_token_weights(token_weights, budget, length, id_range)
+
+    span_thresholds, _ = _span_tables(span_distribution, span_p, max_span_words)
+    if strategy == "span":
+        select_threshold = _span_anchor_threshold(mlm_probability, span_distribution, span_p, max_span_words)
+    else:
+        select_threshold = _rng.probability_threshold(mlm_probability)
+    exact = budget == "exact"
+    mix1, mix2 = _rng.seed_mix(seed)
+    return MaskingPlan(
+        input_ids=input_ids,
+        row_keys=_row_keys(row_keys, batch, device),
+        span_thresholds=torch.tensor(span_thresholds, dtype=torch.int32, device=device),
+        special_mask=special_mask,
+        attention_mask=_as_mask("attention_mask", attention_mask, input_ids),
+        word_starts=starts,
+        vocab_flags=_vocab_flags(word_start_table, special_token_ids, device),
+        weights_q=_weights_q(token_weights, device),
+        budget_table=_budget_table_cpu(mlm_probability, length).to(device) if exact else None,
+        seed_mix1=mix1,
+        seed_mix2=mix2,
+        strategy=STRATEGIES.index(strategy),
+        exact=exact,
+        pad_token_id=-1 if pad_token_id is None else pad_token_id,
+        select_threshold=select_threshold,
+        mask_token_id=mask_token_id,
+        vocab_size=vocab_size,
+        replace_mask_threshold=t_mask,
+        replace_random_threshold=t_mask_or_random,
+    )
+
+
+def _replacement_thresholds(mask_replace_prob, random_replace_prob) -> tuple[int, int]:
+    mask_replace_prob = check_probability("mask_replace_prob", mask_replace_prob)
+    random_replace_prob = check_probability("random_replace_prob", random_replace_prob)
+    if mask_replace_prob + random_replace_prob > 1.0 + 1e-12:
+        raise ValueError(
+            f"mask_replace_prob + random_replace_prob = {mask_replace_prob + random_replace_prob} "
+            "exceeds 1; lower one of them"
+        )
+    return (
+        _rng.probability_threshold(mask_replace_prob),
+        _rng.probability_threshold(mask_replace_prob + random_replace_prob),
+    )
+
+
+def _check_token_weights(token_weights, budget: str, length: int, id_range) -> None:
+    check_tensor("token_weights", token_weights, dtypes=_WEIGHT_DTYPES, dim=1)
+    if budget != "bernoulli":
+        raise ValueError("token_weights works with budget='bernoulli' only; drop token_weights or the exact budget")
+    if not torch.compiler.is_compiling() and (
+        not bool(torch.isfinite(token_weights).all()) or bool((token_weights < 0).any())
+    ):
+        raise ValueError("token_weights must be finite and non-negative")
+    if length > MAX_WEIGHTED_LENGTH:
+        raise ValueError(f"token_weights supports rows of at most {MAX_WEIGHTED_LENGTH} tokens, got {length}")
+    _check_ids_in_table("token_weights", token_weights.numel(), id_range)
 
 
 def mask_tokens(
@@ -349,158 +435,23 @@ def mask_tokens(
         ``(masked_input_ids, labels)``: ids with ``input_ids``' shape, dtype and device, and
         int64 labels holding the original id at selected positions and -100 elsewhere.
     """
-    return _mask_tokens(
-        input_ids,
-        mask_token_id=mask_token_id,
-        vocab_size=vocab_size,
-        mlm_probability=mlm_probability,
-        mask_replace_prob=mask_replace_prob,
-        random_replace_prob=random_replace_prob,
-        special_tokens_mask=special_tokens_mask,
-        attention_mask=attention_mask,
-        word_starts=word_starts,
-        word_start_table=word_start_table,
-        special_token_ids=special_token_ids,
-        pad_token_id=pad_token_id,
-        strategy=strategy,
-        budget=budget,
-        span_distribution=span_distribution,
-        span_p=span_p,
-        max_span_words=max_span_words,
-        token_weights=token_weights,
-        seed=seed,
-        row_keys=row_keys,
-        backend=backend,
-        ids_beyond_vocab=False,
-    )
-
-
-def _mask_tokens(
-    input_ids: torch.Tensor,
-    *,
-    mask_token_id: int,
-    vocab_size: int,
-    mlm_probability: float = 0.15,
-    mask_replace_prob: float = 0.8,
-    random_replace_prob: float = 0.1,
-    special_tokens_mask: Optional[torch.Tensor] = None,
-    attention_mask: Optional[torch.Tensor] = None,
-    word_starts: Optional[torch.Tensor] = None,
-    word_start_table: Optional[torch.Tensor] = None,
-    special_token_ids: Optional[Sequence[int]] = None,
-    pad_token_id: Optional[int] = None,
-    strategy: str = "token",
-    budget: str = "bernoulli",
-    span_distribution: str = "geometric",
-    span_p: float = 0.2,
-    max_span_words: int = 10,
-    token_weights: Optional[torch.Tensor] = None,
-    seed: int = 0,
-    row_keys: Union[torch.Tensor, Sequence[int], None] = None,
-    backend: str = "auto",
-    ids_beyond_vocab: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`mask_tokens`; ``ids_beyond_vocab=True`` (the collators) accepts ids at or past
-    ``vocab_size`` (they are masked like any other; random ids still come from the vocabulary)."""
+    _backend.check_backend_name(backend)
     check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
     squeeze = input_ids.dim() == 1
     if squeeze:
         input_ids = input_ids.unsqueeze(0)
-        special_tokens_mask = None if special_tokens_mask is None else special_tokens_mask.reshape(1, -1)
-        attention_mask = None if attention_mask is None else attention_mask.reshape(1, -1)
-        word_starts = None if word_starts is None else word_starts.reshape(1, -1)
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [batch, length] (or [length]), got shape {tuple(input_ids.shape)}")
-    batch, length = input_ids.shape
-    if batch == 0 or length == 0:
-        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token")
-    if length >= _rng.MAX_SEQUENCE_LENGTH:
-        raise ValueError(f"input_ids rows have {length} tokens; at most {_rng.MAX_SEQUENCE_LENGTH - 1} are supported")
-    device = input_ids.device
-    id_max = torch.iinfo(input_ids.dtype).max
-    # random ids are (draw * vocab_size) >> 32 in int64: vocab_size must stay below 2**31
-    vocab_size = check_int("vocab_size", vocab_size, minimum=1, maximum=min(id_max + 1, 2**31))
-    mask_token_id = check_int("mask_token_id", mask_token_id, minimum=0, maximum=vocab_size - 1)
-    mlm_probability = check_probability("mlm_probability", mlm_probability)
-    mask_replace_prob = check_probability("mask_replace_prob", mask_replace_prob)
-    random_replace_prob = check_probability("random_replace_prob", random_replace_prob)
-    if mask_replace_prob + random_replace_prob > 1.0 + 1e-12:
-        raise ValueError(
-            f"mask_replace_prob + random_replace_prob = {mask_replace_prob + random_replace_prob} "
-            "exceeds 1; lower one of them"
+        special_tokens_mask, attention_mask, word_starts = (
+            None if t is None else t.reshape(1, -1) for t in (special_tokens_mask, attention_mask, word_starts)
         )
-    check_choice("strategy", strategy, STRATEGIES)
-    check_choice("budget", budget, BUDGETS)
-    check_choice("span_distribution", span_distribution, SPAN_DISTRIBUTIONS)
-    max_span_words = check_int("max_span_words", max_span_words, minimum=1, maximum=MAX_SPAN_WORDS)
-    span_p = check_probability("span_p", span_p)
-    if span_p == 0.0 and strategy == "span" and span_distribution == "geometric":
-        raise ValueError("span_p=0 gives no geometric span length; pass span_p in (0, 1]")
-    seed = check_int("seed", seed)
-    _backend.check_backend_name(backend)
-    if pad_token_id is not None:
-        pad_token_id = check_int("pad_token_id", pad_token_id)
-    if special_token_ids is not None:
-        special_token_ids = tuple(
-            check_int("special_token_ids[]", i, minimum=0, maximum=vocab_size - 1) for i in special_token_ids
-        )
-
-    input_ids = input_ids.contiguous()
-    id_range = _check_ids(input_ids, None if ids_beyond_vocab else vocab_size)
-    special_mask = _as_mask("special_tokens_mask", special_tokens_mask, input_ids)
-    attention = _as_mask("attention_mask", attention_mask, input_ids)
-    starts = _as_mask("word_starts", word_starts, input_ids)
-    if word_start_table is not None:
-        check_tensor("word_start_table", word_start_table, dtypes=_MASK_DTYPES, dim=1)
-        if starts is None and strategy != "token":
-            _check_ids_in_table("word_start_table", word_start_table.numel(), id_range)
-        else:
-            word_start_table = None  # not consulted
-    if strategy != "token" and starts is None and word_start_table is None:
-        raise ValueError(
-            f"strategy={strategy!r} needs word boundaries: pass word_starts=[B, L] bool "
-            "(see fastmask.words) or word_start_table=fastmask.word_start_table(tokenizer)"
-        )
-    if special_mask is not None:
-        special_token_ids = None  # the mask wins
-    vocab_flags = _vocab_flags(word_start_table, special_token_ids, device)
-    if token_weights is not None:
-        check_tensor("token_weights", token_weights, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64), dim=1)
-        if budget != "bernoulli":
-            raise ValueError("token_weights works with budget='bernoulli' only; drop token_weights or the exact budget")
-        if not torch.compiler.is_compiling() and (
-            not bool(torch.isfinite(token_weights).all()) or bool((token_weights < 0).any())
-        ):
-            raise ValueError("token_weights must be finite and non-negative")
-        if length > MAX_WEIGHTED_LENGTH:
-            raise ValueError(f"token_weights supports rows of at most {MAX_WEIGHTED_LENGTH} tokens, got {length}")
-        _check_ids_in_table("token_weights", token_weights.numel(), id_range)
-    weights_q = _weights_q(token_weights, device)
-    keys = _row_keys(row_keys, batch, device)
-
-    span_thresholds, _ = _span_tables(span_distribution, span_p, max_span_words)
-    if strategy == "span":
-        select_threshold = _span_anchor_threshold(mlm_probability, span_distribution, span_p, max_span_words)
-    else:
-        select_threshold = _rng.probability_threshold(mlm_probability)
-    exact = budget == "exact"
-    budget_table = _budget_table_cpu(mlm_probability, length).to(device) if exact else None
-    mix1, mix2 = _rng.seed_mix(seed)
-    t_mask = _rng.probability_threshold(mask_replace_prob)
-    t_mask_or_random = _rng.probability_threshold(mask_replace_prob + random_replace_prob)
-
-    chosen = _choose_backend(backend, device.type, batch, length, strategy, exact)
-    args = (
-        input_ids, special_mask, attention, starts, vocab_flags, weights_q, keys,
-        torch.tensor(span_thresholds, dtype=torch.int32, device=device) if span_thresholds else torch.zeros(0, dtype=torch.int32, device=device),
-        budget_table, mix1, mix2, STRATEGIES.index(strategy), exact,
-        -1 if pad_token_id is None else pad_token_id, select_threshold, mask_token_id, vocab_size,
-        t_mask, t_mask_or_random,
+    plan = plan_masking(
+        input_ids, mask_token_id=mask_token_id, vocab_size=vocab_size, mlm_probability=mlm_probability,
+        mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob,
+        special_tokens_mask=special_tokens_mask, attention_mask=attention_mask, word_starts=word_starts,
+        word_start_table=word_start_table, special_token_ids=special_token_ids, pad_token_id=pad_token_id,
+        strategy=strategy, budget=budget, span_distribution=span_distribution, span_p=span_p,
+        max_span_words=max_span_words, token_weights=token_weights, seed=seed, row_keys=row_keys,
     )
-    if torch.compiler.is_compiling():
-        masked, labels = _mask_tokens_op(*args, chosen)
-    else:  # eager: skip the dispatcher's overhead, same implementation
-        masked, labels = _IMPLS[chosen](*args)
+    masked, labels = run_masking(plan, backend)
     if squeeze:
         return masked[0], labels[0]
     return masked, labels

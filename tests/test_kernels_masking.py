@@ -163,8 +163,8 @@ def test_sample_inputs_on_cuda():
 
 
 def test_row_limit_is_reported():
-    assert triton_call_reason(4, MAX_BLOCK_L, "span", True) is None
-    reason = triton_call_reason(1, MAX_BLOCK_L + 1, "token", False)
+    assert triton_call_reason(MAX_BLOCK_L) is None
+    reason = triton_call_reason(MAX_BLOCK_L + 1)
     assert reason is not None and str(MAX_BLOCK_L) in reason
     ids = torch.randint(5, VOCAB, (1, MAX_BLOCK_L + 1), device=_device())
     with pytest.raises(fastmask.BackendUnavailableError, match="one-block limit"):

@@ -144,9 +144,11 @@ def test_opcheck_and_compile():
     from fastmask.masking import _mask_tokens_op  # the registered torch.library op
 
     ids = kwargs["input_ids"]
-    args = (ids, None, None, None, None, None, torch.arange(ids.shape[0]), torch.zeros(0, dtype=torch.int32), None,
-            1, 2, 0, False, -1, 1 << 22, MASK_ID, VOCAB, 1 << 23, 15 << 20, "reference")
-    torch.library.opcheck(_mask_tokens_op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    for backend in ("reference", "cpp"):
+        plan = fastmask.masking.plan_masking(**kwargs)
+        buffers, scalars = plan.to_op_args()
+        torch.library.opcheck(_mask_tokens_op, (buffers, scalars, backend),
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
     def step(x):
         masked, labels = fastmask.mask_tokens(x, mask_token_id=MASK_ID, vocab_size=VOCAB, seed=5)
@@ -155,6 +157,18 @@ def test_opcheck_and_compile():
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     got, expected = compiled(ids), step(ids)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_plan_round_trips_through_the_op_arguments():
+    for _, kwargs in SAMPLES[:40]:
+        plan = fastmask.masking.plan_masking(**kwargs)
+        again = type(plan).from_op_args(*plan.to_op_args())
+        assert again.scalars() == plan.scalars()
+        assert all(
+            (a is None and b is None) or torch.equal(a, b) for a, b in zip(plan.buffers().values(), again.buffers().values())
+        )
+        masked, labels = fastmask.masking.run_masking(plan, "reference")
+        assert all(torch.equal(a, b) for a, b in zip((masked, labels), fastmask.mask_tokens(**kwargs, backend="cpp")))
 
 
 # ----------------------------------------------------------------------------- bad input

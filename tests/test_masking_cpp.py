@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fastmask import _backend, _rng
+from fastmask.masking_plan import MaskingPlan
 from fastmask.reference.masking import reference_mask_tokens
 
 _C = _backend.cpp_module()
@@ -76,49 +77,20 @@ def _reference(case: dict) -> tuple[torch.Tensor, torch.Tensor]:
     c = dict(case)
     if c["strategy"] != 0 and c["word_starts"] is None and c["vocab_flags"] is None:
         c["vocab_flags"] = torch.full((1,), 2, dtype=torch.uint8)  # as no table: every id starts a word
-    return reference_mask_tokens(
-        c["input_ids"],
-        mask_token_id=c["mask_token_id"],
-        vocab_size=c["vocab_size"],
-        replace_mask_threshold=c["replace_mask_threshold"],
-        replace_random_threshold=c["replace_random_threshold"],
-        special_mask=c["special_mask"],
-        attention_mask=c["attention_mask"],
-        word_starts=c["word_starts"],
-        vocab_flags=c["vocab_flags"],
-        weights_q=c["weights_q"],
-        row_keys=c["row_keys"],
-        seed_mix1=c["seed_mix1"],
-        seed_mix2=c["seed_mix2"],
-        strategy=STRATEGIES[c["strategy"]],
-        budget="exact" if c["exact"] else "bernoulli",
-        pad_token_id=c["pad_token_id"],
-        select_threshold=c["select_threshold"],
-        span_thresholds=c["span_thresholds"].tolist(),
-        budget_table=c["budget_table"],
-    )
+    return reference_mask_tokens(MaskingPlan(**c))
 
 
-def _kernel_args(case: dict, masked: np.ndarray, labels: np.ndarray) -> list:
-    def np_or_none(t):
-        return None if t is None else t.numpy()
-
-    return [
-        case["input_ids"].numpy(), masked, labels,
-        np_or_none(case["special_mask"]), np_or_none(case["attention_mask"]), np_or_none(case["word_starts"]),
-        np_or_none(case["vocab_flags"]), np_or_none(case["weights_q"]), case["row_keys"].numpy(),
-        case["span_thresholds"].numpy(), np_or_none(case["budget_table"]),
-        case["seed_mix1"], case["seed_mix2"], case["strategy"], case["exact"], case["pad_token_id"],
-        case["select_threshold"], case["mask_token_id"], case["vocab_size"],
-        case["replace_mask_threshold"], case["replace_random_threshold"],
-    ]
+def _plan_fields(case: dict) -> dict:
+    """The plan as the binding takes it: numpy buffers and ints by field name."""
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else (int(v) if isinstance(v, bool) else v)
+            for k, v in case.items()}
 
 
 def _run_cpp(case: dict) -> tuple[np.ndarray, np.ndarray]:
     ids = case["input_ids"].numpy()
     masked = np.full_like(ids, 12345)
     labels = np.full(ids.shape, 777, dtype=np.int64)
-    _C.mask_tokens(*_kernel_args(case, masked, labels))
+    _C.mask_tokens(_plan_fields(case), masked, labels)
     return masked, labels
 
 
@@ -209,21 +181,13 @@ def _valid_case() -> dict:
 
 
 def _call_with(**changes):
-    case = _valid_case()
-    ids = case["input_ids"].numpy()
-    masked = np.empty_like(ids)
-    labels = np.empty(ids.shape, dtype=np.int64)
-    args = _kernel_args(case, masked, labels)
-    names = [
-        "input_ids", "masked_out", "labels_out", "special_mask", "attention_mask", "word_starts", "vocab_flags",
-        "weights_q", "row_keys", "span_thresholds", "budget_table", "seed_mix1", "seed_mix2", "strategy",
-        "exact", "pad_token_id", "select_threshold", "mask_token_id", "vocab_size", "replace_mask_threshold",
-        "replace_random_threshold",
-    ]
-    kwargs = dict(zip(names, args))
+    fields = _plan_fields(_valid_case())
+    ids = fields["input_ids"]
+    fields["masked_out"], fields["labels_out"] = np.empty_like(ids), np.empty(ids.shape, dtype=np.int64)
     for name, value in changes.items():
-        kwargs[name] = value(kwargs) if callable(value) else value
-    return _C.mask_tokens(**kwargs)
+        fields[name] = value(fields) if callable(value) else value
+    masked, labels = fields.pop("masked_out"), fields.pop("labels_out")
+    return _C.mask_tokens(fields, masked, labels)
 
 
 def test_valid_call_runs():
@@ -257,6 +221,8 @@ def test_valid_call_runs():
         (dict(select_threshold=(1 << 24) + 1), "select_threshold"),
         (dict(replace_random_threshold=-1), "replace_random_threshold"),
         (dict(vocab_size=0), "vocab_size"),
+        (dict(vocab_size=None), "vocab_size must be an int"),
+        (dict(seed_mix1=2**70), "seed_mix1 = .* does not fit in int64"),
         (dict(input_ids=lambda k: k["input_ids"].astype(np.int32), masked_out=lambda k: k["masked_out"].astype(np.int32),
               mask_token_id=2**31), "mask_token_id"),
     ],
@@ -275,3 +241,11 @@ def _read_only(a: np.ndarray) -> np.ndarray:
 def test_isa_switch_rejects_unknown_names():
     with pytest.raises(ValueError, match="isa must be"):
         _C._masking_isa("sse9")
+
+
+def test_a_missing_plan_field_is_named():
+    fields = _plan_fields(_valid_case())
+    del fields["replace_mask_threshold"]
+    ids = fields["input_ids"]
+    with pytest.raises(ValueError, match="plan is missing the field 'replace_mask_threshold'"):
+        _C.mask_tokens(fields, np.empty_like(ids), np.empty(ids.shape, dtype=np.int64))

@@ -23,9 +23,8 @@ Cases (bernoulli budget, mlm_probability 0.15):
 
 Times are medians of repeated calls after a warm-up call (CUDA calls synchronised inside the
 window). tokens/s counts every position of the ``[B, L]`` batch (padding included: the
-kernels visit it too). ``cpp core`` times the C++ path without the op layer's argument
-checks (to show that overhead; needs fastmask.masking's private ``_IMPLS`` and is left out
-when that is missing). On CUDA, triton's GB/s counts the least traffic of a call (read the
+kernels visit it too). ``cpp core`` times ``run_masking(plan, "cpp")`` on a plan made once by
+``plan_masking``: the C++ path without the op layer's argument checks (to show that overhead). On CUDA, triton's GB/s counts the least traffic of a call (read the
 int64 ids, write int64 ids and labels: 24 bytes a position) against a large device copy
 measured in the same process.
 
@@ -121,31 +120,12 @@ def _backends(device: str) -> tuple[list, dict]:
     return names, missing
 
 
-def _core_call(kwargs: dict) -> Optional[Callable[[], object]]:
-    """The C++ path of one ``mask_tokens`` call without the op layer's checks, or None."""
-    try:
-        from fastmask import masking
-    except ImportError:
-        return None
-    impls = getattr(masking, "_IMPLS", None)
-    if not isinstance(impls, dict) or "cpp" not in impls:
-        return None
-    captured = {}
-    original = impls["cpp"]
+def _core_call(kwargs: dict) -> Callable[[], object]:
+    """The C++ run of one ``mask_tokens`` call's plan: the op without its argument checks."""
+    from fastmask.masking import plan_masking, run_masking
 
-    def capture(*args):
-        captured["args"] = args
-        return original(*args)
-
-    impls["cpp"] = capture
-    try:
-        masking.mask_tokens(**kwargs, backend="cpp")
-    finally:
-        impls["cpp"] = original
-    if "args" not in captured:
-        return None
-    args = captured["args"]
-    return lambda: original(*args)
+    plan = plan_masking(**kwargs)
+    return lambda: run_masking(plan, "cpp")
 
 
 def run(

@@ -32,15 +32,28 @@ import torch
 import triton
 import triton.language as tl
 
-from .._rng import PROB_ONE
+from .. import _rng
+from ..masking_plan import FLAG_SPECIAL, FLAG_WORD_START, STRATEGY_SPAN, STRATEGY_TOKEN, STRATEGY_WHOLE_WORD, MaskingPlan
 
 # Longest row one program handles (one block holds the whole row); the packed span keys
 # below need 31 + 2 * log2(BLOCK_L) + 1 <= 63 bits, i.e. BLOCK_L <= 2**15.
 MAX_BLOCK_L = 16384
 
-_FLAG_SPECIAL = tl.constexpr(1)
-_FLAG_WORD_START = tl.constexpr(2)
-_PROB_ONE = tl.constexpr(PROB_ONE)
+# the names of fastmask._rng and fastmask.masking_plan, as compile-time constants
+_FLAG_SPECIAL = tl.constexpr(FLAG_SPECIAL)
+_FLAG_WORD_START = tl.constexpr(FLAG_WORD_START)
+_TOKEN = tl.constexpr(STRATEGY_TOKEN)
+_WHOLE_WORD = tl.constexpr(STRATEGY_WHOLE_WORD)
+_SPAN = tl.constexpr(STRATEGY_SPAN)
+_STREAM_SELECT = tl.constexpr(_rng.STREAM_SELECT)
+_STREAM_REPLACE = tl.constexpr(_rng.STREAM_REPLACE)
+_STREAM_RANDOM_ID = tl.constexpr(_rng.STREAM_RANDOM_ID)
+_STREAM_SPAN_LENGTH = tl.constexpr(_rng.STREAM_SPAN_LENGTH)
+_NUM_STREAMS = tl.constexpr(_rng.NUM_STREAMS)
+_HASH_MUL1 = tl.constexpr(_rng.HASH_MUL1)
+_HASH_MUL2 = tl.constexpr(_rng.HASH_MUL2)
+_PROB_BITS = tl.constexpr(_rng.PROB_BITS)
+_PROB_ONE = tl.constexpr(_rng.PROB_ONE)
 _INT64_MAX = tl.constexpr(2**63 - 1)
 
 
@@ -49,9 +62,9 @@ _INT64_MAX = tl.constexpr(2**63 - 1)
 def _lowbias32(x):
     """lowbias32 on uint32 values (arithmetic modulo 2**32)."""
     x ^= x >> 16
-    x *= 0x7FEB352D
+    x *= _HASH_MUL1
     x ^= x >> 15
-    x *= 0x846CA68B
+    x *= _HASH_MUL2
     x ^= x >> 16
     return x
 
@@ -71,7 +84,7 @@ def _row_state(row_key, seed_mix1, seed_mix2):
 @triton.jit
 def _draw(s1, s2, pos, STREAM: tl.constexpr):
     """uint32 draws at int32 positions ``pos`` of one row (state ``s1``, ``s2``: uint32)."""
-    counter = pos.to(tl.uint32) * 4 + STREAM
+    counter = pos.to(tl.uint32) * _NUM_STREAMS + STREAM
     return _lowbias32(_lowbias32(counter ^ s1) ^ s2)
 
 
@@ -152,7 +165,7 @@ def _mask_tokens_kernel(
     BLOCK_L: tl.constexpr, LOG2_BLOCK_L: tl.constexpr,
 ):
     """One row per program. ids ``[B, L]`` int32/int64 -> masked ids (same dtype), labels int64.
-    STRATEGY: 0 token, 1 whole_word, 2 span."""
+    STRATEGY: a strategy code of :mod:`fastmask.masking_plan`."""
     row = tl.program_id(0)
     row_off = row.to(tl.int64) * stride_row
     pos = tl.arange(0, BLOCK_L)
@@ -164,9 +177,9 @@ def _mask_tokens_kernel(
     )
 
     s1, s2 = _row_state(tl.load(row_keys_ptr + row), seed_mix1, seed_mix2)
-    select_draw = _draw(s1, s2, pos, 0)
+    select_draw = _draw(s1, s2, pos, _STREAM_SELECT)
 
-    if STRATEGY == 0:
+    if STRATEGY == _TOKEN:
         unit_start = eligible
     else:
         _, prev_eligible, _ = _tokens_at(
@@ -174,9 +187,9 @@ def _mask_tokens_kernel(
             n_flags, pad_token_id, HAS_SPECIAL_MASK, HAS_ATTENTION, HAS_WORD_STARTS, HAS_FLAGS, HAS_PAD,
         )
         unit_start = eligible & (starts | ~prev_eligible)
-    if STRATEGY == 2:
+    if STRATEGY == _SPAN:
         n_words = tl.full([BLOCK_L], 1, tl.int32)
-        span_u24 = (_draw(s1, s2, pos, 3) >> 8).to(tl.int32)
+        span_u24 = (_draw(s1, s2, pos, _STREAM_SPAN_LENGTH) >> (32 - _PROB_BITS)).to(tl.int32)
         for j in range(0, n_span_thresholds):
             n_words += (span_u24 >= tl.load(span_thresholds_ptr + j)).to(tl.int32)
         unit_index = tl.cumsum(unit_start.to(tl.int32), 0) - 1
@@ -191,10 +204,10 @@ def _mask_tokens_kernel(
             threshold = tl.where(total > 0, tl.minimum(scaled, _PROB_ONE), 0)
         else:
             threshold = select_threshold
-        drawn = unit_start & ((select_draw >> 8).to(tl.int64) < threshold)
-        if STRATEGY == 0:
+        drawn = unit_start & ((select_draw >> (32 - _PROB_BITS)).to(tl.int64) < threshold)
+        if STRATEGY == _TOKEN:
             selected = drawn
-        elif STRATEGY == 1:
+        elif STRATEGY == _WHOLE_WORD:
             selected = _spread_units(unit_start, drawn, pos, eligible)
         else:
             segment = tl.cumsum((eligible & ~prev_eligible).to(tl.int32), 0)
@@ -204,7 +217,7 @@ def _mask_tokens_kernel(
     else:
         n_eligible = tl.sum(eligible.to(tl.int32), 0)
         left = tl.load(budget_table_ptr + n_eligible)
-        if STRATEGY == 0:
+        if STRATEGY == _TOKEN:
             word_len = tl.full([BLOCK_L], 1, tl.int32)
         else:
             # a word ends where the next position is ineligible or starts a word
@@ -214,7 +227,7 @@ def _mask_tokens_kernel(
                 HAS_FLAGS, HAS_PAD,
             )
             word_last = eligible & (~next_eligible | next_starts)
-            if STRATEGY == 2:
+            if STRATEGY == _SPAN:
                 segment_last = eligible & ~next_eligible
                 word_end, segment_last_unit = tl.associative_scan(
                     (tl.where(word_last, pos, BLOCK_L), tl.where(segment_last, unit_index, BLOCK_L)),
@@ -224,7 +237,7 @@ def _mask_tokens_kernel(
                 word_end = tl.associative_scan(tl.where(word_last, pos, BLOCK_L), 0, _min_combine, reverse=True)
             word_len = word_end - pos + 1
         covered = pos < 0
-        if STRATEGY == 2:
+        if STRATEGY == _SPAN:
             # key order of the reference ((draw >> 1), position) equals ((draw >> 1), unit index)
             # over unit starts; the low bits carry the unit index and its clipped span end.
             span_end = tl.minimum(unit_index + n_words, segment_last_unit + 1)
@@ -261,14 +274,14 @@ def _mask_tokens_kernel(
                 left -= tl.sum(tl.where(take, word_len, 0), 0)
                 candidate = unit_start & ~covered & (word_len <= left)
                 n_candidates = tl.sum(candidate.to(tl.int32), 0)
-        if STRATEGY == 0:
+        if STRATEGY == _TOKEN:
             selected = covered
         else:
             selected = _spread_units(unit_start, covered, pos, eligible)
 
     # replacement (step 4)
-    choice = (_draw(s1, s2, pos, 1) >> 8).to(tl.int32)
-    random_id = (_draw(s1, s2, pos, 2).to(tl.int64) * vocab_size) >> 32
+    choice = (_draw(s1, s2, pos, _STREAM_REPLACE) >> (32 - _PROB_BITS)).to(tl.int32)
+    random_id = (_draw(s1, s2, pos, _STREAM_RANDOM_ID).to(tl.int64) * vocab_size) >> 32
     masked = tl.where(selected & (choice < replace_random_threshold), random_id, ids)
     masked = tl.where(selected & (choice < replace_mask_threshold), mask_token_id, masked)
     labels = tl.where(selected, ids, -100)
@@ -277,8 +290,8 @@ def _mask_tokens_kernel(
 
 
 # ----------------------------------------------------------------------------- launcher
-def triton_call_reason(batch: int, length: int, strategy, exact: bool) -> Optional[str]:
-    """None when the kernel can run a ``[batch, length]`` call, else why not."""
+def triton_call_reason(length: int) -> Optional[str]:
+    """None when the kernel can take rows of ``length`` tokens, else why not."""
     if triton.next_power_of_2(length) > MAX_BLOCK_L:
         return (
             f"rows of {length} tokens exceed the Triton masking kernel's one-block limit of "
@@ -298,39 +311,34 @@ def _as_buffer(t: Optional[torch.Tensor], dummy: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8) if t.dtype == torch.bool else t
 
 
-def triton_mask_tokens(
-    input_ids, special_mask, attention_mask, word_starts, vocab_flags, weights_q, row_keys,
-    span_thresholds, budget_table, seed_mix1, seed_mix2, strategy, exact, pad_token_id,
-    select_threshold, mask_token_id, vocab_size, replace_mask_threshold, replace_random_threshold,
-):
-    """``(masked_input_ids [B, L] input dtype, labels [B, L] int64)``; arguments as the op
-    layer's ``_cpp_impl`` (validated, contiguous, on the input's device)."""
+def triton_mask_tokens(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(masked_input_ids [B, L] input dtype, labels [B, L] int64)`` for a validated plan."""
+    input_ids = plan.input_ids
     batch, length = input_ids.shape
     masked = torch.empty_like(input_ids)
     labels = torch.empty((batch, length), dtype=torch.int64, device=input_ids.device)
     block_l = max(16, triton.next_power_of_2(length))
-    n_span_thresholds = 0 if span_thresholds is None else span_thresholds.numel()
     _mask_tokens_kernel[(batch,)](
         input_ids, masked, labels,
-        _as_buffer(special_mask, input_ids), _as_buffer(attention_mask, input_ids),
-        _as_buffer(word_starts, input_ids), _as_buffer(vocab_flags, input_ids),
-        _as_buffer(weights_q, input_ids), row_keys,
-        _as_buffer(span_thresholds, row_keys), _as_buffer(budget_table, row_keys),
+        _as_buffer(plan.special_mask, input_ids), _as_buffer(plan.attention_mask, input_ids),
+        _as_buffer(plan.word_starts, input_ids), _as_buffer(plan.vocab_flags, input_ids),
+        _as_buffer(plan.weights_q, input_ids), plan.row_keys,
+        _as_buffer(plan.span_thresholds, plan.row_keys), _as_buffer(plan.budget_table, plan.row_keys),
         length,
-        0 if vocab_flags is None else vocab_flags.numel(),
-        0 if weights_q is None else weights_q.numel(),
-        n_span_thresholds,
+        0 if plan.vocab_flags is None else plan.vocab_flags.numel(),
+        0 if plan.weights_q is None else plan.weights_q.numel(),
+        plan.span_thresholds.numel(),
         input_ids.stride(0),
-        int(seed_mix1), int(seed_mix2), int(pad_token_id), int(select_threshold),
-        int(mask_token_id), int(vocab_size), int(replace_mask_threshold), int(replace_random_threshold),
-        HAS_SPECIAL_MASK=special_mask is not None,
-        HAS_ATTENTION=attention_mask is not None,
-        HAS_WORD_STARTS=word_starts is not None,
-        HAS_FLAGS=vocab_flags is not None,
-        HAS_WEIGHTS=weights_q is not None,
-        HAS_PAD=pad_token_id >= 0,
-        STRATEGY=int(strategy),
-        EXACT=bool(exact),
+        plan.seed_mix1, plan.seed_mix2, plan.pad_token_id, plan.select_threshold,
+        plan.mask_token_id, plan.vocab_size, plan.replace_mask_threshold, plan.replace_random_threshold,
+        HAS_SPECIAL_MASK=plan.special_mask is not None,
+        HAS_ATTENTION=plan.attention_mask is not None,
+        HAS_WORD_STARTS=plan.word_starts is not None,
+        HAS_FLAGS=plan.vocab_flags is not None,
+        HAS_WEIGHTS=plan.weights_q is not None,
+        HAS_PAD=plan.pad_token_id >= 0,
+        STRATEGY=plan.strategy,
+        EXACT=plan.exact,
         BLOCK_L=block_l,
         LOG2_BLOCK_L=block_l.bit_length() - 1,
         num_warps=_num_warps(block_l),

@@ -1,7 +1,8 @@
 """Reference (pure torch) masking: the oracle the C++ and Triton kernels must equal bit for bit.
 
-Inputs arrive validated and normalised by :mod:`fastmask.masking`; see that module for the
-public API and :mod:`fastmask._rng` for the generator. The semantics, per row:
+Inputs arrive as a :class:`~fastmask.masking_plan.MaskingPlan`, validated and normalised by
+:func:`fastmask.masking.plan_masking`; see :mod:`fastmask.masking` for the public API and
+:mod:`fastmask._rng` for the generator. The semantics, per row:
 
 1. ``eligible[i]``: not special (``special_mask``, else bit 0 of ``vocab_flags[id]``), inside
    the attention mask, and not ``pad_token_id``.
@@ -33,12 +34,9 @@ from typing import Optional, Sequence
 import torch
 
 from .. import _rng
+from .._constants import IGNORE_INDEX
+from ..masking_plan import DEFAULT_FLAGS, FLAG_SPECIAL, FLAG_WORD_START, MaskingPlan
 
-IGNORE_INDEX = -100
-FLAG_SPECIAL = 1
-FLAG_WORD_START = 2
-# An id outside the flags table: not special, starts a word.
-DEFAULT_FLAGS = FLAG_WORD_START
 
 
 def _lookup(table: torch.Tensor, ids: torch.Tensor, default: int) -> torch.Tensor:
@@ -173,46 +171,33 @@ def _select_exact(
     return selected
 
 
-def reference_select(
-    ids: torch.Tensor,
-    *,
-    special_mask: Optional[torch.Tensor] = None,
-    attention_mask: Optional[torch.Tensor] = None,
-    word_starts: Optional[torch.Tensor] = None,
-    vocab_flags: Optional[torch.Tensor] = None,
-    weights_q: Optional[torch.Tensor] = None,
-    row_keys: torch.Tensor,
-    seed_mix1: int,
-    seed_mix2: int,
-    strategy: str,
-    budget: str,
-    pad_token_id: int = -1,
-    select_threshold: int = 0,
-    span_thresholds: Sequence[int] = (),
-    budget_table: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+def reference_select(plan: MaskingPlan) -> torch.Tensor:
     """Bool ``[B, L]``: the positions selected for prediction (step 1-3 above)."""
+    ids = plan.input_ids
+    strategy = plan.strategy_name
     B, L = ids.shape
     eligible, unit_start = eligibility_and_units(
         ids,
-        special_mask=special_mask,
-        attention_mask=attention_mask,
-        word_starts=word_starts,
-        vocab_flags=vocab_flags,
-        pad_token_id=pad_token_id,
+        special_mask=plan.special_mask,
+        attention_mask=plan.attention_mask,
+        word_starts=plan.word_starts,
+        vocab_flags=plan.vocab_flags,
+        pad_token_id=plan.pad_token_id,
         strategy=strategy,
     )
     positions = torch.arange(L, device=ids.device)
-    s1, s2 = (s[:, None] for s in _rng.row_states(row_keys.to(ids.device), seed_mix1, seed_mix2))
+    s1, s2 = (s[:, None] for s in _rng.row_states(plan.row_keys.to(ids.device), plan.seed_mix1, plan.seed_mix2))
     select_draws = _rng.draw(s1, s2, positions, _rng.STREAM_SELECT)
     if strategy == "span":
-        span_words = span_lengths(_rng.draw(s1, s2, positions, _rng.STREAM_SPAN_LENGTH) >> 8, span_thresholds)
+        span_draws = _rng.draw(s1, s2, positions, _rng.STREAM_SPAN_LENGTH) >> 8
+        span_words = span_lengths(span_draws, plan.span_thresholds.tolist())
     else:
         span_words = torch.ones_like(select_draws)
-    if budget == "exact":
-        return _select_exact(eligible, unit_start, select_draws, span_words, budget_table)
+    if plan.exact:
+        return _select_exact(eligible, unit_start, select_draws, span_words, plan.budget_table)
 
-    drawn = unit_start & ((select_draws >> 8) < _unit_thresholds(ids, unit_start, select_threshold, weights_q))
+    thresholds = _unit_thresholds(ids, unit_start, plan.select_threshold, plan.weights_q)
+    drawn = unit_start & ((select_draws >> 8) < thresholds)
     if strategy == "span":
         unit_index = torch.cumsum(unit_start.to(torch.int64), dim=1) - 1
         segment = torch.cumsum((eligible & ~_shift_right(eligible, False)).to(torch.int64), dim=1)
@@ -224,28 +209,19 @@ def reference_select(
     return eligible & (latest >= 0) & ((latest & 1) == 1)
 
 
-def reference_mask_tokens(
-    input_ids: torch.Tensor,
-    *,
-    mask_token_id: int,
-    vocab_size: int,
-    replace_mask_threshold: int,
-    replace_random_threshold: int,
-    **select_kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_mask_tokens(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
     """``(masked_input_ids, labels)``: selection, then 80/10/10 replacement (step 4)."""
-    selected = reference_select(input_ids, **select_kwargs)
-    ids = input_ids.to(torch.int64)
+    selected = reference_select(plan)
+    ids = plan.input_ids.to(torch.int64)
     B, L = ids.shape
     positions = torch.arange(L, device=ids.device)
-    row_keys = select_kwargs["row_keys"].to(ids.device)
-    s1, s2 = (s[:, None] for s in _rng.row_states(row_keys, select_kwargs["seed_mix1"], select_kwargs["seed_mix2"]))
+    s1, s2 = (s[:, None] for s in _rng.row_states(plan.row_keys.to(ids.device), plan.seed_mix1, plan.seed_mix2))
     choice = _rng.draw(s1, s2, positions, _rng.STREAM_REPLACE) >> 8
-    random_ids = (_rng.draw(s1, s2, positions, _rng.STREAM_RANDOM_ID) * vocab_size) >> 32
+    random_ids = (_rng.draw(s1, s2, positions, _rng.STREAM_RANDOM_ID) * plan.vocab_size) >> 32
     masked = torch.where(
-        selected & (choice < replace_mask_threshold),
-        torch.full_like(ids, mask_token_id),
-        torch.where(selected & (choice < replace_random_threshold), random_ids, ids),
+        selected & (choice < plan.replace_mask_threshold),
+        torch.full_like(ids, plan.mask_token_id),
+        torch.where(selected & (choice < plan.replace_random_threshold), random_ids, ids),
     )
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
-    return masked.to(input_ids.dtype), labels
+    return masked.to(plan.input_ids.dtype), labels
