@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import pickle
 import warnings
 
 import numpy as np
@@ -465,56 +464,6 @@ def test_device_moves_the_padded_batch_before_masking(device):
         collator(tok, device=device, return_tensors="np")(feats)
 
 
-def test_seed_none_draws_from_torch_global_rng():
-    tok = tokenizer()
-    feats = features(rows=8)
-    torch.manual_seed(123)
-    a = collator(tok)(feats)
-    torch.manual_seed(123)
-    b = collator(tok)(feats)
-    torch.manual_seed(124)
-    c = collator(tok)(feats)
-    assert torch.equal(a["labels"], b["labels"]) and not torch.equal(a["labels"], c["labels"])
-
-
-def test_set_epoch_changes_masks_reproducibly():
-    tok = tokenizer()
-    feats = features(rows=8)
-
-    def first_batch(epoch):
-        c = collator(tok, seed=5)
-        c.set_epoch(epoch)
-        return c(feats)["labels"]
-
-    assert torch.equal(first_batch(0), first_batch(0))
-    assert torch.equal(first_batch(3), first_batch(3))
-    assert not torch.equal(first_batch(0), first_batch(1))
-
-
-def test_state_dict_resumes_the_exact_stream():
-    tok = tokenizer()
-    batches = [features(rows=4, start=4 * i) for i in range(6)]
-    for seed in (9, None):
-        torch.manual_seed(0)
-        c = collator(tok, seed=seed, strategy="whole_word")
-        c.set_epoch(2)
-        for batch in batches[:3]:
-            c(batch)
-        state = pickle.loads(pickle.dumps(c.state_dict()))
-        expected = [c(batch) for batch in batches[3:]]
-        torch.manual_seed(999)  # a resumed process has another global RNG state
-        resumed = collator(tok, seed=seed, strategy="whole_word")
-        resumed.load_state_dict(state)
-        assert resumed.epoch == 2
-        for want, batch in zip(expected, batches[3:]):
-            got = resumed(batch)
-            assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["labels"], want["labels"])
-    with pytest.raises(ValueError, match="seed"):
-        collator(tok, seed=1).load_state_dict(dict(state, seed=2))
-    with pytest.raises(ValueError, match="format"):
-        collator(tok).load_state_dict({"seed": 1})
-
-
 def test_row_key_column_gives_an_example_the_same_mask_anywhere():
     tok = tokenizer()
     feats = features(rows=8, offsets=False)
@@ -571,32 +520,6 @@ def test_schedule_follows_set_step():
         bad(feats)
 
 
-def test_masking_schedule_shapes():
-    linear = MaskingSchedule("linear", start=0.3, end=0.1, total_steps=100, warmup_steps=20)
-    assert linear(0) == linear(20) == 0.3 and linear(60) == pytest.approx(0.2) and linear(100) == linear(10**6) == 0.1
-    cosine = MaskingSchedule("cosine", start=0.3, end=0.1, total_steps=100)
-    assert cosine(0) == pytest.approx(0.3) and cosine(50) == pytest.approx(0.2) and cosine(100) == pytest.approx(0.1)
-    assert MaskingSchedule("constant", start=0.2)(10**9) == 0.2
-    for kwargs in (dict(start=1.2, end=0.1, total_steps=5), dict(start=0.2), dict(start=0.2, end=0.1, total_steps=5,
-                                                                                      warmup_steps=5)):
-        with pytest.raises(ValueError):
-            MaskingSchedule("linear", **kwargs)
-    assert pickle.loads(pickle.dumps(linear)) == linear
-
-
-def test_pickling_outside_worker_startup_detaches_shared_state():
-    c = collator(seed=0)
-    c.set_step(7)
-    c.set_epoch(2)
-    for copied in (copy.deepcopy(c), pickle.loads(pickle.dumps(c))):
-        assert copied._shared is not c._shared and copied.step == 7 and copied.epoch == 2
-        c.set_step(8)
-        assert copied.step == 7
-        copied.set_epoch(3)
-        assert c.epoch == 2
-        c.set_step(7)
-
-
 # ----------------------------------------------------------------------------- v4 whole-word API
 
 
@@ -639,30 +562,3 @@ def test_whole_word_mask_collator_chinese_ref_joins_characters():
 # ----------------------------------------------------------------------------- bad input regressions
 
 
-@pytest.mark.parametrize("epoch,error", [(2**64, ValueError), (2**63 + 5, ValueError), (-1, ValueError), (1.0, TypeError)])
-def test_set_epoch_and_step_reject_values_that_would_wrap(epoch, error):
-    c = collator(tokenizer(), seed=0)
-    with pytest.raises(error, match="epoch"):
-        c.set_epoch(epoch)
-    with pytest.raises(error, match="step"):
-        c.set_step(epoch)
-    assert (c.epoch, c.step) == (0, 0)
-
-
-def test_load_state_dict_names_missing_fields():
-    c = collator(tokenizer(), seed=0)
-    state = c.state_dict()
-    for field in ("seed", "epoch", "step", "examples"):
-        with pytest.raises(ValueError, match=f"missing \\['{field}'\\]"):
-            c.load_state_dict({k: v for k, v in state.items() if k != field})
-    with pytest.raises(ValueError, match="worker_examples"):
-        c.load_state_dict(dict(state, worker_examples=5))
-    old = {"format": "fastmask.collator/1", "seed": 0, "epoch": 1, "step": 2, "examples": 3}
-    c.load_state_dict(old)  # the previous format still loads
-    assert c.state_dict()["examples"] == 3 and c.state_dict()["worker_examples"] == []
-
-
-@pytest.mark.parametrize("counts", [[1.0, float("nan")], [1.0, float("inf")], [-1, 2]])
-def test_token_weights_from_counts_rejects_non_finite_counts(counts):
-    with pytest.raises(ValueError, match="counts must be finite non-negative"):
-        fastmask.token_weights_from_counts(counts)
