@@ -37,7 +37,7 @@ def _cpp_impl(
     span_thresholds, budget_table, seed_mix1, seed_mix2, strategy, exact, pad_token_id,
     select_threshold, mask_token_id, vocab_size, replace_mask_threshold, replace_random_threshold,
 ):
-    module = _backend.cpp_module()
+    module = _backend.cpp_kernels()
     masked = torch.empty_like(input_ids)
     labels = torch.empty(input_ids.shape, dtype=torch.int64, device=input_ids.device)
 
