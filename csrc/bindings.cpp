@@ -17,6 +17,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &fastmask::set_num_threads, py::arg("n"),
         "Set the C++ kernels' thread count (<= 0 restores the default).");
   m.def(
+      "_pool_state",
+      [] {
+        const fastmask::PoolState state = fastmask::pool_state();
+        py::dict d;
+        d["threads"] = state.threads;
+        d["workers"] = state.workers;
+        d["creation_failed"] = state.creation_failed;
+        d["builds"] = state.builds;
+        return d;
+      },
+      "The thread pool as it stands: {threads, workers, creation_failed, builds}, for tests and info.");
+  m.def(
       "lowbias32", [](uint32_t x) { return fastmask::lowbias32(x); }, py::arg("x"),
       "The generator's hash, for tests.");
   fastmask::register_masking(m);

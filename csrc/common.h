@@ -1,5 +1,6 @@
 // Shared pieces of fastmask's C++ core: the counter-based generator (the same arithmetic as
-// fastmask/_rng.py and the Triton kernels) and a small thread pool for loops over rows.
+// fastmask/_rng.py and the Triton kernels) and a small thread pool for loops over rows
+// (csrc/threads.cpp).
 #pragma once
 
 #include <algorithm>
@@ -46,12 +47,29 @@ struct RowState {
 };
 
 // ---------------------------------------------------------------- threads
-// Number of worker threads: FASTMASK_NUM_THREADS, else hardware concurrency.
+// Threads a parallel_for uses (the caller and num_threads() - 1 pool workers). Python's op
+// layer sets it before each kernel call (fastmask/_backend.py: FASTMASK_NUM_THREADS, else
+// torch.get_num_threads() bounded by the CPU affinity); set_num_threads restarts the pool,
+// so it is called only when the count changes. Without that (direct use of the module), or
+// after set_num_threads(n <= 0): FASTMASK_NUM_THREADS, else the CPUs in the process's
+// affinity mask (sched_getaffinity; hardware concurrency elsewhere).
 int num_threads();
 void set_num_threads(int n);
 
+// The pool as it stands: threads requested, worker threads running (0 before the first
+// parallel call that needs them), whether starting them failed (the kernels then run
+// serially until the count changes) and how many pools this process has built.
+struct PoolState {
+  int threads;
+  int workers;
+  bool creation_failed;
+  int64_t builds;
+};
+PoolState pool_state();
+
 // Runs fn(begin, end) over [0, n) split into contiguous chunks of at least `grain` items,
-// on a persistent pool. Runs inline when one chunk suffices. fn must not throw.
+// on a persistent pool. Runs inline when one chunk suffices. fn must not throw. Fork-safe: a
+// forked child drops the parent's pool and starts its own on its first parallel call.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
 }  // namespace fastmask

@@ -41,6 +41,85 @@ def cpp_module():
     return _cpp_module_reason()[0]
 
 
+# ----------------------------------------------------------------------------- C++ threads
+# The C++ core does not link libtorch, so this layer decides its thread count:
+# FASTMASK_NUM_THREADS (a positive integer) if set, else torch.get_num_threads() at call time
+# (1 in DataLoader workers; OMP_NUM_THREADS, torch.set_num_threads), bounded by the CPUs in the
+# process's affinity mask (taskset, cpusets). The environment and the affinity are read once
+# per process (again in a forked child, so a worker_init_fn that pins a worker counts).
+_threads_env: Optional[int] = None  # None: not read yet; 0: no override
+_threads_env_note = ""
+_threads_cpus = 1
+_threads_set = 0  # the count last given to the module's set_num_threads
+_torch_num_threads = torch.get_num_threads  # bound once: cpp_kernels runs on every call
+
+
+def _read_thread_limits() -> None:
+    global _threads_env, _threads_env_note, _threads_cpus
+    raw = os.environ.get("FASTMASK_NUM_THREADS", "").strip()
+    env, note = 0, ""
+    if raw:
+        try:
+            env = int(raw)
+        except ValueError:
+            env = 0
+        if not 0 < env <= 1_000_000:
+            env, note = 0, f"FASTMASK_NUM_THREADS={raw!r} ignored (not a positive integer); "
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        cpus = os.cpu_count() or 1
+    _threads_env, _threads_env_note, _threads_cpus = env, note, max(cpus, 1)
+
+
+def _forget_thread_limits() -> None:
+    global _threads_env
+    _threads_env = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_thread_limits)
+
+
+def cpp_thread_count() -> tuple[int, str]:
+    """The C++ kernels' thread count for this call and the rule that gave it."""
+    if _threads_env is None:
+        _read_thread_limits()
+    if _threads_env:
+        return _threads_env, f"FASTMASK_NUM_THREADS={_threads_env}"
+    requested = torch.get_num_threads()
+    cpus = f"{_threads_cpus} CPU{'' if _threads_cpus == 1 else 's'}"
+    if requested > _threads_cpus:
+        rule = f"torch.get_num_threads() = {requested}, bounded by CPU affinity ({cpus})"
+        return _threads_cpus, _threads_env_note + rule
+    return requested, _threads_env_note + f"torch.get_num_threads(), within CPU affinity ({cpus})"
+
+
+def cpp_kernels():
+    """The compiled extension (None if not built), its thread count synced to
+    :func:`cpp_thread_count`: use it, not :func:`cpp_module`, to call a C++ kernel.
+
+    The module's ``set_num_threads`` restarts its pool, so it is called only when the count
+    changed since the last call. This runs before every kernel call: one cached lookup, one
+    ``torch.get_num_threads()`` and two comparisons.
+    """
+    global _threads_set
+    module = _cpp_module_reason()[0]
+    n = _threads_env
+    if not n:
+        if n is None:
+            _read_thread_limits()
+            n = _threads_env
+        if not n:
+            n = _torch_num_threads()
+            if n > _threads_cpus:
+                n = _threads_cpus
+    if n != _threads_set and module is not None:
+        module.set_num_threads(n)
+        _threads_set = n
+    return module
+
+
 def cpp_symbol_reason(symbol: str) -> Optional[str]:
     """Why the C++ extension cannot serve ``symbol`` (a stale build), or None."""
     module = cpp_module()

@@ -74,7 +74,7 @@ def _cpp_rows(logits, rows, targets, *, grad_scale, label_smoothing, z_loss, gra
         grad = cpp_empty((count, vocab), logits.dtype)
     elif grad_mode == "inplace":
         grad = logits
-    _backend.cpp_module().ce_forward(
+    _backend.cpp_kernels().ce_forward(
         _cpp_buffer(logits), _KERNEL_DTYPES[logits.dtype],
         None if rows is None else rows.contiguous().numpy(), targets.contiguous().numpy(), loss.numpy(), None,
         None if grad is None else _cpp_buffer(grad), grad_mode == "inplace", float(grad_scale),
@@ -127,7 +127,7 @@ def _expand_grad(backend, grad_rows, rows, grad_output, n_rows, per_row):
     go = grad_output.detach().to(work).reshape(-1).contiguous()
     if _use_cpp(backend, grad_rows):
         out = cpp_empty((n_rows, vocab), grad_rows.dtype)
-        _backend.cpp_module().ce_expand_grad(
+        _backend.cpp_kernels().ce_expand_grad(
             _cpp_buffer(grad_rows), _KERNEL_DTYPES[grad_rows.dtype], rows.numpy(), _cpp_buffer(out), go.numpy(), per_row
         )
         return out
@@ -141,7 +141,7 @@ def _scale_rows(backend, buf, rows, grad_output, per_row):
     """In place: ``buf[rows[i]] *= grad_output`` (``grad_output[rows[i]]`` when ``per_row``)."""
     go = grad_output.detach().to(_work_dtype(buf.dtype)).reshape(-1).contiguous()
     if _use_cpp(backend, buf):
-        _backend.cpp_module().ce_scale_rows(_cpp_buffer(buf), _KERNEL_DTYPES[buf.dtype], rows.numpy(), go.numpy(), per_row)
+        _backend.cpp_kernels().ce_scale_rows(_cpp_buffer(buf), _KERNEL_DTYPES[buf.dtype], rows.numpy(), go.numpy(), per_row)
         return
     factor = go.index_select(0, rows) if per_row else go.expand(rows.shape[0])
     _scale_rows_torch(buf, rows, factor)
@@ -149,7 +149,7 @@ def _scale_rows(backend, buf, rows, grad_output, per_row):
 
 def _zero_rows(backend, buf, rows):
     if _use_cpp(backend, buf):
-        _backend.cpp_module().ce_zero_rows(_cpp_buffer(buf), rows.numpy())
+        _backend.cpp_kernels().ce_zero_rows(_cpp_buffer(buf), rows.numpy())
     elif rows.numel():
         buf.index_fill_(0, rows, 0)
 

@@ -34,7 +34,11 @@ def report() -> str:
     ]
     module = _backend.cpp_module()
     if module is not None:
-        lines.append(f"C++ extension: built, {module.num_threads()} threads")
+        threads, rule = _backend.cpp_thread_count()
+        line = f"C++ extension: built, {threads} thread{'' if threads == 1 else 's'} ({rule})"
+        if hasattr(module, "_pool_state") and module._pool_state()["creation_failed"]:
+            line += "; its threads could not be started, so the kernels run serially"
+        lines.append(line)
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices.append("cuda")

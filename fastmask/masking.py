@@ -42,7 +42,7 @@ def _cpp_impl(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
     fields = {name: None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
               for name, t in plan.buffers().items()}
     fields.update(plan.scalars())
-    _backend.cpp_module().mask_tokens(fields, masked.numpy(), labels.numpy())
+    _backend.cpp_kernels().mask_tokens(fields, masked.numpy(), labels.numpy())
     return masked, labels
 
 

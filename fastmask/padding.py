@@ -124,7 +124,7 @@ def _pad_python(rows, out: np.ndarray, pad_value, left: bool, none_value) -> Non
 
 def _collate_module():
     """The C++ extension when it has the collation functions (a stale build may not), else None."""
-    module = _backend.cpp_module()
+    module = _backend.cpp_kernels()
     return module if hasattr(module, "pad_rows") else None
 
 

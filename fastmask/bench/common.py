@@ -128,7 +128,7 @@ def machine_info() -> dict:
         numpy=np.__version__,
         fastmask=fastmask.__version__,
         cpp_extension=_backend.unavailable_reason("cpp", torch.device("cpu")) or "built",
-        cpp_threads=module.num_threads() if module is not None else None,
+        cpp_threads=_backend.cpp_thread_count()[0] if module is not None else None,
         cpp_isa=module._masking_isa() if module is not None and hasattr(module, "_masking_isa") else None,
         triton_interpret=_backend.triton_interpreting(),
         cuda=torch.cuda.get_device_name(0) if cuda else None,
