@@ -42,7 +42,6 @@ from __future__ import annotations
 import warnings
 from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from . import _backend

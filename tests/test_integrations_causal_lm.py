@@ -148,11 +148,11 @@ def test_untied_embeddings_and_lm_head_bias():
 
 
 def test_tied_embeddings_share_one_gradient():
-    model = make("llama", tie_word_embeddings=True)
-    assert model.lm_head.weight is model.model.embed_tokens.weight
     ids, attention, labels = completion_batch(5)
     patched, stock, out_p, out_s = run_both("llama", lambda m: m(input_ids=ids, attention_mask=attention, labels=labels),
                                             tie_word_embeddings=True)
+    assert patched.lm_head.weight is patched.model.embed_tokens.weight
+    torch.testing.assert_close(out_p.loss, out_s.loss, **LOSS_TOL)
     assert_same_grads(patched, stock)
 
 
