@@ -30,7 +30,7 @@ _EXPORTS = {
     "DataCollatorForWholeWordMask": "fastmask.collator",
     "DataCollatorForMaskedAugmentation": "fastmask.collator",
     "DataCollatorForCompletionOnlyLM": "fastmask.completion_collator",
-    "completion_mask": "fastmask.completion_mask",
+    "completion_mask": "fastmask.completion_labels",
     "count_token_frequencies": "fastmask.token_weights",
     "token_weights_from_counts": "fastmask.token_weights",
     "MaskingSchedule": "fastmask.schedules",

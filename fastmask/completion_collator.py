@@ -7,7 +7,7 @@ multi-turn rows, between an instruction template and the next response template)
     from fastmask import DataCollatorForCompletionOnlyLM            # was: from trl import ...
     collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tokenizer)
 
-Templates are matched on token ids by :func:`fastmask.completion_mask` (C++ on CPU, Triton on
+Templates are matched on token ids by :func:`fastmask.completion_labels` (C++ on CPU, Triton on
 CUDA, a pure-torch reference; identical outputs), not by a Python loop over tokens. A template
 given as a string is encoded with ``tokenizer.encode(template, add_special_tokens=False)``; when
 a tokenizer encodes it differently in context (byte-level BPE after a newline, SentencePiece's
@@ -47,7 +47,7 @@ import torch
 from . import _backend
 from ._constants import IGNORE_INDEX
 from ._validation import check_int, check_probability
-from .completion_mask import MISSING_INSTRUCTION, MISSING_RESPONSE, completion_mask
+from .completion_labels import MISSING_INSTRUCTION, MISSING_RESPONSE, completion_mask
 from .padding import pad_features, to_torch
 
 __all__ = ["DataCollatorForCompletionOnlyLM"]

@@ -1,6 +1,6 @@
 """Triton completion-only label mask: one program per row, the row in one block.
 
-Equals :func:`fastmask.reference.completion_mask.reference_completion_mask` exactly (the same
+Equals :func:`fastmask.reference.completion_labels.reference_completion_mask` exactly (the same
 count-based rule). Response template hits are evaluated at their *end* position
 (``l - len(response)``), so an inclusive cumulative sum gives "response ends <= l" directly; the
 block spans ``L + 1`` positions because a template may end at the row's end.

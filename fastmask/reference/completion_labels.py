@@ -1,6 +1,6 @@
 """Reference (pure torch) completion-only label mask: the oracle for the C++ and Triton kernels.
 
-Input: a :class:`~fastmask.completion_mask.CompletionPlan`. Per row of ``input_ids`` ``[B, L]``
+Input: a :class:`~fastmask.completion_labels.CompletionPlan`. Per row of ``input_ids`` ``[B, L]``
 (TRL's former ``DataCollatorForCompletionOnlyLM`` rule, restated on counts so that it needs no
 loop over tokens):
 

@@ -5,10 +5,10 @@ response (and instruction) template token ids in every row and returns ``(keep, 
 ``keep [B, L]`` bool, True where the label is kept (after a response template, up to the next
 instruction template), and ``missing [B]`` int32 flags for rows where a template was not found
 (bit 0: response, bit 1: instruction; such rows keep nothing). The rule is TRL's former
-``DataCollatorForCompletionOnlyLM``, stated exactly in :mod:`fastmask.reference.completion_mask`.
+``DataCollatorForCompletionOnlyLM``, stated exactly in :mod:`fastmask.reference.completion_labels`.
 
 Backends as every fastmask op: ``reference`` (pure torch, the oracle), ``cpp``
-(``csrc/completion_mask.cpp``) and ``triton`` (:mod:`fastmask.kernels.completion_mask`), which
+(``csrc/completion_labels.cpp``) and ``triton`` (:mod:`fastmask.kernels.completion_labels`), which
 return identical outputs.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from . import _backend
 from ._validation import check_tensor
-from .reference.completion_mask import MISSING_INSTRUCTION, MISSING_RESPONSE, reference_completion_mask
+from .reference.completion_labels import MISSING_INSTRUCTION, MISSING_RESPONSE, reference_completion_mask
 
 __all__ = ["completion_mask", "CompletionPlan", "MISSING_RESPONSE", "MISSING_INSTRUCTION"]
 
@@ -56,12 +56,12 @@ def _cpp_impl(plan: CompletionPlan) -> tuple[torch.Tensor, torch.Tensor]:
         "instruction_ids": None if plan.instruction_ids is None else plan.instruction_ids.numpy(),
         "attention_mask": None if plan.attention_mask is None else plan.attention_mask.view(torch.uint8).numpy(),
     }
-    _backend.cpp_module().completion_mask(fields, keep.view(torch.uint8).numpy(), missing.numpy())
+    _backend.cpp_kernels().completion_mask(fields, keep.view(torch.uint8).numpy(), missing.numpy())
     return keep, missing
 
 
 def _triton_impl(plan: CompletionPlan) -> tuple[torch.Tensor, torch.Tensor]:
-    from .kernels.completion_mask import triton_completion_mask
+    from .kernels.completion_labels import triton_completion_mask
 
     return triton_completion_mask(plan)
 
@@ -101,7 +101,7 @@ def _triton_limits(device_type: str, length: int) -> tuple:
     if device_type == "cpu" and not _backend.triton_interpreting():
         return ()
     try:
-        from .kernels.completion_mask import triton_call_reason
+        from .kernels.completion_labels import triton_call_reason
     except ImportError:
         return ()
     reason = triton_call_reason(length)

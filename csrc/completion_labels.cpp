@@ -1,5 +1,5 @@
 // Completion-only label mask (TRL's former DataCollatorForCompletionOnlyLM rule, restated on
-// counts): see fastmask/reference/completion_mask.py, which this kernel equals exactly.
+// counts): see fastmask/reference/completion_labels.py, which this kernel equals exactly.
 // One pass per row: template hits, running counts of response ends / instruction starts, then
 // keep[l] from the counts. Rows run in parallel.
 #include <pybind11/numpy.h>
@@ -148,9 +148,9 @@ void completion_mask_binding(const py::dict& plan, py::array_t<uint8_t, 0> keep_
 
 void register_completion_mask(py::module_& m) {
   m.def("completion_mask", &completion_mask_binding, py::arg("plan"), py::arg("keep_out"), py::arg("missing_out"),
-        R"doc(Completion-only label mask (see fastmask/reference/completion_mask.py).
+        R"doc(Completion-only label mask (see fastmask/reference/completion_labels.py).
 
-plan: a dict of fastmask.completion_mask.CompletionPlan's fields by name: input_ids int32/int64
+plan: a dict of fastmask.completion_labels.CompletionPlan's fields by name: input_ids int32/int64
 [B, L]; response_ids int64 [R]; instruction_ids None or int64 [I]; attention_mask None or uint8
 [B, L]. keep_out: uint8 [B, L] (1 = label kept); missing_out: int32 [B] (bit 0 no response
 template, bit 1 no instruction template). Every buffer must be C-contiguous.)doc");

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastmask.completion_mask import MISSING_INSTRUCTION, MISSING_RESPONSE, completion_mask
+from fastmask.completion_labels import MISSING_INSTRUCTION, MISSING_RESPONSE, completion_mask
 
 from backends import require_backend
 
