@@ -9,7 +9,7 @@ namespace fastmask {
 void register_masking(py::module_& m);        // masking.cpp
 void register_cross_entropy(py::module_& m);  // cross_entropy.cpp
 void register_collate(py::module_& m);        // collate.cpp
-void register_span_corruption(py::module_& m);  // span_corruption.cpp
+void register_span_corruption(py::module_& m);  // sentinel_spans.cpp
 }  // namespace fastmask
 
 PYBIND11_MODULE(_C, m) {

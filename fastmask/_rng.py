@@ -21,7 +21,7 @@ all arithmetic modulo 2**32. Keys are reduced to unsigned 64-bit and split in ha
 
 Streams: 0 selects a unit (or ranks it for the exact budget), 1 picks mask / random / keep,
 2 draws the random replacement id, 3 draws a span length. The span-corruption op
-(:mod:`fastmask.reference.span_corruption`) ranks the gaps between its noise units with stream 0
+(:mod:`fastmask.reference.sentinel_spans`) ranks the gaps between its noise units with stream 0
 and the gaps between its kept units with stream 1 (``STREAM_NOISE_CUT`` / ``STREAM_KEEP_CUT``). Probabilities are compared as
 24-bit integers (``draw >> 8 < threshold``) with thresholds computed once on the host, so no
 floating-point rounding can make two backends disagree.

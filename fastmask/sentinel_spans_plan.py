@@ -1,10 +1,10 @@
 """``SpanCorruptionPlan``: the span-corruption contract, validated once and handed whole to every
 backend.
 
-:func:`fastmask.span_corruption.plan_span_corruption` builds a plan from the public keywords
-(checks, count tables, output widths); the reference (:mod:`fastmask.reference.span_corruption`),
-the C++ kernel (``csrc/span_corruption.cpp``, which reads the fields by name) and the Triton
-kernel (:mod:`fastmask.kernels.span_corruption`) all take the plan.
+:func:`fastmask.sentinel_spans.plan_span_corruption` builds a plan from the public keywords
+(checks, count tables, output widths); the reference (:mod:`fastmask.reference.sentinel_spans`),
+the C++ kernel (``csrc/sentinel_spans.cpp``, which reads the fields by name) and the Triton
+kernel (:mod:`fastmask.kernels.sentinel_spans`) all take the plan.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-// The C++ T5 span-corruption kernel, bit-identical to fastmask/reference/span_corruption.py
+// The C++ T5 span-corruption kernel, bit-identical to fastmask/reference/sentinel_spans.py
 // (which documents the semantics) through the generator in common.h.
 //
 // Rows are independent: one thread takes a row and (1) compacts its real tokens and unit
@@ -257,9 +257,9 @@ void span_corruption_binding(const py::dict& plan, const py::object& inputs_obj,
 void register_span_corruption(py::module_& m) {
   m.def("span_corruption", &span_corruption_binding, py::arg("plan"), py::arg("inputs_out"), py::arg("targets_out"),
         R"doc(T5 span corruption of a [B, L] batch into inputs_out / targets_out (see
-fastmask/reference/span_corruption.py).
+fastmask/reference/sentinel_spans.py).
 
-plan: a dict of fastmask.span_corruption_plan.SpanCorruptionPlan's fields by name (buffers as
+plan: a dict of fastmask.sentinel_spans_plan.SpanCorruptionPlan's fields by name (buffers as
 numpy arrays, bool as uint8; scalars as ints). input_ids: int32 or int64 [B, L];
 inputs_out [B, inputs_length] / targets_out [B, targets_length]: input_ids' dtype.
 attention_mask, word_starts: None or uint8 [B, L]. row_keys: int64 [B]. noise_table,

@@ -2,11 +2,15 @@
 hold each sentinel followed by its span.
 
 ``span_corruption`` is two steps, each public: :func:`plan_span_corruption` validates the
-arguments into a :class:`~fastmask.span_corruption_plan.SpanCorruptionPlan` (count tables, output
+arguments into a :class:`~fastmask.sentinel_spans_plan.SpanCorruptionPlan` (count tables, output
 widths, seeds), and :func:`run_span_corruption` hands the plan to one of three implementations
 that return bit-identical results: the pure-torch reference
-(:mod:`fastmask.reference.span_corruption`, which documents the exact semantics), the C++ kernel
-(``csrc/span_corruption.cpp``) and the Triton kernel (:mod:`fastmask.kernels.span_corruption`).
+(:mod:`fastmask.reference.sentinel_spans`, which documents the exact semantics), the C++ kernel
+(``csrc/sentinel_spans.cpp``) and the Triton kernel (:mod:`fastmask.kernels.sentinel_spans`).
+
+The op's files share the stem ``sentinel_spans`` rather than ``span_corruption``: a submodule
+named like the exported function would replace ``fastmask.span_corruption`` (the function) by
+the module as soon as it is imported.
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ import torch
 from . import _backend, _rng
 from ._validation import check_int, check_tensor
 from .masking import _as_mask, _check_ids, _row_keys
-from .reference.span_corruption import reference_span_corruption
-from .span_corruption_plan import SpanCorruptionPlan
+from .reference.sentinel_spans import reference_span_corruption
+from .sentinel_spans_plan import SpanCorruptionPlan
 
 __all__ = [
     "span_corruption", "plan_span_corruption", "run_span_corruption", "span_corruption_lengths",
@@ -119,7 +123,7 @@ def _cpp_impl(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _triton_impl(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
-    from .kernels.span_corruption import triton_span_corruption
+    from .kernels.sentinel_spans import triton_span_corruption
 
     return triton_span_corruption(plan)
 
@@ -146,7 +150,7 @@ def _triton_limits(device_type: str, length: int) -> tuple:
     if device_type == "cpu" and not _backend.triton_interpreting():
         return ()
     try:
-        from .kernels.span_corruption import triton_call_reason
+        from .kernels.sentinel_spans import triton_call_reason
     except ImportError:
         return ()
     reason = triton_call_reason(length)
@@ -266,7 +270,7 @@ def span_corruption(
     row_keys: Union[torch.Tensor, Sequence[int], None] = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """T5 span corruption of every row (semantics: :mod:`fastmask.reference.span_corruption`).
+    """T5 span corruption of every row (semantics: :mod:`fastmask.reference.sentinel_spans`).
 
     Per row of ``n`` real tokens, ``round(n * noise_density)`` tokens (clipped to
     ``[1, n - 1]``) in ``max(1, round(noise / mean_noise_span_length))`` spans are corrupted;

@@ -1,4 +1,4 @@
-"""Triton T5 span-corruption kernel, bit-identical to :mod:`fastmask.reference.span_corruption`
+"""Triton T5 span-corruption kernel, bit-identical to :mod:`fastmask.reference.sentinel_spans`
 (which defines the semantics) with the generator of :mod:`fastmask._rng`.
 
 One program handles one row, the whole row in one block of ``BLOCK_L`` (a power of two):
@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .. import _rng
-from ..span_corruption_plan import SpanCorruptionPlan
+from ..sentinel_spans_plan import SpanCorruptionPlan
 from .masking import _draw, _row_state
 
 MAX_BLOCK_L = 16384

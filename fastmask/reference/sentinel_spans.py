@@ -1,8 +1,8 @@
 """Reference (pure torch) T5 span corruption: the oracle the C++ and Triton kernels must equal bit
 for bit.
 
-Inputs arrive as a :class:`~fastmask.span_corruption_plan.SpanCorruptionPlan`, validated by
-:func:`fastmask.span_corruption.plan_span_corruption`; the generator is :mod:`fastmask._rng`
+Inputs arrive as a :class:`~fastmask.sentinel_spans_plan.SpanCorruptionPlan`, validated by
+:func:`fastmask.sentinel_spans.plan_span_corruption`; the generator is :mod:`fastmask._rng`
 (``draw(position, stream)`` of the row's key). The semantics, per row:
 
 1. *Real* tokens: ``attention_mask != 0`` when an attention mask is given, else
@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 from .. import _rng
-from ..span_corruption_plan import SpanCorruptionPlan
+from ..sentinel_spans_plan import SpanCorruptionPlan
 
 __all__ = ["reference_span_corruption", "row_units", "composition_starts"]
 
