@@ -1,15 +1,17 @@
 // The C++ T5 span-corruption kernel, bit-identical to fastmask/reference/sentinel_spans.py
 // (which documents the semantics) through the generator in common.h.
 //
-// Rows are independent: one thread takes a row and (1) compacts its real tokens and unit
-// starts, (2) draws the two random compositions (the S - 1 smallest gap keys by nth_element,
-// then sorted), (3) walks the units once, writing inputs and targets with running offsets (the
-// per-row prefix sums), then pads. Scratch lives in a thread-local workspace that only grows.
+// Rows are independent: one thread takes a row and (1) counts its units, (2) draws the two
+// random compositions (the S - 1 smallest gap keys: a threshold pass, then nth_element over the
+// few candidates, then sorted), (3) walks the row once more, writing inputs and targets at
+// running offsets (the per-row prefix sums), then pads. Scratch lives in a thread-local
+// workspace that only grows.
 // The binding validates every buffer; the kernel trusts its arguments.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
@@ -41,27 +43,44 @@ struct Params {
 };
 
 struct Workspace {
-  std::vector<int64_t> tokens;    // real ids in order
-  std::vector<uint8_t> starts;    // per real token: starts a unit
-  std::vector<uint64_t> keys;     // gap keys (draw >> 1) << 32 | gap
-  std::vector<int64_t> ns, ks;    // segment starts (S + 1 each)
-  std::vector<uint8_t> marker;    // per unit: a segment starts here
+  std::vector<uint64_t> keys;        // gap keys (draw >> 1) << 32 | gap, then the candidates
+  std::vector<int64_t> ns, ks;       // segment starts (S + 1 each)
+  std::vector<uint8_t> marker;       // per unit: a segment starts here
 };
 
 // Starts of a random composition of `items` into `segments` parts (reference:
 // composition_starts), written to out[0 .. segments], with out[segments] = items.
+//
+// The cuts are the segments - 1 smallest of the distinct keys (draw >> 1) << 32 | gap. The
+// draws are uniform, so the keys whose top bits fall below a threshold a little above the
+// expected quantile are nearly always enough: they are collected in one pass and only they are
+// ordered; when too few fall below it, every key is ranked. Either way the result is the set
+// of smallest keys, so it is the same set as the reference's sort.
 void composition_starts(const RowState& rng, int64_t items, int64_t segments, int stream,
                         std::vector<uint64_t>& keys, std::vector<int64_t>& out) {
   out.assign(segments + 1, 0);
   out[segments] = items;
   if (segments <= 1) return;
-  keys.clear();
-  for (int64_t g = 1; g < items; ++g)
-    keys.push_back((static_cast<uint64_t>(rng.draw(g, stream) >> 1) << 32) | static_cast<uint64_t>(g));
-  const int64_t cuts = segments - 1;
-  if (cuts < static_cast<int64_t>(keys.size()))
-    std::nth_element(keys.begin(), keys.begin() + (cuts - 1), keys.end());
-  // the cuts smallest keys are now keys[0 .. cuts) (nth_element puts smaller ones first)
+  const int64_t gaps = items - 1, cuts = segments - 1;
+  keys.resize(gaps);
+  // threshold on draw >> 1 (31 bits): expected cuts + 4 sd + 8 keys below it
+  const double want = static_cast<double>(cuts) + 4.0 * std::sqrt(static_cast<double>(cuts)) + 8.0;
+  const uint64_t limit = want >= static_cast<double>(gaps)
+                             ? (uint64_t{1} << 31)
+                             : static_cast<uint64_t>(want / static_cast<double>(gaps) * 2147483648.0) + 1;
+  int64_t found = 0;
+  for (int64_t g = 1; g <= gaps; ++g) {
+    const uint64_t hi = rng.draw(g, stream) >> 1;
+    keys[found] = (hi << 32) | static_cast<uint64_t>(g);
+    found += hi < limit;
+  }
+  if (found < cuts) {  // rare: rank every key
+    for (int64_t g = 1; g <= gaps; ++g)
+      keys[g - 1] = (static_cast<uint64_t>(rng.draw(g, stream) >> 1) << 32) | static_cast<uint64_t>(g);
+    found = gaps;
+  }
+  if (cuts < found) std::nth_element(keys.begin(), keys.begin() + (cuts - 1), keys.begin() + found);
+  // the cuts smallest keys are now keys[0 .. cuts)
   for (int64_t j = 0; j < cuts; ++j) out[j + 1] = static_cast<int64_t>(keys[j] & 0xFFFFFFFFull);
   std::sort(out.begin() + 1, out.begin() + segments);
 }
@@ -74,17 +93,24 @@ void corrupt_row(const Params& p, const Id* ids_all, Id* inputs_all, Id* targets
   const uint8_t* ws = p.word_starts ? p.word_starts + row * L : nullptr;
   Id* in = inputs_all + row * p.inputs_length;
   Id* out = targets_all + row * p.targets_length;
+  const Id pad = static_cast<Id>(p.pad_token_id);
+  auto real = [&](int64_t i) { return att ? att[i] != 0 : ids[i] != pad; };
 
-  w.tokens.clear();
-  w.starts.clear();
+  // pass 1: units (real tokens, or words: the first real token and real word starts)
   int64_t units = 0;
-  for (int64_t i = 0; i < L; ++i) {
-    const bool real = att ? att[i] != 0 : static_cast<int64_t>(ids[i]) != p.pad_token_id;
-    if (!real) continue;
-    const bool start = w.tokens.empty() || ws == nullptr || ws[i] != 0;
-    w.tokens.push_back(static_cast<int64_t>(ids[i]));
-    w.starts.push_back(start);
-    units += start;
+  if (ws == nullptr) {
+    if (att) {
+      for (int64_t i = 0; i < L; ++i) units += att[i] != 0;
+    } else {
+      for (int64_t i = 0; i < L; ++i) units += ids[i] != pad;
+    }
+  } else {
+    bool first = true;
+    for (int64_t i = 0; i < L; ++i) {
+      if (!real(i)) continue;
+      units += first || ws[i] != 0;
+      first = false;
+    }
   }
   const int64_t noise = p.noise_table[units], spans = p.spans_table[units], keep = units - noise;
   const RowState rng(p.seed_mix1, p.seed_mix2, p.row_keys[row]);
@@ -96,18 +122,21 @@ void corrupt_row(const Params& p, const Id* ids_all, Id* inputs_all, Id* targets
     w.marker[w.ks[j + 1] + w.ns[j]] = 1;
   }
 
+  // pass 2: the outputs, at running offsets (the per-row prefix sums)
   int64_t segment = 0, unit = -1, n_in = 0, n_out = 0;
-  const int64_t n = static_cast<int64_t>(w.tokens.size());
-  for (int64_t t = 0; t < n; ++t) {
+  bool first = true;
+  for (int64_t i = 0; i < L; ++i) {
+    if (!real(i)) continue;
     bool span_first = false;
-    if (w.starts[t]) {
+    if (ws == nullptr || first || ws[i] != 0) {
       ++unit;
       if (w.marker[unit]) {
         ++segment;
         span_first = (segment & 1) != 0;
       }
     }
-    const Id token = static_cast<Id>(w.tokens[t]);
+    first = false;
+    const Id token = ids[i];
     if (segment & 1) {
       if (span_first) {
         const Id sentinel = static_cast<Id>(p.first_sentinel_id - (segment >> 1));
@@ -121,8 +150,8 @@ void corrupt_row(const Params& p, const Id* ids_all, Id* inputs_all, Id* targets
   }
   in[n_in++] = static_cast<Id>(p.eos_token_id);
   out[n_out++] = static_cast<Id>(p.eos_token_id);
-  std::fill(in + n_in, in + p.inputs_length, static_cast<Id>(p.pad_token_id));
-  std::fill(out + n_out, out + p.targets_length, static_cast<Id>(p.pad_token_id));
+  std::fill(in + n_in, in + p.inputs_length, pad);
+  std::fill(out + n_out, out + p.targets_length, pad);
 }
 
 template <typename Id>

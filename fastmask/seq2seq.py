@@ -185,20 +185,26 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
             ids, first_sentinel_id=self.first_sentinel_id, eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id, noise_density=self.noise_density,
             mean_noise_span_length=self.mean_noise_span_length,
-            attention_mask=torch.ones(ids.shape, dtype=torch.bool),  # every token is real: pad ids too
+            # every token is real, pad ids too (numpy-made: no torch kernel, whose intra-op
+            # threads contend with the C++ pool on small machines)
+            attention_mask=torch.from_numpy(np.ones(ids.shape, dtype=bool)),
             seed=self._effective_seed(), row_keys=keys,
         )
         inputs, targets = run_span_corruption(plan, self.backend)
-        labels = targets
+        if inputs.device.type != "cpu":
+            inputs, targets = inputs.cpu(), targets.cpu()
+        inputs, labels = inputs.numpy(), targets.numpy()
         if labels.shape[1] < self.target_length:
-            labels = torch.nn.functional.pad(labels, (0, self.target_length - labels.shape[1]), value=IGNORE_INDEX)
-        out = {"input_ids": inputs, "attention_mask": torch.ones_like(inputs), "labels": labels}
+            wide = np.full((batch, self.target_length), IGNORE_INDEX, dtype=labels.dtype)
+            wide[:, : labels.shape[1]] = labels
+            labels = wide
+        out = {"input_ids": inputs, "attention_mask": np.ones(inputs.shape, dtype=np.int64), "labels": labels}
         if self.decoder_start_token_id is not None:
-            shifted = torch.empty_like(labels)
+            shifted = np.empty_like(labels)
             shifted[:, 0] = self.decoder_start_token_id
             shifted[:, 1:] = labels[:, :-1]
-            shifted.masked_fill_(shifted == IGNORE_INDEX, self.pad_token_id)
+            shifted[shifted == IGNORE_INDEX] = self.pad_token_id
             out["decoder_input_ids"] = shifted
-        if fmt == "np":
-            out = {k: v.numpy() for k, v in out.items()}
+        if fmt == "pt":
+            out = {k: torch.from_numpy(v) for k, v in out.items()}
         return BatchEncoding(out)
