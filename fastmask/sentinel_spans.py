@@ -118,7 +118,7 @@ def _cpp_impl(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
     fields = {name: None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
               for name, t in plan.buffers().items()}
     fields.update(plan.scalars())
-    _backend.cpp_module().span_corruption(fields, inputs.numpy(), targets.numpy())
+    _backend.cpp_kernels().span_corruption(fields, inputs.numpy(), targets.numpy())
     return inputs, targets
 
 
