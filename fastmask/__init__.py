@@ -33,6 +33,8 @@ _EXPORTS = {
     "DataCollatorForLanguageModeling": "fastmask.collator",
     "DataCollatorForWholeWordMask": "fastmask.collator",
     "DataCollatorForMaskedAugmentation": "fastmask.collator",
+    "DataCollatorForCompletionOnlyLM": "fastmask.completion_collator",
+    "completion_mask": "fastmask.completion_mask",
     "count_token_frequencies": "fastmask.token_weights",
     "token_weights_from_counts": "fastmask.token_weights",
     "MaskingSchedule": "fastmask.schedules",

@@ -229,7 +229,11 @@ def choose_backend(op: str, backend: str, device_type: str, cpp_symbol: str, lim
 def call_op(custom_op, impls: Mapping, backend: str, plan):
     """Runs ``plan`` on ``backend``: through the registered ``torch.library`` custom op while
     ``torch.compile`` traces (an opaque op with a fake impl), directly in eager mode (the same
-    implementation without the dispatcher's overhead). One policy for every op."""
+    implementation without the dispatcher's overhead).
+
+    The policy for every op: an op is a custom op with a fake impl; eager calls skip the
+    dispatcher unless the op needs it — the loss ops register their autograd on the custom op,
+    so they always call it (:mod:`fastmask.cross_entropy`)."""
     if torch.compiler.is_compiling():
         buffers, scalars = plan.to_op_args()
         return custom_op(buffers, scalars, backend)

@@ -418,17 +418,14 @@ def loss_normalizer(
     return count, float(world_size)
 
 
-@torch.compiler.assume_constant_result
-def choose_backend(backend: str, device_type: str, float64: bool, op: str) -> str:
-    """The concrete backend for one call (a constant under torch.compile).
+_FLOAT64_REASON = "float64 runs on the reference backend only (the kernels compute in fp32)"
 
-    fp64 runs on the reference only: the kernels compute in fp32.
-    """
-    call_reasons = {"cpp": _backend.cpp_symbol_reason("ce_forward")}
-    if float64:
-        reason = "float64 runs on the reference backend only (the kernels compute in fp32)"
-        call_reasons = {"cpp": reason, "triton": reason}
-    return _backend.resolve_backend(backend, torch.device(device_type), op=op, call_reasons=call_reasons)
+
+def choose_backend(backend: str, device_type: str, float64: bool, op: str) -> str:
+    """The concrete backend for one loss call, through the one dispatch every op uses
+    (:func:`fastmask._backend.choose_backend`): fp64 runs on the reference only."""
+    limits = (("cpp", _FLOAT64_REASON), ("triton", _FLOAT64_REASON)) if float64 else ()
+    return _backend.choose_backend(op, backend, device_type, "ce_forward", limits)
 
 
 # ----------------------------------------------------------------------------- public API

@@ -372,7 +372,8 @@ def test_unsupported_models_raise_type_error_listing_supported(make):
         apply_fastmask(make())
     for name in SUPPORTED_CLASSES:
         assert name in str(info.value)
-    assert len(SUPPORTED_CLASSES) == 6
+    assert len(fm_tf._MASKED_LM_CLASSES) == 6  # + the causal LMs (tests/test_integrations_causal_lm.py)
+    assert len(SUPPORTED_CLASSES) == 6 + len(fastmask.integrations.causal_lm.CAUSAL_LM_CLASSES)
 
 
 def test_subclass_overriding_forward_is_rejected_but_plain_subclass_works():

@@ -100,7 +100,14 @@ class _HeadSpec:
     encoder: str  # attribute holding the base model
     encoder_args: tuple  # named forward arguments the stock forward hands to the encoder
     encoder_return_dict: bool  # whether the stock forward passes return_dict=True to it
-    transform: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # rows (N, H) -> (N, E)
+    transform: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]]  # rows (N, H) -> (N, E)
+    # named forward arguments that are not handed to the encoder (causal LMs: logits_to_keep)
+    head_args: tuple = ()
+    # the fused call (model, state, arguments, encoder outputs, extra kwargs) -> ModelOutput;
+    # None: the masked-LM head below. fastmask/integrations/causal_lm.py supplies the causal one.
+    fused_output: Optional[Callable] = None
+    # whether the labelled call may take the fused path (arguments -> bool); None: always
+    accepts: Optional[Callable[[nn.Module, dict], bool]] = None
 
 
 _BERT_ARGS = (
@@ -125,7 +132,9 @@ _SUPPORTED = {
         "transformers.models.modernbert.modeling_modernbert", "model",
         ("input_ids", "attention_mask", "position_ids", "inputs_embeds"), False, _modernbert_transform),
 }
-SUPPORTED_CLASSES = tuple(_SUPPORTED)
+_MASKED_LM_CLASSES = tuple(_SUPPORTED)
+
+SUPPORTED_CLASSES = _MASKED_LM_CLASSES  # + the causal-LM classes, registered at the end of this module
 
 
 @dataclasses.dataclass
@@ -154,15 +163,16 @@ def _find_base_class(model) -> tuple[type, _HeadSpec]:
         if spec is not None and cls.__module__ == spec.module:
             break
     else:
-        raise _unsupported(model, "it is not one of the supported masked-LM classes")
+        raise _unsupported(model, "it is not one of the supported masked-LM / causal-LM classes")
     if type(model).forward is not cls.forward:
         raise _unsupported(model, f"it overrides {cls.__name__}.forward, so its loss is not known")
     params = inspect.signature(cls.forward).parameters
     named = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD} - {"self", "labels"}
-    if named != set(spec.encoder_args) or "labels" not in params:
+    expected = set(spec.encoder_args) | set(spec.head_args)
+    if named != expected or "labels" not in params:
         raise RuntimeError(
             f"{cls.__name__}.forward in this transformers version takes {sorted(named)}, but fastmask "
-            f"was written for {sorted(spec.encoder_args)} (+ labels); please report this version"
+            f"was written for {sorted(expected)} (+ labels); please report this version"
         )
     return cls, spec
 
@@ -270,7 +280,7 @@ def _forward(model, *args, **kwargs):
         raise ValueError("skip_logits=True needs labels: the fused loss is the only output it computes")
     if skip_logits is None:  # as Liger-Kernel: skip the logits only while training (eval metrics need them)
         skip_logits = labels is not None and model.training
-    if labels is None or not skip_logits:
+    if labels is None or not skip_logits or (state.spec.accepts is not None and not state.spec.accepts(model, bound.arguments)):
         if state.previous_forward is not None:
             return state.previous_forward(*args, **kwargs)
         return state.base_class.forward(model, *args, **kwargs)
@@ -285,6 +295,9 @@ def _forward(model, *args, **kwargs):
     if spec.encoder_return_dict:
         encoder_kwargs["return_dict"] = True
     outputs = getattr(model, spec.encoder)(**encoder_kwargs, **extra)
+    if spec.fused_output is not None:
+        output = spec.fused_output(model, state, bound.arguments, outputs, extra)
+        return output if return_dict else output.to_tuple()
 
     loss = _sparse_head_loss(model, state, outputs[0], labels, extra.get("num_items_in_batch"))
 
@@ -378,3 +391,14 @@ def fastmask_patched(
             previous.chunk_size = previous_options.chunk_size
             previous.backend = previous_options.backend
             previous.global_normalization = previous_options.global_normalization
+
+
+def _register_causal_lm() -> None:
+    global SUPPORTED_CLASSES
+    from .causal_lm import causal_lm_specs
+
+    _SUPPORTED.update(causal_lm_specs(_HeadSpec))
+    SUPPORTED_CLASSES = tuple(_SUPPORTED)
+
+
+_register_causal_lm()
