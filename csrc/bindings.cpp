@@ -10,10 +10,11 @@ void register_masking(py::module_& m);        // masking.cpp
 void register_cross_entropy(py::module_& m);  // cross_entropy.cpp
 void register_collate(py::module_& m);        // collate.cpp
 void register_completion_mask(py::module_& m);  // completion_labels.cpp
+void register_span_corruption(py::module_& m);  // sentinel_spans.cpp
 }  // namespace fastmask
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "fastmask's C++ CPU kernels (masking, cross-entropy, collation, completion masks) on plain buffers.";
+  m.doc() = "fastmask's C++ CPU kernels (masking, cross-entropy, collation, completion masks, span corruption) on plain buffers.";
   m.def("num_threads", &fastmask::num_threads, "Worker threads used by the C++ kernels.");
   m.def("set_num_threads", &fastmask::set_num_threads, py::arg("n"),
         "Set the C++ kernels' thread count (<= 0 restores the default).");
@@ -36,4 +37,5 @@ PYBIND11_MODULE(_C, m) {
   fastmask::register_cross_entropy(m);
   fastmask::register_collate(m);
   fastmask::register_completion_mask(m);
+  fastmask::register_span_corruption(m);
 }

@@ -16,6 +16,10 @@ _EXPORTS = {
     "word_starts_from_offsets": "fastmask.words",
     "word_starts_from_word_ids": "fastmask.words",
     "detect_word_boundary_scheme": "fastmask.words",
+    # seq2seq noise
+    "span_corruption": "fastmask.sentinel_spans",
+    "span_corruption_lengths": "fastmask.sentinel_spans",
+    "DataCollatorForSpanCorruption": "fastmask.seq2seq",
     # loss
     "masked_cross_entropy": "fastmask.cross_entropy",
     "MaskedLMLoss": "fastmask.loss",

@@ -20,7 +20,9 @@ all arithmetic modulo 2**32. Keys are reduced to unsigned 64-bit and split in ha
     draw(position, stream) = lowbias32(lowbias32((4 * position + stream) ^ s1) ^ s2)
 
 Streams: 0 selects a unit (or ranks it for the exact budget), 1 picks mask / random / keep,
-2 draws the random replacement id, 3 draws a span length. Probabilities are compared as
+2 draws the random replacement id, 3 draws a span length. The span-corruption op
+(:mod:`fastmask.reference.sentinel_spans`) ranks the gaps between its noise units with stream 0
+and the gaps between its kept units with stream 1 (``STREAM_NOISE_CUT`` / ``STREAM_KEEP_CUT``). Probabilities are compared as
 24-bit integers (``draw >> 8 < threshold``) with thresholds computed once on the host, so no
 floating-point rounding can make two backends disagree.
 """
@@ -41,6 +43,9 @@ STREAM_REPLACE = 1
 STREAM_RANDOM_ID = 2
 STREAM_SPAN_LENGTH = 3
 NUM_STREAMS = 4
+# span corruption (a different op: its draws may share counters with the masking op's)
+STREAM_NOISE_CUT = 0
+STREAM_KEEP_CUT = 1
 
 PROB_BITS = 24
 PROB_ONE = 1 << PROB_BITS

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     bench.add_argument("--quick", action="store_true", help="small shapes and few repeats (under a minute on a 2-core CPU)")
-    bench.add_argument("--suite", nargs="+", choices=["collator", "masking", "loss", "train-step", "sft"],
+    bench.add_argument("--suite", nargs="+", choices=["collator", "masking", "loss", "train-step", "sft", "seq2seq"],
                        help="run only these suites (default: collator, masking, loss)")
     bench.add_argument("--lengths", nargs="+", type=int, metavar="L",
                        help="sequence lengths for the collator and masking suites (8 to 16384; default 128 512 2048 8192)")

@@ -144,3 +144,17 @@ def test_gpu_check_dry_run_writes_the_report(tmp_path):
     markdown = (out / "gpu_check.md").read_text()
     assert ("NO CUDA" in markdown) != cuda and "| kernels-masking-dry |" in markdown and "## Benchmarks" in markdown
     assert "passed" in (out / "pytest.log").read_text()
+
+
+def test_quick_seq2seq_suite(tmp_path, capsys):
+    """The span-corruption suite end to end on a small batch: both collators rebuild their rows."""
+    import fastmask
+    from fastmask.bench import seq2seq
+
+    result = seq2seq.run(quick=True, batch=4, input_length=64, progress=False)
+    assert result["failures"] == []
+    (row,) = result["rows"]
+    assert (row["input_length"], row["length"]) == (64, fastmask.span_corruption_lengths(64)[0])
+    assert row["speedup"] > 0 and row["speedup_best"] > 0
+    assert "Flax" in seq2seq.to_markdown(result) and seq2seq.headlines(result)[0].startswith("span corruption 4x")
+    assert [r["impl"] for r in seq2seq.table_rows(result)][-1] == "Flax example collator (numpy)"

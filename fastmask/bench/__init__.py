@@ -1,6 +1,6 @@
 """``fastmask bench``: the benchmark suites, run in one process on the same data.
 
-Each suite module (``collator``, ``masking``, ``loss``, ``train_step``, ``sft``) has ``run(*, quick=False,
+Each suite module (``collator``, ``masking``, ``loss``, ``train_step``, ``sft``, ``seq2seq``) has ``run(*, quick=False,
 ...) -> dict``, ``to_markdown(result)``, ``table_rows(result)`` (flat rows: ms, tokens/s,
 GB/s and peak memory where measured, speed-up against what fastmask replaces),
 ``headlines(result)`` and ``main(argv)``; :data:`SUITES` lists them. :func:`run_cli` runs the
@@ -41,6 +41,8 @@ SUITES = {
     "train-step": Suite("train-step", "train_step", "training step: BertForMaskedLM stock vs apply_fastmask",
                         False, ()),
     "sft": Suite("sft", "sft", "SFT: fused LM head on 30% labelled rows (H=1024, V=128256) vs torch", False, ()),
+    "seq2seq": Suite("seq2seq", "seq2seq", "seq2seq: span-corruption collator vs the Flax T5 example's (numpy)",
+                     False, ("tokenizer",)),
 }
 # Series of the --plot: (suite, case) pairs, drawn for every fastmask implementation.
 PLOT_CASES = (("collator", "token"), ("collator", "whole_word (offsets)"),

@@ -1,0 +1,321 @@
+"""T5 span corruption (the op): noise spans of a row become sentinels in ``inputs``; ``targets``
+hold each sentinel followed by its span.
+
+``span_corruption`` is two steps, each public: :func:`plan_span_corruption` validates the
+arguments into a :class:`~fastmask.sentinel_spans_plan.SpanCorruptionPlan` (count tables, output
+widths, seeds), and :func:`run_span_corruption` hands the plan to one of three implementations
+that return bit-identical results: the pure-torch reference
+(:mod:`fastmask.reference.sentinel_spans`, which documents the exact semantics), the C++ kernel
+(``csrc/sentinel_spans.cpp``) and the Triton kernel (:mod:`fastmask.kernels.sentinel_spans`).
+
+The op's files share the stem ``sentinel_spans`` rather than ``span_corruption``: a submodule
+named like the exported function would replace ``fastmask.span_corruption`` (the function) by
+the module as soon as it is imported.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from . import _backend, _rng
+from ._validation import check_int, check_tensor
+from .masking import _as_mask, _check_ids, _row_keys
+from .reference.sentinel_spans import reference_span_corruption
+from .sentinel_spans_plan import SpanCorruptionPlan
+
+__all__ = [
+    "span_corruption", "plan_span_corruption", "run_span_corruption", "span_corruption_lengths",
+    "span_counts",
+]
+
+_ID_DTYPES = (torch.int32, torch.int64)
+
+
+# ----------------------------------------------------------------------------- counts
+def _check_density(noise_density) -> float:
+    if isinstance(noise_density, bool) or not isinstance(noise_density, numbers.Real):
+        raise TypeError(f"noise_density must be a float in (0, 1), got {type(noise_density).__name__}")
+    value = float(noise_density)
+    if not (0.0 < value < 1.0):
+        raise ValueError(
+            f"noise_density={noise_density!r} is outside (0, 1); pass the fraction of tokens to corrupt, "
+            "e.g. 0.15 (T5's default)"
+        )
+    return value
+
+
+def _check_mean_span(mean_noise_span_length) -> float:
+    if isinstance(mean_noise_span_length, bool) or not isinstance(mean_noise_span_length, numbers.Real):
+        raise TypeError(f"mean_noise_span_length must be a number >= 1, got {type(mean_noise_span_length).__name__}")
+    value = float(mean_noise_span_length)
+    if not (value >= 1.0) or math.isinf(value):
+        raise ValueError(
+            f"mean_noise_span_length={mean_noise_span_length!r} must be a finite number >= 1 (tokens per span), "
+            "e.g. 3.0 (T5's default)"
+        )
+    return value
+
+
+def span_counts(units: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+    """``(noise units, spans)`` of a row of ``units`` (>= 2) units: T5's counts
+    (``round`` half-to-even, like numpy's), with ``noise`` clipped to ``[1, units - 1]`` and
+    ``spans`` to ``[1, units - noise]`` so every segment is non-empty."""
+    noise = min(max(round(units * noise_density), 1), units - 1)
+    spans = max(1, round(noise / mean_noise_span_length))
+    return noise, min(spans, units - noise)
+
+
+def span_corruption_lengths(
+    input_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
+    """``(expanded_input_length, target_length)``: the row length to tokenize to so that span
+    corruption gives exactly ``input_length`` inputs (with EOS), and the targets' length.
+
+    T5's ``compute_input_and_target_lengths``: the largest row length whose inputs fit in
+    ``input_length`` (with the same tweak for ``noise_density=0.5``). ``(512, 0.15, 3.0)`` gives
+    ``(568, 114)``.
+    """
+    input_length = check_int("input_length", input_length, minimum=2)
+    noise_density = _check_density(noise_density)
+    mean_noise_span_length = _check_mean_span(mean_noise_span_length)
+
+    def lengths(tokens: int) -> tuple[int, int]:
+        noise, spans = span_counts(tokens, noise_density, mean_noise_span_length)
+        return tokens - noise + spans + 1, noise + spans + 1
+
+    tokens = 2
+    if lengths(tokens)[0] > input_length:
+        raise ValueError(f"input_length={input_length} is too short for any span corruption; pass at least 3")
+    while lengths(tokens + 1)[0] <= input_length:
+        tokens += 1
+    _, target_length = lengths(tokens)
+    if noise_density == 0.5 and target_length > input_length:
+        tokens -= 1
+        target_length -= 1
+    return tokens, target_length
+
+
+@functools.lru_cache(maxsize=64)
+def _count_tables(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[torch.Tensor, torch.Tensor]:
+    noise, spans = [0, 0], [0, 0]
+    for units in range(2, length + 1):
+        n, s = span_counts(units, noise_density, mean_noise_span_length)
+        noise.append(n)
+        spans.append(s)
+    return torch.tensor(noise[: length + 1], dtype=torch.int32), torch.tensor(spans[: length + 1], dtype=torch.int32)
+
+
+# ----------------------------------------------------------------------------- backends
+def _cpp_impl(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    B = plan.input_ids.shape[0]
+    inputs = torch.empty((B, plan.inputs_length), dtype=plan.input_ids.dtype)
+    targets = torch.empty((B, plan.targets_length), dtype=plan.input_ids.dtype)
+    fields = {name: None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
+              for name, t in plan.buffers().items()}
+    fields.update(plan.scalars())
+    _backend.cpp_kernels().span_corruption(fields, inputs.numpy(), targets.numpy())
+    return inputs, targets
+
+
+def _triton_impl(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    from .kernels.sentinel_spans import triton_span_corruption
+
+    return triton_span_corruption(plan)
+
+
+_IMPLS = {"reference": reference_span_corruption, "cpp": _cpp_impl, "triton": _triton_impl}
+
+
+@torch.library.custom_op("fastmask::span_corruption", mutates_args=())
+def _span_corruption_op(
+    buffers: list[Optional[torch.Tensor]], scalars: list[int], backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _IMPLS[backend](SpanCorruptionPlan.from_op_args(buffers, scalars))
+
+
+@_span_corruption_op.register_fake
+def _span_corruption_fake(buffers, scalars, backend):
+    plan = SpanCorruptionPlan.from_op_args(buffers, scalars)
+    ids = plan.input_ids
+    B = ids.shape[0]
+    return (ids.new_empty((B, plan.inputs_length)), ids.new_empty((B, plan.targets_length)))
+
+
+def _triton_limits(device_type: str, length: int) -> tuple:
+    if device_type == "cpu" and not _backend.triton_interpreting():
+        return ()
+    try:
+        from .kernels.sentinel_spans import triton_call_reason
+    except ImportError:
+        return ()
+    reason = triton_call_reason(length)
+    return (("triton", reason),) if reason else ()
+
+
+def run_span_corruption(plan: SpanCorruptionPlan, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` for a plan from :func:`plan_span_corruption`, on ``backend``."""
+    _backend.check_backend_name(backend)
+    device_type = plan.input_ids.device.type
+    chosen = _backend.choose_backend(
+        "span_corruption", backend, device_type, "span_corruption",
+        _triton_limits(device_type, plan.input_ids.shape[1]),
+    )
+    return _backend.call_op(_span_corruption_op, _IMPLS, chosen, plan)
+
+
+# ----------------------------------------------------------------------------- plan
+def _resolve_seed(seed) -> int:
+    if seed is None:
+        return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+    return check_int("seed", seed)
+
+
+def plan_span_corruption(
+    input_ids: torch.Tensor,
+    *,
+    first_sentinel_id: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    attention_mask: Optional[torch.Tensor] = None,
+    word_starts: Optional[torch.Tensor] = None,
+    seed: Optional[int] = None,
+    row_keys: Union[torch.Tensor, Sequence[int], None] = None,
+) -> SpanCorruptionPlan:
+    """Validate :func:`span_corruption`'s arguments (``input_ids`` ``[B, L]``) into a plan."""
+    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, length] (or [length]), got shape {tuple(input_ids.shape)}")
+    batch, length = input_ids.shape
+    if batch == 0 or length == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one row of 2 tokens")
+    if length >= _rng.MAX_SEQUENCE_LENGTH:
+        raise ValueError(f"input_ids rows have {length} tokens; at most {_rng.MAX_SEQUENCE_LENGTH - 1} are supported")
+    noise_density = _check_density(noise_density)
+    mean_noise_span_length = _check_mean_span(mean_noise_span_length)
+    id_max = torch.iinfo(input_ids.dtype).max
+    first_sentinel_id = check_int("first_sentinel_id", first_sentinel_id, minimum=0, maximum=id_max)
+    eos_token_id = check_int("eos_token_id", eos_token_id, minimum=0, maximum=id_max)
+    pad_token_id = check_int("pad_token_id", pad_token_id, minimum=0, maximum=id_max)
+    seed = _resolve_seed(seed)
+
+    input_ids = input_ids.contiguous()
+    _check_ids(input_ids, None)
+    attention = _as_mask("attention_mask", attention_mask, input_ids)
+    starts = _as_mask("word_starts", word_starts, input_ids)
+    device = input_ids.device
+    keys = _row_keys(row_keys, batch, device)
+
+    # per-row unit counts (host side, numpy): the output widths and the row checks need them
+    ids_np = input_ids.cpu().numpy()
+    real = attention.cpu().numpy() if attention is not None else ids_np != pad_token_id
+    if starts is None:
+        units = real.sum(axis=1)
+    else:
+        first = real & (np.cumsum(real, axis=1) == 1)
+        units = (real & (starts.cpu().numpy() | first)).sum(axis=1)
+    if int(units.min()) < 2:
+        bad = int(np.argmin(units))
+        what = "words" if starts is not None else "real tokens"
+        raise ValueError(
+            f"row {bad} of input_ids has {int(units[bad])} {what}; span corruption needs at least 2 per row "
+            "(one kept, one corrupted): drop or lengthen short rows"
+            + ("" if attention is not None else f" (tokens equal to pad_token_id={pad_token_id} count as padding)")
+        )
+    noise_table, spans_table = _count_tables(length, noise_density, mean_noise_span_length)
+    noise = noise_table.numpy()[units].astype(np.int64)
+    spans = spans_table.numpy()[units].astype(np.int64)
+    max_spans = int(spans.max())
+    if first_sentinel_id - (max_spans - 1) < 0:
+        raise ValueError(
+            f"first_sentinel_id={first_sentinel_id} leaves no id for {max_spans} sentinels (span k uses "
+            f"first_sentinel_id - k); pass the id of <extra_id_0> of a tokenizer with enough sentinels"
+        )
+    real_tokens = real.sum(axis=1).astype(np.int64)
+    if starts is None:
+        inputs_length = int((real_tokens - noise + spans).max()) + 1
+        targets_length = int((noise + spans).max()) + 1
+    else:
+        # word units: the tokens per word are known only after the draw, so the widths are the
+        # bounds (each noise word holds >= 1 token, each kept word >= 1 token)
+        inputs_length = int((real_tokens - noise + spans).max()) + 1
+        targets_length = int((real_tokens - (units - noise) + spans).max()) + 1
+    mix1, mix2 = _rng.seed_mix(seed)
+    plan = SpanCorruptionPlan(
+        input_ids=input_ids, row_keys=keys, attention_mask=attention, word_starts=starts,
+        noise_table=noise_table.to(device), spans_table=spans_table.to(device),
+        seed_mix1=mix1, seed_mix2=mix2, first_sentinel_id=first_sentinel_id, eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id, inputs_length=inputs_length, targets_length=targets_length,
+    )
+    return plan
+
+
+def span_corruption(
+    input_ids: torch.Tensor,
+    *,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    first_sentinel_id: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    attention_mask: Optional[torch.Tensor] = None,
+    word_starts: Optional[torch.Tensor] = None,
+    seed: Optional[int] = None,
+    row_keys: Union[torch.Tensor, Sequence[int], None] = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 span corruption of every row (semantics: :mod:`fastmask.reference.sentinel_spans`).
+
+    Per row of ``n`` real tokens, ``round(n * noise_density)`` tokens (clipped to
+    ``[1, n - 1]``) in ``max(1, round(noise / mean_noise_span_length))`` spans are corrupted;
+    noise and kept tokens are each split into that many non-empty segments uniformly at random
+    and interleaved, kept first. In ``inputs`` span ``k`` becomes the sentinel
+    ``first_sentinel_id - k``; ``targets`` hold each sentinel followed by its span. Both end
+    with ``eos_token_id``.
+
+    Args:
+        input_ids: ``[B, L]`` (or ``[L]``) int64/int32 ids, CPU or CUDA; not modified.
+        noise_density: fraction of tokens corrupted, in (0, 1).
+        mean_noise_span_length: mean span length in tokens (words with ``word_starts``), >= 1.
+        first_sentinel_id: id of ``<extra_id_0>``; span ``k`` uses ``first_sentinel_id - k``.
+        eos_token_id, pad_token_id: appended / padding ids. Without ``attention_mask``, tokens
+            equal to ``pad_token_id`` are padding (not part of the row).
+        attention_mask: ``[B, L]``, zero at padding (left, right or anywhere).
+        word_starts: ``[B, L]`` bool, True where a token starts a word: spans then cover whole
+            words, and the counts above are in words (``n`` = words of the row, the noise is
+            ``round(words * noise_density)`` words in ``round(noise words / mean)`` spans), so
+            the noise fraction holds for words and is close in tokens.
+        seed: the generator's seed (an int); None draws one from torch's global RNG
+            (so ``torch.manual_seed`` reproduces it).
+        row_keys: ``[B]`` ints keying each row's draws (default ``0 .. B-1``).
+        backend: ``"auto"``, ``"reference"``, ``"cpp"`` or ``"triton"``.
+
+    Returns:
+        ``(inputs, targets)`` in ``input_ids``' dtype and device, padded with ``pad_token_id``.
+        ``inputs`` is ``[B, max_rows(K + S) + 1]`` and ``targets`` ``[B, max_rows(N + S) + 1]``
+        (``K`` kept tokens, ``N`` noise tokens, ``S`` spans of a row). With ``word_starts`` the
+        widths are bounds that do not depend on the draw: ``max(n - N_w + S) + 1`` and
+        ``max(n - K_w + S) + 1`` (``N_w`` / ``K_w`` noise / kept words), so trailing columns
+        may be all padding.
+    """
+    _backend.check_backend_name(backend)
+    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
+    squeeze = input_ids.dim() == 1
+    if squeeze:
+        input_ids = input_ids.unsqueeze(0)
+        attention_mask, word_starts = (None if t is None else t.reshape(1, -1) for t in (attention_mask, word_starts))
+    plan = plan_span_corruption(
+        input_ids, first_sentinel_id=first_sentinel_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+        noise_density=noise_density, mean_noise_span_length=mean_noise_span_length,
+        attention_mask=attention_mask, word_starts=word_starts, seed=seed, row_keys=row_keys,
+    )
+    inputs, targets = run_span_corruption(plan, backend)
+    if squeeze:
+        return inputs[0], targets[0]
+    return inputs, targets

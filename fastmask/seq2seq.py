@@ -1,0 +1,210 @@
+"""Seq2seq pre-training collators: T5 span corruption (:class:`DataCollatorForSpanCorruption`).
+
+Built on :func:`fastmask.span_corruption` (the op, three bit-identical backends); the seed,
+epoch, row keys and ``state_dict`` come from :class:`~fastmask.mask_stream.MaskStream` (dynamic
+across epochs and DataLoader workers, resumable), padding of features from
+:mod:`fastmask.padding`.
+"""
+from __future__ import annotations
+
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from transformers.data.data_collator import DataCollatorMixin
+from transformers.tokenization_utils_base import BatchEncoding
+
+from . import _backend
+from ._constants import IGNORE_INDEX
+from ._validation import check_int
+from .mask_stream import MaskStream
+from .padding import pad_features
+from .sentinel_spans import (
+    _check_density, _check_mean_span, plan_span_corruption, run_span_corruption, span_corruption_lengths, span_counts,
+)
+
+__all__ = ["DataCollatorForSpanCorruption", "add_sentinel_tokens", "sentinel_token_id"]
+
+SENTINEL = "<extra_id_{}>"
+
+
+def add_sentinel_tokens(tokenizer, count: int = 100, *, eos_token: str = "</s>") -> int:
+    """Add T5's sentinels ``<extra_id_0> .. <extra_id_{count-1}>`` to a tokenizer that lacks
+    them, with T5's id order (``<extra_id_k>`` = ``<extra_id_0>`` - k), and an EOS token when it
+    has none. Returns the number of tokens added (resize the model's embeddings to
+    ``len(tokenizer)``)."""
+    count = check_int("count", count, minimum=1)
+    added = 0
+    if tokenizer.eos_token_id is None:
+        added += tokenizer.add_special_tokens({"eos_token": eos_token})
+    tokens = [SENTINEL.format(k) for k in reversed(range(count))]  # highest id for <extra_id_0>
+    added += tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_extra_special_tokens=False) \
+        if _accepts_replace(tokenizer) else tokenizer.add_special_tokens({"additional_special_tokens": tokens})
+    return added
+
+
+def _accepts_replace(tokenizer) -> bool:
+    import inspect
+
+    try:
+        return "replace_extra_special_tokens" in inspect.signature(tokenizer.add_special_tokens).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def sentinel_token_id(tokenizer, spans: int = 1) -> int:
+    """The id of ``<extra_id_0>``, checked to lead ``spans`` sentinels in T5's order
+    (``<extra_id_k>`` = ``<extra_id_0>`` - k). Raises ValueError naming the fix otherwise."""
+    vocab = tokenizer.get_vocab()
+    first = vocab.get(SENTINEL.format(0))
+    if first is None:
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} has no sentinel token '<extra_id_0>'; span corruption "
+            "replaces each span with T5's sentinels <extra_id_0>, <extra_id_1>, ...: use a T5 tokenizer or "
+            "call fastmask.seq2seq.add_sentinel_tokens(tokenizer) (then resize the model's embeddings)"
+        )
+    for k in range(1, spans):
+        if vocab.get(SENTINEL.format(k)) != first - k:
+            raise ValueError(
+                f"tokenizer: '<extra_id_{k}>' has id {vocab.get(SENTINEL.format(k))}, not <extra_id_0> - {k} = "
+                f"{first - k}; rows need {spans} sentinels in T5's order (ids falling from <extra_id_0>): "
+                "add them with fastmask.seq2seq.add_sentinel_tokens(tokenizer)"
+            )
+    return first
+
+
+@dataclass
+class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
+    """T5 span corruption of pre-tokenized rows (the collator of transformers'
+    ``run_t5_mlm_flax.py``, with fastmask's reproducible, resumable mask stream).
+
+    Features (dicts with ``input_ids``, or sequences of ids: lists, arrays or tensors) must hold
+    exactly ``expanded_input_length`` tokens, from
+    ``fastmask.span_corruption_lengths(input_length, noise_density, mean_noise_span_length)``
+    (568 for T5's 512): pack the corpus into rows of that length. Per row, the noise spans
+    become sentinels ``<extra_id_0>, <extra_id_1>, ...`` (see :func:`fastmask.span_corruption`).
+
+    Returns ``input_ids`` ``[B, input_length]`` (kept tokens, sentinels, EOS),
+    ``attention_mask`` (ones), ``labels`` ``[B, target_length]`` (sentinels and spans, EOS;
+    ``IGNORE_INDEX`` past a row's end when ``target_length`` is longer than the targets) and,
+    when a decoder start id is known (``decoder_start_token_id=``, else
+    ``model.config.decoder_start_token_id``), ``decoder_input_ids``: the labels shifted right
+    behind the start id, ``IGNORE_INDEX`` as the pad id.
+
+    Keyword-only: ``model``, ``eos_token_id`` / ``pad_token_id`` (default: the tokenizer's),
+    ``row_key_column`` (a feature column of per-example integer keys, removed from the batch),
+    ``return_tensors`` (``"pt"`` or ``"np"``) and ``backend`` (the op's).
+    """
+
+    tokenizer: Any
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+    input_length: int = 512
+    target_length: Optional[int] = None
+    decoder_start_token_id: Optional[int] = None
+    seed: Optional[int] = None
+    _: KW_ONLY
+    model: Any = None
+    eos_token_id: Optional[int] = None
+    pad_token_id: Optional[int] = None
+    row_key_column: Optional[str] = None
+    return_tensors: str = "pt"
+    backend: str = "auto"
+
+    def __post_init__(self):
+        self.noise_density = _check_density(self.noise_density)
+        self.mean_noise_span_length = _check_mean_span(self.mean_noise_span_length)
+        check_int("input_length", self.input_length, minimum=2)
+        self.expanded_input_length, needed = span_corruption_lengths(
+            self.input_length, self.noise_density, self.mean_noise_span_length
+        )
+        if self.target_length is None:
+            self.target_length = needed
+        elif check_int("target_length", self.target_length, minimum=1) < needed:
+            raise ValueError(
+                f"target_length={self.target_length} is shorter than the {needed} target tokens of rows of "
+                f"{self.expanded_input_length}; pass target_length=None (or >= {needed}), see "
+                "fastmask.span_corruption_lengths"
+            )
+        spans = span_counts(self.expanded_input_length, self.noise_density, self.mean_noise_span_length)[1]
+        self.first_sentinel_id = sentinel_token_id(self.tokenizer, spans)
+        if self.eos_token_id is None:
+            self.eos_token_id = self.tokenizer.eos_token_id
+        if self.eos_token_id is None:
+            raise ValueError(
+                "the tokenizer has no eos_token_id; pass eos_token_id= or add one "
+                "(fastmask.seq2seq.add_sentinel_tokens adds '</s>')"
+            )
+        if self.pad_token_id is None:
+            self.pad_token_id = self.tokenizer.pad_token_id
+        if self.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad_token_id; pass pad_token_id= or add a pad token")
+        check_int("eos_token_id", self.eos_token_id, minimum=0)
+        check_int("pad_token_id", self.pad_token_id, minimum=0)
+        if self.decoder_start_token_id is None and self.model is not None:
+            config = getattr(self.model, "config", None)
+            self.decoder_start_token_id = getattr(config, "decoder_start_token_id", None)
+        if self.decoder_start_token_id is not None:
+            check_int("decoder_start_token_id", self.decoder_start_token_id, minimum=0)
+        if self.return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors={self.return_tensors!r}: pass 'pt' or 'np'")
+        if self.seed is not None:
+            check_int("seed", self.seed)
+        _backend.check_backend_name(self.backend)
+        self._init_stream()
+
+    def torch_call(self, features):
+        return self._collate(features, "pt")
+
+    def numpy_call(self, features):
+        return self._collate(features, "np")
+
+    def _collate(self, features, fmt: str):
+        padded = pad_features(features, self.tokenizer, keep_dtype_of=())
+        data = padded.data
+        expected = self.expanded_input_length
+        bad = np.flatnonzero(padded.lengths != expected)
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(
+                f"row {row} has {int(padded.lengths[row])} tokens, but span corruption to input_length="
+                f"{self.input_length} needs rows of exactly {expected} (fastmask.span_corruption_lengths("
+                f"{self.input_length}, {self.noise_density}, {self.mean_noise_span_length}) = "
+                f"{(expected, self.target_length)}); pack the tokenized corpus into rows of {expected} tokens"
+            )
+        key_values = None
+        if self.row_key_column is not None:
+            if self.row_key_column not in data:
+                raise ValueError(f"row_key_column={self.row_key_column!r} is not among the features' keys {list(data)}")
+            key_values = data.pop(self.row_key_column)
+        ids = torch.from_numpy(data["input_ids"])
+        batch = ids.shape[0]
+        keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
+        plan = plan_span_corruption(
+            ids, first_sentinel_id=self.first_sentinel_id, eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id, noise_density=self.noise_density,
+            mean_noise_span_length=self.mean_noise_span_length,
+            # every token is real, pad ids too (numpy-made: no torch kernel, whose intra-op
+            # threads contend with the C++ pool on small machines)
+            attention_mask=torch.from_numpy(np.ones(ids.shape, dtype=bool)),
+            seed=self._effective_seed(), row_keys=keys,
+        )
+        inputs, targets = run_span_corruption(plan, self.backend)
+        if inputs.device.type != "cpu":
+            inputs, targets = inputs.cpu(), targets.cpu()
+        inputs, labels = inputs.numpy(), targets.numpy()
+        if labels.shape[1] < self.target_length:
+            wide = np.full((batch, self.target_length), IGNORE_INDEX, dtype=labels.dtype)
+            wide[:, : labels.shape[1]] = labels
+            labels = wide
+        out = {"input_ids": inputs, "attention_mask": np.ones(inputs.shape, dtype=np.int64), "labels": labels}
+        if self.decoder_start_token_id is not None:
+            shifted = np.empty_like(labels)
+            shifted[:, 0] = self.decoder_start_token_id
+            shifted[:, 1:] = labels[:, :-1]
+            shifted[shifted == IGNORE_INDEX] = self.pad_token_id
+            out["decoder_input_ids"] = shifted
+        if fmt == "pt":
+            out = {k: torch.from_numpy(v) for k, v in out.items()}
+        return BatchEncoding(out)
