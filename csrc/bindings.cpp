@@ -1,6 +1,7 @@
 // The pybind11 module fastmask._C: one register_* function per capability file.
 #include <pybind11/pybind11.h>
 
+#include "buffer_cache.h"
 #include "common.h"
 
 namespace py = pybind11;
@@ -35,6 +36,7 @@ PYBIND11_MODULE(_C, m) {
       "The generator's hash, for tests.");
   fastmask::register_masking(m);
   fastmask::register_cross_entropy(m);
+  fastmask::register_buffer_cache(m);
   fastmask::register_collate(m);
   fastmask::register_completion_mask(m);
   fastmask::register_span_corruption(m);

@@ -12,18 +12,14 @@
 #include <string>
 #include <type_traits>
 
-namespace py = pybind11;
+#include "checks.h"
 
 namespace fastmask {
 namespace {
 
 // ---------------------------------------------------------------- errors
-[[noreturn]] void fail_type(const std::string& where, const std::string& what) {
-  throw py::type_error(where + ": " + what);
-}
-[[noreturn]] void fail_value(const std::string& where, const std::string& what) {
-  throw py::value_error(where + ": " + what);
-}
+// Per-row errors are prefixed with their location (where_of); the binding's own with kOp.
+constexpr const char* kOp = "pad_rows";
 
 std::string where_of(const py::object& key, int64_t row) {
   std::string name = key.is_none() ? std::string("features") : "'" + std::string(py::str(key)) + "'";
@@ -106,18 +102,6 @@ void open_row(py::object value, const std::string& where, Row* row) {
 }
 
 // ---------------------------------------------------------------- scalar conversion
-template <typename T>
-constexpr const char* type_name() {
-  if (std::is_same<T, bool>::value) return "bool";
-  if (std::is_same<T, int8_t>::value) return "int8";
-  if (std::is_same<T, uint8_t>::value) return "uint8";
-  if (std::is_same<T, int16_t>::value) return "int16";
-  if (std::is_same<T, int32_t>::value) return "int32";
-  if (std::is_same<T, int64_t>::value) return "int64";
-  if (std::is_same<T, float>::value) return "float32";
-  return "float64";
-}
-
 // `where` is a callable returning the location for error messages (built only on error).
 template <typename T, typename Where>
 inline T from_integer(long long v, const Where& where) {
@@ -128,7 +112,7 @@ inline T from_integer(long long v, const Where& where) {
   if (std::is_integral<T>::value) {
     if (v < static_cast<long long>(std::numeric_limits<T>::min()) ||
         v > static_cast<long long>(std::numeric_limits<T>::max())) {
-      fail_value(where(), "value " + std::to_string(v) + " does not fit in " + type_name<T>());
+      fail_value(where(), "value " + std::to_string(v) + " does not fit in " + dtype_name<T>());
     }
   }
   return static_cast<T>(v);
@@ -313,13 +297,11 @@ py::list as_list(const py::object& features) {
 void pad_rows(const py::object& features_obj, const py::object& key, py::array out, const py::object& pad_value,
               bool left, const py::object& none_value) {
   py::list features = as_list(features_obj);
-  if (out.ndim() != 2 && out.ndim() != 3) throw py::value_error("pad_rows: out must be [batch, length] or [batch, length, width]");
-  if (!(out.flags() & py::array::c_style) || !out.writeable()) {
-    throw py::value_error("pad_rows: out must be a writeable C-contiguous array");
-  }
+  if (out.ndim() != 2 && out.ndim() != 3) fail_value(kOp, "out must be [batch, length] or [batch, length, width]");
+  if (!(out.flags() & py::array::c_style) || !out.writeable()) fail_value(kOp, "out must be a writeable C-contiguous array");
   if (static_cast<int64_t>(PyList_GET_SIZE(features.ptr())) != out.shape(0)) {
-    throw py::value_error("pad_rows: out has " + std::to_string(out.shape(0)) + " rows but there are " +
-                          std::to_string(PyList_GET_SIZE(features.ptr())) + " features");
+    fail_value(kOp, "out has " + std::to_string(out.shape(0)) + " rows but there are " +
+                        std::to_string(PyList_GET_SIZE(features.ptr())) + " features");
   }
   PyObject* f = features.ptr();
   const auto dtype = out.dtype();
@@ -333,7 +315,7 @@ void pad_rows(const py::object& features_obj, const py::object& key, py::array o
   if (kind == 'u' && size == 1) return pad_rows_typed<uint8_t>(f, key, out, pad_value, left, none_value);
   if (kind == 'f' && size == 4) return pad_rows_typed<float>(f, key, out, pad_value, left, none_value);
   if (kind == 'f' && size == 8) return pad_rows_typed<double>(f, key, out, pad_value, left, none_value);
-  throw py::type_error("pad_rows: unsupported output dtype " + std::string(py::str(dtype)));
+  fail_type(kOp, "unsupported output dtype " + dtype_string(out));
 }
 
 // Lengths of features[i][key] (features[i] when key is None) as int64 [B]; -1 for a scalar

@@ -21,7 +21,16 @@ constexpr int kStreamSelect = 0;
 constexpr int kStreamReplace = 1;
 constexpr int kStreamRandomId = 2;
 constexpr int kStreamSpanLength = 3;
+// Probabilities are kProbBits-bit thresholds: an event fires when prob_draw(draw) < threshold,
+// prob_draw keeping a 32-bit draw's top kProbBits bits (PROB_BITS / PROB_ONE in _rng.py).
 constexpr int kProbBits = 24;
+constexpr int kDrawBits = 32;
+constexpr int kProbShift = kDrawBits - kProbBits;
+constexpr int64_t kProbOne = int64_t{1} << kProbBits;
+// Positions are counted as kNumStreams * i + stream in 32 bits (MAX_SEQUENCE_LENGTH in _rng.py).
+constexpr int64_t kMaxLength = int64_t{1} << 30;
+
+inline uint32_t prob_draw(uint32_t draw) { return draw >> kProbShift; }
 
 inline uint32_t lowbias32(uint32_t x) {
   x ^= x >> 16;

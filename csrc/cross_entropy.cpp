@@ -13,8 +13,9 @@
 // The inner loops use gcc/clang 16-lane vector types (no -ffast-math is needed: the float
 // reductions keep 16 partial sums explicitly, in fp32 per 1024 elements, then in double), and
 // exp is a Cody-Waite range reduction plus a degree-7 polynomial (under 1 ulp for x <= 0, exactly
-// 0 below -87.5). On x86-64 with gcc the hot loops are cloned for AVX-512 / AVX2 / baseline and
-// picked at load time; other compilers run scalar loops with the same arithmetic.
+// 0 below -87.5). On x86-64 the hot loops are compiled for AVX-512 / AVX2 / baseline and picked
+// per call (isa.h; _ce_isa overrides it for tests); compilers without vector extensions run scalar loops with
+// the same arithmetic.
 //
 // The binding checks buffer shapes and dtypes (memory safety); the kernels trust the values:
 // labels are validated by the op layer (fastmask/cross_entropy.py).
@@ -27,34 +28,24 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "checks.h"
 #include "common.h"
-
+#include "isa.h"
 
 namespace py = pybind11;
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTMASK_NO_CLONES) && \
-    defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define FM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef FM_CLONES
-#define FM_CLONES
-#endif
-// Helpers are inlined into every ISA clone: a call would pass vectors with the caller's and the
-// callee's ABIs disagreeing, and would run the baseline ISA.
-#if defined(__GNUC__) || defined(__clang__)
-#define FM_INLINE inline __attribute__((always_inline))
-#else
-#define FM_INLINE inline
-#endif
+// Each hot loop is written once as an FM_INLINE `name_impl` and compiled per ISA level by
+// FM_CE_VARIANTS (isa.h's FM_ISA_VARIANTS for this family), which also defines `name` choosing
+// the variant per call. Helpers are FM_INLINE so they are compiled into every variant: a call
+// would pass vectors with the caller's and the callee's ABIs disagreeing, and would run the
+// baseline ISA.
+#define FM_CE_VARIANTS(head, ret, name, params, args) \
+  FM_ISA_VARIANTS(IsaFamily::kCrossEntropy, head, ret, name, params, args)
 
 namespace fastmask {
 namespace {
@@ -207,8 +198,53 @@ FM_INLINE vu float_to_half(vf f) {
 #endif
 constexpr int64_t kLanes = 16;
 
+// ---------------------------------------------------------------- dtype traits
+// Each logits/gradient dtype: its code (the `dtype` argument), its storage type (bf16 and fp16
+// arrive as uint16 bits) and its load / store as fp32, for one element and for 16 lanes.
+struct F32 {
+  static constexpr int kCode = kF32;
+  using Storage = float;
+  static FM_INLINE float load(float x) { return x; }
+  static FM_INLINE float store(float x) { return x; }
+#if FM_VEC
+  static FM_INLINE vf load_vec(const float* p) { return load_vf(p); }
+  static FM_INLINE void store_vec(float* p, vf v) { store_vf(p, v); }
+#endif
+};
+struct BF16 {
+  static constexpr int kCode = kBF16;
+  using Storage = uint16_t;
+  static FM_INLINE float load(uint16_t h) { return bf16_to_float(h); }
+  static FM_INLINE uint16_t store(float x) { return float_to_bf16(x); }
+#if FM_VEC
+  static FM_INLINE vf load_vec(const uint16_t* p) { return bf16_to_float(load_vh(p)); }
+  static FM_INLINE void store_vec(uint16_t* p, vf v) { store_vh(p, float_to_bf16(v)); }
+#endif
+};
+struct F16 {
+  static constexpr int kCode = kF16;
+  using Storage = uint16_t;
+  static FM_INLINE float load(uint16_t h) { return half_to_float(h); }
+  static FM_INLINE uint16_t store(float x) { return float_to_half(x); }
+#if FM_VEC
+  static FM_INLINE vf load_vec(const uint16_t* p) { return half_to_float(load_vh(p)); }
+  static FM_INLINE void store_vec(uint16_t* p, vf v) { store_vh(p, float_to_half(v)); }
+#endif
+};
+
+// f(Traits{}) for the traits of a dtype code (one of kF32, kBF16, kF16).
+template <typename F>
+decltype(auto) with_dtype(int dtype, F&& f) {
+  if (dtype == kBF16) return f(BF16{});
+  if (dtype == kF16) return f(F16{});
+  return f(F32{});
+}
+
+// Bytes per element of a dtype code.
+inline size_t element_size(int dtype) { return dtype == kF32 ? sizeof(float) : sizeof(uint16_t); }
+
 // ---------------------------------------------------------------- row passes
-FM_CLONES float row_max(const float* __restrict x, int64_t n) {
+FM_INLINE float row_max_impl(const float* __restrict x, int64_t n) {
   float m = -INFINITY;
   int64_t i = 0;
 #if FM_VEC
@@ -224,6 +260,7 @@ FM_CLONES float row_max(const float* __restrict x, int64_t n) {
   for (; i < n; ++i) m = x[i] > m ? x[i] : m;
   return m;  // skips NaN; a NaN still reaches the loss through the sums of the next pass
 }
+FM_CE_VARIANTS(, float, row_max, (const float* __restrict x, int64_t n), (x, n))
 
 // e_j = exp(x_j - m) into e (null: not stored; may equal x); sums of e_j and x_j in double,
 // from fp32 partial sums over blocks of kBlock elements.
@@ -262,16 +299,19 @@ FM_INLINE void row_exp_body(const float* x, float* e, int64_t n, float m, double
   *sum_x = total_x;
 }
 
-FM_CLONES void row_exp_store(const float* __restrict x, float* __restrict e, int64_t n, float m, double* se,
+FM_INLINE void row_exp_store_impl(const float* __restrict x, float* __restrict e, int64_t n, float m, double* se,
                              double* sx) {
   row_exp_body<true>(x, e, n, m, se, sx);
 }
-FM_CLONES void row_exp_inplace(float* x, int64_t n, float m, double* se, double* sx) {
+FM_CE_VARIANTS(, void, row_exp_store, (const float* __restrict x, float* __restrict e, int64_t n, float m, double* se, double* sx), (x, e, n, m, se, sx))
+FM_INLINE void row_exp_inplace_impl(float* x, int64_t n, float m, double* se, double* sx) {
   row_exp_body<true>(x, x, n, m, se, sx);
 }
-FM_CLONES void row_exp_sum(const float* __restrict x, int64_t n, float m, double* se, double* sx) {
+FM_CE_VARIANTS(, void, row_exp_inplace, (float* x, int64_t n, float m, double* se, double* sx), (x, n, m, se, sx))
+FM_INLINE void row_exp_sum_impl(const float* __restrict x, int64_t n, float m, double* se, double* sx) {
   row_exp_body<false>(x, nullptr, n, m, se, sx);
 }
+FM_CE_VARIANTS(, void, row_exp_sum, (const float* __restrict x, int64_t n, float m, double* se, double* sx), (x, n, m, se, sx))
 
 // Element-wise loops: `VEC` is the 16-lane body at offset i, `SCALAR` the same for one element.
 #if FM_VEC
@@ -288,49 +328,41 @@ FM_CLONES void row_exp_sum(const float* __restrict x, int64_t n, float m, double
   } while (0)
 #endif
 
-// g_j = a * e_j + b, in place (fp32) or narrowed into a uint16 row.
-FM_CLONES void row_affine_inplace(float* e, int64_t n, float a, float b) {
-  FM_ROW_LOOP(n, store_vf(e + i, load_vf(e + i) * a + b), e[i] = e[i] * a + b);
+// Row loops per dtype D (F32, BF16, F16), chosen by the tag argument.
+// g_j = a * e_j + b, stored as D (in place when D is F32 and out == e, so no __restrict).
+template <typename D>
+FM_INLINE void row_affine_impl(D, const float* e, typename D::Storage* out, int64_t n, float a, float b) {
+  FM_ROW_LOOP(n, D::store_vec(out + i, load_vf(e + i) * a + b), out[i] = D::store(e[i] * a + b));
 }
-FM_CLONES void row_affine_to_bf16(const float* __restrict e, uint16_t* __restrict out, int64_t n, float a, float b) {
-  FM_ROW_LOOP(n, store_vh(out + i, float_to_bf16(load_vf(e + i) * a + b)), out[i] = float_to_bf16(e[i] * a + b));
+FM_CE_VARIANTS(template <typename D>, void, row_affine,
+                (D d, const float* e, typename D::Storage* out, int64_t n, float a, float b), (d, e, out, n, a, b))
+
+// fp32 <-> D, element-wise.
+template <typename D>
+FM_INLINE void row_widen_impl(D, const typename D::Storage* __restrict in, float* __restrict out, int64_t n) {
+  FM_ROW_LOOP(n, store_vf(out + i, D::load_vec(in + i)), out[i] = D::load(in[i]));
 }
-FM_CLONES void row_affine_to_half(const float* __restrict e, uint16_t* __restrict out, int64_t n, float a, float b) {
-  FM_ROW_LOOP(n, store_vh(out + i, float_to_half(load_vf(e + i) * a + b)), out[i] = float_to_half(e[i] * a + b));
+FM_CE_VARIANTS(template <typename D>, void, row_widen,
+                (D d, const typename D::Storage* __restrict in, float* __restrict out, int64_t n), (d, in, out, n))
+template <typename D>
+FM_INLINE void row_narrow_impl(D, const float* __restrict in, typename D::Storage* __restrict out, int64_t n) {
+  FM_ROW_LOOP(n, D::store_vec(out + i, load_vf(in + i)), out[i] = D::store(in[i]));
 }
-FM_CLONES void row_widen_bf16(const uint16_t* __restrict in, float* __restrict out, int64_t n) {
-  FM_ROW_LOOP(n, store_vf(out + i, bf16_to_float(load_vh(in + i))), out[i] = bf16_to_float(in[i]));
+FM_CE_VARIANTS(template <typename D>, void, row_narrow,
+                (D d, const float* __restrict in, typename D::Storage* __restrict out, int64_t n), (d, in, out, n))
+
+// out = a * in, in D; may run in place (in == out), so no __restrict: each lane reads before it writes.
+template <typename D>
+FM_INLINE void row_scale_impl(D, const typename D::Storage* in, typename D::Storage* out, int64_t n, float a) {
+  FM_ROW_LOOP(n, D::store_vec(out + i, D::load_vec(in + i) * a), out[i] = D::store(D::load(in[i]) * a));
 }
-FM_CLONES void row_widen_half(const uint16_t* __restrict in, float* __restrict out, int64_t n) {
-  FM_ROW_LOOP(n, store_vf(out + i, half_to_float(load_vh(in + i))), out[i] = half_to_float(in[i]));
-}
-FM_CLONES void row_narrow_bf16(const float* __restrict in, uint16_t* __restrict out, int64_t n) {
-  FM_ROW_LOOP(n, store_vh(out + i, float_to_bf16(load_vf(in + i))), out[i] = float_to_bf16(in[i]));
-}
-FM_CLONES void row_narrow_half(const float* __restrict in, uint16_t* __restrict out, int64_t n) {
-  FM_ROW_LOOP(n, store_vh(out + i, float_to_half(load_vf(in + i))), out[i] = float_to_half(in[i]));
-}
-// Scaling may run in place (in == out), so these take no __restrict; each lane reads before it writes.
-FM_CLONES void row_scale_f32(const float* in, float* out, int64_t n, float a) {
-  FM_ROW_LOOP(n, store_vf(out + i, load_vf(in + i) * a), out[i] = in[i] * a);
-}
-FM_CLONES void row_scale_bf16(const uint16_t* in, uint16_t* out, int64_t n, float a) {
-  FM_ROW_LOOP(n, store_vh(out + i, float_to_bf16(bf16_to_float(load_vh(in + i)) * a)),
-              out[i] = float_to_bf16(bf16_to_float(in[i]) * a));
-}
-FM_CLONES void row_scale_half(const uint16_t* in, uint16_t* out, int64_t n, float a) {
-  FM_ROW_LOOP(n, store_vh(out + i, float_to_half(half_to_float(load_vh(in + i)) * a)),
-              out[i] = float_to_half(half_to_float(in[i]) * a));
-}
-FM_CLONES void exp_array(const float* __restrict x, float* __restrict out, int64_t n) {
+FM_CE_VARIANTS(template <typename D>, void, row_scale,
+                (D d, const typename D::Storage* in, typename D::Storage* out, int64_t n, float a), (d, in, out, n, a))
+
+FM_INLINE void exp_array_impl(const float* __restrict x, float* __restrict out, int64_t n) {
   FM_ROW_LOOP(n, store_vf(out + i, fast_exp(load_vf(x + i))), out[i] = fast_exp(x[i]));
 }
-
-inline float load_as_float(const void* row, int dtype, int64_t j) {
-  if (dtype == kF32) return static_cast<const float*>(row)[j];
-  const uint16_t h = static_cast<const uint16_t*>(row)[j];
-  return dtype == kBF16 ? bf16_to_float(h) : half_to_float(h);
-}
+FM_CE_VARIANTS(, void, exp_array, (const float* __restrict x, float* __restrict out, int64_t n), (x, out, n))
 
 // ---------------------------------------------------------------- the forward kernel
 struct ForwardArgs {
@@ -349,33 +381,31 @@ struct ForwardArgs {
   double grad_scale = 1.0, label_smoothing = 0.0, z_loss = 0.0;
 };
 
+template <typename D>
 void forward_rows(const ForwardArgs& p, int64_t begin, int64_t end) {
+  using S = typename D::Storage;
+  constexpr bool kFp32Row = D::kCode == kF32;  // the row is fp32 already: no scratch copy
   const int64_t V = p.V;
-  const size_t elem = p.dtype == kF32 ? 4 : 2;
-  std::vector<float> scratch(p.dtype == kF32 ? 0 : V);
+  std::vector<float> scratch(kFp32Row ? 0 : V);
   const double eps = p.label_smoothing;
   for (int64_t i = begin; i < end; ++i) {
     const int64_t row = p.rows ? p.rows[i] : i;
     const int64_t y = p.targets[i];
-    const char* xrow = p.logits + static_cast<size_t>(row) * static_cast<size_t>(p.logits_row_stride) * elem;
-    char* grow = nullptr;
+    const S* xrow = reinterpret_cast<const S*>(p.logits) + static_cast<size_t>(row) * static_cast<size_t>(p.logits_row_stride);
+    S* grow = nullptr;
     if (p.grad) {
       const int64_t g = p.grad_at_row ? row : i;
-      grow = p.grad + static_cast<size_t>(g) * static_cast<size_t>(p.grad_row_stride) * elem;
+      grow = reinterpret_cast<S*>(p.grad) + static_cast<size_t>(g) * static_cast<size_t>(p.grad_row_stride);
     }
-    const float x_y = load_as_float(xrow, p.dtype, y);
+    const float x_y = D::load(xrow[y]);
     // Pass 1 + 2 over an fp32 view of the row; `work` receives e_j when a gradient is wanted.
     const float* x;
     float* work = nullptr;
-    if (p.dtype == kF32) {
-      x = reinterpret_cast<const float*>(xrow);
-      if (grow) work = reinterpret_cast<float*>(grow);
+    if constexpr (kFp32Row) {
+      x = xrow;
+      if (grow) work = grow;
     } else {
-      const uint16_t* h = reinterpret_cast<const uint16_t*>(xrow);
-      if (p.dtype == kBF16)
-        row_widen_bf16(h, scratch.data(), V);
-      else
-        row_widen_half(h, scratch.data(), V);
+      row_widen(D{}, xrow, scratch.data(), V);
       x = scratch.data();
       if (grow) work = scratch.data();
     }
@@ -399,80 +429,51 @@ void forward_rows(const ForwardArgs& p, int64_t begin, int64_t end) {
     const double b = -scale * eps / static_cast<double>(V);
     const double e_y = std::exp(static_cast<double>(x_y) - m);
     const float g_y = static_cast<float>(a * e_y + b - scale * (1.0 - eps));
-    if (p.dtype == kF32) {
-      float* g = reinterpret_cast<float*>(grow);
-      row_affine_inplace(g, V, static_cast<float>(a), static_cast<float>(b));
-      g[y] = g_y;
-    } else {
-      uint16_t* g = reinterpret_cast<uint16_t*>(grow);
-      if (p.dtype == kBF16) {
-        row_affine_to_bf16(work, g, V, static_cast<float>(a), static_cast<float>(b));
-        g[y] = float_to_bf16(g_y);
-      } else {
-        row_affine_to_half(work, g, V, static_cast<float>(a), static_cast<float>(b));
-        g[y] = float_to_half(g_y);
-      }
-    }
+    row_affine(D{}, work, grow, V, static_cast<float>(a), static_cast<float>(b));
+    grow[y] = D::store(g_y);
   }
 }
 
 // dst = factor * src for one row of V elements (same dtype; src may equal dst).
 inline void scale_row(const char* src, char* dst, int dtype, int64_t V, float factor) {
-  if (dtype == kF32) {
-    row_scale_f32(reinterpret_cast<const float*>(src), reinterpret_cast<float*>(dst), V, factor);
-  } else if (dtype == kBF16) {
-    row_scale_bf16(reinterpret_cast<const uint16_t*>(src), reinterpret_cast<uint16_t*>(dst), V, factor);
-  } else {
-    row_scale_half(reinterpret_cast<const uint16_t*>(src), reinterpret_cast<uint16_t*>(dst), V, factor);
-  }
+  with_dtype(dtype, [&](auto d) {
+    using S = typename decltype(d)::Storage;
+    row_scale(d, reinterpret_cast<const S*>(src), reinterpret_cast<S*>(dst), V, factor);
+  });
 }
 
 // ---------------------------------------------------------------- binding helpers
-std::string shape_string(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
-  return s + ")";
-}
-
-int dtype_code(const py::array& a, const char* name) {
-  if (py::isinstance<py::array_t<float>>(a)) return kF32;
-  if (a.itemsize() == 2 && (a.dtype().kind() == 'i' || a.dtype().kind() == 'u')) return -1;  // bits
-  throw std::invalid_argument(std::string(name) + ": expected a float32 array or 16-bit bits view, got " +
-                              py::str(a.dtype()).cast<std::string>());
-}
-
-// A 2-D array whose rows are contiguous; returns the row stride in elements.
-int64_t check_rows(const py::array& a, const char* name, int64_t V, bool writable) {
-  if (a.ndim() != 2 || a.shape(1) != V)
-    throw std::invalid_argument(std::string(name) + ": expected shape (*, " + std::to_string(V) + "), got " +
-                                shape_string(a));
-  if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + ": array is read-only");
-  if (a.shape(0) == 0) return V;  // nothing to address
-  if (a.shape(1) > 1 && a.strides(1) != a.itemsize())
-    throw std::invalid_argument(std::string(name) + ": rows must be contiguous (last stride 1)");
-  if (a.strides(0) % a.itemsize() != 0 || a.strides(0) < 0)
-    throw std::invalid_argument(std::string(name) + ": unsupported row stride");
-  return a.shape(0) > 1 ? a.strides(0) / a.itemsize() : V;
-}
-
-template <typename T>
-T* vector_ptr(const py::handle& obj, const char* name, int64_t n, bool writable) {
-  if (!py::isinstance<py::array_t<T>>(obj))
-    throw std::invalid_argument(std::string(name) + ": wrong dtype");
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (a.ndim() != 1 || a.shape(0) != n || (n > 1 && a.strides(0) != static_cast<py::ssize_t>(sizeof(T))))
-    throw std::invalid_argument(std::string(name) + ": expected a contiguous 1-D array of " + std::to_string(n) +
-                                " elements, got " + shape_string(a));
-  if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + ": array is read-only");
-  return static_cast<T*>(const_cast<void*>(a.data()));
-}
-
-int resolve_dtype(const py::array& a, int dtype, const char* name) {
-  const int code = dtype_code(a, name);
-  if (dtype < kF32 || dtype > kF16) throw std::invalid_argument("dtype must be 0 (fp32), 1 (bf16) or 2 (fp16)");
-  if ((code == kF32) != (dtype == kF32))
-    throw std::invalid_argument(std::string(name) + ": buffer dtype does not match dtype code " + std::to_string(dtype));
+// The dtype code of a logits / gradient buffer: fp32, or 16-bit integer bits of bf16/fp16
+// (which of the two the array cannot say: the `dtype` argument does).
+int resolve_dtype(const char* op, const py::array& a, int dtype, const char* name) {
+  const bool f32 = has_dtype<float>(a);
+  if (!f32 && !(a.itemsize() == 2 && (a.dtype().kind() == 'i' || a.dtype().kind() == 'u')))
+    fail_value(op, std::string(name) + " must be float32 or a 16-bit bits view of bf16/fp16, got " + dtype_string(a));
+  if (dtype < kF32 || dtype > kF16) fail_value(op, "dtype must be 0 (fp32), 1 (bf16) or 2 (fp16), got " + std::to_string(dtype));
+  if (f32 != (dtype == kF32))
+    fail_value(op, std::string(name) + "'s dtype " + dtype_string(a) + " does not match dtype code " + std::to_string(dtype));
   return dtype;
+}
+
+// A required 1-D T array of n elements (its length is read first when n < 0).
+template <typename T>
+T* vector_ptr(const char* op, const py::handle& obj, const char* name, int64_t n, bool writable) {
+  return typed_array<T>(op, obj, name, {n}, writable);
+}
+
+// The length of a 1-D array argument (its dtype and layout are checked by vector_ptr).
+int64_t vector_length(const char* op, const py::handle& obj, const char* name) {
+  const py::array a = as_array(op, obj, name);
+  if (a.ndim() != 1) fail_value(op, std::string(name) + " must have shape (n,), got " + shape_string(a));
+  return a.shape(0);
+}
+
+// Every rows[i] in [0, n).
+void check_indices(const char* op, const int64_t* rows, int64_t m, int64_t n) {
+  for (int64_t i = 0; i < m; ++i)
+    if (rows[i] < 0 || rows[i] >= n)
+      fail_value(op, "rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) + " is outside [0, " +
+                         std::to_string(n) + ")");
 }
 
 // Rows per parallel_for chunk: enough work per chunk (about 64k elements) to beat the wake-up.
@@ -482,57 +483,60 @@ int64_t row_grain(int64_t V) { return std::max<int64_t>(1, 65536 / std::max<int6
 void ce_forward(const py::array& logits, int dtype, const py::object& rows_obj, const py::object& targets_obj,
                 const py::object& loss_obj, const py::object& lse_obj, const py::object& grad_obj, bool grad_at_row,
                 double grad_scale, const py::object& row_scale_obj, double label_smoothing, double z_loss) {
+  constexpr const char* op = "ce_forward";
   ForwardArgs p;
-  p.dtype = resolve_dtype(logits, dtype, "logits");
+  p.dtype = resolve_dtype(op, logits, dtype, "logits");
   p.V = logits.ndim() == 2 ? logits.shape(1) : -1;
-  p.logits_row_stride = check_rows(logits, "logits", p.V, false);
+  p.logits_row_stride = check_rows(op, logits, "logits", p.V, false);
   p.logits = static_cast<const char*>(logits.data());
   const int64_t n_rows = logits.shape(0);
-  if (!py::isinstance<py::array>(targets_obj)) throw std::invalid_argument("targets: expected an int64 array");
-  p.M = py::reinterpret_borrow<py::array>(targets_obj).shape(0);
-  p.targets = vector_ptr<int64_t>(targets_obj, "targets", p.M, false);
-  p.loss = vector_ptr<float>(loss_obj, "loss", p.M, true);
-  if (!lse_obj.is_none()) p.lse = vector_ptr<float>(lse_obj, "lse", p.M, true);
-  if (!row_scale_obj.is_none()) p.row_scale = vector_ptr<float>(row_scale_obj, "row_scale", p.M, false);
+  p.M = vector_length(op, targets_obj, "targets");
+  p.targets = vector_ptr<int64_t>(op, targets_obj, "targets", p.M, false);
+  p.loss = vector_ptr<float>(op, loss_obj, "loss", p.M, true);
+  if (!lse_obj.is_none()) p.lse = vector_ptr<float>(op, lse_obj, "lse", p.M, true);
+  if (!row_scale_obj.is_none()) p.row_scale = vector_ptr<float>(op, row_scale_obj, "row_scale", p.M, false);
   if (!rows_obj.is_none()) {
-    p.rows = vector_ptr<int64_t>(rows_obj, "rows", p.M, false);
+    p.rows = vector_ptr<int64_t>(op, rows_obj, "rows", p.M, false);
   } else if (p.M > n_rows) {
-    throw std::invalid_argument("targets has more entries than logits has rows");
+    fail_value(op, "targets has " + std::to_string(p.M) + " entries, more than logits has rows (" +
+                       std::to_string(n_rows) + ")");
   }
   p.grad_at_row = grad_at_row;
   if (!grad_obj.is_none()) {
-    py::array grad = py::reinterpret_borrow<py::array>(grad_obj);
-    resolve_dtype(grad, dtype, "grad");
-    p.grad_row_stride = check_rows(grad, "grad", p.V, true);
+    py::array grad = as_array(op, grad_obj, "grad");
+    resolve_dtype(op, grad, dtype, "grad");
+    p.grad_row_stride = check_rows(op, grad, "grad", p.V, true);
     const int64_t needed = grad_at_row ? n_rows : p.M;
-    if (grad.shape(0) < needed) throw std::invalid_argument("grad: too few rows, got " + shape_string(grad));
+    if (grad.shape(0) < needed)
+      fail_value(op, "grad must have at least " + std::to_string(needed) + " rows, got " + shape_string(grad));
     p.grad = static_cast<char*>(grad.mutable_data());
   }
   p.grad_scale = grad_scale;
   p.label_smoothing = label_smoothing;
   p.z_loss = z_loss;
   py::gil_scoped_release release;
-  parallel_for(p.M, row_grain(p.V), [&](int64_t b, int64_t e) { forward_rows(p, b, e); });
+  with_dtype(p.dtype, [&](auto d) {
+    parallel_for(p.M, row_grain(p.V), [&](int64_t b, int64_t e) { forward_rows<decltype(d)>(p, b, e); });
+  });
 }
 
 // out[r] = scale(r) * grad_rows[pos(r)] for r in rows, 0 elsewhere; scale from grad_output
 // (one value, or one per row of out when per_row).
 void ce_expand_grad(const py::array& grad_rows, int dtype, const py::object& rows_obj, py::array out,
                     const py::object& grad_output_obj, bool per_row) {
-  resolve_dtype(grad_rows, dtype, "grad_rows");
-  resolve_dtype(out, dtype, "out");
+  constexpr const char* op = "ce_expand_grad";
+  resolve_dtype(op, grad_rows, dtype, "grad_rows");
+  resolve_dtype(op, out, dtype, "out");
   const int64_t V = out.ndim() == 2 ? out.shape(1) : -1;
-  const int64_t src_stride = check_rows(grad_rows, "grad_rows", V, false);
-  const int64_t dst_stride = check_rows(out, "out", V, true);
+  const int64_t src_stride = check_rows(op, grad_rows, "grad_rows", V, false);
+  const int64_t dst_stride = check_rows(op, out, "out", V, true);
   const int64_t M = grad_rows.shape(0), N = out.shape(0);
-  const int64_t* rows = vector_ptr<int64_t>(rows_obj, "rows", M, false);
-  const float* go = vector_ptr<float>(grad_output_obj, "grad_output", per_row ? N : 1, false);
+  const int64_t* rows = vector_ptr<int64_t>(op, rows_obj, "rows", M, false);
+  const float* go = vector_ptr<float>(op, grad_output_obj, "grad_output", per_row ? N : 1, false);
+  check_indices(op, rows, M, N);
   std::vector<int64_t> pos(N, -1);
-  for (int64_t i = 0; i < M; ++i) {
-    if (rows[i] < 0 || rows[i] >= N) throw std::invalid_argument("rows: index out of range");
-    pos[rows[i]] = i;
-  }
-  const size_t elem = dtype == kF32 ? 4 : 2;
+  for (int64_t i = 0; i < M; ++i) pos[rows[i]] = i;
+  const size_t elem = element_size(dtype);
   const char* src = static_cast<const char*>(grad_rows.data());
   char* dst = static_cast<char*>(out.mutable_data());
   py::gil_scoped_release release;
@@ -557,17 +561,16 @@ void ce_expand_grad(const py::array& grad_rows, int dtype, const py::object& row
 // In place: buf[rows[i]] *= grad_output (one value, or grad_output[rows[i]] when per_row).
 void ce_scale_rows(py::array buf, int dtype, const py::object& rows_obj, const py::object& grad_output_obj,
                    bool per_row) {
-  resolve_dtype(buf, dtype, "buf");
+  constexpr const char* op = "ce_scale_rows";
+  resolve_dtype(op, buf, dtype, "buf");
   const int64_t V = buf.ndim() == 2 ? buf.shape(1) : -1;
-  const int64_t stride = check_rows(buf, "buf", V, true);
+  const int64_t stride = check_rows(op, buf, "buf", V, true);
   const int64_t N = buf.shape(0);
-  if (!py::isinstance<py::array>(rows_obj)) throw std::invalid_argument("rows: expected an int64 array");
-  const int64_t M = py::reinterpret_borrow<py::array>(rows_obj).shape(0);
-  const int64_t* rows = vector_ptr<int64_t>(rows_obj, "rows", M, false);
-  const float* go = vector_ptr<float>(grad_output_obj, "grad_output", per_row ? N : 1, false);
-  for (int64_t i = 0; i < M; ++i)
-    if (rows[i] < 0 || rows[i] >= N) throw std::invalid_argument("rows: index out of range");
-  const size_t elem = dtype == kF32 ? 4 : 2;
+  const int64_t M = vector_length(op, rows_obj, "rows");
+  const int64_t* rows = vector_ptr<int64_t>(op, rows_obj, "rows", M, false);
+  const float* go = vector_ptr<float>(op, grad_output_obj, "grad_output", per_row ? N : 1, false);
+  check_indices(op, rows, M, N);
+  const size_t elem = element_size(dtype);
   char* base = static_cast<char*>(buf.mutable_data());
   py::gil_scoped_release release;
   parallel_for(M, row_grain(V), [&](int64_t b, int64_t e) {
@@ -582,15 +585,14 @@ void ce_scale_rows(py::array buf, int dtype, const py::object& rows_obj, const p
 
 // buf[rows[i]] = 0.
 void ce_zero_rows(py::array buf, const py::object& rows_obj) {
-  if (buf.ndim() != 2) throw std::invalid_argument("buf: expected a 2-D array, got " + shape_string(buf));
+  constexpr const char* op = "ce_zero_rows";
+  if (buf.ndim() != 2) fail_value(op, "buf must be a 2-D array, got shape " + shape_string(buf));
   const int64_t V = buf.shape(1);
-  const int64_t stride = check_rows(buf, "buf", V, true);
+  const int64_t stride = check_rows(op, buf, "buf", V, true);
   const int64_t N = buf.shape(0);
-  if (!py::isinstance<py::array>(rows_obj)) throw std::invalid_argument("rows: expected an int64 array");
-  const int64_t M = py::reinterpret_borrow<py::array>(rows_obj).shape(0);
-  const int64_t* rows = vector_ptr<int64_t>(rows_obj, "rows", M, false);
-  for (int64_t i = 0; i < M; ++i)
-    if (rows[i] < 0 || rows[i] >= N) throw std::invalid_argument("rows: index out of range");
+  const int64_t M = vector_length(op, rows_obj, "rows");
+  const int64_t* rows = vector_ptr<int64_t>(op, rows_obj, "rows", M, false);
+  check_indices(op, rows, M, N);
   const size_t elem = buf.itemsize();
   char* base = static_cast<char*>(buf.mutable_data());
   py::gil_scoped_release release;
@@ -599,164 +601,31 @@ void ce_zero_rows(py::array buf, const py::object& rows_obj) {
   });
 }
 
-// Gradient buffers: a small cache of freed blocks. A fresh N x V gradient costs more in
-// first-touch page faults than in computing it (4 KiB pages: ~100 ms per 500 MB here, versus
-// ~20 ms for the kernel), and a training loop asks for the same sizes every step, so the last
-// kCacheSlots freed blocks of at least kCacheMin bytes are kept and handed out again for an
-// equal (2 MiB-rounded) size. ce_cache_clear() frees them; FASTMASK_CACHE_BUFFERS=0 disables
-// the cache. Blocks are 2 MiB aligned; huge pages are not requested (compaction stalls on a
-// busy machine cost more than they save).
-constexpr size_t kCacheAlign = size_t{1} << 21;
-constexpr size_t kCacheMin = size_t{1} << 21;
-constexpr size_t kCacheSlots = 2;
-
-struct Block {
-  void* ptr;
-  size_t size;  // bytes allocated (rounded)
-};
-
-void* block_alloc(size_t align, size_t size) {  // size: a multiple of align
-#if defined(_MSC_VER)
-  return _aligned_malloc(size, align);
-#else
-  return std::aligned_alloc(align, size);
-#endif
-}
-
-void block_free(void* ptr) {
-#if defined(_MSC_VER)
-  _aligned_free(ptr);
-#else
-  std::free(ptr);
-#endif
-}
-
-class BufferCache {
- public:
-  BufferCache() {
-    const char* env = std::getenv("FASTMASK_CACHE_BUFFERS");
-    enabled_ = !(env && std::string(env) == "0");
-  }
-  void* take(size_t size) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (size_t i = 0; i < blocks_.size(); ++i) {
-      if (blocks_[i].size == size) {
-        void* ptr = blocks_[i].ptr;
-        blocks_.erase(blocks_.begin() + static_cast<std::ptrdiff_t>(i));
-        return ptr;
-      }
-    }
-    return nullptr;
-  }
-  void give(Block block) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (!enabled_ || block.size < kCacheMin) {
-      lock.unlock();
-      block_free(block.ptr);
-      return;
-    }
-    blocks_.push_back(block);
-    std::vector<void*> evicted;
-    while (blocks_.size() > kCacheSlots) {  // keep the most recently freed
-      evicted.push_back(blocks_.front().ptr);
-      blocks_.erase(blocks_.begin());
-    }
-    lock.unlock();
-    for (void* ptr : evicted) block_free(ptr);
-  }
-  size_t clear() {
-    std::vector<Block> blocks;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      blocks.swap(blocks_);
-    }
-    size_t freed = 0;
-    for (const Block& b : blocks) {
-      freed += b.size;
-      block_free(b.ptr);
-    }
-    return freed;
-  }
-  size_t held() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    size_t total = 0;
-    for (const Block& b : blocks_) total += b.size;
-    return total;
-  }
-  void set_enabled(bool on) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      enabled_ = on;
-    }
-    if (!on) clear();
-  }
-  bool enabled() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return enabled_;
-  }
-
- private:
-  std::mutex mutex_;
-  std::vector<Block> blocks_;
-  bool enabled_ = true;
-};
-
-// Never destroyed: numpy arrays freed during interpreter shutdown may still return blocks.
-BufferCache& buffer_cache() {
-  static BufferCache* cache = new BufferCache();
-  return *cache;
-}
-
-// An uninitialised uint8 buffer of nbytes, from the cache when a block of that size is free.
-py::array_t<uint8_t> ce_alloc(int64_t nbytes) {
-  if (nbytes < 0) throw std::invalid_argument("nbytes must be >= 0");
-  const size_t want = std::max<size_t>(static_cast<size_t>(nbytes), 1);
-  const size_t align = want >= kCacheMin ? kCacheAlign : 64;
-  Block block{nullptr, (want + align - 1) / align * align};
-  if (want >= kCacheMin) block.ptr = buffer_cache().take(block.size);
-  if (!block.ptr) block.ptr = block_alloc(align, block.size);
-  if (!block.ptr) throw std::bad_alloc();
-  Block* owned = new Block(block);
-  py::capsule owner(owned, [](void* p) {
-    Block* b = static_cast<Block*>(p);
-    buffer_cache().give(*b);
-    delete b;
-  });
-  return py::array_t<uint8_t>({static_cast<py::ssize_t>(nbytes)}, {static_cast<py::ssize_t>(1)},
-                              static_cast<uint8_t*>(block.ptr), owner);
-}
-
 // Test hooks: the kernel's exp and its fp32 <-> bf16/fp16 conversions, element-wise.
 void ce_exp(const py::array_t<float>& x, py::array_t<float> out) {
   const int64_t n = x.size();
-  if (out.size() != n) throw std::invalid_argument("out: size mismatch");
+  if (out.size() != n) fail_value("ce_exp", "out must have x's size " + std::to_string(n) + ", got " + std::to_string(out.size()));
   exp_array(x.data(), out.mutable_data(), n);
 }
 
 void ce_convert(const py::array& src, int src_dtype, py::array dst, int dst_dtype) {
+  constexpr const char* op = "ce_convert";
   const int64_t n = src.size();
-  if (dst.size() != n) throw std::invalid_argument("dst: size mismatch");
-  resolve_dtype(src, src_dtype, "src");
-  resolve_dtype(dst, dst_dtype, "dst");
+  if (dst.size() != n) fail_value(op, "dst must have src's size " + std::to_string(n) + ", got " + std::to_string(dst.size()));
+  resolve_dtype(op, src, src_dtype, "src");
+  resolve_dtype(op, dst, dst_dtype, "dst");
   if (!(src.flags() & py::array::c_style) || !(dst.flags() & py::array::c_style))
-    throw std::invalid_argument("src and dst must be contiguous");
-  if ((src_dtype == kF32) == (dst_dtype == kF32))
-    throw std::invalid_argument("ce_convert converts between fp32 and bf16/fp16");
-  if (src_dtype == kF32) {
-    const float* s = static_cast<const float*>(src.data());
-    uint16_t* d = static_cast<uint16_t*>(dst.mutable_data());
-    if (dst_dtype == kBF16)
-      row_narrow_bf16(s, d, n);
-    else
-      row_narrow_half(s, d, n);
-  } else {
-    const uint16_t* s = static_cast<const uint16_t*>(src.data());
-    float* d = static_cast<float*>(dst.mutable_data());
-    if (src_dtype == kBF16)
-      row_widen_bf16(s, d, n);
-    else
-      row_widen_half(s, d, n);
-  }
+    fail_value(op, "src and dst must be C-contiguous");
+  if ((src_dtype == kF32) == (dst_dtype == kF32)) fail_value(op, "converts between fp32 and bf16/fp16 only");
+  const int narrow = dst_dtype == kF32 ? src_dtype : dst_dtype;  // the 16-bit side
+  with_dtype(narrow, [&](auto d) {
+    if constexpr (decltype(d)::kCode != kF32) {
+      if (src_dtype == kF32)
+        row_narrow(d, static_cast<const float*>(src.data()), static_cast<uint16_t*>(dst.mutable_data()), n);
+      else
+        row_widen(d, static_cast<const uint16_t*>(src.data()), static_cast<float*>(dst.mutable_data()), n);
+    }
+  });
 }
 
 }  // namespace
@@ -775,17 +644,20 @@ void register_cross_entropy(py::module_& m) {
   m.def("ce_scale_rows", &ce_scale_rows, py::arg("buf"), py::arg("dtype"), py::arg("rows"), py::arg("grad_output"),
         py::arg("per_row"), "buf[rows[i]] *= grad_output (in place).");
   m.def("ce_zero_rows", &ce_zero_rows, py::arg("buf"), py::arg("rows"), "buf[rows[i]] = 0 (in place).");
-  m.def("ce_alloc", &ce_alloc, py::arg("nbytes"),
-        "An uninitialised uint8 buffer; blocks >= 2 MiB come from / return to a small cache of freed blocks.");
   m.def(
-      "ce_cache_clear", [] { return buffer_cache().clear(); }, "Free the cached gradient blocks; returns bytes freed.");
-  m.def(
-      "ce_cache_bytes", [] { return buffer_cache().held(); }, "Bytes held by the gradient-block cache.");
-  m.def(
-      "ce_cache_enable", [](bool on) { buffer_cache().set_enabled(on); }, py::arg("on"),
-      "Enable or disable (and clear) the gradient-block cache.");
-  m.def(
-      "ce_cache_enabled", [] { return buffer_cache().enabled(); }, "Whether the gradient-block cache is on.");
+      "_ce_isa",
+      [](const py::object& isa) -> std::string {
+        if (!isa.is_none()) {
+          const std::string name = isa.cast<std::string>();
+          Isa level;
+          if (!parse_isa(name, &level)) fail_value("_ce_isa", "isa must be 'default', 'avx2' or 'avx512', got '" + name + "'");
+          set_isa_limit(IsaFamily::kCrossEntropy, level);
+        }
+        return isa_name(active_isa(IsaFamily::kCrossEntropy));
+      },
+      py::arg("isa") = py::none(),
+      "The instruction set the cross-entropy loops use ('avx512', 'avx2' or 'default'); pass one to cap it "
+      "(for tests). The levels may differ in the last bit: avx2/avx512 contract a * b + c into FMA.");
   m.def("ce_exp", &ce_exp, py::arg("x"), py::arg("out"), "The kernel's exp, element-wise (test hook).");
   m.def("ce_convert", &ce_convert, py::arg("src"), py::arg("src_dtype"), py::arg("dst"), py::arg("dst_dtype"),
         "The kernel's fp32/bf16/fp16 conversions, element-wise (test hook).");

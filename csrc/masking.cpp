@@ -11,15 +11,15 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "checks.h"
 #include "common.h"
+#include "isa.h"
 
 namespace py = pybind11;
 
@@ -30,8 +30,6 @@ constexpr int64_t kIgnoreIndex = -100;
 constexpr uint8_t kFlagSpecial = 1;
 constexpr uint8_t kFlagWordStart = 2;
 constexpr uint8_t kDefaultFlags = kFlagWordStart;  // an id outside the flags table
-constexpr int64_t kProbOne = int64_t{1} << kProbBits;
-constexpr int64_t kMaxLength = int64_t{1} << 30;  // positions are counted as 4 * i + stream
 // Rows per thread chunk hold at least this many tokens, so small batches run inline.
 constexpr int64_t kMinTokensPerChunk = 16384;
 
@@ -179,7 +177,7 @@ class RowMasker {
         const bool start = kStrategy == kToken ? e : e & (!prev | starts_word(i, f));
         int64_t t = p_.select_threshold;
         if (kWeighted && start) t = weighted_threshold(weight(id), units, total);
-        const bool d = start & (static_cast<int64_t>(draws[j] >> 8) < t);
+        const bool d = start & (static_cast<int64_t>(prob_draw(draws[j])) < t);
         if (kStrategy == kSpan) {
           reach = (e & !prev) ? -1 : reach;  // a new segment: earlier spans stop at its start
           unit += start;
@@ -360,9 +358,9 @@ class RowMasker {
   inline bool starts_word(int64_t i, uint8_t f) const {
     return starts_ ? starts_[i] != 0 : (f & kFlagWordStart) != 0;
   }
-  // 1 + #{j : (draw >> 8) >= span_thresholds[j]}
+  // 1 + #{j : prob_draw(draw) >= span_thresholds[j]}
   inline int64_t span_words(int64_t i) const {
-    const int64_t u24 = rng_.draw(i, kStreamSpanLength) >> 8;
+    const int64_t u24 = prob_draw(rng_.draw(i, kStreamSpanLength));
     int64_t n = 1;
     for (int64_t j = 0; j < p_.num_span_thresholds; ++j) n += u24 >= p_.span_thresholds[j];
     return n;
@@ -370,7 +368,7 @@ class RowMasker {
   static inline int64_t wrap_add(int64_t a, int64_t b) {
     return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
   }
-  // min(2**24, t * w * units // total), 0 when total == 0; 64-bit as in the reference.
+  // min(kProbOne, t * w * units // total), 0 when total == 0; 64-bit as in the reference.
   inline int64_t weighted_threshold(int64_t w, int64_t units, int64_t total) const {
     if (total <= 0) return 0;
     const uint64_t product = static_cast<uint64_t>(p_.select_threshold) * static_cast<uint64_t>(w) *
@@ -395,7 +393,7 @@ class RowMasker {
     for (uint64_t bits = selected_bits(sel, n); bits; bits &= bits - 1) {  // no branch per position
       const int j = count_trailing_zeros(bits);
       const int64_t i = i0 + j;
-      const uint32_t r = rng_.draw(i, kStreamReplace) >> 8;
+      const uint32_t r = prob_draw(rng_.draw(i, kStreamReplace));
       if (r < p_.replace_mask_threshold) {
         masked[j] = static_cast<Id>(p_.mask_token_id);
       } else if (r < p_.replace_random_threshold) {
@@ -435,27 +433,12 @@ void mask_rows(const Params& p, const Id* ids, Id* masked, int64_t* labels, int6
   for (int64_t row = begin; row < end; ++row) mask_row<Id, kStrategy>(p, ids, masked, labels, row);
 }
 
-// On x86 the same code is also compiled for AVX2 (8 hashes per instruction instead of 4, about
-// a third faster) and picked at run time, so a portable build still uses the vector unit.
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#define FASTMASK_MASKING_AVX2 1
+// The same code is also compiled for AVX2 (8 hashes per instruction instead of 4, about a third
+// faster) and picked at run time (isa.h), so a portable build still uses the vector unit.
 template <typename Id, int kStrategy>
-__attribute__((target("avx2"), flatten)) void mask_rows_avx2(const Params& p, const Id* ids, Id* masked,
-                                                            int64_t* labels, int64_t begin, int64_t end) {
+FM_TARGET_AVX2 FM_FLATTEN void mask_rows_avx2(const Params& p, const Id* ids, Id* masked, int64_t* labels,
+                                              int64_t begin, int64_t end) {
   mask_rows<Id, kStrategy>(p, ids, masked, labels, begin, end);
-}
-#endif
-
-// 1: use the AVX2 code where the CPU has it; 0: the portable code (for tests).
-std::atomic<int> use_avx2{1};
-
-bool avx2_available() {
-#ifdef FASTMASK_MASKING_AVX2
-  static const bool available = __builtin_cpu_supports("avx2");
-  return available;
-#else
-  return false;
-#endif
 }
 
 // The kernel: fills masked [B, L] and labels [B, L]; no argument checking.
@@ -465,87 +448,17 @@ void mask_tokens_kernel(const Params& p, const Id* ids, Id* masked, int64_t* lab
   RowsFn rows_fn = p.strategy == kToken       ? &mask_rows<Id, kToken>
                    : p.strategy == kWholeWord ? &mask_rows<Id, kWholeWord>
                                               : &mask_rows<Id, kSpan>;
-#ifdef FASTMASK_MASKING_AVX2
-  if (use_avx2.load(std::memory_order_relaxed) && avx2_available()) {
+  if (active_isa(IsaFamily::kMasking) >= Isa::kAvx2) {
     rows_fn = p.strategy == kToken       ? &mask_rows_avx2<Id, kToken>
               : p.strategy == kWholeWord ? &mask_rows_avx2<Id, kWholeWord>
                                          : &mask_rows_avx2<Id, kSpan>;
   }
-#endif
   const int64_t grain = std::max<int64_t>(1, kMinTokensPerChunk / std::max<int64_t>(p.length, 1));
   parallel_for(p.batch, grain, [&](int64_t begin, int64_t end) { rows_fn(p, ids, masked, labels, begin, end); });
 }
 
-// ------------------------------------------------------------------------- binding checks
-[[noreturn]] void fail(const std::string& message) { throw std::invalid_argument("mask_tokens: " + message); }
-
-std::string shape_string(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-std::string dtype_string(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-template <typename T>
-bool has_dtype(const py::array& a) {
-  return py::isinstance<py::array_t<T>>(a);
-}
-
-py::array as_array(const py::handle& obj, const char* name) {
-  if (!py::isinstance<py::array>(obj))
-    fail(std::string(name) + " must be a numpy array, got " + py::str(py::type::of(obj)).cast<std::string>());
-  return py::reinterpret_borrow<py::array>(obj);
-}
-
-// A C-contiguous array with the given shape (-1: any extent); writable when `writable`.
-void check_layout(const py::array& a, const char* name, std::initializer_list<int64_t> shape, bool writable) {
-  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
-  if (ok) {
-    py::ssize_t d = 0;
-    for (int64_t extent : shape) ok = ok && (extent < 0 || a.shape(d) == extent), ++d;
-  }
-  if (!ok) {
-    std::string want = "(";
-    size_t d = 0;
-    for (int64_t extent : shape) want += (d++ ? ", " : "") + (extent < 0 ? std::string("n") : std::to_string(extent));
-    fail(std::string(name) + " must have shape " + want + (shape.size() == 1 ? ",)" : ")") + ", got " +
-         shape_string(a));
-  }
-  if (!(a.flags() & py::array::c_style))
-    fail(std::string(name) + " must be C-contiguous; pass np.ascontiguousarray(...) / tensor.contiguous()");
-  if (writable && !a.writeable()) fail(std::string(name) + " must be writable");
-}
-
-// An optional 0/1 byte buffer (uint8 or bool): null for None.
-const uint8_t* byte_buffer(const py::object& obj, const char* name, std::initializer_list<int64_t> shape,
-                           int64_t* size = nullptr) {
-  if (obj.is_none()) return nullptr;
-  py::array a = as_array(obj, name);
-  if (!has_dtype<uint8_t>(a) && !has_dtype<bool>(a))
-    fail(std::string(name) + " must be uint8 (or bool), got " + dtype_string(a));
-  check_layout(a, name, shape, false);
-  if (size) *size = a.size();
-  return static_cast<const uint8_t*>(a.data());
-}
-
-template <typename T>
-const T* typed_buffer(const py::object& obj, const char* name, const char* dtype_name,
-                      std::initializer_list<int64_t> shape, int64_t* size = nullptr) {
-  if (obj.is_none()) return nullptr;
-  py::array a = as_array(obj, name);
-  if (!has_dtype<T>(a)) fail(std::string(name) + " must be " + dtype_name + ", got " + dtype_string(a));
-  check_layout(a, name, shape, false);
-  if (size) *size = a.size();
-  return static_cast<const T*>(a.data());
-}
-
-int64_t check_range(int64_t value, const char* name, int64_t lo, int64_t hi) {
-  if (value < lo || value > hi)
-    fail(std::string(name) + " = " + std::to_string(value) + " is outside [" + std::to_string(lo) + ", " +
-         std::to_string(hi) + "]");
-  return value;
-}
+// ------------------------------------------------------------------------- binding
+constexpr const char* kOp = "mask_tokens";
 
 template <typename Id>
 void run_typed(const Params& p, const py::array& input_ids, const py::array& masked_out, int64_t* labels) {
@@ -555,84 +468,67 @@ void run_typed(const Params& p, const py::array& input_ids, const py::array& mas
   mask_tokens_kernel<Id>(p, ids, masked, labels);
 }
 
-// One field of the plan dict (fastmask.masking_plan.MaskingPlan's fields by name).
-py::object plan_field(const py::dict& plan, const char* name) {
-  if (!plan.contains(name)) fail(std::string("plan is missing the field '") + name + "'");
-  return plan[name];
-}
-
-int64_t plan_int(const py::dict& plan, const char* name) {
-  py::object value = plan_field(plan, name);
-  if (!py::isinstance<py::int_>(value) && !py::isinstance<py::bool_>(value))
-    fail(std::string(name) + " must be an int, got " + py::str(py::type::of(value)).cast<std::string>());
-  try {
-    return value.cast<int64_t>();
-  } catch (const py::cast_error&) {
-    fail(std::string(name) + " = " + py::str(value).cast<std::string>() + " does not fit in int64");
-  }
-}
-
 void mask_tokens_binding(const py::dict& plan, const py::object& masked_obj, const py::object& labels_obj) {
-  const py::object input_ids_obj = plan_field(plan, "input_ids");
-  py::array input_ids = as_array(input_ids_obj, "input_ids");
+  const py::object input_ids_obj = plan_field(kOp, plan, "input_ids");
+  py::array input_ids = as_array(kOp, input_ids_obj, "input_ids");
   const bool is64 = has_dtype<int64_t>(input_ids);
   if (!is64 && !has_dtype<int32_t>(input_ids))
-    fail("input_ids must be int32 or int64, got " + dtype_string(input_ids));
-  check_layout(input_ids, "input_ids", {-1, -1}, false);
+    fail_value(kOp, "input_ids must be int32 or int64, got " + dtype_string(input_ids));
+  check_layout(kOp, input_ids, "input_ids", {-1, -1}, false);
   Params p;
   p.batch = input_ids.shape(0);
   p.length = input_ids.shape(1);
   const int64_t B = p.batch, L = p.length;
-  if (L >= kMaxLength) fail("rows have " + std::to_string(L) + " tokens; at most 2**30 - 1 are supported");
+  if (L >= kMaxLength) fail_value(kOp, "rows have " + std::to_string(L) + " tokens; at most 2**30 - 1 are supported");
 
-  py::array masked = as_array(masked_obj, "masked_out");
+  py::array masked = as_array(kOp, masked_obj, "masked_out");
   if (!(is64 ? has_dtype<int64_t>(masked) : has_dtype<int32_t>(masked)))
-    fail("masked_out must have input_ids' dtype (" + dtype_string(input_ids) + "), got " + dtype_string(masked));
-  check_layout(masked, "masked_out", {B, L}, true);
-  py::array labels = as_array(labels_obj, "labels_out");
-  if (!has_dtype<int64_t>(labels)) fail("labels_out must be int64, got " + dtype_string(labels));
-  check_layout(labels, "labels_out", {B, L}, true);
+    fail_value(kOp, "masked_out must have input_ids' dtype (" + dtype_string(input_ids) + "), got " + dtype_string(masked));
+  check_layout(kOp, masked, "masked_out", {B, L}, true);
+  py::array labels = as_array(kOp, labels_obj, "labels_out");
+  if (!has_dtype<int64_t>(labels)) fail_value(kOp, "labels_out must be int64, got " + dtype_string(labels));
+  check_layout(kOp, labels, "labels_out", {B, L}, true);
 
-  p.special_mask = byte_buffer(plan_field(plan, "special_mask"), "special_mask", {B, L});
-  p.attention_mask = byte_buffer(plan_field(plan, "attention_mask"), "attention_mask", {B, L});
-  p.word_starts = byte_buffer(plan_field(plan, "word_starts"), "word_starts", {B, L});
-  p.vocab_flags = byte_buffer(plan_field(plan, "vocab_flags"), "vocab_flags", {-1}, &p.flags_size);
+  p.special_mask = byte_buffer(kOp, plan_field(kOp, plan, "special_mask"), "special_mask", {B, L});
+  p.attention_mask = byte_buffer(kOp, plan_field(kOp, plan, "attention_mask"), "attention_mask", {B, L});
+  p.word_starts = byte_buffer(kOp, plan_field(kOp, plan, "word_starts"), "word_starts", {B, L});
+  p.vocab_flags = byte_buffer(kOp, plan_field(kOp, plan, "vocab_flags"), "vocab_flags", {-1}, &p.flags_size);
   if (!p.vocab_flags) p.flags_size = 0;
-  p.weights_q = typed_buffer<int32_t>(plan_field(plan, "weights_q"), "weights_q", "int32", {-1}, &p.weights_size);
+  p.weights_q = typed_buffer<int32_t>(kOp, plan_field(kOp, plan, "weights_q"), "weights_q", {-1}, &p.weights_size);
   if (!p.weights_q) p.weights_size = 0;
-  const py::object row_keys = plan_field(plan, "row_keys");
-  const py::object span_thresholds = plan_field(plan, "span_thresholds");
-  const py::object budget_table = plan_field(plan, "budget_table");
-  const bool exact = plan_int(plan, "exact") != 0;
-  if (row_keys.is_none()) fail("row_keys must be an int64 array of shape (" + std::to_string(B) + ",), got None");
-  p.row_keys = typed_buffer<int64_t>(row_keys, "row_keys", "int64", {B});
+  const py::object row_keys = plan_field(kOp, plan, "row_keys");
+  const py::object span_thresholds = plan_field(kOp, plan, "span_thresholds");
+  const py::object budget_table = plan_field(kOp, plan, "budget_table");
+  const bool exact = plan_int(kOp, plan, "exact") != 0;
+  if (row_keys.is_none()) fail_value(kOp, "row_keys must be an int64 array of shape (" + std::to_string(B) + ",), got None");
+  p.row_keys = typed_buffer<int64_t>(kOp, row_keys, "row_keys", {B});
   if (span_thresholds.is_none()) {
     p.num_span_thresholds = 0;
   } else {
-    p.span_thresholds = typed_buffer<int32_t>(span_thresholds, "span_thresholds", "int32", {-1},
+    p.span_thresholds = typed_buffer<int32_t>(kOp, span_thresholds, "span_thresholds", {-1},
                                               &p.num_span_thresholds);
   }
   if (exact) {
-    if (budget_table.is_none()) fail("exact=True needs budget_table (int32 [L + 1]), got None");
+    if (budget_table.is_none()) fail_value(kOp, "exact=True needs budget_table (int32 [L + 1]), got None");
     int64_t size = 0;
-    p.budget_table = typed_buffer<int32_t>(budget_table, "budget_table", "int32", {-1}, &size);
+    p.budget_table = typed_buffer<int32_t>(kOp, budget_table, "budget_table", {-1}, &size);
     if (size < L + 1)
-      fail("budget_table has " + std::to_string(size) + " entries; it needs L + 1 = " + std::to_string(L + 1));
+      fail_value(kOp, "budget_table has " + std::to_string(size) + " entries; it needs L + 1 = " + std::to_string(L + 1));
   }
 
-  p.seed_mix1 = static_cast<uint32_t>(check_range(plan_int(plan, "seed_mix1"), "seed_mix1", 0, 0xFFFFFFFFll));
-  p.seed_mix2 = static_cast<uint32_t>(check_range(plan_int(plan, "seed_mix2"), "seed_mix2", 0, 0xFFFFFFFFll));
-  p.strategy = static_cast<int>(check_range(plan_int(plan, "strategy"), "strategy", 0, 2));
-  p.pad_token_id = plan_int(plan, "pad_token_id");
+  p.seed_mix1 = static_cast<uint32_t>(check_range(kOp, plan_int(kOp, plan, "seed_mix1"), "seed_mix1", 0, 0xFFFFFFFFll));
+  p.seed_mix2 = static_cast<uint32_t>(check_range(kOp, plan_int(kOp, plan, "seed_mix2"), "seed_mix2", 0, 0xFFFFFFFFll));
+  p.strategy = static_cast<int>(check_range(kOp, plan_int(kOp, plan, "strategy"), "strategy", 0, 2));
+  p.pad_token_id = plan_int(kOp, plan, "pad_token_id");
   p.has_pad = p.pad_token_id >= 0;  // negative: no padding id
-  p.select_threshold = check_range(plan_int(plan, "select_threshold"), "select_threshold", 0, kProbOne);
+  p.select_threshold = check_range(kOp, plan_int(kOp, plan, "select_threshold"), "select_threshold", 0, kProbOne);
   const int64_t id_max = is64 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int32_t>::max();
-  p.mask_token_id = check_range(plan_int(plan, "mask_token_id"), "mask_token_id", 0, id_max);
-  p.vocab_size = check_range(plan_int(plan, "vocab_size"), "vocab_size", 1, is64 ? id_max : id_max + 1);
+  p.mask_token_id = check_range(kOp, plan_int(kOp, plan, "mask_token_id"), "mask_token_id", 0, id_max);
+  p.vocab_size = check_range(kOp, plan_int(kOp, plan, "vocab_size"), "vocab_size", 1, is64 ? id_max : id_max + 1);
   p.replace_mask_threshold =
-      static_cast<uint32_t>(check_range(plan_int(plan, "replace_mask_threshold"), "replace_mask_threshold", 0, kProbOne));
+      static_cast<uint32_t>(check_range(kOp, plan_int(kOp, plan, "replace_mask_threshold"), "replace_mask_threshold", 0, kProbOne));
   p.replace_random_threshold =
-      static_cast<uint32_t>(check_range(plan_int(plan, "replace_random_threshold"), "replace_random_threshold", 0, kProbOne));
+      static_cast<uint32_t>(check_range(kOp, plan_int(kOp, plan, "replace_random_threshold"), "replace_random_threshold", 0, kProbOne));
   if (B == 0 || L == 0) return;
 
   int64_t* labels_ptr = static_cast<int64_t*>(labels.mutable_data());
@@ -662,11 +558,12 @@ Every buffer must be C-contiguous. Raises ValueError on a wrong dtype, shape or 
       [](const py::object& isa) -> std::string {
         if (!isa.is_none()) {
           const std::string name = isa.cast<std::string>();
-          if (name != "default" && name != "avx2")
-            throw std::invalid_argument("_masking_isa: isa must be 'default' or 'avx2', got '" + name + "'");
-          use_avx2.store(name == "avx2" ? 1 : 0);
+          Isa level;
+          if (!parse_isa(name, &level) || level > Isa::kAvx2)
+            fail_value("_masking_isa", "isa must be 'default' or 'avx2', got '" + name + "'");
+          set_isa_limit(IsaFamily::kMasking, level);
         }
-        return use_avx2.load() && avx2_available() ? "avx2" : "default";
+        return isa_name(std::min(active_isa(IsaFamily::kMasking), Isa::kAvx2));
       },
       py::arg("isa") = py::none(),
       "The instruction set the masking kernel uses ('avx2' or 'default'); pass one to choose it "
