@@ -33,6 +33,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import SUITES, common as bench_common, default_suite_names
+
     parser = _Parser(
         prog="fastmask",
         description="fastmask: fast masked-language-model data and loss. Subcommands: info, bench, train.",
@@ -52,10 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     bench.add_argument("--quick", action="store_true", help="small shapes and few repeats (under a minute on a 2-core CPU)")
-    bench.add_argument("--suite", nargs="+", choices=["collator", "masking", "loss", "train-step"],
-                       help="run only these suites (default: collator, masking, loss)")
+    bench.add_argument("--suite", nargs="+", choices=list(SUITES),
+                       help=f"run only these suites (default: {', '.join(default_suite_names())}; kernels: "
+                            "the Triton kernels' registers, spills and shared memory, compiled for this GPU "
+                            "or offline for sm_80 / sm_90)")
     bench.add_argument("--lengths", nargs="+", type=int, metavar="L",
-                       help="sequence lengths for the collator and masking suites (8 to 16384; default 128 512 2048 8192)")
+                       help=f"sequence lengths for the {' and '.join(n for n, s in SUITES.items() if 'lengths' in s.options)} "
+                            f"suites ({bench_common.MIN_LENGTH} to {bench_common.MAX_LENGTH}; default 128 512 2048 8192)")
     bench.add_argument("--json", metavar="PATH", help="also write all rows as JSON")
     bench.add_argument("--markdown", metavar="PATH", help="also write the tables as markdown")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG of speed-up against sequence length")

@@ -1,4 +1,4 @@
-"""``fastmask bench`` (one quick suite end to end, option errors) and the plumbing of
+"""``fastmask bench`` (one quick suite end to end, option errors, the kernels suite's plumbing) and the plumbing of
 ``benchmarks/gpu_check.py`` (dry run, pytest-output parsing, non-empty test selections)."""
 from __future__ import annotations
 
@@ -55,6 +55,38 @@ def test_quick_masking_suite_writes_rows_tables_and_plot(tmp_path, capsys):
         assert "--plot skipped: matplotlib is not installed" in stdout
     else:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_kernels_suite_reports_resources_and_fails_on_spills(tmp_path, capsys, monkeypatch, spill):
+    """`fastmask bench --suite kernels`: the variants of fastmask.kernels.offline, compiled for
+    sm_80 / sm_90 without a GPU (the compiler is stubbed here; the kernel tests compile for real)."""
+    from fastmask.kernels import offline
+
+    calls = []
+
+    def fake_compile_report(variants, capabilities, *, jobs=1, load=False, timeout=900):
+        calls.append((len(variants), tuple(capabilities), load))
+        return [dict(kernel=v.kernel, variant=v.label, block=v.block, num_warps=v.num_warps, target=f"sm_{c}",
+                     n_regs=40, n_spills=8 if spill and i == 0 else 0, spill_stores=32 if spill and i == 0 else 0,
+                     spill_loads=0, stack_frame=0, shared=128, seconds=0.1)
+                for c in capabilities for i, v in enumerate(variants)]
+
+    monkeypatch.setattr(offline, "compile_report", fake_compile_report)
+    out, md = tmp_path / "k.json", tmp_path / "k.md"
+    code = cli.main(["bench", "--suite", "kernels", "--quick", "--device", "cpu", "--no-progress", "--json", str(out),
+                     "--markdown", str(md)])
+    quick = [v for k in offline.KERNELS for v in offline.variants(k) if v.block == offline.TEST_BLOCKS[k][0]]
+    assert calls == [(len(quick), offline.TARGETS, False)]
+    document = json.loads(out.read_text())
+    assert document["rows"] == [] and len(document["suites"]["kernels"]["rows"]) == 2 * len(quick)
+    assert any(line.startswith("triton masking sm_90:") for line in document["summary"])
+    assert code == (1 if spill else 0) and bool(document["failures"]) == spill
+    if spill:
+        assert "spills (8 spills, 32/0 bytes stored/loaded)" in document["failures"][0]
+    text = md.read_text()
+    assert "# Triton kernels: registers, spills, shared memory" in text and "| masking | " in text
+    assert "| registers | spills |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args,message", [

@@ -50,6 +50,16 @@ def test_errors_are_one_line(args, message):
     assert "Traceback" not in result.stderr
 
 
+def test_suite_choices_are_the_bench_suites():
+    """One list: `fastmask bench --suite` offers exactly fastmask.bench.SUITES."""
+    from fastmask.bench import SUITES, default_suite_names
+
+    bench = cli.build_parser()._subparsers._group_actions[0].choices["bench"]
+    (suite,) = [a for a in bench._actions if "--suite" in a.option_strings]
+    assert list(suite.choices) == list(SUITES)
+    assert f"default: {', '.join(default_suite_names())}" in suite.help
+
+
 def test_info_lists_backends():
     result = run("info", timeout=120)
     assert result.returncode == 0
