@@ -44,8 +44,9 @@ def run(*, quick: bool = False, device: str = "cpu", progress=False, jobs: Optio
         kernels: Optional[Sequence[str]] = None, blocks: Optional[Sequence[int]] = None,
         limit: Optional[int] = None) -> dict:
     """Compile the variants; ``{"device", "targets", "quick", "rows", "unavailable",
-    "known_spills", "seconds"}`` (``unavailable``: why nothing could be compiled here, else None). ``kernels``, ``blocks``
-    and ``limit`` (variants per block) narrow the selection (default: the tests' selection)."""
+    "known_spills", "seconds"}`` (``unavailable``: why nothing could be compiled here, else
+    None). ``kernels``, ``blocks`` and ``limit`` (variants per block) narrow the selection
+    (default: :data:`~fastmask.kernels.offline.REPORT_BLOCKS`)."""
     from ..kernels import offline
 
     targets = _capabilities(device)

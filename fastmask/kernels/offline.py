@@ -386,8 +386,8 @@ def summary_lines(rows: Sequence[dict]) -> list:
                 f"{min((r['n_regs'] for r in ok), default=0)}..{max((r['n_regs'] for r in ok), default=0)}, "
                 f"shared <= {max((r['shared'] for r in ok), default=0)} bytes, "
                 + (f"{len(bad)} spill or fail" if bad else "0 spills")
-                + (f" (and {len(known)} known spills at BLOCK {', '.join(str(b) for b in sorted({r['block'] for r in known}))})"
-                   if known else ""))
+                + (f" (and {len(known)} known spills at BLOCK "
+                   f"{', '.join(str(b) for b in sorted({r['block'] for r in known}))})" if known else ""))
         lines.append(line)
     return lines
 
