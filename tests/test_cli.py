@@ -1,4 +1,5 @@
-"""The ``fastmask`` command: help, one-line errors, info, train (also under torchrun), bench."""
+"""The ``fastmask`` command: help, one-line errors, info, train (also under torchrun), bench;
+the error policy: usage errors are one line, bugs show their traceback."""
 from __future__ import annotations
 
 import json
@@ -48,6 +49,128 @@ def test_errors_are_one_line(args, message):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("fastmask: error:") and message in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_suite_choices_are_the_bench_suites():
+    """One list: `fastmask bench --suite` offers exactly fastmask.bench.SUITES."""
+    from fastmask.bench import SUITES, default_suite_names
+
+    bench = cli.build_parser()._subparsers._group_actions[0].choices["bench"]
+    (suite,) = [a for a in bench._actions if "--suite" in a.option_strings]
+    assert list(suite.choices) == list(SUITES)
+    assert f"default: {', '.join(default_suite_names())}" in suite.help
+
+
+def test_help_names_the_traceback_variable():
+    result = run("bench", "--help", timeout=120)
+    assert result.returncode == 0 and f"{cli.TRACEBACK_ENV}=1" in result.stdout
+    assert cli.TRACEBACK_ENV == "FASTMASK_TRACEBACK"  # FASTMASK_DEBUG is setup.py's debug build
+
+
+def _validation_type_error():
+    from fastmask import _validation
+
+    _validation.check_int("--max-steps", 1.5)  # a `raise TypeError(...)` in fastmask's validation
+
+
+def _missing_optional_package():
+    raise ModuleNotFoundError("No module named 'datasets'", name="datasets")
+
+
+def _unavailable_backend():
+    import torch
+
+    fastmask_mask = __import__("fastmask").mask_tokens
+    fastmask_mask(torch.zeros(1, 4, dtype=torch.long), mask_token_id=1, vocab_size=8, backend="triton")
+
+
+@pytest.mark.parametrize("raiser,message", [
+    (_validation_type_error, "--max-steps must be an int, got float 1.5"),
+    (lambda: open("/no/such/folder/file.txt"), "No such file or directory"),
+    (_missing_optional_package, "No module named 'datasets' (an optional package: install it)"),
+])
+def test_usage_errors_from_the_library_are_one_line(monkeypatch, capsys, raiser, message):
+    from fastmask import info
+
+    monkeypatch.setattr(info, "report", raiser)
+    assert cli.main(["info"]) == cli.EXIT_USAGE
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"fastmask: error: {lines[0][len('fastmask: error: '):]}"] and message in lines[0]
+
+
+def test_unavailable_backend_is_a_usage_error(monkeypatch, capsys):
+    import torch
+
+    from fastmask import info
+
+    if torch.cuda.is_available():
+        pytest.skip("triton can run on CUDA tensors here")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # triton on CPU tensors: unavailable, with the reason
+    monkeypatch.setattr(info, "report", _unavailable_backend)
+    assert cli.main(["info"]) == cli.EXIT_USAGE
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert line.startswith("fastmask: error:") and "triton" in line
+
+
+def _library_type_error():
+    from fastmask import _rng
+
+    return _rng.lowbias32_int(None)  # Python raises inside fastmask: no `raise` statement of ours
+
+
+def _torch_runtime_error():
+    import torch
+
+    return torch.zeros(2) @ torch.zeros(3)
+
+
+def _value_error_outside_validation():
+    return int("not a number")
+
+
+def _missing_fastmask_module():
+    import fastmask.no_such_module  # noqa: F401
+
+
+@pytest.mark.parametrize("raiser,kind", [
+    (_library_type_error, TypeError),
+    (_torch_runtime_error, RuntimeError),
+    (_value_error_outside_validation, ValueError),
+    (_missing_fastmask_module, ModuleNotFoundError),
+])
+def test_bugs_are_not_usage_errors(monkeypatch, capsys, raiser, kind):
+    """A TypeError / RuntimeError from inside the library (or any error no validation raised)
+    propagates: the command shows the traceback and exits 1 (see the subprocess test)."""
+    from fastmask import info
+
+    monkeypatch.setattr(info, "report", raiser)
+    with pytest.raises(kind):
+        cli.main(["info"])
+    assert "fastmask: error:" not in capsys.readouterr().err
+
+
+BUG_SCRIPT = """
+import sys
+from fastmask import _rng, cli, info
+info.report = lambda: _rng.lowbias32_int(None)
+raise SystemExit(cli.main(["info"]))
+"""
+
+
+def test_a_bug_shows_its_traceback():
+    result = run(BUG_SCRIPT, timeout=120, module=("-c",))
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr and "_rng.py" in result.stderr
+    assert "TypeError" in result.stderr.splitlines()[-1] and "fastmask: error:" not in result.stderr
+
+
+def test_traceback_variable_shows_usage_errors_in_full():
+    env = dict(ENV, FASTMASK_TRACEBACK="1")
+    result = subprocess.run([sys.executable, "-m", "fastmask", "train", "--max-steps", "0", "--no-save"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.splitlines()[-1] == "ValueError: --max-steps must be at least 1, got 0"
 
 
 def test_info_lists_backends():

@@ -1,9 +1,12 @@
 """``fastmask bench``: the benchmark suites, run in one process on the same data.
 
-Each suite module (``collator``, ``masking``, ``loss``, ``train_step``, ``sft``, ``seq2seq``) has ``run(*, quick=False,
-...) -> dict``, ``to_markdown(result)``, ``table_rows(result)`` (flat rows: ms, tokens/s,
-GB/s and peak memory where measured, speed-up against what fastmask replaces),
-``headlines(result)`` and ``main(argv)``; :data:`SUITES` lists them. :func:`run_cli` runs the
+Each suite module (``collator``, ``masking``, ``loss``, ``train_step``, ``sft``, ``seq2seq``,
+``kernels``) has
+``run(*, quick=False, ...) -> dict``, ``to_markdown(result)``, ``table_rows(result)`` (flat
+rows: ms, tokens/s, GB/s and peak memory where measured, speed-up against what fastmask
+replaces; none for ``kernels``, which reports compiled resources, not times),
+``headlines(result)`` and ``main(argv)``, optionally ``failures(result)``. :data:`SUITES` is
+the one list of suites: ``fastmask bench --suite`` takes its names. :func:`run_cli` runs the
 selected suites and prints, writes and plots their results.
 """
 from __future__ import annotations
@@ -43,10 +46,17 @@ SUITES = {
     "sft": Suite("sft", "sft", "SFT: fused LM head on 30% labelled rows (H=1024, V=128256) vs torch", False, ()),
     "seq2seq": Suite("seq2seq", "seq2seq", "seq2seq: span-corruption collator vs the Flax T5 example's (numpy)",
                      False, ("tokenizer",)),
+    "kernels": Suite("kernels", "kernels", "Triton kernels: registers, spills and shared memory per compiled variant",
+                     False, ()),
 }
 # Series of the --plot: (suite, case) pairs, drawn for every fastmask implementation.
 PLOT_CASES = (("collator", "token"), ("collator", "whole_word (offsets)"),
               ("masking", "token"), ("masking", "whole_word (offsets)"))
+
+
+def default_suite_names() -> list:
+    """The suites ``fastmask bench`` runs without ``--suite``."""
+    return [s.name for s in SUITES.values() if s.default]
 
 
 def selected_suites(names) -> list:
@@ -146,7 +156,8 @@ def run_cli(args) -> int:
     suites = selected_suites(args.suite)
     lengths = common.check_lengths(args.lengths)
     if lengths and not any("lengths" in s.options for s in suites):
-        raise ValueError("--lengths applies to the collator and masking suites; none of them is selected")
+        takers = " and ".join(n for n, s in SUITES.items() if "lengths" in s.options)
+        raise ValueError(f"--lengths applies to the {takers} suites; none of them is selected")
     device = common.resolve_device(args.device)
     if any("tokenizer" in s.options for s in suites):
         common.load_tokenizer(args.tokenizer)  # a bad --tokenizer fails here, before any suite starts
@@ -158,7 +169,9 @@ def run_cli(args) -> int:
         print(f"== {suite.title} ({device}{', quick' if args.quick else ''})", file=sys.stderr, flush=True)
         module = suite.load()
         results[suite.name] = module.run(**_suite_kwargs(suite, args, device, lengths))
-        print(f"\n{suite.title}\n{common.text_table(module.table_rows(results[suite.name]))}\n", flush=True)
+        rows = module.table_rows(results[suite.name])
+        table = common.text_table(rows) if rows else module.to_markdown(results[suite.name]).rstrip()
+        print(f"\n{suite.title}\n{table}\n", flush=True)
         _write(report(results, machine, options), args)
     document = report(results, machine, options)
     print("Summary")

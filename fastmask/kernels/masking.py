@@ -300,8 +300,17 @@ def triton_call_reason(length: int) -> Optional[str]:
     return None
 
 
+def block_size(length: int) -> int:
+    """The launcher's ``BLOCK_L`` for rows of ``length`` tokens: the next power of two, at least 16."""
+    return max(16, triton.next_power_of_2(length))
+
+
 def _num_warps(block_l: int) -> int:
-    """About 8 positions per thread (to be tuned on hardware), 1 to 32 warps."""
+    """The launcher's ``num_warps``: about 8 positions per thread (to be tuned on hardware), 1 to
+    32 warps. Compiled offline for sm_80 / sm_90 (:mod:`fastmask.kernels.offline`), every variant
+    has 0 spills at ``BLOCK_L`` 16 to 2048 except one 4-byte spill at 128 for sm_80; from 4096 on
+    some variants spill, with any warp count (at 8192 and 16384 a block is at the 32-warp limit,
+    64 registers per thread): rows that long are one block by design (docs/kernels.md)."""
     return max(1, min(32, block_l // 256))
 
 
@@ -317,7 +326,7 @@ def triton_mask_tokens(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
     batch, length = input_ids.shape
     masked = torch.empty_like(input_ids)
     labels = torch.empty((batch, length), dtype=torch.int64, device=input_ids.device)
-    block_l = max(16, triton.next_power_of_2(length))
+    block_l = block_size(length)
     _mask_tokens_kernel[(batch,)](
         input_ids, masked, labels,
         _as_buffer(plan.special_mask, input_ids), _as_buffer(plan.attention_mask, input_ids),
