@@ -23,7 +23,8 @@ class MaskedLMLoss(nn.Module):
 
     and also accepts ``[B, L, V]`` logits with ``[B, L]`` labels (classes last, as transformers'
     heads produce; ``nn.CrossEntropyLoss`` would want ``[B, V, L]``). The forward takes an
-    optional ``num_items_in_batch`` (transformers' gradient-accumulation convention).
+    optional ``num_items_in_batch`` (transformers' gradient-accumulation convention; checked as
+    in :func:`fastmask.masked_cross_entropy`: NaN, inf or a negative count raises ``ValueError``).
 
     Args:
         ignore_index, reduction, label_smoothing, z_loss, inplace_backward,

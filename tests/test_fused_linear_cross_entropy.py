@@ -231,6 +231,14 @@ def test_label_out_of_range_raises(backend):
     (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=2, reduction="sum"), ValueError,
      "num_items_in_batch"),
     (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w.unsqueeze(0), y, b), ValueError, "weight must be 2-D"),
+    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=float("nan")), ValueError,
+     "num_items_in_batch=nan"),
+    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=torch.tensor(float("nan"))),
+     ValueError, "num_items_in_batch=nan"),
+    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=torch.tensor(float("inf"))),
+     ValueError, "num_items_in_batch=inf"),
+    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=-1.5), ValueError,
+     "num_items_in_batch=-1.5"),
 ])
 def test_bad_arguments(call, error, match):
     hidden, weight, labels, bias = torch.randn(4, 8), torch.randn(20, 8), torch.tensor([1, 2, -100, 3]), torch.randn(20)
