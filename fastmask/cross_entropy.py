@@ -373,6 +373,11 @@ def check_nonnegative_float(name: str, value) -> float:
     return value
 
 
+def check_ignore_index(value) -> int:
+    """An int in int64's range (labels are compared as int64)."""
+    return check_int("ignore_index", value, minimum=-(2**63), maximum=2**63 - 1)
+
+
 def check_label_smoothing(value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"label_smoothing must be a float in [0, 1], got {type(value).__name__} {value!r}")
@@ -551,7 +556,7 @@ def masked_cross_entropy(
     vocab = logits.shape[-1]
     if vocab == 0 or labels.numel() == 0:
         raise ValueError(f"logits is empty (shape {tuple(logits.shape)}); pass at least one row and one class")
-    ignore_index = check_int("ignore_index", ignore_index)
+    ignore_index = check_ignore_index(ignore_index)
     check_choice("reduction", reduction, REDUCTIONS)
     label_smoothing = check_label_smoothing(label_smoothing)
     z_loss = check_nonnegative_float("z_loss", z_loss)

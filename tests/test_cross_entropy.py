@@ -354,6 +354,8 @@ def test_label_out_of_range_raises(backend, bad):
     (lambda x, y: fastmask.masked_cross_entropy(x, y, z_loss=float("nan")), ValueError, "z_loss=nan"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, inplace_backward=1), TypeError, "inplace_backward"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=1.5), TypeError, "ignore_index"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=2**63), ValueError, "ignore_index=9223372036854775808"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=-(2**70)), ValueError, "ignore_index"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, reduction="sum", num_items_in_batch=3), ValueError, "num_items_in_batch"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=-3), ValueError, "num_items_in_batch=-3"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.ones(2)), ValueError, "one-element"),

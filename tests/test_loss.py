@@ -104,6 +104,7 @@ def test_inplace_backward_on_a_leaf_raises():
     (dict(label_smoothing=-0.1), ValueError),
     (dict(z_loss="big"), TypeError),
     (dict(ignore_index=None), TypeError),
+    (dict(ignore_index=2**70), ValueError),
     (dict(backend="cuda"), ValueError),
     (dict(inplace_backward="yes"), TypeError),
 ])
