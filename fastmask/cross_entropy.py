@@ -21,6 +21,7 @@ several times the kernel itself, and a training loop asks for the same sizes eve
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional, Union
 
@@ -190,6 +191,10 @@ def normalization(reduction: int, count: int, denominator: Optional[torch.Tensor
     if reduction != _MEAN:
         return 1.0, 1.0
     divisor = float(denominator) if denominator is not None else float(count)
+    if denominator is not None:
+        # The value is read here anyway (the kernels take the scale as a number), so a CUDA
+        # tensor that the public entry points did not inspect is checked too, at no extra sync.
+        check_items_value(divisor)
     if divisor <= 0:
         if count > 0:
             raise ValueError(
@@ -368,6 +373,11 @@ def check_nonnegative_float(name: str, value) -> float:
     return value
 
 
+def check_ignore_index(value) -> int:
+    """An int in int64's range (labels are compared as int64)."""
+    return check_int("ignore_index", value, minimum=-(2**63), maximum=2**63 - 1)
+
+
 def check_label_smoothing(value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"label_smoothing must be a float in [0, 1], got {type(value).__name__} {value!r}")
@@ -381,6 +391,36 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
     return value
+
+
+def check_items_value(value) -> float:
+    """``num_items_in_batch`` as a float: finite and >= 0 (0 only works for a batch without
+    labels; :func:`normalization` checks that), else ValueError naming it."""
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float range
+        value = float("inf")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"num_items_in_batch={value:g}: the summed loss is divided by it, so it must be a finite "
+            "number > 0 (the number of labelled tokens the loss is averaged over, e.g. over all "
+            "gradient-accumulation steps); pass that count, or None to average over this batch's labels"
+        )
+    return value
+
+
+def check_not_leaf_for_inplace(logits: torch.Tensor) -> None:
+    """``inplace_backward=True`` overwrites the logits: torch forbids that for a leaf that
+    requires grad (a parameter, or an input created with ``requires_grad=True``) and its views."""
+    base = logits if logits._base is None else logits._base
+    if base.is_leaf and base.requires_grad:
+        what = "a leaf tensor that requires grad" if base is logits else "a view of a leaf tensor that requires grad"
+        raise ValueError(
+            f"inplace_backward=True would overwrite logits with its gradient, but logits is {what} "
+            "(torch forbids in-place changes to such tensors, and its .grad would alias the "
+            "destroyed values); pass the output of an operation (a non-leaf, e.g. a model's "
+            "logits) or use inplace_backward=False"
+        )
 
 
 def loss_normalizer(
@@ -409,9 +449,19 @@ def loss_normalizer(
                     f"num_items_in_batch must be a number or a one-element real tensor, got a "
                     f"{num_items_in_batch.dtype} tensor of shape {tuple(num_items_in_batch.shape)}"
                 )
-            return num_items_in_batch.detach().reshape(()), 1.0
-        value = check_int("num_items_in_batch", num_items_in_batch, minimum=0)
-        return torch.tensor(float(value), dtype=torch.float64), 1.0
+            value = num_items_in_batch.detach().reshape(())
+            # A CUDA value is checked where the op reads it (no extra sync); so is any value
+            # under torch.compile, where .item() would break the graph.
+            if value.device.type == "cpu" and not torch.compiler.is_compiling():
+                check_items_value(value.item())
+            return value, 1.0
+        if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, numbers.Real):
+            raise TypeError(
+                f"num_items_in_batch must be an int, a float or a one-element tensor, got "
+                f"{type(num_items_in_batch).__name__} {num_items_in_batch!r}"
+            )
+        value = check_items_value(num_items_in_batch)
+        return torch.tensor(value, dtype=torch.float64), 1.0
     if not is_initialized():
         return None, 1.0
     count, world_size = global_normalizer((labels != ignore_index).sum())
@@ -461,9 +511,17 @@ def masked_cross_entropy(
         inplace_backward: write the gradient over ``logits`` during the forward (no second
             ``N x V`` buffer; ignored rows are zero-filled, still never read). **The logits are
             destroyed**: do not use them after this call, and nothing else may have saved them
-            for its backward. Backward may run once.
+            for its backward (autograd's version check raises if something did). Backward may
+            run once. ``logits`` must not be a leaf that requires grad (nor a view of one):
+            like torch's in-place ops, that raises ``ValueError``; pass a non-leaf (a model's
+            output) or use ``inplace_backward=False``.
         num_items_in_batch: ``mean`` divides the summed loss by this count instead of the local
-            number of labelled tokens (transformers' convention for gradient accumulation).
+            number of labelled tokens (transformers' convention for gradient accumulation): an
+            int, a float or a one-element tensor, finite and > 0 (0 only for a batch without
+            labels, which then gives 0); NaN, inf, a negative value, or 0 with labels present
+            raise ``ValueError``. Python numbers and CPU tensors are checked before any work;
+            a CUDA tensor is not read by the argument checks (that would force a GPU sync) but
+            when the op reads it to scale the loss, where the same check raises.
         global_normalization: under an initialised ``torch.distributed``, ``mean`` divides by the
             all-reduced number of labelled tokens over all ranks and multiplies by the world
             size, so DDP's gradient averaging gives exactly the single-process gradient (the
@@ -495,7 +553,7 @@ def masked_cross_entropy(
     vocab = logits.shape[-1]
     if vocab == 0 or labels.numel() == 0:
         raise ValueError(f"logits is empty (shape {tuple(logits.shape)}); pass at least one row and one class")
-    ignore_index = check_int("ignore_index", ignore_index)
+    ignore_index = check_ignore_index(ignore_index)
     check_choice("reduction", reduction, REDUCTIONS)
     label_smoothing = check_label_smoothing(label_smoothing)
     z_loss = check_nonnegative_float("z_loss", z_loss)
@@ -506,6 +564,8 @@ def masked_cross_entropy(
     flat = logits.reshape(-1, vocab)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     inplace = inplace_backward and compute_grad
+    if inplace:
+        check_not_leaf_for_inplace(logits)
     # The kernels need unit stride along V; in place, rows must not overlap either.
     if (vocab > 1 and flat.stride(1) != 1) or (inplace and flat.shape[0] > 1 and flat.stride(0) < vocab):
         flat = flat.contiguous()

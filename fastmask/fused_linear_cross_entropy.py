@@ -28,6 +28,7 @@ from .cross_entropy import (
     REDUCTIONS,
     _NONE,
     choose_backend,
+    check_ignore_index,
     check_label_smoothing,
     check_nonnegative_float,
     cpp_empty,
@@ -211,7 +212,7 @@ def _fused_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients for reduction="none" (per-row ``grad_output [N]``), recomputing the chunks."""
     rows, targets = select_rows(labels, ignore_index, weight.shape[0])
-    row_scale = grad_output.reshape(-1).index_select(0, rows).to(torch.float32)
+    row_scale = grad_output.reshape(-1).index_select(0, rows).to(loss_dtype(hidden.dtype))  # fp64 stays fp64
     _, grad_rows, grad_weight, grad_bias = chunked_head(
         hidden, weight, bias, rows, targets, label_smoothing=label_smoothing, z_loss=z_loss,
         chunk_size=chunk_size, grad_scale=1.0, row_scale=row_scale, need_hidden=need_hidden,
@@ -345,11 +346,12 @@ def fused_masked_lm_loss(
         raise ValueError(
             f"empty input: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}; pass at least one row and class"
         )
-    ignore_index = check_int("ignore_index", ignore_index)
+    ignore_index = check_ignore_index(ignore_index)
     check_choice("reduction", reduction, REDUCTIONS)
     label_smoothing = check_label_smoothing(label_smoothing)
     z_loss = check_nonnegative_float("z_loss", z_loss)
     chunk_size = default_chunk_size(vocab) if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
+    chunk_size = min(chunk_size, labels.numel())  # more rows than the batch has is the whole batch
     flat_labels = labels.reshape(-1).to(torch.int64)
     denominator, loss_scale = loss_normalizer(flat_labels, ignore_index, reduction, num_items_in_batch, global_normalization)
     chosen = choose_backend(backend, hidden.device.type, hidden.dtype == torch.float64, "fused_masked_lm_loss")

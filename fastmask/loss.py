@@ -7,8 +7,15 @@ import torch
 from torch import nn
 
 from . import _backend
-from ._validation import check_choice, check_int
-from .cross_entropy import REDUCTIONS, check_bool, check_label_smoothing, check_nonnegative_float, masked_cross_entropy
+from ._validation import check_choice
+from .cross_entropy import (
+    REDUCTIONS,
+    check_bool,
+    check_ignore_index,
+    check_label_smoothing,
+    check_nonnegative_float,
+    masked_cross_entropy,
+)
 
 __all__ = ["MaskedLMLoss"]
 
@@ -23,7 +30,8 @@ class MaskedLMLoss(nn.Module):
 
     and also accepts ``[B, L, V]`` logits with ``[B, L]`` labels (classes last, as transformers'
     heads produce; ``nn.CrossEntropyLoss`` would want ``[B, V, L]``). The forward takes an
-    optional ``num_items_in_batch`` (transformers' gradient-accumulation convention).
+    optional ``num_items_in_batch`` (transformers' gradient-accumulation convention; checked as
+    in :func:`fastmask.masked_cross_entropy`: NaN, inf or a negative count raises ``ValueError``).
 
     Args:
         ignore_index, reduction, label_smoothing, z_loss, inplace_backward,
@@ -46,7 +54,7 @@ class MaskedLMLoss(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.ignore_index = check_int("ignore_index", ignore_index)
+        self.ignore_index = check_ignore_index(ignore_index)
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.label_smoothing = check_label_smoothing(label_smoothing)
         self.z_loss = check_nonnegative_float("z_loss", z_loss)

@@ -339,7 +339,7 @@ def test_label_out_of_range_raises(backend, bad):
     with pytest.raises(ValueError, match=f"labels contains {bad}"):
         fastmask.masked_cross_entropy(x, labels, backend=backend)
     with pytest.raises(ValueError, match=f"labels contains {bad}"):
-        fastmask.masked_cross_entropy(x.requires_grad_(), labels, backend=backend, inplace_backward=True)
+        fastmask.masked_cross_entropy(x.requires_grad_() * 1, labels, backend=backend, inplace_backward=True)
 
 
 @pytest.mark.parametrize("call,error,match", [
@@ -354,11 +354,24 @@ def test_label_out_of_range_raises(backend, bad):
     (lambda x, y: fastmask.masked_cross_entropy(x, y, z_loss=float("nan")), ValueError, "z_loss=nan"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, inplace_backward=1), TypeError, "inplace_backward"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=1.5), TypeError, "ignore_index"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=2**63), ValueError, "ignore_index=9223372036854775808"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=-(2**70)), ValueError, "ignore_index"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, reduction="sum", num_items_in_batch=3), ValueError, "num_items_in_batch"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=-3), ValueError, "num_items_in_batch=-3"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.ones(2)), ValueError, "one-element"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=0), ValueError, "num_items_in_batch=0"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=3, global_normalization=True), ValueError, "not both"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=float("nan")), ValueError, "num_items_in_batch=nan"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=float("inf")), ValueError, "num_items_in_batch=inf"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=10**400), ValueError, "num_items_in_batch=inf"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.tensor(float("nan"))), ValueError,
+     "num_items_in_batch=nan"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.tensor(-float("inf"))), ValueError,
+     "num_items_in_batch=-inf"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.tensor(-2.0)), ValueError,
+     "num_items_in_batch=-2"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=True), TypeError, "num_items_in_batch"),
+    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch="3"), TypeError, "num_items_in_batch"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, reduction="none", global_normalization=True), ValueError, "global_normalization"),
     (lambda x, y: fastmask.masked_cross_entropy(x, y, backend="gpu"), ValueError, "backend='gpu'"),
 ])
@@ -367,6 +380,45 @@ def test_bad_arguments(call, error, match):
     y = torch.tensor([1, 2, -100, 3])
     with pytest.raises(error, match=match):
         call(x, y)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_bad_num_items_in_batch_raises_even_without_labels_and_in_the_op(value):
+    """A negative or non-finite count is an error even when nothing is labelled (where 0 gives
+    a zero loss), and the op checks the value it reads (a CUDA tensor skips the up-front check)."""
+    x = torch.randn(4, 10, requires_grad=True)
+    with pytest.raises(ValueError, match="num_items_in_batch"):
+        fastmask.masked_cross_entropy(x, torch.full((4,), -100), num_items_in_batch=torch.tensor(value))
+    labels = torch.tensor([1, 2, -100, 3])
+    with pytest.raises(ValueError, match="num_items_in_batch"):
+        ce_ops._masked_ce_op(x.detach(), labels, -100, 1, 0.0, 0.0, torch.tensor(value), 1.0, True, "reference")
+    zero = fastmask.masked_cross_entropy(x, torch.full((4,), -100), num_items_in_batch=0)
+    zero.backward()
+    assert float(zero) == 0.0 and bool((x.grad == 0).all())
+    fractional = fastmask.masked_cross_entropy(x.detach(), labels, num_items_in_batch=2.5)
+    want = torch.nn.functional.cross_entropy(x.detach().double(), labels, reduction="sum") / 2.5
+    assert_close(fractional, want, rtol=1e-5, atol=1e-6, what="float num_items_in_batch")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inplace_backward_on_a_leaf_raises(backend):
+    """Overwriting a leaf that requires grad (or a view of one) is what torch forbids for its own
+    in-place ops; the logits must stay intact and the error name the option and the fix."""
+    require_backend(backend, _device())
+    leaf_logits = torch.randn(4, 10, device=_device(), requires_grad=True)
+    before = leaf_logits.detach().clone()
+    labels = torch.tensor([1, 2, -100, 3], device=_device())
+    for logits in (leaf_logits, leaf_logits[:, :], leaf_logits.view(2, 2, 10)):
+        with pytest.raises(ValueError, match="inplace_backward=True.*leaf.*non-leaf.*inplace_backward=False"):
+            fastmask.masked_cross_entropy(logits, labels.view(logits.shape[:-1]), inplace_backward=True, backend=backend)
+    assert torch.equal(leaf_logits.detach(), before)
+    # Without grad nothing is overwritten, so a leaf is fine there; a non-leaf works as before.
+    with torch.no_grad():
+        fastmask.masked_cross_entropy(leaf_logits, labels, inplace_backward=True, backend=backend)
+    assert torch.equal(leaf_logits.detach(), before)
+    loss = fastmask.masked_cross_entropy(leaf_logits * 1, labels, inplace_backward=True, backend=backend)
+    loss.backward()
+    assert torch.equal(leaf_logits.detach(), before) and leaf_logits.grad is not None
 
 
 def test_explicit_backend_unavailable_raises():

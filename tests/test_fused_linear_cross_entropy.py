@@ -231,8 +231,51 @@ def test_label_out_of_range_raises(backend):
     (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=2, reduction="sum"), ValueError,
      "num_items_in_batch"),
     (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w.unsqueeze(0), y, b), ValueError, "weight must be 2-D"),
+    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, ignore_index=2**63), ValueError, "ignore_index"),
+    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=float("nan")), ValueError,
+     "num_items_in_batch=nan"),
+    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=torch.tensor(float("nan"))),
+     ValueError, "num_items_in_batch=nan"),
+    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=torch.tensor(float("inf"))),
+     ValueError, "num_items_in_batch=inf"),
+    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=-1.5), ValueError,
+     "num_items_in_batch=-1.5"),
 ])
 def test_bad_arguments(call, error, match):
     hidden, weight, labels, bias = torch.randn(4, 8), torch.randn(20, 8), torch.tensor([1, 2, -100, 3]), torch.randn(20)
     with pytest.raises(error, match=match):
         call(hidden, weight, labels, bias)
+
+
+def test_chunk_size_larger_than_int64_is_one_chunk():
+    """Any positive chunk_size is accepted: beyond the number of rows it means one chunk (it
+    reached the op as an int64 before and raised RuntimeError past 2**63)."""
+    g = torch.Generator().manual_seed(4)
+    hidden, weight = torch.randn(6, 8, generator=g), torch.randn(20, 8, generator=g)
+    labels = torch.tensor([1, -100, 5, 19, -100, 0])
+    want = fastmask.fused_masked_lm_loss(hidden, weight, labels)
+    for chunk in (6, 2**62, 2**70):
+        assert torch.equal(fastmask.fused_masked_lm_loss(hidden, weight, labels, chunk_size=chunk), want)
+
+
+def test_float64_reduction_none_gradients_stay_float64():
+    """reduction="none" recomputes the gradient in backward with the per-row grad_output; for
+    float64 inputs that factor was rounded to float32 (relative error ~1e-8)."""
+    g = torch.Generator().manual_seed(5)
+    tensors = dict(hidden=torch.randn(2, 7, 5, generator=g, dtype=torch.float64),
+                   weight=torch.randn(11, 5, generator=g, dtype=torch.float64),
+                   bias=torch.randn(11, generator=g, dtype=torch.float64))
+    labels = torch.randint(0, 11, (2, 7), generator=g)
+    labels[0, ::3] = -100
+    grad_output = torch.randn(2, 7, generator=g, dtype=torch.float64) * 3 + 1.0 / 3.0
+    want_in = {k: leaf(v) for k, v in tensors.items()}
+    reference_fused_masked_lm_loss(want_in["hidden"], want_in["weight"], labels, want_in["bias"], reduction="none",
+                                   z_loss=1e-2).backward(grad_output)
+    got_in = {k: leaf(v) for k, v in tensors.items()}
+    fastmask.fused_masked_lm_loss(got_in["hidden"], got_in["weight"], labels, got_in["bias"], reduction="none", z_loss=1e-2,
+                                  chunk_size=3).backward(grad_output)
+    tol = FUSED_TOLERANCES[torch.float64]
+    for name in tensors:
+        scale = float(want_in[name].grad.abs().max())
+        assert_close(got_in[name].grad, want_in[name].grad, rtol=tol["grad_rtol"], atol=tol["grad_atol"] * scale,
+                     what=f"grad {name}")

@@ -85,11 +85,26 @@ def test_options_and_repr():
     assert_close(mean, F.cross_entropy(logits.double(), labels, reduction="sum") / 20, rtol=1e-5, atol=1e-6, what="items")
 
 
+@pytest.mark.parametrize("value", [float("nan"), torch.tensor(float("nan")), torch.tensor(float("inf")), -4])
+def test_bad_num_items_in_batch_raises(value):
+    logits = torch.randn(6, 30, requires_grad=True)
+    labels = torch.tensor([1, -100, 2, 3, -100, 4])
+    with pytest.raises(ValueError, match="num_items_in_batch"):
+        fastmask.MaskedLMLoss()(logits * 1, labels, num_items_in_batch=value)
+
+
+def test_inplace_backward_on_a_leaf_raises():
+    logits = torch.randn(6, 30, requires_grad=True)
+    with pytest.raises(ValueError, match="inplace_backward"):
+        fastmask.MaskedLMLoss(inplace_backward=True)(logits, torch.tensor([1, -100, 2, 3, -100, 4]))
+
+
 @pytest.mark.parametrize("kwargs,error", [
     (dict(reduction="batchmean"), ValueError),
     (dict(label_smoothing=-0.1), ValueError),
     (dict(z_loss="big"), TypeError),
     (dict(ignore_index=None), TypeError),
+    (dict(ignore_index=2**70), ValueError),
     (dict(backend="cuda"), ValueError),
     (dict(inplace_backward="yes"), TypeError),
 ])

@@ -193,15 +193,26 @@ def head_variants(device: str) -> list:
     return variants
 
 
+class _ModelOutput(torch.autograd.Function):
+    """Stands for a model's logits: a non-leaf with its own storage (a leaf, or a view of one,
+    may not be overwritten by ``inplace_backward``); backward hands the gradient through."""
+
+    @staticmethod
+    def forward(ctx, base):
+        return base.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 def _ce_step(fn, logits, labels, device):
     def prepare():
         base = logits.detach().clone().requires_grad_()
-        return base
+        return base, _ModelOutput.apply(base)  # the copy is made here, outside the measured window
 
-    def run(base):
-        # A non-leaf like a model's logits, so in-place variants may overwrite it.
-        x = base.view_as(base)
-        fn(x, labels).backward()
+    def run(leaves):
+        fn(leaves[1], labels).backward()
         _sync(device)
 
     return prepare, run
@@ -237,17 +248,19 @@ def _measure(named_steps: list, repeat: int, device: str) -> dict:
         leaves = prepare()  # outside the measured window; their gradients are inside it
         release_cached_buffers()  # fastmask's recycled gradient blocks count as new allocations
         peak = peak_extra_memory(lambda: run(leaves), device)
-        grads = sum(_own_grad_bytes(leaf) for leaf in (leaves if isinstance(leaves, tuple) else (leaves,)))
+        tensors = leaves if isinstance(leaves, tuple) else (leaves,)
+        inputs = {t.untyped_storage().data_ptr() for t in tensors}
+        grads = sum(_own_grad_bytes(t, inputs) for t in tensors if t.is_leaf)
         del leaves
         out[name] = dict(seconds=statistics.median(times[name]), all_seconds=times[name], peak_extra_bytes=peak,
                          grad_bytes=grads)
     return out
 
 
-def _own_grad_bytes(leaf: torch.Tensor) -> int:
-    """Bytes of ``leaf.grad`` unless it lives in the leaf's own storage (in-place backward)."""
+def _own_grad_bytes(leaf: torch.Tensor, input_storages: set) -> int:
+    """Bytes of ``leaf.grad`` unless it lives in an input's storage (in-place backward)."""
     grad = leaf.grad
-    if grad is None or grad.untyped_storage().data_ptr() == leaf.untyped_storage().data_ptr():
+    if grad is None or grad.untyped_storage().data_ptr() in input_storages:
         return 0
     return grad.untyped_storage().nbytes()
 
