@@ -13,6 +13,7 @@ Build switches (environment variables):
 The extension links only against the C++ standard library and pybind11; it never needs torch
 at build time, so ``pip install`` builds it in seconds in an isolated environment.
 """
+
 import os
 import sys
 
@@ -28,9 +29,7 @@ cmdclass = {}
 if not _flag("FASTMASK_NO_EXT"):
     from pybind11.setup_helpers import Pybind11Extension, build_ext
 
-    sources = sorted(
-        os.path.join("csrc", name) for name in os.listdir("csrc") if name.endswith(".cpp")
-    )
+    sources = sorted(os.path.join("csrc", name) for name in os.listdir("csrc") if name.endswith(".cpp"))
     extra_compile_args = []
     if sys.platform != "win32":
         if _flag("FASTMASK_DEBUG"):

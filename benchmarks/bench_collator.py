@@ -1,7 +1,8 @@
 """Whole-collator benchmark (see :mod:`fastmask.bench.collator`; also `fastmask bench`).
 
-    python benchmarks/bench_collator.py --help
+python benchmarks/bench_collator.py --help
 """
+
 from fastmask.bench.collator import main
 
 raise SystemExit(main())

@@ -1,7 +1,8 @@
 """Loss benchmark (see :mod:`fastmask.bench.loss`; also `fastmask bench`).
 
-    python benchmarks/bench_loss.py --help
+python benchmarks/bench_loss.py --help
 """
+
 from fastmask.bench.loss import main
 
 raise SystemExit(main())

@@ -42,6 +42,7 @@ test selection, one cross-entropy variant compiled offline for sm_80 and sm_90, 
 masking benchmark, the same files) and, without CUDA, the exit status is 3 with a "no CUDA"
 message.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,14 +77,27 @@ BENCH_STEPS = [
     ("bench-loss", ["fastmask", "bench", "--suite", "loss"], 180, None),
     ("bench-loss-bf16", ["fastmask.bench.loss", "--dtype", "bfloat16"], 120, 150),
 ]
-DRY_BENCH_STEPS = [("bench-masking-dry", ["fastmask", "bench", "--suite", "masking", "--quick", "--lengths", "128"], 120, None)]
+DRY_BENCH_STEPS = [
+    ("bench-masking-dry", ["fastmask", "bench", "--suite", "masking", "--quick", "--lengths", "128"], 120, None)
+]
 # (command after `python -m`, seconds): the kernels' registers / spills / shared memory
 KERNELS_STEP = (["fastmask.bench.kernels"], 150)
 DRY_KERNELS_STEP = (["fastmask.bench.kernels", "--kernel", "cross_entropy", "--blocks", "1024", "--limit", "1"], 150)
 # Skips that are right on a GPU: the offline compile checks run only without one.
 EXPECTED_SKIPS = ("a GPU is present",)
-PYTEST_OPTIONS = ["-v", "-rfEs", "-p", "no:cacheprovider", "--color=no", "-o", "timeout=90",
-                  "-o", "junit_family=xunit2", "-o", "junit_logging=no"]
+PYTEST_OPTIONS = [
+    "-v",
+    "-rfEs",
+    "-p",
+    "no:cacheprovider",
+    "--color=no",
+    "-o",
+    "timeout=90",
+    "-o",
+    "junit_family=xunit2",
+    "-o",
+    "junit_logging=no",
+]
 # A child past its time limit gets these signals in turn (seconds to wait after each): SIGINT
 # lets pytest finish its JUnit XML with the tests that ran.
 KILL_SEQUENCE = ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5))
@@ -125,6 +139,7 @@ except Exception as exc:
 print("PROBE " + json.dumps(info))
 """
 
+
 def parse_junit(path: str, *, expected_skips=EXPECTED_SKIPS) -> dict:
     """Counts, failures (with their messages) and skip reasons from a pytest ``--junitxml`` file.
 
@@ -152,8 +167,13 @@ def parse_junit(path: str, *, expected_skips=EXPECTED_SKIPS) -> dict:
             element = error if error is not None else failure
             counts["errors" if error is not None else "failed"] += 1
             message = (element.get("message") or element.text or "").strip()
-            failures.append(dict(test=test, outcome="error" if error is not None else "failed",
-                                 message=message.splitlines()[0][:500] if message else ""))
+            failures.append(
+                dict(
+                    test=test,
+                    outcome="error" if error is not None else "failed",
+                    message=message.splitlines()[0][:500] if message else "",
+                )
+            )
         elif skipped is not None and skipped.get("type") == "pytest.xfail":
             counts["xfailed"] += 1
         elif skipped is not None:
@@ -167,8 +187,15 @@ def parse_junit(path: str, *, expected_skips=EXPECTED_SKIPS) -> dict:
     skip_list = [dict(count=n, where=where, reason=reason) for (where, reason), n in skips.items()]
     unexpected = [s for s in skip_list if not any(e in s["reason"] for e in expected_skips)]
     ran = sum(counts.values())
-    return dict(counts, ran=ran, interrupted=interrupted, complete=True, failures=failures, skips=skip_list,
-                unexpected_skips=unexpected)
+    return dict(
+        counts,
+        ran=ran,
+        interrupted=interrupted,
+        complete=True,
+        failures=failures,
+        skips=skip_list,
+        unexpected_skips=unexpected,
+    )
 
 
 def test_status(record: dict, parsed: dict) -> str:
@@ -217,8 +244,15 @@ def _run(cmd: list, log_path: str, limit: float, env: dict) -> dict:
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n===== {' '.join(cmd)}  (limit {limit:.0f} s)\n")
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         timed_out = False
         try:
             rc: Optional[int] = proc.wait(timeout=limit)
@@ -244,9 +278,16 @@ class Check:
         for path in (self.steps_log, self.pytest_log):
             open(path, "w").close()
         self.report = dict(
-            started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), time_limit_s=time_limit,
-            mode="dry-run" if dry_run else "cuda", result="running", message="", probe={}, steps=[], tests={},
-            kernels={}, bench={},
+            started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            time_limit_s=time_limit,
+            mode="dry-run" if dry_run else "cuda",
+            result="running",
+            message="",
+            probe={},
+            steps=[],
+            tests={},
+            kernels={},
+            bench={},
         )
         self.bench_markdown: dict = {}
         self.kernels_markdown = ""
@@ -254,13 +295,25 @@ class Check:
     def left(self, until: Optional[float] = None) -> float:
         return min(self.deadline, until or self.deadline) - time.monotonic() - RESERVE_S
 
-    def step(self, name: str, cmd: list, limit: float, env: dict, *, log: Optional[str] = None,
-             until: Optional[float] = None, needs: float = MIN_STEP_S) -> Optional[dict]:
+    def step(
+        self,
+        name: str,
+        cmd: list,
+        limit: float,
+        env: dict,
+        *,
+        log: Optional[str] = None,
+        until: Optional[float] = None,
+        needs: float = MIN_STEP_S,
+    ) -> Optional[dict]:
         """Run one step if enough time is left; record it; rewrite the report."""
         left = self.left(until)
         if left < needs:
-            record = dict(name=name, status=f"not run: {max(left, 0):.0f} s left of the time limit, "
-                                            f"{needs:.0f} s needed", seconds=0)
+            record = dict(
+                name=name,
+                status=f"not run: {max(left, 0):.0f} s left of the time limit, {needs:.0f} s needed",
+                seconds=0,
+            )
             self.report["steps"].append(record)
             self.write()
             return None
@@ -279,7 +332,9 @@ class Check:
         with open(self.steps_log, "a", encoding="utf-8") as handle:
             handle.write(text)
         found = [line[6:] for line in text.splitlines() if line.startswith("PROBE ")]
-        self.report["probe"] = json.loads(found[-1]) if found else {"error": "the probe printed nothing (see steps.log)"}
+        self.report["probe"] = (
+            json.loads(found[-1]) if found else {"error": "the probe printed nothing (see steps.log)"}
+        )
         self.write()
         return self.report["probe"]
 
@@ -289,14 +344,17 @@ class Check:
             cmd = [sys.executable, "-m", "pytest", *selection, *PYTEST_OPTIONS, f"--junitxml={junit}"]
             record = self.step(name, cmd, limit, env, log=log, until=until)
             if record is None:
-                self.report["tests"][name] = dict(selection=" ".join(selection), status=self.report["steps"][-1]["status"])
+                self.report["tests"][name] = dict(
+                    selection=" ".join(selection), status=self.report["steps"][-1]["status"]
+                )
                 self.write()
                 continue
             with open(log, encoding="utf-8") as source, open(self.pytest_log, "a", encoding="utf-8") as handle:
                 handle.write(source.read())
             parsed = parse_junit(junit, expected_skips=expected_skips)
-            self.report["tests"][name] = dict(selection=" ".join(selection), status=test_status(record, parsed),
-                                              seconds=record["seconds"], **parsed)
+            self.report["tests"][name] = dict(
+                selection=" ".join(selection), status=test_status(record, parsed), seconds=record["seconds"], **parsed
+            )
             self.write()
 
     def kernels(self, step: tuple, env: dict, device: str) -> None:
@@ -304,21 +362,43 @@ class Check:
         ``report["kernels"]`` and the markdown."""
         command, limit = step
         json_path, md_path = (os.path.join(self.work, f"kernels.{ext}") for ext in ("json", "md"))
-        cmd = [sys.executable, "-m", *command, "--device", device, "--no-progress", "--json", json_path,
-               "--markdown", md_path]
+        cmd = [
+            sys.executable,
+            "-m",
+            *command,
+            "--device",
+            device,
+            "--no-progress",
+            "--json",
+            json_path,
+            "--markdown",
+            md_path,
+        ]
         record = self.step("kernels", cmd, limit, env)
         entry = dict(status=self.report["steps"][-1]["status"], command=" ".join(command))
         if record is not None and os.path.exists(json_path):
             with open(json_path, encoding="utf-8") as handle:
                 result = json.load(handle)
-            entry.update(targets=result["targets"], unavailable=result["unavailable"], rows=result["rows"],
-                         seconds=result["seconds"])
-            spills = [r for r in result["rows"] if r.get("error") or (
-                (r.get("n_spills") or r.get("spill_stores") or r.get("spill_loads") or r.get("driver_n_spills"))
-                and r["block"] not in result.get("known_spills", {}).get(r["kernel"], ()))]
-            entry["failures"] = [f"{r['kernel']} [{r['block']}/{r['num_warps']}w] {r['variant']} {r['target']}: "
-                                 + (r["error"].splitlines()[0][:300] if r.get("error") else f"{r['n_spills']} spills")
-                                 for r in spills]
+            entry.update(
+                targets=result["targets"],
+                unavailable=result["unavailable"],
+                rows=result["rows"],
+                seconds=result["seconds"],
+            )
+            spills = [
+                r
+                for r in result["rows"]
+                if r.get("error")
+                or (
+                    (r.get("n_spills") or r.get("spill_stores") or r.get("spill_loads") or r.get("driver_n_spills"))
+                    and r["block"] not in result.get("known_spills", {}).get(r["kernel"], ())
+                )
+            ]
+            entry["failures"] = [
+                f"{r['kernel']} [{r['block']}/{r['num_warps']}w] {r['variant']} {r['target']}: "
+                + (r["error"].splitlines()[0][:300] if r.get("error") else f"{r['n_spills']} spills")
+                for r in spills
+            ]
             if result["unavailable"] and device == "cuda":
                 entry["failures"].append(f"cannot compile for this GPU: {result['unavailable']}")
             if entry["status"] == "exit 1" and entry["failures"]:
@@ -332,8 +412,18 @@ class Check:
     def bench(self, steps: list, env: dict, device: str) -> None:
         for name, command, limit, needs in steps:
             json_path, md_path = (os.path.join(self.work, f"{name}.{ext}") for ext in ("json", "md"))
-            cmd = [sys.executable, "-m", *command, "--device", device, "--no-progress", "--json", json_path,
-                   "--markdown", md_path]
+            cmd = [
+                sys.executable,
+                "-m",
+                *command,
+                "--device",
+                device,
+                "--no-progress",
+                "--json",
+                json_path,
+                "--markdown",
+                md_path,
+            ]
             record = self.step(name, cmd, limit, env, needs=needs or MIN_STEP_S)
             entry = dict(status=self.report["steps"][-1]["status"], command=" ".join(command))
             if record is not None and os.path.exists(json_path):
@@ -342,8 +432,13 @@ class Check:
                 if "rows" not in document:  # a suite module's own JSON: keep it as it is
                     entry.update(result=document)
                 else:
-                    entry.update(rows=document["rows"], summary=document["summary"], failures=document["failures"],
-                                 machine=document["machine"], suites=document["suites"])
+                    entry.update(
+                        rows=document["rows"],
+                        summary=document["summary"],
+                        failures=document["failures"],
+                        machine=document["machine"],
+                        suites=document["suites"],
+                    )
             if record is not None and os.path.exists(md_path):
                 with open(md_path, encoding="utf-8") as handle:
                     self.bench_markdown[name] = handle.read()
@@ -358,30 +453,42 @@ class Check:
 
     def markdown(self) -> str:
         r, p = self.report, self.report["probe"]
-        gpu = (f"{p['gpu']} (capability {p.get('capability')}, {p.get('gpu_memory_gib')} GiB; CUDA runtime "
-               f"{p.get('cuda_runtime')})" if p.get("gpu") else "none (torch.cuda.is_available() is False)")
+        gpu = (
+            f"{p['gpu']} (capability {p.get('capability')}, {p.get('gpu_memory_gib')} GiB; CUDA runtime "
+            f"{p.get('cuda_runtime')})"
+            if p.get("gpu")
+            else "none (torch.cuda.is_available() is False)"
+        )
         lines = [
-            "# fastmask GPU check", "",
+            "# fastmask GPU check",
+            "",
             f"- result: **{r['result']}**" + (f": {r['message']}" if r["message"] else ""),
             f"- mode: {r['mode']}; started {r['started']}; {r.get('elapsed_s', 0):.0f} s of {r['time_limit_s']:.0f} s",
             f"- GPU: {gpu}",
-            "- versions: " + ", ".join(f"{k} {p.get(k)}" for k in ("python", "torch", "triton", "transformers",
-                                                                  "tokenizers", "numpy", "fastmask")),
-            f"- C++ extension: {p.get('cpp_extension', 'unknown')}" + (
-                " (built by this run)" if r.get("built_extension") else ""),
+            "- versions: "
+            + ", ".join(
+                f"{k} {p.get(k)}"
+                for k in ("python", "torch", "triton", "transformers", "tokenizers", "numpy", "fastmask")
+            ),
+            f"- C++ extension: {p.get('cpp_extension', 'unknown')}"
+            + (" (built by this run)" if r.get("built_extension") else ""),
             f"- pybind11: {p.get('pybind11') or 'not installed'}; Liger-Kernel: {p.get('liger_kernel') or 'not importable'}"
             + (f"; build: {r['build']}" if r.get("build") else ""),
             f"- Triton on CUDA: {p.get('triton_on_cuda', 'unknown')}; TRITON_INTERPRET in the children: "
             + ("unset" if r["mode"] == "cuda" else "as tests/conftest.py sets it"),
-            "", "## Tests (pytest)", "",
+            "",
+            "## Tests (pytest)",
+            "",
             "| step | selection | passed | failed | errors | skipped | unexpected skips | seconds | status |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for name, t in r["tests"].items():
-            lines.append(f"| {name} | `{t['selection']}` | {t.get('passed', '-')} | {t.get('failed', '-')} | "
-                         f"{t.get('errors', '-')} | {t.get('skipped', '-')} | "
-                         f"{sum(s['count'] for s in t.get('unexpected_skips', [])) if 'ran' in t else '-'} | "
-                         f"{t.get('seconds', '-')} | {t['status']} |")
+            lines.append(
+                f"| {name} | `{t['selection']}` | {t.get('passed', '-')} | {t.get('failed', '-')} | "
+                f"{t.get('errors', '-')} | {t.get('skipped', '-')} | "
+                f"{sum(s['count'] for s in t.get('unexpected_skips', [])) if 'ran' in t else '-'} | "
+                f"{t.get('seconds', '-')} | {t['status']} |"
+            )
         for name, t in r["tests"].items():
             for failure in t.get("failures", [])[:20]:
                 lines.append(f"- {name}: {failure['outcome'].upper()} `{failure['test']}`: {failure['message']}")
@@ -395,8 +502,9 @@ class Check:
         else:
             lines.append("- not run")
         if self.kernels_markdown:
-            lines += [""] + [("##" + line if line.startswith("#") else line)
-                             for line in self.kernels_markdown.splitlines()]
+            lines += [""] + [
+                ("##" + line if line.startswith("#") else line) for line in self.kernels_markdown.splitlines()
+            ]
         lines += ["", "## Benchmarks", ""]
         for name, b in r["bench"].items():
             lines.append(f"- {name} (`{b['command']}`): {b['status']}")
@@ -413,9 +521,13 @@ class Check:
         self.report.update(result=result, message=message, exit_status=code)
         self.write()
         shutil.rmtree(self.work, ignore_errors=True)
-        print(f"gpu_check: {result}: {message}" if message else f"gpu_check: {result}",
-              file=sys.stderr if code else sys.stdout)
-        print(f"gpu_check: report in {os.path.join(self.outdir, 'gpu_check.md')}", file=sys.stderr if code else sys.stdout)
+        print(
+            f"gpu_check: {result}: {message}" if message else f"gpu_check: {result}",
+            file=sys.stderr if code else sys.stdout,
+        )
+        print(
+            f"gpu_check: report in {os.path.join(self.outdir, 'gpu_check.md')}", file=sys.stderr if code else sys.stdout
+        )
         return code
 
 
@@ -456,9 +568,12 @@ def _check(check: Check, args) -> int:
     probe = check.probe(_child_env(cuda=True))
     cuda = bool(probe.get("cuda_available"))
     if "fastmask_error" in probe or "torch_error" in probe or "error" in probe:
-        return check.finish("FAILED", "the probe could not import torch/fastmask: "
-                            + str(probe.get("fastmask_error") or probe.get("torch_error") or probe.get("error")),
-                            EXIT_FAILED)
+        return check.finish(
+            "FAILED",
+            "the probe could not import torch/fastmask: "
+            + str(probe.get("fastmask_error") or probe.get("torch_error") or probe.get("error")),
+            EXIT_FAILED,
+        )
 
     if args.dry_run or not cuda:
         check.report["mode"] = "dry-run"
@@ -469,9 +584,12 @@ def _check(check: Check, args) -> int:
         problems = _problems(check.report)
         if not cuda:
             plumbing = "the CPU plumbing check " + ("passed" if not problems else "FAILED: " + "; ".join(problems))
-            return check.finish("NO CUDA", "no CUDA device here (torch.cuda.is_available() is False), so nothing "
-                                f"was checked on a GPU; {plumbing}. Run this on a CUDA machine.",
-                                EXIT_NO_CUDA if not problems else EXIT_FAILED)
+            return check.finish(
+                "NO CUDA",
+                "no CUDA device here (torch.cuda.is_available() is False), so nothing "
+                f"was checked on a GPU; {plumbing}. Run this on a CUDA machine.",
+                EXIT_NO_CUDA if not problems else EXIT_FAILED,
+            )
         if problems:
             return check.finish("FAILED", "dry run: " + "; ".join(problems), EXIT_FAILED)
         return check.finish("OK", "dry run only (CPU plumbing)", EXIT_OK)
@@ -483,7 +601,9 @@ def _check(check: Check, args) -> int:
         elif not probe.get("pybind11"):
             check.report["build"] = "not tried: pybind11 is not installed; running without the C++ extension"
         else:
-            record = check.step("build-extension", [sys.executable, "setup.py", "build_ext", "--inplace", "-q"], 180, env)
+            record = check.step(
+                "build-extension", [sys.executable, "setup.py", "build_ext", "--inplace", "-q"], 180, env
+            )
             check.report["built_extension"] = bool(record and record["rc"] == 0)
             check.report["build"] = "built" if check.report["built_extension"] else "failed (see steps.log)"
             probe = check.probe(env)

@@ -4,6 +4,7 @@ The same real-text batch as :mod:`fastmask.bench.masking` (stdlib docstrings, Mi
 by each fastmask backend and by transformers' ``torch_mask_tokens``; compare the rows of one
 group (``--benchmark-group-by=group``, the default here groups by strategy and shape).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -45,8 +46,13 @@ def test_fastmask(benchmark, batch, backend, strategy):
     benchmark.group = f"{strategy} {tuple(ids.shape)}"
     benchmark.extra_info["positions"] = ids.numel()
     masked, labels = benchmark(
-        fastmask.mask_tokens, ids, mask_token_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
-        special_tokens_mask=data["special_tokens_mask"], word_starts=data["word_starts"], strategy=strategy,
+        fastmask.mask_tokens,
+        ids,
+        mask_token_id=tokenizer.mask_token_id,
+        vocab_size=len(tokenizer),
+        special_tokens_mask=data["special_tokens_mask"],
+        word_starts=data["word_starts"],
+        strategy=strategy,
         backend=backend,
     )
     assert masked.shape == ids.shape and (labels != -100).any()

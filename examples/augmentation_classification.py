@@ -5,6 +5,7 @@ mode. The toy task: does a stdlib docstring paragraph mention "file"?
 
     python examples/augmentation_classification.py --epochs 1
 """
+
 import argparse
 
 import torch
@@ -27,10 +28,19 @@ def main(argv=None):
     encoded = tokenizer([t.replace("file", "document") for t in texts], truncation=True, max_length=96)
     features = [{"input_ids": ids, "labels": label} for ids, label in zip(encoded["input_ids"], labels)]
     split = int(0.8 * len(features))
-    model = BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
-                                                     num_attention_heads=2, intermediate_size=128, num_labels=2))
-    collator = DataCollatorForMaskedAugmentation(tokenizer, mask_probability=0.1, random_replace_probability=0.05,
-                                                 delete_probability=0.05, seed=0)
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            num_labels=2,
+        )
+    )
+    collator = DataCollatorForMaskedAugmentation(
+        tokenizer, mask_probability=0.1, random_replace_probability=0.05, delete_probability=0.05, seed=0
+    )
     train = torch.utils.data.DataLoader(features[:split], batch_size=32, shuffle=True, collate_fn=collator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for epoch in range(args.epochs):
@@ -45,7 +55,11 @@ def main(argv=None):
         model.eval()
         with torch.no_grad():
             batch = collator(features[split:])
-            accuracy = (model(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1) == batch["labels"]).float().mean()
+            accuracy = (
+                (model(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1) == batch["labels"])
+                .float()
+                .mean()
+            )
         print(f"epoch {epoch}: last training loss {loss.item():.3f}, held-out accuracy {accuracy:.3f}")
     return float(accuracy)
 

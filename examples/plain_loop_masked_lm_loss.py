@@ -4,6 +4,7 @@
 
     python examples/plain_loop_masked_lm_loss.py --steps 30
 """
+
 import argparse
 
 import torch
@@ -45,8 +46,12 @@ def main(argv=None):
     for step in range(args.steps):
         index = torch.arange(step * 16, step * 16 + 16) % rows.shape[0]
         input_ids, labels = fastmask.mask_tokens(
-            rows[index], mask_token_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
-            special_tokens_mask=special[index], seed=0, row_keys=index,  # a row's mask follows its index
+            rows[index],
+            mask_token_id=tokenizer.mask_token_id,
+            vocab_size=len(tokenizer),
+            special_tokens_mask=special[index],
+            seed=0,
+            row_keys=index,  # a row's mask follows its index
         )
         logits = model(input_ids)
         loss = loss_fn(logits.view(-1, logits.shape[-1]), labels.view(-1))

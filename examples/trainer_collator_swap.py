@@ -10,6 +10,7 @@ random BERT with ``--tiny``) on the embedded stdlib-docstring corpus.
 
     python examples/trainer_collator_swap.py --max-steps 20
 """
+
 import argparse
 import os
 import tempfile
@@ -35,8 +36,15 @@ def main(argv=None):
         for ids in tokenizer(texts, truncation=True, max_length=128)["input_ids"]
     ]
     if args.tiny or minilm_path() is None:
-        model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
-                                           num_attention_heads=2, intermediate_size=128))
+        model = BertForMaskedLM(
+            BertConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=128,
+            )
+        )
     else:
         model = BertForMaskedLM.from_pretrained(str(minilm_path()))
     apply_fastmask(model)  # the second changed line
@@ -45,9 +53,17 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = Trainer(
             model=model,
-            args=TrainingArguments(output_dir=output_dir, max_steps=args.max_steps, per_device_train_batch_size=16,
-                                   learning_rate=5e-5, logging_steps=5, save_strategy="no", report_to=[],
-                                   use_cpu=True, dataloader_num_workers=0),
+            args=TrainingArguments(
+                output_dir=output_dir,
+                max_steps=args.max_steps,
+                per_device_train_batch_size=16,
+                learning_rate=5e-5,
+                logging_steps=5,
+                save_strategy="no",
+                report_to=[],
+                use_cpu=True,
+                dataloader_num_workers=0,
+            ),
             train_dataset=dataset,
             data_collator=collator,
         )

@@ -3,6 +3,7 @@
 Public names are imported lazily, so ``import fastmask`` stays light (transformers is only
 imported when a collator or integration is first used).
 """
+
 from __future__ import annotations
 
 import importlib

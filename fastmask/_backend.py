@@ -5,12 +5,14 @@ CUDA tensors, C++ for CPU tensors, the reference otherwise) and never raises, wh
 explicitly requested backend that cannot serve the call raises with the reasons.
 The environment variable ``FASTMASK_BACKEND`` overrides ``auto``.
 """
+
 from __future__ import annotations
 
 import functools
 import importlib
 import os
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 import torch
 
@@ -22,7 +24,7 @@ class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run this call."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpp_module_reason() -> tuple[Optional[object], Optional[str]]:
     if os.environ.get("FASTMASK_DISABLE_CPP", "0") == "1":
         return None, "disabled by FASTMASK_DISABLE_CPP=1"
@@ -132,7 +134,7 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_import_reason() -> Optional[str]:
     try:
         import triton  # noqa: F401

@@ -26,6 +26,7 @@ and the gaps between its kept units with stream 1 (``STREAM_NOISE_CUT`` / ``STRE
 24-bit integers (``draw >> 8 < threshold``) with thresholds computed once on the host, so no
 floating-point rounding can make two backends disagree.
 """
+
 from __future__ import annotations
 
 import math

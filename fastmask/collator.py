@@ -13,6 +13,7 @@ epoch, step, row keys; dynamic across epochs and DataLoader workers; resumable) 
 :mod:`fastmask.mask_stream`; token weights for conditional masking are
 :mod:`fastmask.token_weights`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -28,7 +29,16 @@ from transformers.tokenization_utils_base import BatchEncoding
 from . import _backend
 from ._validation import check_choice, check_int, check_probability
 from .mask_stream import MaskStream
-from .masking import BUDGETS, IGNORE_INDEX, MAX_SPAN_WORDS, SPAN_DISTRIBUTIONS, STRATEGIES, _check_ids, plan_masking, run_masking
+from .masking import (
+    BUDGETS,
+    IGNORE_INDEX,
+    MAX_SPAN_WORDS,
+    SPAN_DISTRIBUTIONS,
+    STRATEGIES,
+    _check_ids,
+    plan_masking,
+    run_masking,
+)
 from .padding import PaddedBatch, pad_features, pad_value, round_up, to_torch
 from .schedules import MaskingSchedule, MaskingScheduleCallback, is_schedule, probability_at
 from .token_weights import count_token_frequencies, token_weights_from_counts
@@ -95,6 +105,7 @@ def _special_mask(ids: torch.Tensor, special_ids: tuple) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- LM collator
+
 
 @dataclass
 class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageModeling):
@@ -209,7 +220,9 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
         if fmt == "np" and self.device is not None:
             raise ValueError("device= moves tensors to an accelerator; it needs return_tensors='pt'")
         padded = pad_features(
-            examples, self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of,
+            examples,
+            self.tokenizer,
+            pad_to_multiple_of=self.pad_to_multiple_of,
             float_dtype=np.float32 if fmt == "pt" else np.float64,
             keep_dtype_of=(torch.Tensor,) if fmt == "pt" else (np.ndarray, torch.Tensor),
         )
@@ -256,8 +269,9 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
         method = getattr(self, name)
         if getattr(type(self), name) is not getattr(DataCollatorForLanguageModeling, name):
             return method(ids, special_tokens_mask=special, offset_mapping=offsets)
-        return method(ids, special_tokens_mask=special, offset_mapping=offsets, row_keys=row_keys,
-                      word_starts=word_starts)
+        return method(
+            ids, special_tokens_mask=special, offset_mapping=offsets, row_keys=row_keys, word_starts=word_starts
+        )
 
     def torch_mask_tokens(
         self,
@@ -394,7 +408,10 @@ class DataCollatorForWholeWordMask(DataCollatorForLanguageModeling):
             columns = ["input_ids"] + ([self.row_key_column] if self.row_key_column else [])
             examples = [{k: e[k] for k in columns} for e in examples]
         padded = pad_features(
-            examples, self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of, add_attention_mask=False,
+            examples,
+            self.tokenizer,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            add_attention_mask=False,
             keep_dtype_of=(torch.Tensor,) if fmt == "pt" else (np.ndarray, torch.Tensor),
         )
         ids = torch.from_numpy(padded.data["input_ids"])
@@ -513,7 +530,9 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
             raise TypeError("DataCollatorForMaskedAugmentation takes a non-empty list of dicts (tokenized features)")
         padding = getattr(self.padding, "value", self.padding)
         padded = pad_features(
-            features, self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of,
+            features,
+            self.tokenizer,
+            pad_to_multiple_of=self.pad_to_multiple_of,
             max_length=self.max_length if padding == "max_length" else None,
             float_dtype=np.float32 if fmt == "pt" else np.float64,
             label_pad_token_id=self.label_pad_token_id,
@@ -561,8 +580,13 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
                 word_starts = self._tables.word_starts(tokenizer, ids)["word_starts"]
         total = self.mask_probability + self.random_replace_probability + self.delete_probability
         keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
-        common = dict(vocab_size=vocab, special_tokens_mask=ineligible, seed=self._effective_seed(), row_keys=keys,
-                      ids_beyond_vocab=True)
+        common = dict(
+            vocab_size=vocab,
+            special_tokens_mask=ineligible,
+            seed=self._effective_seed(),
+            row_keys=keys,
+            ids_beyond_vocab=True,
+        )
         # Ids are shifted past the vocabulary, so the selected tokens that mask_tokens leaves
         # unchanged (its "keep" share, here the deletion share) are the ones still >= vocab.
         masked, labels = self._run(
@@ -591,8 +615,9 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
                 selected & torch.gather(m, 1, first) for m in (to_mask, to_delete, to_random)
             )
             if to_random.any():  # the per-position random ids (stream 2) of every eligible token
-                random_ids, _ = self._run(ids, mask_token_id=0, mlm_probability=1.0, mask_replace_prob=0.0,
-                                            random_replace_prob=1.0, **common)
+                random_ids, _ = self._run(
+                    ids, mask_token_id=0, mlm_probability=1.0, mask_replace_prob=0.0, random_replace_prob=1.0, **common
+                )
         out = torch.where(to_random, random_ids, ids)
         if tokenizer.mask_token_id is not None:
             out = torch.where(to_mask, torch.full_like(ids, tokenizer.mask_token_id), out)

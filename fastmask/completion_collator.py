@@ -37,10 +37,12 @@ the eos labels are ignored too, as in TRL).
 id when the tokenizer has one), while ``labels`` keep the original ids; drawn by
 :func:`fastmask.masking.run_masking`, so reproducible from ``seed`` like fastmask's MLM masks.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 
@@ -142,8 +144,9 @@ class DataCollatorForCompletionOnlyLM:
                 raise TypeError(f"{name} must be a bool, got {value!r}")
         self.padding_free = padding_free
         self.return_flash_attn_kwargs = return_flash_attn_kwargs
-        self.pad_to_multiple_of = None if pad_to_multiple_of is None else check_int(
-            "pad_to_multiple_of", pad_to_multiple_of, minimum=1)
+        self.pad_to_multiple_of = (
+            None if pad_to_multiple_of is None else check_int("pad_to_multiple_of", pad_to_multiple_of, minimum=1)
+        )
         self.input_noise = check_probability("input_noise", input_noise)
         self.noise_mask_prob = check_probability("noise_mask_prob", noise_mask_prob)
         # seed None: drawn from torch's generator (torch.manual_seed reproduces it), as fastmask's collators
@@ -151,14 +154,21 @@ class DataCollatorForCompletionOnlyLM:
         self._noise_step = 0
         self.backend = _backend.check_backend_name(backend)
         if return_tensors != "pt":
-            raise ValueError(f"return_tensors={return_tensors!r}: DataCollatorForCompletionOnlyLM returns torch tensors ('pt')")
+            raise ValueError(
+                f"return_tensors={return_tensors!r}: DataCollatorForCompletionOnlyLM returns torch tensors ('pt')"
+            )
         self.return_tensors = return_tensors
-        if (self.instruction_token_ids is not None and tokenizer is not None
-                and tokenizer.pad_token_id is not None and tokenizer.pad_token_id == tokenizer.eos_token_id):
+        if (
+            self.instruction_token_ids is not None
+            and tokenizer is not None
+            and tokenizer.pad_token_id is not None
+            and tokenizer.pad_token_id == tokenizer.eos_token_id
+        ):
             warnings.warn(
                 "The tokenizer's pad_token_id equals its eos_token_id, so eos labels are ignored with the padding; "
                 "in multi-turn training the model may then never learn to stop. Set a distinct pad token.",
-                UserWarning, stacklevel=2,
+                UserWarning,
+                stacklevel=2,
             )
 
     # ------------------------------------------------------------------ collation
@@ -168,8 +178,9 @@ class DataCollatorForCompletionOnlyLM:
         if self.tokenizer is None:
             raise ValueError("DataCollatorForCompletionOnlyLM needs a tokenizer to pad the batch; pass tokenizer=")
         features = [dict(f) if not isinstance(f, dict) and hasattr(f, "keys") else f for f in features]
-        padded = pad_features(features, self.tokenizer, pad_to_multiple_of=None if self.padding_free
-                              else self.pad_to_multiple_of)
+        padded = pad_features(
+            features, self.tokenizer, pad_to_multiple_of=None if self.padding_free else self.pad_to_multiple_of
+        )
         data = {k: to_torch(v) for k, v in padded.data.items()}
         ids = data["input_ids"]
         if "attention_mask" not in data:  # rows given as bare id sequences
@@ -191,8 +202,9 @@ class DataCollatorForCompletionOnlyLM:
                     "response_template is None and the features carry no 'assistant_masks'; pass a response "
                     "template or tokenize with apply_chat_template(..., return_assistant_tokens_mask=True)"
                 )
-            keep, missing = completion_mask(ids, self.response_token_ids, self.instruction_token_ids,
-                                            backend=self.backend)
+            keep, missing = completion_mask(
+                ids, self.response_token_ids, self.instruction_token_ids, backend=self.backend
+            )
             self._warn_missing(missing, ids)
         labels[~keep] = self.ignore_index
         data.pop("labels", None)
@@ -214,7 +226,8 @@ class DataCollatorForCompletionOnlyLM:
                     f"in the following instance: {text}. This instance will be ignored in loss calculation "
                     "(all labels set to ignore_index). If this happens often, check how the template tokenises in "
                     "context (pass its token ids) or increase the maximum sequence length.",
-                    UserWarning, stacklevel=3,
+                    UserWarning,
+                    stacklevel=3,
                 )
             if code & MISSING_INSTRUCTION:
                 warnings.warn(
@@ -222,7 +235,8 @@ class DataCollatorForCompletionOnlyLM:
                     f"{self.instruction_token_ids}) in the following instance: {text}. This instance will be ignored "
                     "in loss calculation (all labels set to ignore_index). If this happens often, check how the "
                     "template tokenises in context (pass its token ids) or increase the maximum sequence length.",
-                    UserWarning, stacklevel=3,
+                    UserWarning,
+                    stacklevel=3,
                 )
 
     def _noise(self, ids: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
@@ -232,9 +246,15 @@ class DataCollatorForCompletionOnlyLM:
         mask_id = getattr(tok, "mask_token_id", None)
         mask_prob = self.noise_mask_prob if mask_id is not None else 0.0
         plan = plan_masking(
-            ids, mlm_probability=self.input_noise, mask_token_id=mask_id if mask_id is not None else 0,
-            vocab_size=len(tok), special_tokens_mask=~eligible, mask_replace_prob=mask_prob,
-            random_replace_prob=1.0 - mask_prob, seed=self.seed, row_keys=self._next_noise_keys(ids.shape[0]),
+            ids,
+            mlm_probability=self.input_noise,
+            mask_token_id=mask_id if mask_id is not None else 0,
+            vocab_size=len(tok),
+            special_tokens_mask=~eligible,
+            mask_replace_prob=mask_prob,
+            random_replace_prob=1.0 - mask_prob,
+            seed=self.seed,
+            row_keys=self._next_noise_keys(ids.shape[0]),
             ids_beyond_vocab=True,
         )
         noisy, _ = run_masking(plan, self.backend)

@@ -11,10 +11,12 @@ Backends as every fastmask op: ``reference`` (pure torch, the oracle), ``cpp``
 (``csrc/completion_labels.cpp``) and ``triton`` (:mod:`fastmask.kernels.completion_labels`), which
 return identical outputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 
@@ -42,7 +44,7 @@ class CompletionPlan:
         return [self.input_ids, self.response_ids, self.instruction_ids, self.attention_mask], []
 
     @classmethod
-    def from_op_args(cls, buffers: list, scalars: list) -> "CompletionPlan":
+    def from_op_args(cls, buffers: list, scalars: list) -> CompletionPlan:
         return cls(*buffers)
 
 
@@ -79,8 +81,10 @@ def _completion_mask_op(
 @_completion_mask_op.register_fake
 def _completion_mask_fake(buffers, scalars, backend):
     ids = buffers[0]
-    return (torch.empty(ids.shape, dtype=torch.bool, device=ids.device),
-            torch.empty(ids.shape[0], dtype=torch.int32, device=ids.device))
+    return (
+        torch.empty(ids.shape, dtype=torch.bool, device=ids.device),
+        torch.empty(ids.shape[0], dtype=torch.int32, device=ids.device),
+    )
 
 
 def _template(name: str, value, device) -> torch.Tensor:
@@ -134,7 +138,8 @@ def completion_mask(
     if attention_mask is not None:
         if tuple(attention_mask.shape) != tuple(input_ids.shape):
             raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}")
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}"
+            )
         mask = (attention_mask.to(device) != 0).contiguous()
     plan = CompletionPlan(input_ids.contiguous(), response, instruction, mask)
     chosen = _backend.choose_backend(

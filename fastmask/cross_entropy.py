@@ -19,6 +19,7 @@ several times the kernel itself, and a training loop asks for the same sizes eve
 ``autograd.Function``) are ``torch.library`` custom ops with fake implementations, so
 ``torch.compile(fullgraph=True)`` treats them as opaque.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,11 +77,18 @@ def _cpp_rows(logits, rows, targets, *, grad_scale, label_smoothing, z_loss, gra
     elif grad_mode == "inplace":
         grad = logits
     _backend.cpp_kernels().ce_forward(
-        _cpp_buffer(logits), _KERNEL_DTYPES[logits.dtype],
-        None if rows is None else rows.contiguous().numpy(), targets.contiguous().numpy(), loss.numpy(), None,
-        None if grad is None else _cpp_buffer(grad), grad_mode == "inplace", float(grad_scale),
+        _cpp_buffer(logits),
+        _KERNEL_DTYPES[logits.dtype],
+        None if rows is None else rows.contiguous().numpy(),
+        targets.contiguous().numpy(),
+        loss.numpy(),
+        None,
+        None if grad is None else _cpp_buffer(grad),
+        grad_mode == "inplace",
+        float(grad_scale),
         None if row_scale is None else row_scale.to(torch.float32).contiguous().numpy(),
-        float(label_smoothing), float(z_loss),
+        float(label_smoothing),
+        float(z_loss),
     )
     return loss, grad
 
@@ -100,7 +108,9 @@ def _triton_rows(*args, **kwargs):
 _ROW_IMPLS = {"reference": reference_cross_entropy_rows, "cpp": _cpp_rows, "triton": _triton_rows}
 
 
-def cross_entropy_rows(backend, logits, rows, targets, *, grad_scale, label_smoothing, z_loss, grad_mode, row_scale=None):
+def cross_entropy_rows(
+    backend, logits, rows, targets, *, grad_scale, label_smoothing, z_loss, grad_mode, row_scale=None
+):
     """Dispatch the row-level contract (see :mod:`fastmask.reference.cross_entropy`).
 
     fp64 logits always take the reference.
@@ -108,8 +118,14 @@ def cross_entropy_rows(backend, logits, rows, targets, *, grad_scale, label_smoo
     if logits.dtype == torch.float64:
         backend = "reference"
     return _ROW_IMPLS[backend](
-        logits, rows, targets, grad_scale=grad_scale, label_smoothing=label_smoothing,
-        z_loss=z_loss, grad_mode=grad_mode, row_scale=row_scale,
+        logits,
+        rows,
+        targets,
+        grad_scale=grad_scale,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        grad_mode=grad_mode,
+        row_scale=row_scale,
     )
 
 
@@ -142,7 +158,9 @@ def _scale_rows(backend, buf, rows, grad_output, per_row):
     """In place: ``buf[rows[i]] *= grad_output`` (``grad_output[rows[i]]`` when ``per_row``)."""
     go = grad_output.detach().to(_work_dtype(buf.dtype)).reshape(-1).contiguous()
     if _use_cpp(backend, buf):
-        _backend.cpp_kernels().ce_scale_rows(_cpp_buffer(buf), _KERNEL_DTYPES[buf.dtype], rows.numpy(), go.numpy(), per_row)
+        _backend.cpp_kernels().ce_scale_rows(
+            _cpp_buffer(buf), _KERNEL_DTYPES[buf.dtype], rows.numpy(), go.numpy(), per_row
+        )
         return
     factor = go.index_select(0, rows) if per_row else go.expand(rows.shape[0])
     _scale_rows_torch(buf, rows, factor)
@@ -181,7 +199,9 @@ def select_rows(labels: torch.Tensor, ignore_index: int, vocab: int) -> tuple[to
     return rows, targets
 
 
-def normalization(reduction: int, count: int, denominator: Optional[torch.Tensor], loss_scale: float) -> tuple[float, float]:
+def normalization(
+    reduction: int, count: int, denominator: Optional[torch.Tensor], loss_scale: float
+) -> tuple[float, float]:
     """``(gradient scale, divisor of the summed loss)`` for ``count`` labelled rows.
 
     ``mean`` divides by ``denominator`` (num_items_in_batch or the global count) or else by
@@ -239,8 +259,14 @@ def _masked_ce_op(
     rows, targets = select_rows(labels, ignore_index, vocab)
     grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
     loss_rows, grad = cross_entropy_rows(
-        backend, logits, rows, targets, grad_scale=grad_scale, label_smoothing=label_smoothing,
-        z_loss=z_loss, grad_mode="compact" if compute_grad else "none",
+        backend,
+        logits,
+        rows,
+        targets,
+        grad_scale=grad_scale,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        grad_mode="compact" if compute_grad else "none",
     )
     if grad is None:
         grad = logits.new_empty((0, vocab))
@@ -249,7 +275,9 @@ def _masked_ce_op(
 
 
 @_masked_ce_op.register_fake
-def _masked_ce_fake(logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, compute_grad, backend):
+def _masked_ce_fake(
+    logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, compute_grad, backend
+):
     n_rows, vocab = logits.shape
     count = torch.library.get_ctx().new_dynamic_size()
     loss = logits.new_empty((n_rows,) if reduction == _NONE else (), dtype=loss_dtype(logits.dtype))
@@ -316,15 +344,23 @@ def _masked_ce_inplace_op(
     rows, targets = select_rows(labels, ignore_index, vocab)
     grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
     loss_rows, _ = cross_entropy_rows(
-        backend, logits, rows, targets, grad_scale=grad_scale, label_smoothing=label_smoothing,
-        z_loss=z_loss, grad_mode="inplace",
+        backend,
+        logits,
+        rows,
+        targets,
+        grad_scale=grad_scale,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        grad_mode="inplace",
     )
     _zero_rows(backend, logits, (labels == ignore_index).nonzero().squeeze(1))
     return reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, loss_dtype(logits.dtype))
 
 
 @_masked_ce_inplace_op.register_fake
-def _masked_ce_inplace_fake(logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend):
+def _masked_ce_inplace_fake(
+    logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend
+):
     return logits.new_empty((logits.shape[0],) if reduction == _NONE else (), dtype=loss_dtype(logits.dtype))
 
 
@@ -346,7 +382,9 @@ class _InplaceMaskedCrossEntropy(torch.autograd.Function):
     """The gradient is written over the logits in forward; backward scales it in place."""
 
     @staticmethod
-    def forward(ctx, logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend):
+    def forward(
+        ctx, logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend
+    ):
         loss = _masked_ce_inplace_op(
             logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend
         )
@@ -436,7 +474,9 @@ def loss_normalizer(
         return None, 1.0
     if reduction != "mean":
         option = "num_items_in_batch" if num_items_in_batch is not None else "global_normalization"
-        raise ValueError(f"{option} changes the denominator of reduction='mean'; it has no meaning for reduction={reduction!r}")
+        raise ValueError(
+            f"{option} changes the denominator of reduction='mean'; it has no meaning for reduction={reduction!r}"
+        )
     if num_items_in_batch is not None and global_normalization:
         raise ValueError(
             "pass num_items_in_batch or global_normalization=True, not both: num_items_in_batch is "
@@ -444,7 +484,11 @@ def loss_normalizer(
         )
     if num_items_in_batch is not None:
         if isinstance(num_items_in_batch, torch.Tensor):
-            if num_items_in_batch.numel() != 1 or num_items_in_batch.dtype == torch.bool or num_items_in_batch.is_complex():
+            if (
+                num_items_in_batch.numel() != 1
+                or num_items_in_batch.dtype == torch.bool
+                or num_items_in_batch.is_complex()
+            ):
                 raise ValueError(
                     f"num_items_in_batch must be a number or a one-element real tensor, got a "
                     f"{num_items_in_batch.dtype} tensor of shape {tuple(num_items_in_batch.shape)}"
@@ -559,7 +603,9 @@ def masked_cross_entropy(
     z_loss = check_nonnegative_float("z_loss", z_loss)
     check_bool("inplace_backward", inplace_backward)
     flat_labels = labels.reshape(-1).to(torch.int64)
-    denominator, loss_scale = loss_normalizer(flat_labels, ignore_index, reduction, num_items_in_batch, global_normalization)
+    denominator, loss_scale = loss_normalizer(
+        flat_labels, ignore_index, reduction, num_items_in_batch, global_normalization
+    )
     chosen = choose_backend(backend, logits.device.type, logits.dtype == torch.float64, "masked_cross_entropy")
     flat = logits.reshape(-1, vocab)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
@@ -576,7 +622,16 @@ def masked_cross_entropy(
         )
     else:
         loss = _masked_ce_op(
-            flat, flat_labels, ignore_index, code, label_smoothing, z_loss, denominator, loss_scale, compute_grad, chosen
+            flat,
+            flat_labels,
+            ignore_index,
+            code,
+            label_smoothing,
+            z_loss,
+            denominator,
+            loss_scale,
+            compute_grad,
+            chosen,
         )[0]
     if reduction == "none":
         loss = loss.view(labels.shape)

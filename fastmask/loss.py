@@ -1,4 +1,5 @@
 """``MaskedLMLoss``: a drop-in for ``nn.CrossEntropyLoss(ignore_index=-100)`` in MLM training."""
+
 from __future__ import annotations
 
 from typing import Union
@@ -83,8 +84,13 @@ class MaskedLMLoss(nn.Module):
 
     def extra_repr(self) -> str:
         parts = [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
-        for name, default in (("label_smoothing", 0.0), ("z_loss", 0.0), ("inplace_backward", False),
-                              ("global_normalization", False), ("backend", "auto")):
+        for name, default in (
+            ("label_smoothing", 0.0),
+            ("z_loss", 0.0),
+            ("inplace_backward", False),
+            ("global_normalization", False),
+            ("backend", "auto"),
+        ):
             value = getattr(self, name)
             if value != default:
                 parts.append(f"{name}={value!r}")

@@ -33,6 +33,7 @@ rate lags by that look-ahead, and with workers the lag depends on timing (use
 worker start-up (``copy.deepcopy``, ``pickle``, ``datasets.map``) gives the copy a shared block
 of its own with the current values.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -253,8 +254,9 @@ class MaskStream:
         workers = state.get("worker_examples", [])
         if not isinstance(workers, (list, tuple)) or len(workers) >= _MAX_WORKER_SLOTS:
             raise ValueError(f"state['worker_examples'] must be a list of at most {_MAX_WORKER_SLOTS - 1} counts")
-        counters += [check_int(f"state['worker_examples'][{k}]", v, minimum=0, maximum=_MAX_INT64)
-                     for k, v in enumerate(workers)]
+        counters += [
+            check_int(f"state['worker_examples'][{k}]", v, minimum=0, maximum=_MAX_INT64) for k, v in enumerate(workers)
+        ]
         step = check_int("state['step']", state["step"], minimum=0, maximum=_MAX_INT64)
         epoch = check_int("state['epoch']", state["epoch"], minimum=0, maximum=_MAX_INT64)
         shared = self._shared

@@ -8,11 +8,13 @@ documents the exact semantics), the C++ kernel (``csrc/masking.cpp``) and the Tr
 (:mod:`fastmask.kernels.masking`). The kernels see contiguous buffers, tables and integer
 thresholds only.
 """
+
 from __future__ import annotations
 
 import functools
 import weakref
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -39,8 +41,10 @@ __all__ = ["mask_tokens", "plan_masking", "run_masking", "STRATEGIES", "BUDGETS"
 def _cpp_impl(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
     masked = torch.empty_like(plan.input_ids)
     labels = torch.empty(plan.input_ids.shape, dtype=torch.int64)
-    fields = {name: None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
-              for name, t in plan.buffers().items()}
+    fields = {
+        name: None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
+        for name, t in plan.buffers().items()
+    }
     fields.update(plan.scalars())
     _backend.cpp_kernels().mask_tokens(fields, masked.numpy(), labels.numpy())
     return masked, labels
@@ -158,7 +162,9 @@ def quantize_token_weights(token_weights: torch.Tensor) -> torch.Tensor:
 def _weights_q(token_weights: Optional[torch.Tensor], device) -> Optional[torch.Tensor]:
     if token_weights is None:
         return None
-    return _TABLE_CACHE.get("weights", token_weights, str(device), lambda: quantize_token_weights(token_weights).to(device))
+    return _TABLE_CACHE.get(
+        "weights", token_weights, str(device), lambda: quantize_token_weights(token_weights).to(device)
+    )
 
 
 # ----------------------------------------------------------------------------- validation
@@ -215,7 +221,9 @@ def _row_keys(row_keys, batch: int, device) -> torch.Tensor:
     check_tensor("row_keys", row_keys, dtypes=(torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8))
     row_keys = row_keys.reshape(-1)
     if row_keys.numel() != batch:
-        raise ValueError(f"row_keys has {row_keys.numel()} entries but input_ids has {batch} rows; give one key per row")
+        raise ValueError(
+            f"row_keys has {row_keys.numel()} entries but input_ids has {batch} rows; give one key per row"
+        )
     return row_keys.to(device=device, dtype=torch.int64).contiguous()
 
 
@@ -444,12 +452,26 @@ def mask_tokens(
             None if t is None else t.reshape(1, -1) for t in (special_tokens_mask, attention_mask, word_starts)
         )
     plan = plan_masking(
-        input_ids, mask_token_id=mask_token_id, vocab_size=vocab_size, mlm_probability=mlm_probability,
-        mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob,
-        special_tokens_mask=special_tokens_mask, attention_mask=attention_mask, word_starts=word_starts,
-        word_start_table=word_start_table, special_token_ids=special_token_ids, pad_token_id=pad_token_id,
-        strategy=strategy, budget=budget, span_distribution=span_distribution, span_p=span_p,
-        max_span_words=max_span_words, token_weights=token_weights, seed=seed, row_keys=row_keys,
+        input_ids,
+        mask_token_id=mask_token_id,
+        vocab_size=vocab_size,
+        mlm_probability=mlm_probability,
+        mask_replace_prob=mask_replace_prob,
+        random_replace_prob=random_replace_prob,
+        special_tokens_mask=special_tokens_mask,
+        attention_mask=attention_mask,
+        word_starts=word_starts,
+        word_start_table=word_start_table,
+        special_token_ids=special_token_ids,
+        pad_token_id=pad_token_id,
+        strategy=strategy,
+        budget=budget,
+        span_distribution=span_distribution,
+        span_p=span_p,
+        max_span_words=max_span_words,
+        token_weights=token_weights,
+        seed=seed,
+        row_keys=row_keys,
     )
     masked, labels = run_masking(plan, backend)
     if squeeze:

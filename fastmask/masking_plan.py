@@ -6,6 +6,7 @@ integer thresholds); the reference (:mod:`fastmask.reference.masking`), the C++ 
 (:mod:`fastmask.kernels.masking`, whose parameters carry the same names) all take the plan.
 A new option is a new field here, read by those three and set by ``plan_masking``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,15 @@ from typing import Optional
 import torch
 
 __all__ = [
-    "MaskingPlan", "STRATEGIES", "BUDGETS", "STRATEGY_TOKEN", "STRATEGY_WHOLE_WORD", "STRATEGY_SPAN",
-    "FLAG_SPECIAL", "FLAG_WORD_START", "DEFAULT_FLAGS",
+    "MaskingPlan",
+    "STRATEGIES",
+    "BUDGETS",
+    "STRATEGY_TOKEN",
+    "STRATEGY_WHOLE_WORD",
+    "STRATEGY_SPAN",
+    "FLAG_SPECIAL",
+    "FLAG_WORD_START",
+    "DEFAULT_FLAGS",
 ]
 
 STRATEGIES = ("token", "whole_word", "span")
@@ -87,7 +95,7 @@ class MaskingPlan:
         return list(self.buffers().values()), list(self.scalars().values())
 
     @classmethod
-    def from_op_args(cls, buffers: list, scalars: list) -> "MaskingPlan":
+    def from_op_args(cls, buffers: list, scalars: list) -> MaskingPlan:
         values = dict(zip(_BUFFER_FIELDS, buffers))
         values.update(zip(_SCALAR_FIELDS, scalars))
         values["exact"] = bool(values["exact"])

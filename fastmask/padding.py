@@ -8,12 +8,13 @@ is kept: sequences aligned with ``input_ids`` are padded with it (``input_ids`` 
 ``labels`` -100, ``offset_mapping`` (0, 0), ``word_ids`` -1, anything else 0), other sequences
 to their own longest row, scalars are stacked, strings and other objects are returned as lists.
 """
+
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -247,8 +248,10 @@ def pad_features(
             _pad_key(features, key, out, tokenizer.pad_token_id if needs_padding else 0, left)
             data[key] = out
             continue
-        if value is None or isinstance(value, (str, bytes)) or not (
-            _is_scalar(value) or isinstance(value, (list, tuple, np.ndarray, torch.Tensor))
+        if (
+            value is None
+            or isinstance(value, (str, bytes))
+            or not (_is_scalar(value) or isinstance(value, (list, tuple, np.ndarray, torch.Tensor)))
         ):
             data[key] = [_feature(f, key, i) for i, f in enumerate(features)]
             continue
@@ -285,8 +288,10 @@ def pad_features(
             pad = bool(pad)
         _pad_key(features, key, out, pad, left, -1 if key == "word_ids" else None)
         data[key] = out
-    if add_attention_mask and "attention_mask" not in data and "attention_mask" in getattr(
-        tokenizer, "model_input_names", ("attention_mask",)
+    if (
+        add_attention_mask
+        and "attention_mask" not in data
+        and "attention_mask" in getattr(tokenizer, "model_input_names", ("attention_mask",))
     ):
         positions = np.arange(length)
         if left:

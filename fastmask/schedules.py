@@ -6,11 +6,13 @@ at the start rate). The collator reads the step it was last given by ``set_step(
 :class:`MaskingScheduleCallback` calls it from ``transformers.Trainer``. How the step reaches
 DataLoader worker processes is described in :mod:`fastmask.collator`.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 from ._validation import check_choice, check_int, check_probability
 
@@ -115,9 +117,7 @@ class MaskingScheduleCallback(_CallbackBase):
     def __init__(self, collator, *, set_epoch: bool = True):
         for method in ("set_step", "set_epoch", "share_state"):
             if not callable(getattr(collator, method, None)):
-                raise TypeError(
-                    f"collator must be a fastmask collator with {method}(); got {type(collator).__name__}"
-                )
+                raise TypeError(f"collator must be a fastmask collator with {method}(); got {type(collator).__name__}")
         self.collator = collator
         self.update_epoch = set_epoch
         collator.share_state()

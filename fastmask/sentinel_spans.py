@@ -12,12 +12,14 @@ The op's files share the stem ``sentinel_spans`` rather than ``span_corruption``
 named like the exported function would replace ``fastmask.span_corruption`` (the function) by
 the module as soon as it is imported.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import numbers
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -29,7 +31,10 @@ from .reference.sentinel_spans import reference_span_corruption
 from .sentinel_spans_plan import SpanCorruptionPlan
 
 __all__ = [
-    "span_corruption", "plan_span_corruption", "run_span_corruption", "span_corruption_lengths",
+    "span_corruption",
+    "plan_span_corruption",
+    "run_span_corruption",
+    "span_corruption_lengths",
     "span_counts",
 ]
 
@@ -101,7 +106,9 @@ def span_corruption_lengths(
 
 
 @functools.lru_cache(maxsize=64)
-def _count_tables(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _count_tables(
+    length: int, noise_density: float, mean_noise_span_length: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     noise, spans = [0, 0], [0, 0]
     for units in range(2, length + 1):
         n, s = span_counts(units, noise_density, mean_noise_span_length)
@@ -115,8 +122,10 @@ def _cpp_impl(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
     B = plan.input_ids.shape[0]
     inputs = torch.empty((B, plan.inputs_length), dtype=plan.input_ids.dtype)
     targets = torch.empty((B, plan.targets_length), dtype=plan.input_ids.dtype)
-    fields = {name: None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
-              for name, t in plan.buffers().items()}
+    fields = {
+        name: None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
+        for name, t in plan.buffers().items()
+    }
     fields.update(plan.scalars())
     _backend.cpp_kernels().span_corruption(fields, inputs.numpy(), targets.numpy())
     return inputs, targets
@@ -162,7 +171,10 @@ def run_span_corruption(plan: SpanCorruptionPlan, backend: str = "auto") -> tupl
     _backend.check_backend_name(backend)
     device_type = plan.input_ids.device.type
     chosen = _backend.choose_backend(
-        "span_corruption", backend, device_type, "span_corruption",
+        "span_corruption",
+        backend,
+        device_type,
+        "span_corruption",
         _triton_limits(device_type, plan.input_ids.shape[1]),
     )
     return _backend.call_op(_span_corruption_op, _IMPLS, chosen, plan)
@@ -248,10 +260,19 @@ def plan_span_corruption(
         targets_length = int((real_tokens - (units - noise) + spans).max()) + 1
     mix1, mix2 = _rng.seed_mix(seed)
     plan = SpanCorruptionPlan(
-        input_ids=input_ids, row_keys=keys, attention_mask=attention, word_starts=starts,
-        noise_table=noise_table.to(device), spans_table=spans_table.to(device),
-        seed_mix1=mix1, seed_mix2=mix2, first_sentinel_id=first_sentinel_id, eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id, inputs_length=inputs_length, targets_length=targets_length,
+        input_ids=input_ids,
+        row_keys=keys,
+        attention_mask=attention,
+        word_starts=starts,
+        noise_table=noise_table.to(device),
+        spans_table=spans_table.to(device),
+        seed_mix1=mix1,
+        seed_mix2=mix2,
+        first_sentinel_id=first_sentinel_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        inputs_length=inputs_length,
+        targets_length=targets_length,
     )
     return plan
 
@@ -311,9 +332,16 @@ def span_corruption(
         input_ids = input_ids.unsqueeze(0)
         attention_mask, word_starts = (None if t is None else t.reshape(1, -1) for t in (attention_mask, word_starts))
     plan = plan_span_corruption(
-        input_ids, first_sentinel_id=first_sentinel_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-        noise_density=noise_density, mean_noise_span_length=mean_noise_span_length,
-        attention_mask=attention_mask, word_starts=word_starts, seed=seed, row_keys=row_keys,
+        input_ids,
+        first_sentinel_id=first_sentinel_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        noise_density=noise_density,
+        mean_noise_span_length=mean_noise_span_length,
+        attention_mask=attention_mask,
+        word_starts=word_starts,
+        seed=seed,
+        row_keys=row_keys,
     )
     inputs, targets = run_span_corruption(plan, backend)
     if squeeze:

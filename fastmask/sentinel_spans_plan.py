@@ -6,6 +6,7 @@ backend.
 the C++ kernel (``csrc/sentinel_spans.cpp``, which reads the fields by name) and the Triton
 kernel (:mod:`fastmask.kernels.sentinel_spans`) all take the plan.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,7 +57,7 @@ class SpanCorruptionPlan:
         return list(self.buffers().values()), list(self.scalars().values())
 
     @classmethod
-    def from_op_args(cls, buffers: list, scalars: list) -> "SpanCorruptionPlan":
+    def from_op_args(cls, buffers: list, scalars: list) -> SpanCorruptionPlan:
         values = dict(zip(_BUFFER_FIELDS, buffers))
         values.update(zip(_SCALAR_FIELDS, scalars))
         return cls(**values)

@@ -5,6 +5,7 @@ epoch, row keys and ``state_dict`` come from :class:`~fastmask.mask_stream.MaskS
 across epochs and DataLoader workers, resumable), padding of features from
 :mod:`fastmask.padding`.
 """
+
 from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass
@@ -21,7 +22,12 @@ from ._validation import check_int
 from .mask_stream import MaskStream
 from .padding import pad_features
 from .sentinel_spans import (
-    _check_density, _check_mean_span, plan_span_corruption, run_span_corruption, span_corruption_lengths, span_counts,
+    _check_density,
+    _check_mean_span,
+    plan_span_corruption,
+    run_span_corruption,
+    span_corruption_lengths,
+    span_counts,
 )
 
 __all__ = ["DataCollatorForSpanCorruption", "add_sentinel_tokens", "sentinel_token_id"]
@@ -39,8 +45,11 @@ def add_sentinel_tokens(tokenizer, count: int = 100, *, eos_token: str = "</s>")
     if tokenizer.eos_token_id is None:
         added += tokenizer.add_special_tokens({"eos_token": eos_token})
     tokens = [SENTINEL.format(k) for k in reversed(range(count))]  # highest id for <extra_id_0>
-    added += tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_extra_special_tokens=False) \
-        if _accepts_replace(tokenizer) else tokenizer.add_special_tokens({"additional_special_tokens": tokens})
+    added += (
+        tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_extra_special_tokens=False)
+        if _accepts_replace(tokenizer)
+        else tokenizer.add_special_tokens({"additional_special_tokens": tokens})
+    )
     return added
 
 
@@ -182,13 +191,17 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
         batch = ids.shape[0]
         keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
         plan = plan_span_corruption(
-            ids, first_sentinel_id=self.first_sentinel_id, eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id, noise_density=self.noise_density,
+            ids,
+            first_sentinel_id=self.first_sentinel_id,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            noise_density=self.noise_density,
             mean_noise_span_length=self.mean_noise_span_length,
             # every token is real, pad ids too (numpy-made: no torch kernel, whose intra-op
             # threads contend with the C++ pool on small machines)
             attention_mask=torch.from_numpy(np.ones(ids.shape, dtype=bool)),
-            seed=self._effective_seed(), row_keys=keys,
+            seed=self._effective_seed(),
+            row_keys=keys,
         )
         inputs, targets = run_span_corruption(plan, self.backend)
         if inputs.device.type != "cpu":

@@ -1,4 +1,5 @@
 """Per-vocabulary token weights for conditional masking: counts and weights from counts."""
+
 from __future__ import annotations
 
 import itertools

@@ -8,6 +8,7 @@ model initialisation, rows, order, optimiser and schedule, with transformers'
 one fixed masked copy of the held-out rows (masks keyed by row index), so their eval losses
 and masked-token accuracies are directly comparable.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -102,7 +103,9 @@ def load_rows(config: TrainConfig, tokenizer) -> tuple[list[list[int]], list[lis
         source = "embedded corpus (Python standard-library docstrings)"
     rows = data.tokenized_rows(tokenizer, texts, config.seq_len)
     if len(rows) < 4:
-        raise ValueError(f"the text gives only {len(rows)} rows of {config.seq_len} tokens; give more text or a smaller --seq-len")
+        raise ValueError(
+            f"the text gives only {len(rows)} rows of {config.seq_len} tokens; give more text or a smaller --seq-len"
+        )
     generator = torch.Generator().manual_seed(1234)  # a fixed split, whatever --seed is
     order = torch.randperm(len(rows), generator=generator).tolist()
     n_eval = max(2, int(round(len(rows) * config.eval_fraction)))
@@ -161,15 +164,26 @@ def build_model(config: TrainConfig, tokenizer, seed: int):
         try:
             model = data.load_minilm_masked_lm(path)
         except Exception as exc:
-            raise ValueError(f"--model {path!r} could not be loaded as BertForMaskedLM ({type(exc).__name__})") from None
+            raise ValueError(
+                f"--model {path!r} could not be loaded as BertForMaskedLM ({type(exc).__name__})"
+            ) from None
         if model.config.vocab_size < len(tokenizer):
-            raise ValueError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's ({len(tokenizer)})")
+            raise ValueError(
+                f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's ({len(tokenizer)})"
+            )
         if config.seq_len > model.config.max_position_embeddings:
-            raise ValueError(f"--seq-len {config.seq_len} exceeds the model's {model.config.max_position_embeddings} positions")
+            raise ValueError(
+                f"--seq-len {config.seq_len} exceeds the model's {model.config.max_position_embeddings} positions"
+            )
         return model
     bert_config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=1024, max_position_embeddings=max(512, config.seq_len), pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        max_position_embeddings=max(512, config.seq_len),
+        pad_token_id=tokenizer.pad_token_id,
     )
     return BertForMaskedLM(bert_config)
 
@@ -187,9 +201,15 @@ def make_eval_batches(rows, tokenizer, config: TrainConfig) -> list[dict]:
 
         kwargs["word_start_table"] = word_start_table(tokenizer)
     masked, labels = mask_tokens(
-        ids, mask_token_id=tokenizer.mask_token_id, vocab_size=len(tokenizer), mlm_probability=config.mlm_probability,
-        special_tokens_mask=special, strategy=config.strategy, seed=10_000 + config.seed,
-        row_keys=torch.arange(ids.shape[0]), **kwargs,
+        ids,
+        mask_token_id=tokenizer.mask_token_id,
+        vocab_size=len(tokenizer),
+        mlm_probability=config.mlm_probability,
+        special_tokens_mask=special,
+        strategy=config.strategy,
+        seed=10_000 + config.seed,
+        row_keys=torch.arange(ids.shape[0]),
+        **kwargs,
     )
     return [
         {"input_ids": masked[i : i + config.batch_size], "labels": labels[i : i + config.batch_size]}
@@ -276,18 +296,29 @@ def run_pipeline(kind: str, config: TrainConfig, tokenizer, train_rows, eval_bat
         apply_fastmask(model, global_normalization=world > 1)
     train_model = model
     if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     pretrained = _pretrained_path(config) is not None
     lr = config.lr if config.lr is not None else (5e-5 if pretrained else 5e-4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * config.max_steps), config.max_steps)
     collator = _collator(kind, tokenizer, config, seed=config.seed)
     features = _features(train_rows, tokenizer, config.strategy, kind)
-    sampler = torch.utils.data.DistributedSampler(features, num_replicas=world, rank=rank, seed=config.seed) if world > 1 else None
+    sampler = (
+        torch.utils.data.DistributedSampler(features, num_replicas=world, rank=rank, seed=config.seed)
+        if world > 1
+        else None
+    )
     generator = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(
-        features, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, collate_fn=collator,
-        drop_last=True, generator=generator,
+        features,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=collator,
+        drop_last=True,
+        generator=generator,
     )
     if len(loader) == 0:
         raise ValueError(f"--batch-size {config.batch_size} is larger than the {len(features)} training rows")
@@ -322,8 +353,10 @@ def run_pipeline(kind: str, config: TrainConfig, tokenizer, train_rows, eval_bat
     eval_loss, eval_accuracy = evaluate(model, eval_batches, device)
     if kind == "fastmask" and config.save and rank == 0:
         _save(model, tokenizer, config)
-    tail = losses[-max(1, len(losses) // 10):]
-    return RunResult(kind, len(losses), seconds, tokens / seconds, sum(tail) / len(tail), eval_loss, eval_accuracy, losses)
+    tail = losses[-max(1, len(losses) // 10) :]
+    return RunResult(
+        kind, len(losses), seconds, tokens / seconds, sum(tail) / len(tail), eval_loss, eval_accuracy, losses
+    )
 
 
 def _progress(config: TrainConfig, label: str, rank: int):
@@ -369,7 +402,11 @@ def plot_losses(results: list[RunResult], path: Path) -> Optional[Path]:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     for result in results:
-        ax.plot(range(1, len(result.losses) + 1), result.losses, label=f"{result.name} ({result.tokens_per_second:,.0f} tok/s)")
+        ax.plot(
+            range(1, len(result.losses) + 1),
+            result.losses,
+            label=f"{result.name} ({result.tokens_per_second:,.0f} tok/s)",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (masked tokens)")
     ax.set_title("fastmask train")
@@ -391,7 +428,9 @@ def format_results(results: list[RunResult]) -> str:
         )
     if len(results) == 2:
         fast, stock = results
-        lines.append(f"speed-up of fastmask over the stock pipeline: {fast.tokens_per_second / stock.tokens_per_second:.2f}x")
+        lines.append(
+            f"speed-up of fastmask over the stock pipeline: {fast.tokens_per_second / stock.tokens_per_second:.2f}x"
+        )
     return "\n".join(lines)
 
 

@@ -12,10 +12,10 @@ Three sources, in the order the collators prefer them:
   Llama) with ``▁``. This works when ``offset_mapping`` is gone (``Trainer`` drops unused
   columns), at the cost of treating punctuation as the tokenizer's vocabulary does.
 """
+
 from __future__ import annotations
 
 import numbers
-
 from typing import Any, Optional
 
 import numpy as np

@@ -5,6 +5,7 @@ or a missing Triton install fails the suite. ``FASTMASK_REQUIRE_BACKENDS`` lists
 backends instead (e.g. ``FASTMASK_REQUIRE_BACKENDS=`` after a ``FASTMASK_NO_EXT=1`` build);
 the others are then skipped, with the reason.
 """
+
 from __future__ import annotations
 
 import os

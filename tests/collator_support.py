@@ -1,14 +1,15 @@
 """Shared pieces of the collator tests: tokenizers, real-text features, word groups, checks."""
+
 from __future__ import annotations
 
 import functools
 import warnings
 
 import numpy as np
+import text_fixtures
 import torch
 import transformers
 
-import text_fixtures
 from fastmask import data
 
 FAMILIES = ("minilm", "bpe", "unigram")
@@ -19,20 +20,33 @@ def tokenizer(kind: str = "minilm"):
     return text_fixtures.tokenizer(kind)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _texts() -> tuple:
     return tuple(data.corpus_texts(max_chars=200_000))
 
 
-def features(kind: str = "minilm", rows: int = 8, *, start: int = 0, max_length: int = 64, offsets: bool = True,
-             special: bool = True, token_type_ids: bool = True) -> list:
+def features(
+    kind: str = "minilm",
+    rows: int = 8,
+    *,
+    start: int = 0,
+    max_length: int = 64,
+    offsets: bool = True,
+    special: bool = True,
+    token_type_ids: bool = True,
+) -> list:
     """Ragged tokenized features (lists), one dict per paragraph of the stdlib corpus."""
     tok = tokenizer(kind)
     texts = list(_texts()[start : start + rows])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        enc = tok(texts, truncation=True, max_length=max_length, return_special_tokens_mask=special,
-                  return_offsets_mapping=offsets)
+        enc = tok(
+            texts,
+            truncation=True,
+            max_length=max_length,
+            return_special_tokens_mask=special,
+            return_offsets_mapping=offsets,
+        )
     keys = [k for k in enc.keys() if token_type_ids or k != "token_type_ids"]
     return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 
@@ -54,7 +68,7 @@ def padded(rows, length: int, pad, left: bool = False) -> np.ndarray:
         row = np.asarray(row, dtype=np.int64)
         if len(row):
             if left:
-                out[i, length - len(row):] = row
+                out[i, length - len(row) :] = row
             else:
                 out[i, : len(row)] = row
     return out
@@ -91,8 +105,9 @@ def assert_whole_words(selected: np.ndarray, word_ids: np.ndarray) -> int:
     return count
 
 
-def assert_mlm_invariants(original: np.ndarray, masked: np.ndarray, labels: np.ndarray, *, ineligible: np.ndarray,
-                          mask_id: int, vocab: int) -> np.ndarray:
+def assert_mlm_invariants(
+    original: np.ndarray, masked: np.ndarray, labels: np.ndarray, *, ineligible: np.ndarray, mask_id: int, vocab: int
+) -> np.ndarray:
     """Labels hold the original id where selected and -100 elsewhere; unselected ids are unchanged;
     ineligible positions are never selected. Returns the selected mask."""
     selected = labels != -100

@@ -3,6 +3,7 @@
 TRITON_INTERPRET must be set before triton is first imported, so it is set here, before any
 test module imports fastmask.
 """
+
 import os
 
 

@@ -5,6 +5,7 @@ option must leave these digests unchanged; ``test_golden.py`` checks them. Regen
 intended change of the masking semantics, with a note saying why) with
 ``python tests/golden_outputs.py > tests/golden/masks.json``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +15,10 @@ import warnings
 
 import numpy as np
 import torch
-
-import fastmask
 from collator_support import features, tokenizer
 from masking_samples import sample_inputs
+
+import fastmask
 
 
 def digest(*arrays) -> str:
@@ -36,13 +37,25 @@ def collator_cases():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield "lm-token", fastmask.DataCollatorForLanguageModeling(tok, seed=3), feats
-        yield "lm-whole-word-offsets", fastmask.DataCollatorForLanguageModeling(tok, whole_word_mask=True, seed=4), feats
+        yield (
+            "lm-whole-word-offsets",
+            fastmask.DataCollatorForLanguageModeling(tok, whole_word_mask=True, seed=4),
+            feats,
+        )
         no_offsets = [{k: v for k, v in f.items() if k != "offset_mapping"} for f in feats]
-        yield "lm-span-exact-table", fastmask.DataCollatorForLanguageModeling(
-            tok, strategy="span", budget="exact", seed=5), no_offsets
+        yield (
+            "lm-span-exact-table",
+            fastmask.DataCollatorForLanguageModeling(tok, strategy="span", budget="exact", seed=5),
+            no_offsets,
+        )
         yield "wwm-v4", fastmask.DataCollatorForWholeWordMask(tok, seed=6), no_offsets
-        yield "augmentation", fastmask.DataCollatorForMaskedAugmentation(
-            tok, mask_probability=0.15, random_replace_probability=0.05, delete_probability=0.1, seed=7), no_offsets
+        yield (
+            "augmentation",
+            fastmask.DataCollatorForMaskedAugmentation(
+                tok, mask_probability=0.15, random_replace_probability=0.05, delete_probability=0.1, seed=7
+            ),
+            no_offsets,
+        )
 
 
 def compute() -> dict:
@@ -51,7 +64,7 @@ def compute() -> dict:
         out["op/" + name] = digest(*fastmask.mask_tokens(**kwargs, backend="reference"))
     for name, collator, feats in collator_cases():
         for batch in range(2):
-            result = collator(feats[8 * batch: 8 * batch + 8])
+            result = collator(feats[8 * batch : 8 * batch + 8])
             out[f"collator/{name}/{batch}"] = digest(*(result[k] for k in sorted(result.keys())))
     return out
 

@@ -20,10 +20,12 @@ the input dtype; the gradient is rounded to the input dtype once in the forward 
 scaled by ``grad_output``. The fused head's logits are themselves rounded to the input dtype
 by the matmul, so its fp16/bf16 comparisons use the relaxed ``FUSED_TOLERANCES``.
 """
+
 from __future__ import annotations
 
 import itertools
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -106,8 +108,9 @@ def reference_fused_masked_lm_loss(hidden, weight, labels, bias=None, **options)
 
 
 # ----------------------------------------------------------------------------- inputs
-def _labels(g: torch.Generator, shape, vocab: int, ignore_rate: float, ignore_index: int = IGNORE,
-            dtype=torch.int64) -> torch.Tensor:
+def _labels(
+    g: torch.Generator, shape, vocab: int, ignore_rate: float, ignore_index: int = IGNORE, dtype=torch.int64
+) -> torch.Tensor:
     labels = torch.randint(0, vocab, shape, generator=g)
     if ignore_rate >= 1.0:
         labels.fill_(ignore_index)
@@ -133,44 +136,101 @@ def sample_inputs(*, seed: int = 0, large: bool = True) -> Iterator[tuple[str, d
     for (reduction, rate, dtype), (smoothing, z) in itertools.product(
         itertools.product(("mean", "sum", "none"), (0.0, 0.15, 0.99, 1.0), dtypes), [(0.0, 0.0), (0.1, 1e-3)]
     ):
-        yield f"37x1000-{reduction}-ign{rate}-{str(dtype)[6:]}-ls{smoothing}-z{z}", dict(
-            logits=_logits(g, (37, 1000), dtype), labels=_labels(g, (37,), 1000, rate),
-            reduction=reduction, label_smoothing=smoothing, z_loss=z,
+        yield (
+            f"37x1000-{reduction}-ign{rate}-{str(dtype)[6:]}-ls{smoothing}-z{z}",
+            dict(
+                logits=_logits(g, (37, 1000), dtype),
+                labels=_labels(g, (37,), 1000, rate),
+                reduction=reduction,
+                label_smoothing=smoothing,
+                z_loss=z,
+            ),
         )
     # Odd 3-D shape, V not a multiple of any block.
     for dtype in dtypes:
-        yield f"3x423x257-{str(dtype)[6:]}", dict(
-            logits=_logits(g, (3, 423, 257), dtype), labels=_labels(g, (3, 423), 257, 0.85), reduction="mean",
+        yield (
+            f"3x423x257-{str(dtype)[6:]}",
+            dict(
+                logits=_logits(g, (3, 423, 257), dtype),
+                labels=_labels(g, (3, 423), 257, 0.85),
+                reduction="mean",
+            ),
         )
-    yield "3x423x257-none-ls", dict(
-        logits=_logits(g, (3, 423, 257), torch.float32), labels=_labels(g, (3, 423), 257, 0.85),
-        reduction="none", label_smoothing=0.2, z_loss=1e-4,
+    yield (
+        "3x423x257-none-ls",
+        dict(
+            logits=_logits(g, (3, 423, 257), torch.float32),
+            labels=_labels(g, (3, 423), 257, 0.85),
+            reduction="none",
+            label_smoothing=0.2,
+            z_loss=1e-4,
+        ),
     )
     # Real vocabularies.
     yield "16x30522-bf16", dict(logits=_logits(g, (16, 30522), torch.bfloat16), labels=_labels(g, (16,), 30522, 0.15))
-    yield "4x50265-fp32-sum", dict(logits=_logits(g, (4, 50265), torch.float32), labels=_labels(g, (4,), 50265, 0.0), reduction="sum")
+    yield (
+        "4x50265-fp32-sum",
+        dict(logits=_logits(g, (4, 50265), torch.float32), labels=_labels(g, (4,), 50265, 0.0), reduction="sum"),
+    )
     if large:
-        yield "3x128256-fp32", dict(logits=_logits(g, (3, 128256), torch.float32), labels=_labels(g, (3,), 128256, 0.0),
-                                    label_smoothing=0.1, z_loss=1e-4)
-        yield "2x128256-bf16-none", dict(logits=_logits(g, (2, 128256), torch.bfloat16), labels=_labels(g, (2,), 128256, 0.0),
-                                         reduction="none")
+        yield (
+            "3x128256-fp32",
+            dict(
+                logits=_logits(g, (3, 128256), torch.float32),
+                labels=_labels(g, (3,), 128256, 0.0),
+                label_smoothing=0.1,
+                z_loss=1e-4,
+            ),
+        )
+        yield (
+            "2x128256-bf16-none",
+            dict(
+                logits=_logits(g, (2, 128256), torch.bfloat16), labels=_labels(g, (2,), 128256, 0.0), reduction="none"
+            ),
+        )
     # Tiny vocabularies and rows.
     yield "5x1", dict(logits=_logits(g, (5, 1), torch.float32), labels=_labels(g, (5,), 1, 0.4), label_smoothing=0.3)
     yield "1x2-sum", dict(logits=_logits(g, (1, 2), torch.float16), labels=_labels(g, (1,), 2, 0.0), reduction="sum")
     # Non-contiguous logits: a row stride larger than V, a transposed class dim, a permuted 3-D.
     wide = _logits(g, (20, 700), torch.float32)
     yield "rowstride", dict(logits=wide[:, 50:650], labels=_labels(g, (20,), 600, 0.3))
-    yield "transposed", dict(logits=_logits(g, (300, 24), torch.bfloat16).t(), labels=_labels(g, (24,), 300, 0.3), reduction="sum")
-    yield "permuted-3d", dict(logits=_logits(g, (9, 4, 130), torch.float32).transpose(0, 1),
-                              labels=_labels(g, (4, 9), 130, 0.5), reduction="none")
+    yield (
+        "transposed",
+        dict(logits=_logits(g, (300, 24), torch.bfloat16).t(), labels=_labels(g, (24,), 300, 0.3), reduction="sum"),
+    )
+    yield (
+        "permuted-3d",
+        dict(
+            logits=_logits(g, (9, 4, 130), torch.float32).transpose(0, 1),
+            labels=_labels(g, (4, 9), 130, 0.5),
+            reduction="none",
+        ),
+    )
     # Other ignore values, int32 labels, num_items_in_batch, large logits and -inf entries.
-    yield "ignore0-int32", dict(logits=_logits(g, (25, 90), torch.float32),
-                                labels=_labels(g, (25,), 90, 0.5, ignore_index=0, dtype=torch.int32), ignore_index=0)
-    yield "num-items-int", dict(logits=_logits(g, (25, 90), torch.float32), labels=_labels(g, (25,), 90, 0.5),
-                                num_items_in_batch=40)
-    yield "num-items-tensor", dict(logits=_logits(g, (25, 90), torch.bfloat16), labels=_labels(g, (25,), 90, 0.5),
-                                   num_items_in_batch=torch.tensor(13))
-    yield "large-logits", dict(logits=_logits(g, (12, 500), torch.float32, scale=60.0), labels=_labels(g, (12,), 500, 0.2))
+    yield (
+        "ignore0-int32",
+        dict(
+            logits=_logits(g, (25, 90), torch.float32),
+            labels=_labels(g, (25,), 90, 0.5, ignore_index=0, dtype=torch.int32),
+            ignore_index=0,
+        ),
+    )
+    yield (
+        "num-items-int",
+        dict(logits=_logits(g, (25, 90), torch.float32), labels=_labels(g, (25,), 90, 0.5), num_items_in_batch=40),
+    )
+    yield (
+        "num-items-tensor",
+        dict(
+            logits=_logits(g, (25, 90), torch.bfloat16),
+            labels=_labels(g, (25,), 90, 0.5),
+            num_items_in_batch=torch.tensor(13),
+        ),
+    )
+    yield (
+        "large-logits",
+        dict(logits=_logits(g, (12, 500), torch.float32, scale=60.0), labels=_labels(g, (12,), 500, 0.2)),
+    )
     masked_vocab = _logits(g, (10, 2000), torch.float32)
     masked_vocab[:, :1500] = float("-inf")  # e.g. a vocabulary mask; the first blocks are all -inf
     labels = _labels(g, (10,), 500, 0.3)
@@ -192,23 +252,60 @@ def fused_sample_inputs(*, seed: int = 0) -> Iterator[tuple[str, dict]]:
         (None, 7),
     ):
         hidden, weight, bias = head((40,), 32, 300, dtype)
-        yield f"40x32x300-{reduction}-ign{rate}-{str(dtype)[6:]}-chunk{chunk}", dict(
-            hidden=hidden, weight=weight, bias=bias, labels=_labels(g, (40,), 300, rate), reduction=reduction,
-            chunk_size=chunk,
+        yield (
+            f"40x32x300-{reduction}-ign{rate}-{str(dtype)[6:]}-chunk{chunk}",
+            dict(
+                hidden=hidden,
+                weight=weight,
+                bias=bias,
+                labels=_labels(g, (40,), 300, rate),
+                reduction=reduction,
+                chunk_size=chunk,
+            ),
         )
     hidden, weight, bias = head((3, 50), 24, 257, torch.float32)
-    yield "3x50-3d-ls-z", dict(hidden=hidden, weight=weight, bias=bias, labels=_labels(g, (3, 50), 257, 0.85),
-                               label_smoothing=0.1, z_loss=1e-3, chunk_size=5)
+    yield (
+        "3x50-3d-ls-z",
+        dict(
+            hidden=hidden,
+            weight=weight,
+            bias=bias,
+            labels=_labels(g, (3, 50), 257, 0.85),
+            label_smoothing=0.1,
+            z_loss=1e-3,
+            chunk_size=5,
+        ),
+    )
     hidden, weight, _ = head((64,), 48, 1000, torch.float32, bias=False)
-    yield "nobias-chunk1", dict(hidden=hidden, weight=weight, bias=None, labels=_labels(g, (64,), 1000, 0.9), chunk_size=1)
+    yield (
+        "nobias-chunk1",
+        dict(hidden=hidden, weight=weight, bias=None, labels=_labels(g, (64,), 1000, 0.9), chunk_size=1),
+    )
     hidden, weight, bias = head((30,), 16, 30522, torch.bfloat16)
     yield "30x16x30522-bf16", dict(hidden=hidden, weight=weight, bias=bias, labels=_labels(g, (30,), 30522, 0.8))
     hidden, weight, bias = head((33,), 20, 111, torch.float32)
-    yield "num-items", dict(hidden=hidden, weight=weight, bias=bias, labels=_labels(g, (33,), 111, 0.5),
-                            num_items_in_batch=torch.tensor(21), chunk_size=4)
+    yield (
+        "num-items",
+        dict(
+            hidden=hidden,
+            weight=weight,
+            bias=bias,
+            labels=_labels(g, (33,), 111, 0.5),
+            num_items_in_batch=torch.tensor(21),
+            chunk_size=4,
+        ),
+    )
     hidden, weight, bias = head((33,), 20, 111, torch.float32)
-    yield "ignore-7-int32", dict(hidden=hidden, weight=weight, bias=bias,
-                                 labels=_labels(g, (33,), 111, 0.5, ignore_index=7, dtype=torch.int32), ignore_index=7)
+    yield (
+        "ignore-7-int32",
+        dict(
+            hidden=hidden,
+            weight=weight,
+            bias=bias,
+            labels=_labels(g, (33,), 111, 0.5, ignore_index=7, dtype=torch.int32),
+            ignore_index=7,
+        ),
+    )
 
 
 def leaf(t: Optional[torch.Tensor], dtype=None, requires_grad: bool = True) -> Optional[torch.Tensor]:

@@ -1,8 +1,9 @@
 """``sample_inputs``: one generator of mask_tokens calls, shared by every masking test."""
+
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -18,7 +19,9 @@ def _batch(generator: torch.Generator, batch: int, length: int, dtype: torch.dty
     attention = torch.ones(batch, length, dtype=torch.int64)
     if length >= 2:
         ids[:, 0] = 1
-        lengths = torch.randint(1, length + 1, (batch,), generator=generator) if pad_rows else torch.full((batch,), length)
+        lengths = (
+            torch.randint(1, length + 1, (batch,), generator=generator) if pad_rows else torch.full((batch,), length)
+        )
         for b, n in enumerate(lengths.tolist()):
             ids[b, n - 1] = 2
             ids[b, n:] = 0
@@ -42,41 +45,93 @@ def sample_inputs(*, long_rows: bool = True, seed: int = 0) -> Iterator[tuple[st
         ids, special, attention = _batch(g, batch, length, dtype)
         word_starts = torch.rand(batch, length, generator=g) < 0.6
         base = dict(
-            input_ids=ids, mask_token_id=MASK_ID, vocab_size=VOCAB, strategy=strategy, budget=budget,
+            input_ids=ids,
+            mask_token_id=MASK_ID,
+            vocab_size=VOCAB,
+            strategy=strategy,
+            budget=budget,
             seed=int(torch.randint(0, 2**62, (1,), generator=g)),
         )
         name = f"{strategy}-{budget}-{batch}x{length}-{str(dtype)[6:]}"
         yield name + "-specialmask", dict(base, special_tokens_mask=special, word_starts=word_starts)
-        yield name + "-table", dict(
-            base, attention_mask=attention, special_token_ids=SPECIAL_IDS, word_start_table=table,
-            mlm_probability=0.4, row_keys=torch.randint(-(2**62), 2**62, (batch,), generator=g),
+        yield (
+            name + "-table",
+            dict(
+                base,
+                attention_mask=attention,
+                special_token_ids=SPECIAL_IDS,
+                word_start_table=table,
+                mlm_probability=0.4,
+                row_keys=torch.randint(-(2**62), 2**62, (batch,), generator=g),
+            ),
         )
         if budget == "bernoulli":
-            yield name + "-weights", dict(base, special_tokens_mask=special, word_start_table=table, token_weights=weights)
+            yield (
+                name + "-weights",
+                dict(base, special_tokens_mask=special, word_start_table=table, token_weights=weights),
+            )
         if strategy == "span":
-            yield name + "-uniform", dict(
-                base, special_tokens_mask=special, word_starts=word_starts, span_distribution="uniform",
-                max_span_words=4, mlm_probability=0.5,
+            yield (
+                name + "-uniform",
+                dict(
+                    base,
+                    special_tokens_mask=special,
+                    word_starts=word_starts,
+                    span_distribution="uniform",
+                    max_span_words=4,
+                    mlm_probability=0.5,
+                ),
             )
     for budget in BUDGETS:  # many short segments and long spans: the segment clip matters
         ids, special, _ = _batch(g, 4, 120, torch.int64, pad_rows=False)
         special |= torch.rand(4, 120, generator=g) < 0.15
-        yield f"short-segments-span-{budget}", dict(
-            input_ids=ids, mask_token_id=MASK_ID, vocab_size=VOCAB, strategy="span", budget=budget,
-            special_tokens_mask=special, word_starts=torch.rand(4, 120, generator=g) < 0.8, mlm_probability=0.5,
-            span_distribution="uniform", max_span_words=12, seed=11,
+        yield (
+            f"short-segments-span-{budget}",
+            dict(
+                input_ids=ids,
+                mask_token_id=MASK_ID,
+                vocab_size=VOCAB,
+                strategy="span",
+                budget=budget,
+                special_tokens_mask=special,
+                word_starts=torch.rand(4, 120, generator=g) < 0.8,
+                mlm_probability=0.5,
+                span_distribution="uniform",
+                max_span_words=12,
+                seed=11,
+            ),
         )
     for p, (strategy, budget) in itertools.product((0.0, 1.0), options):
         ids, special, attention = _batch(g, 3, 40, torch.int64)
-        yield f"p{p}-{strategy}-{budget}", dict(
-            input_ids=ids, mask_token_id=MASK_ID, vocab_size=VOCAB, mlm_probability=p, strategy=strategy,
-            budget=budget, special_tokens_mask=special, word_starts=torch.rand(3, 40, generator=g) < 0.5,
-            mask_replace_prob=1.0 - p, random_replace_prob=p, pad_token_id=0,
+        yield (
+            f"p{p}-{strategy}-{budget}",
+            dict(
+                input_ids=ids,
+                mask_token_id=MASK_ID,
+                vocab_size=VOCAB,
+                mlm_probability=p,
+                strategy=strategy,
+                budget=budget,
+                special_tokens_mask=special,
+                word_starts=torch.rand(3, 40, generator=g) < 0.5,
+                mask_replace_prob=1.0 - p,
+                random_replace_prob=p,
+                pad_token_id=0,
+            ),
         )
     if long_rows:
         for strategy, budget in options:
             ids, special, attention = _batch(g, 2, 8192, torch.int64, pad_rows=False)
-            yield f"L8192-{strategy}-{budget}", dict(
-                input_ids=ids, mask_token_id=MASK_ID, vocab_size=VOCAB, strategy=strategy, budget=budget,
-                special_tokens_mask=special, word_start_table=table, seed=7,
+            yield (
+                f"L8192-{strategy}-{budget}",
+                dict(
+                    input_ids=ids,
+                    mask_token_id=MASK_ID,
+                    vocab_size=VOCAB,
+                    strategy=strategy,
+                    budget=budget,
+                    special_tokens_mask=special,
+                    word_start_table=table,
+                    seed=7,
+                ),
             )

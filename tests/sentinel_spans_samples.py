@@ -1,8 +1,9 @@
 """``sample_inputs``: one generator of span_corruption calls, shared by every span-corruption test."""
+
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -26,14 +27,23 @@ def sample_inputs(*, small: bool = False, seed: int = 0) -> Iterator[tuple[str, 
         word_starts = torch.rand(batch, length, generator=g) < 0.5
         word_starts[:, 1] = True  # at least two words in every row of >= 2 tokens
         base = dict(
-            first_sentinel_id=FIRST_SENTINEL, eos_token_id=EOS, pad_token_id=PAD, noise_density=density,
-            mean_noise_span_length=mean, seed=int(torch.randint(0, 2**62, (1,), generator=g)),
+            first_sentinel_id=FIRST_SENTINEL,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+            noise_density=density,
+            mean_noise_span_length=mean,
+            seed=int(torch.randint(0, 2**62, (1,), generator=g)),
         )
         name = f"{batch}x{length}-d{density}-m{mean}-{str(dtype)[6:]}"
         yield name + "-full", dict(base, input_ids=ids.to(dtype))
         yield name + "-padded", dict(base, input_ids=padded.to(dtype))
-        yield name + "-attention", dict(
-            base, input_ids=ids.to(dtype), attention_mask=attention,
-            row_keys=torch.randint(-(2**62), 2**62, (batch,), generator=g),
+        yield (
+            name + "-attention",
+            dict(
+                base,
+                input_ids=ids.to(dtype),
+                attention_mask=attention,
+                row_keys=torch.randint(-(2**62), 2**62, (batch,), generator=g),
+            ),
         )
         yield name + "-words", dict(base, input_ids=padded.to(dtype), word_starts=word_starts)

@@ -1,6 +1,7 @@
 """``fastmask bench`` (one quick suite end to end, option errors, the kernels suite's plumbing)
 and the plumbing of ``benchmarks/gpu_check.py`` (dry run, JUnit XML parsing, non-empty test
 selections)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,8 +33,25 @@ def _gpu_check_module():
 
 def test_quick_masking_suite_writes_rows_tables_and_plot(tmp_path, capsys):
     out, md, png = tmp_path / "bench.json", tmp_path / "bench.md", tmp_path / "plot.png"
-    code = cli.main(["bench", "--quick", "--suite", "masking", "--lengths", "128", "--device", "cpu", "--no-progress",
-                     "--json", str(out), "--markdown", str(md), "--plot", str(png)])
+    code = cli.main(
+        [
+            "bench",
+            "--quick",
+            "--suite",
+            "masking",
+            "--lengths",
+            "128",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+            "--plot",
+            str(png),
+        ]
+    )
     assert code == 0
     document = json.loads(out.read_text())
     rows = document["rows"]
@@ -70,15 +88,42 @@ def test_kernels_suite_reports_resources_and_fails_on_spills(tmp_path, capsys, m
 
     def fake_compile_report(variants, capabilities, *, jobs=1, load=False, timeout=900):
         calls.append((len(variants), tuple(capabilities), load))
-        return [dict(kernel=v.kernel, variant=v.label, block=v.block, num_warps=v.num_warps, target=f"sm_{c}",
-                     n_regs=40, n_spills=8 if spill and i == 0 else 0, spill_stores=32 if spill and i == 0 else 0,
-                     spill_loads=0, stack_frame=0, shared=128, seconds=0.1)
-                for c in capabilities for i, v in enumerate(variants)]
+        return [
+            dict(
+                kernel=v.kernel,
+                variant=v.label,
+                block=v.block,
+                num_warps=v.num_warps,
+                target=f"sm_{c}",
+                n_regs=40,
+                n_spills=8 if spill and i == 0 else 0,
+                spill_stores=32 if spill and i == 0 else 0,
+                spill_loads=0,
+                stack_frame=0,
+                shared=128,
+                seconds=0.1,
+            )
+            for c in capabilities
+            for i, v in enumerate(variants)
+        ]
 
     monkeypatch.setattr(offline, "compile_report", fake_compile_report)
     out, md = tmp_path / "k.json", tmp_path / "k.md"
-    code = cli.main(["bench", "--suite", "kernels", "--quick", "--device", "cpu", "--no-progress", "--json", str(out),
-                     "--markdown", str(md)])
+    code = cli.main(
+        [
+            "bench",
+            "--suite",
+            "kernels",
+            "--quick",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+        ]
+    )
     quick = [v for k in offline.KERNELS for v in offline.variants(k) if v.block == offline.TEST_BLOCKS[k][0]]
     assert calls == [(len(quick), offline.TARGETS, False)]
     document = json.loads(out.read_text())
@@ -92,14 +137,20 @@ def test_kernels_suite_reports_resources_and_fails_on_spills(tmp_path, capsys, m
     assert "| registers | spills |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--suite", "masking", "--lengths", "4"], "--lengths: 4 is out of range"),
-    (["--suite", "loss", "--lengths", "128"], "--lengths applies to the collator and masking suites"),
-    (["--device", "tpu"], "--device 'tpu' is not one of auto, cpu, cuda"),
-    (["--suite", "masking", "--tokenizer", "/no/such/tokenizer"], "could not be loaded"),
-    pytest.param(["--device", "cuda"], "CUDA is not available on this machine",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--suite", "masking", "--lengths", "4"], "--lengths: 4 is out of range"),
+        (["--suite", "loss", "--lengths", "128"], "--lengths applies to the collator and masking suites"),
+        (["--device", "tpu"], "--device 'tpu' is not one of auto, cpu, cuda"),
+        (["--suite", "masking", "--tokenizer", "/no/such/tokenizer"], "could not be loaded"),
+        pytest.param(
+            ["--device", "cuda"],
+            "CUDA is not available on this machine",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
+    ],
+)
 def test_bad_options_are_one_line_errors(args, message, capsys):
     assert cli.main(["bench", "--no-progress", *args]) == cli.EXIT_USAGE
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
@@ -146,8 +197,19 @@ SAMPLE_TESTS = textwrap.dedent("""\
 def _sample_pytest(tmp_path, *extra, env=None):
     (tmp_path / "test_sample.py").write_text(SAMPLE_TESTS)
     junit = tmp_path / "junit.xml"
-    cmd = [sys.executable, "-m", "pytest", str(tmp_path / "test_sample.py"), "-p", "no:cacheprovider", "-q",
-           "-o", "junit_family=xunit2", f"--junitxml={junit}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(tmp_path / "test_sample.py"),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-o",
+        "junit_family=xunit2",
+        f"--junitxml={junit}",
+        *extra,
+    ]
     return cmd, junit
 
 
@@ -158,24 +220,34 @@ def test_parse_junit_counts_failures_and_skips(tmp_path):
     result = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout
     parsed = gpu_check.parse_junit(str(junit))
-    assert (parsed["passed"], parsed["failed"], parsed["errors"], parsed["skipped"], parsed["xfailed"], parsed["ran"]) \
-        == (2, 1, 1, 2, 1, 7)
+    assert (
+        parsed["passed"],
+        parsed["failed"],
+        parsed["errors"],
+        parsed["skipped"],
+        parsed["xfailed"],
+        parsed["ran"],
+    ) == (2, 1, 1, 2, 1, 7)
     assert parsed["complete"] and parsed["interrupted"] == 0
     failures = {f["test"]: f for f in parsed["failures"]}
     assert set(failures) == {"test_sample::test_two", "test_sample::test_six"}
     assert "triton labels differ from the reference" in failures["test_sample::test_two"]["message"]
     assert failures["test_sample::test_six"]["outcome"] == "error"
     assert "fixture broke" in failures["test_sample::test_six"]["message"]
-    assert sorted(s["reason"] for s in parsed["skips"]) == ["a GPU is present: compiled there",
-                                                           "backend 'triton' unavailable: no CUDA"]
+    assert sorted(s["reason"] for s in parsed["skips"]) == [
+        "a GPU is present: compiled there",
+        "backend 'triton' unavailable: no CUDA",
+    ]
     assert all(s["where"].endswith("test_sample.py") or "test_sample.py:" in s["where"] for s in parsed["skips"])
     assert [s["reason"] for s in parsed["unexpected_skips"]] == ["backend 'triton' unavailable: no CUDA"]
     assert gpu_check.test_status(dict(timed_out=False, rc=1), parsed) == "FAILED"
     passing = dict(parsed, failed=0, errors=0)
     assert gpu_check.test_status(dict(timed_out=False, rc=0), passing) == "FAILED: unexpected skips"
     assert gpu_check.test_status(dict(timed_out=False, rc=0), dict(passing, unexpected_skips=[])) == "ok"
-    assert gpu_check.test_status(dict(timed_out=False, rc=5), dict(passing, unexpected_skips=[], ran=0)) \
+    assert (
+        gpu_check.test_status(dict(timed_out=False, rc=5), dict(passing, unexpected_skips=[], ran=0))
         == "FAILED: the selection ran no test"
+    )
 
 
 def test_parse_junit_without_a_file(tmp_path):
@@ -193,8 +265,14 @@ def test_a_pytest_past_its_limit_still_writes_junit(tmp_path):
     gpu_check = _gpu_check_module()
     cmd, junit = _sample_pytest(tmp_path, "-k", "one or slow")
     marker = tmp_path / "slow-started"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=dict(ENV, SAMPLE_SLEEP="600", SAMPLE_MARKER=str(marker)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=dict(ENV, SAMPLE_SLEEP="600", SAMPLE_MARKER=str(marker)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -231,18 +309,30 @@ def test_gpu_check_test_selections_are_not_empty():
         print("COUNTS " + json.dumps(counts))
         """)
     steps = [(name, selection) for name, selection, _ in gpu_check.TEST_STEPS + gpu_check.DRY_TEST_STEPS]
-    result = subprocess.run([sys.executable, "-c", script, json.dumps(steps)], cwd=ROOT, env=ENV, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(steps)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = next(line for line in result.stdout.splitlines() if line.startswith("COUNTS "))
-    counts = json.loads(line[len("COUNTS "):])
+    counts = json.loads(line[len("COUNTS ") :])
     assert set(counts) == {name for name, _ in steps}
     assert all(n > 0 for n in counts.values()), counts
 
 
 def test_gpu_check_dry_run_writes_the_report(tmp_path):
     out = tmp_path / "gpu"
-    result = subprocess.run([sys.executable, GPU_CHECK, str(out), "--dry-run", "--time-limit", "240"], cwd=tmp_path,
-                            env=ENV, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, GPU_CHECK, str(out), "--dry-run", "--time-limit", "240"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     cuda = torch.cuda.is_available()
     assert result.returncode == (0 if cuda else 3), result.stdout + result.stderr
     if not cuda:

@@ -1,4 +1,5 @@
 """``fastmask bench --suite sft``: the suite runs end to end on tiny shapes and reports its targets."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F

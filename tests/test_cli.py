@@ -1,5 +1,6 @@
 """The ``fastmask`` command: help, one-line errors, info, train (also under torchrun), bench;
 the error policy: usage errors are one line, bugs show their traceback."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,19 @@ def test_help_documents_every_option():
             assert action.help, f"`fastmask {name}` option {action.option_strings} has no help"
     result = run("train", "--help")
     assert result.returncode == 0
-    for option in ("--max-steps", "--seq-len", "--batch-size", "--strategy", "--mlm-probability", "--seed",
-                   "--output-dir", "--compare", "--text", "--dataset", "--tokenizer"):
+    for option in (
+        "--max-steps",
+        "--seq-len",
+        "--batch-size",
+        "--strategy",
+        "--mlm-probability",
+        "--seed",
+        "--output-dir",
+        "--compare",
+        "--text",
+        "--dataset",
+        "--tokenizer",
+    ):
         assert option in result.stdout
 
 
@@ -84,18 +96,21 @@ def _unavailable_backend():
     fastmask_mask(torch.zeros(1, 4, dtype=torch.long), mask_token_id=1, vocab_size=8, backend="triton")
 
 
-@pytest.mark.parametrize("raiser,message", [
-    (_validation_type_error, "--max-steps must be an int, got float 1.5"),
-    (lambda: open("/no/such/folder/file.txt"), "No such file or directory"),
-    (_missing_optional_package, "No module named 'datasets' (an optional package: install it)"),
-])
+@pytest.mark.parametrize(
+    "raiser,message",
+    [
+        (_validation_type_error, "--max-steps must be an int, got float 1.5"),
+        (lambda: open("/no/such/folder/file.txt"), "No such file or directory"),
+        (_missing_optional_package, "No module named 'datasets' (an optional package: install it)"),
+    ],
+)
 def test_usage_errors_from_the_library_are_one_line(monkeypatch, capsys, raiser, message):
     from fastmask import info
 
     monkeypatch.setattr(info, "report", raiser)
     assert cli.main(["info"]) == cli.EXIT_USAGE
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines == [f"fastmask: error: {lines[0][len('fastmask: error: '):]}"] and message in lines[0]
+    assert lines == [f"fastmask: error: {lines[0][len('fastmask: error: ') :]}"] and message in lines[0]
 
 
 def test_unavailable_backend_is_a_usage_error(monkeypatch, capsys):
@@ -132,12 +147,15 @@ def _missing_fastmask_module():
     import fastmask.no_such_module  # noqa: F401
 
 
-@pytest.mark.parametrize("raiser,kind", [
-    (_library_type_error, TypeError),
-    (_torch_runtime_error, RuntimeError),
-    (_value_error_outside_validation, ValueError),
-    (_missing_fastmask_module, ModuleNotFoundError),
-])
+@pytest.mark.parametrize(
+    "raiser,kind",
+    [
+        (_library_type_error, TypeError),
+        (_torch_runtime_error, RuntimeError),
+        (_value_error_outside_validation, ValueError),
+        (_missing_fastmask_module, ModuleNotFoundError),
+    ],
+)
 def test_bugs_are_not_usage_errors(monkeypatch, capsys, raiser, kind):
     """A TypeError / RuntimeError from inside the library (or any error no validation raised)
     propagates: the command shows the traceback and exits 1 (see the subprocess test)."""
@@ -166,8 +184,13 @@ def test_a_bug_shows_its_traceback():
 
 def test_traceback_variable_shows_usage_errors_in_full():
     env = dict(ENV, FASTMASK_TRACEBACK="1")
-    result = subprocess.run([sys.executable, "-m", "fastmask", "train", "--max-steps", "0", "--no-save"],
-                            capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "fastmask", "train", "--max-steps", "0", "--no-save"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.splitlines()[-1] == "ValueError: --max-steps must be at least 1, got 0"
@@ -182,8 +205,19 @@ def test_info_lists_backends():
 @pytest.mark.slow
 def test_train_compare(tmp_path):
     out = tmp_path / "run"
-    result = run("train", "--max-steps", "3", "--seq-len", "64", "--batch-size", "4", "--compare", "--no-progress",
-                 "--output-dir", str(out))
+    result = run(
+        "train",
+        "--max-steps",
+        "3",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "4",
+        "--compare",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "fastmask" in result.stdout and "stock" in result.stdout and "speed-up" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -198,9 +232,24 @@ def test_train_compare(tmp_path):
 @pytest.mark.slow
 def test_train_on_own_text_file(tmp_path):
     text = tmp_path / "notes.txt"
-    text.write_text("\n\n".join(f"Paragraph {i} talks about masked language models and tokens." * 5 for i in range(200)))
-    result = run("train", "--text", str(text), "--max-steps", "2", "--seq-len", "32", "--batch-size", "4",
-                 "--strategy", "whole_word", "--no-progress", "--no-save")
+    text.write_text(
+        "\n\n".join(f"Paragraph {i} talks about masked language models and tokens." * 5 for i in range(200))
+    )
+    result = run(
+        "train",
+        "--text",
+        str(text),
+        "--max-steps",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--strategy",
+        "whole_word",
+        "--no-progress",
+        "--no-save",
+    )
     assert result.returncode == 0, result.stderr
     assert str(text) in result.stdout
 
@@ -208,8 +257,22 @@ def test_train_on_own_text_file(tmp_path):
 @pytest.mark.slow
 def test_train_under_torchrun_two_processes(tmp_path):
     result = run(
-        "--standalone", "--nproc_per_node=2", "-m", "fastmask", "train", "--max-steps", "2", "--seq-len", "32",
-        "--batch-size", "4", "--device", "cpu", "--no-progress", "--output-dir", str(tmp_path / "ddp"),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "fastmask",
+        "train",
+        "--max-steps",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--output-dir",
+        str(tmp_path / "ddp"),
         module=("-m", "torch.distributed.run"),
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,5 @@
 """fastmask.DataCollatorForLanguageModeling against transformers' collator on the same inputs."""
+
 from __future__ import annotations
 
 import copy
@@ -9,13 +10,21 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from collator_support import (
+    FAMILIES,
+    as_numpy,
+    assert_mlm_invariants,
+    assert_whole_words,
+    features,
+    offset_word_ids,
+    padded,
+    stock_collator,
+    table_word_ids,
+    tokenizer,
+)
 
 import fastmask
 from fastmask.collator import DataCollatorForLanguageModeling, MaskingSchedule
-from collator_support import (
-    FAMILIES, as_numpy, assert_mlm_invariants, assert_whole_words, features, offset_word_ids, padded, stock_collator,
-    table_word_ids, tokenizer,
-)
 
 HF_FIELDS = [f.name for f in dataclasses.fields(transformers.DataCollatorForLanguageModeling)]
 
@@ -40,8 +49,16 @@ def test_subclass_fields_and_defaults_match_transformers():
     # positional order is transformers'
     tok = tokenizer()
     c = DataCollatorForLanguageModeling(tok, True, False, 0.2, 0.7, 0.2, 8, "np", 3)
-    assert (c.mlm, c.whole_word_mask, c.mlm_probability, c.mask_replace_prob, c.random_replace_prob,
-            c.pad_to_multiple_of, c.return_tensors, c.seed) == (True, False, 0.2, 0.7, 0.2, 8, "np", 3)
+    assert (
+        c.mlm,
+        c.whole_word_mask,
+        c.mlm_probability,
+        c.mask_replace_prob,
+        c.random_replace_prob,
+        c.pad_to_multiple_of,
+        c.return_tensors,
+        c.seed,
+    ) == (True, False, 0.2, 0.7, 0.2, 8, "np", 3)
     with pytest.raises(TypeError):  # extensions are keyword-only
         DataCollatorForLanguageModeling(tok, True, False, 0.15, 0.8, 0.1, None, "pt", None, "span")
 
@@ -77,11 +94,21 @@ def test_constructor_errors_match_transformers(kwargs):
     assert str(ours.value) == str(theirs.value)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(strategy="words"), dict(budget="fixed"), dict(span_p=1.5), dict(max_span_words=0),
-    dict(span_distribution="poisson"), dict(backend="gpu"), dict(seed="x"), dict(mlm=False, strategy="span"),
-    dict(budget="exact", token_weights=torch.ones(30522)), dict(row_key_column=3),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(strategy="words"),
+        dict(budget="fixed"),
+        dict(span_p=1.5),
+        dict(max_span_words=0),
+        dict(span_distribution="poisson"),
+        dict(backend="gpu"),
+        dict(seed="x"),
+        dict(mlm=False, strategy="span"),
+        dict(budget="exact", token_weights=torch.ones(30522)),
+        dict(row_key_column=3),
+    ],
+)
 def test_extension_arguments_are_validated(kwargs):
     with pytest.raises((ValueError, TypeError)):
         collator(**kwargs)
@@ -147,8 +174,12 @@ def _input_forms(feats):
 
 # transformers' numpy path does not take tensors, and its MLM path fails on int32 tensors
 # (random replacement writes int64 into them); those pairs are compared in causal mode only.
-FORMS = [(fmt, form) for fmt in ("pt", "np") for form in _input_forms(features(rows=2))
-         if form != "int32_tensors" and not (fmt == "np" and form.endswith("tensors"))]
+FORMS = [
+    (fmt, form)
+    for fmt in ("pt", "np")
+    for form in _input_forms(features(rows=2))
+    if form != "int32_tensors" and not (fmt == "np" and form.endswith("tensors"))
+]
 
 
 @pytest.mark.parametrize("fmt,form", FORMS)
@@ -171,8 +202,12 @@ def test_outputs_match_transformers_for_every_input_form(fmt, form, padding_side
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-CAUSAL_FORMS = [(fmt, form) for fmt in ("pt", "np") for form in _input_forms(features(rows=2))
-                if not (fmt == "np" and form.endswith("tensors"))]
+CAUSAL_FORMS = [
+    (fmt, form)
+    for fmt in ("pt", "np")
+    for form in _input_forms(features(rows=2))
+    if not (fmt == "np" and form.endswith("tensors"))
+]
 
 
 @pytest.mark.parametrize("fmt,form", CAUSAL_FORMS)
@@ -210,8 +245,15 @@ def test_extra_keys_are_kept_padded_or_stacked():
         f["source"] = f"doc-{i}"
     out = collator(tok, seed=0)(feats)
     lengths = [len(f["input_ids"]) for f in feats]
-    assert list(out.keys()) == ["input_ids", "token_type_ids", "attention_mask", "next_sentence_label", "weights",
-                                "source", "labels"]
+    assert list(out.keys()) == [
+        "input_ids",
+        "token_type_ids",
+        "attention_mask",
+        "next_sentence_label",
+        "weights",
+        "source",
+        "labels",
+    ]
     assert out["next_sentence_label"].tolist() == [0, 1, 0, 1] and out["next_sentence_label"].dtype == torch.int64
     assert out["weights"].dtype == torch.float32
     for row, n in enumerate(lengths):
@@ -281,13 +323,23 @@ def test_rate_and_80_10_10_split_match_transformers():
     feats = features(rows=96, max_length=256, offsets=False)
     ours = collator(tok, seed=1)(feats)
     theirs = stock_collator(tok, seed=1)(feats)
-    eligible = (ours["attention_mask"].bool() & ~torch.isin(ours["labels"].where(ours["labels"] != -100, ours["input_ids"]),
-                                                             torch.tensor(tok.all_special_ids))).sum().item()
+    eligible = (
+        (
+            ours["attention_mask"].bool()
+            & ~torch.isin(
+                ours["labels"].where(ours["labels"] != -100, ours["input_ids"]), torch.tensor(tok.all_special_ids)
+            )
+        )
+        .sum()
+        .item()
+    )
     for batch in (ours, theirs):
         labels, masked = batch["labels"].numpy(), batch["input_ids"].numpy()
         stats = _selected_stats(None, masked, labels, tok.mask_token_id)
         assert abs(stats["rate"] / eligible - 0.15) < 0.012, stats["rate"] / eligible
-        assert abs(stats["mask"] - 0.8) < 0.03 and abs(stats["keep"] - 0.1) < 0.025 and abs(stats["random"] - 0.1) < 0.025
+        assert (
+            abs(stats["mask"] - 0.8) < 0.03 and abs(stats["keep"] - 0.1) < 0.025 and abs(stats["random"] - 0.1) < 0.025
+        )
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
@@ -300,17 +352,30 @@ def test_whole_words_from_offsets_follow_transformers_word_rule(kind):
     special = padded([f["special_tokens_mask"] for f in feats], length, 1)
     offsets = padded([f["offset_mapping"] for f in feats], length, 0)
     original = padded([f["input_ids"] for f in feats], length, tok.pad_token_id)
-    selected = assert_mlm_invariants(original, out["input_ids"].numpy(), out["labels"].numpy(),
-                                     ineligible=special.astype(bool), mask_id=tok.mask_token_id, vocab=len(tok))
+    selected = assert_mlm_invariants(
+        original,
+        out["input_ids"].numpy(),
+        out["labels"].numpy(),
+        ineligible=special.astype(bool),
+        mask_id=tok.mask_token_id,
+        vocab=len(tok),
+    )
     words = offset_word_ids(offsets, special)
     chosen = assert_whole_words(selected, words)
     total_words = sum(len(np.unique(w[w >= 0])) for w in words)
     assert 0.2 < chosen / total_words < 0.4
     # transformers' own whole-word output has the same structure on the same (pre-padded) features
     theirs = stock_collator(tok, seed=2, whole_word_mask=True, mlm_probability=0.3)(
-        [{"input_ids": original[i].tolist(), "special_tokens_mask": special[i].tolist(),
-          "offset_mapping": offsets[i].tolist(), "attention_mask": out["attention_mask"][i].tolist()}
-         for i in range(len(feats))])
+        [
+            {
+                "input_ids": original[i].tolist(),
+                "special_tokens_mask": special[i].tolist(),
+                "offset_mapping": offsets[i].tolist(),
+                "attention_mask": out["attention_mask"][i].tolist(),
+            }
+            for i in range(len(feats))
+        ]
+    )
     assert theirs["input_ids"].shape == out["input_ids"].shape and theirs["labels"].dtype == out["labels"].dtype
 
 
@@ -319,14 +384,22 @@ def test_whole_words_from_offsets_follow_transformers_word_rule(kind):
 def test_trainer_style_features_use_the_vocabulary_table(kind, strategy):
     """No offset_mapping, no special_tokens_mask (Trainer dropped them): the tokenizer's table."""
     tok = tokenizer(kind)
-    feats = [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]}
-             for f in features(kind, rows=24, max_length=96, offsets=False, special=False)]
+    feats = [
+        {"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]}
+        for f in features(kind, rows=24, max_length=96, offsets=False, special=False)
+    ]
     c = collator(tok, seed=3, strategy=strategy, mlm_probability=0.3)
     out = c(feats)
     original = padded([f["input_ids"] for f in feats], out["input_ids"].shape[1], tok.pad_token_id)
     ineligible = np.isin(original, tok.all_special_ids)
-    selected = assert_mlm_invariants(original, out["input_ids"].numpy(), out["labels"].numpy(),
-                                     ineligible=ineligible, mask_id=tok.mask_token_id, vocab=len(tok))
+    selected = assert_mlm_invariants(
+        original,
+        out["input_ids"].numpy(),
+        out["labels"].numpy(),
+        ineligible=ineligible,
+        mask_id=tok.mask_token_id,
+        vocab=len(tok),
+    )
     words = table_word_ids(original, ~ineligible, fastmask.word_start_table(tok).numpy())
     chosen = assert_whole_words(selected, words)
     total = sum(len(np.unique(w[w >= 0])) for w in words)
@@ -350,9 +423,14 @@ def test_word_ids_feature_gives_the_words(kind):
     length = out["input_ids"].shape[1]
     words = padded([[-1 if w is None else w for w in f["word_ids"]] for f in feats], length, -1)
     original = padded([f["input_ids"] for f in feats], length, tok.pad_token_id)
-    selected = assert_mlm_invariants(original, out["input_ids"].numpy(), out["labels"].numpy(),
-                                     ineligible=np.isin(original, tok.all_special_ids), mask_id=tok.mask_token_id,
-                                     vocab=len(tok))
+    selected = assert_mlm_invariants(
+        original,
+        out["input_ids"].numpy(),
+        out["labels"].numpy(),
+        ineligible=np.isin(original, tok.all_special_ids),
+        mask_id=tok.mask_token_id,
+        vocab=len(tok),
+    )
     assert assert_whole_words(selected, words) > 0
 
 
@@ -362,8 +440,9 @@ def test_ids_beyond_the_vocabulary_start_words():
     big = len(tok) + 50
     rows = [[tok.cls_token_id, 7, big, big + 1, 9, tok.sep_token_id], [tok.cls_token_id, big + 2, tok.sep_token_id]]
     for strategy in ("token", "whole_word", "span"):
-        out = collator(tok, seed=0, strategy=strategy, mlm_probability=1.0, mask_replace_prob=1.0,
-                       random_replace_prob=0.0)(rows)
+        out = collator(
+            tok, seed=0, strategy=strategy, mlm_probability=1.0, mask_replace_prob=1.0, random_replace_prob=0.0
+        )(rows)
         assert out["labels"][0, 1:5].tolist() == [7, big, big + 1, 9]
         assert out["input_ids"][0, 1:5].eq(tok.mask_token_id).all()
 
@@ -383,6 +462,7 @@ def test_token_weights_restrict_selection():
     counts = fastmask.collator.count_token_frequencies(feats, vocab_size=len(tok))
     expected = np.bincount(np.concatenate([f["input_ids"] for f in feats]), minlength=len(tok))
     np.testing.assert_array_equal(counts.numpy(), expected)
+
     class Columns:  # duck-typed datasets.Dataset: read in column batches
         column_names = ["input_ids"]
 
@@ -393,8 +473,9 @@ def test_token_weights_restrict_selection():
     assert torch.equal(fastmask.collator.count_token_frequencies(Columns(), vocab_size=len(tok)), counts)
     grown = fastmask.collator.count_token_frequencies(Columns())  # sized by the largest id seen
     assert len(grown) == max(max(f["input_ids"]) for f in feats) + 1 and torch.equal(grown, counts[: len(grown)])
-    assert torch.equal(fastmask.collator.count_token_frequencies([f["input_ids"] for f in feats], vocab_size=len(tok)),
-                       counts)
+    assert torch.equal(
+        fastmask.collator.count_token_frequencies([f["input_ids"] for f in feats], vocab_size=len(tok)), counts
+    )
     weights = fastmask.collator.token_weights_from_counts(counts, mode="rare", alpha=1.0)
     assert weights.dtype == torch.float32 and float(weights.max()) == 1.0
     assert weights[int(counts.argmax())] == weights.min()
@@ -449,8 +530,10 @@ def test_triton_backend_gives_the_same_batches(strategy):
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA"))])
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
 def test_device_moves_the_padded_batch_before_masking(device):
     tok = tokenizer()
     feats = features(rows=4, max_length=48)
@@ -527,14 +610,26 @@ def test_whole_word_mask_collator_keeps_the_v4_api():
     tok = tokenizer()
     c = fastmask.DataCollatorForWholeWordMask(tok, True, 0.2, 0.8, 0.1, 8, False, "pt", 7)
     assert isinstance(c, transformers.DataCollatorForLanguageModeling)
-    assert (c.mlm_probability, c.pad_to_multiple_of, c.tf_experimental_compile, c.seed, c.budget) == (0.2, 8, False, 7, "exact")
+    assert (c.mlm_probability, c.pad_to_multiple_of, c.tf_experimental_compile, c.seed, c.budget) == (
+        0.2,
+        8,
+        False,
+        7,
+        "exact",
+    )
     feats = features(rows=12, max_length=96)
     out = c(feats)
     assert list(out.keys()) == ["input_ids", "labels"] and out["input_ids"].shape[1] % 8 == 0
     original = padded([f["input_ids"] for f in feats], out["input_ids"].shape[1], tok.pad_token_id)
     ineligible = np.isin(original, tok.all_special_ids)
-    selected = assert_mlm_invariants(original, out["input_ids"].numpy(), out["labels"].numpy(), ineligible=ineligible,
-                                     mask_id=tok.mask_token_id, vocab=len(tok))
+    selected = assert_mlm_invariants(
+        original,
+        out["input_ids"].numpy(),
+        out["labels"].numpy(),
+        ineligible=ineligible,
+        mask_id=tok.mask_token_id,
+        vocab=len(tok),
+    )
     table = fastmask.word_start_table(tok).numpy()
     words = table_word_ids(original, ~ineligible, table)
     assert_whole_words(selected, words)
@@ -560,5 +655,3 @@ def test_whole_word_mask_collator_chinese_ref_joins_characters():
 
 
 # ----------------------------------------------------------------------------- bad input regressions
-
-

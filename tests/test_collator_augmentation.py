@@ -1,5 +1,6 @@
 """DataCollatorForMaskedAugmentation: padding like transformers' fine-tuning collators, corruption
 that keeps token labels aligned."""
+
 from __future__ import annotations
 
 import copy
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from collator_support import as_numpy, features, table_word_ids, tokenizer
 
 import fastmask
-from collator_support import as_numpy, features, table_word_ids, tokenizer
 
 Augment = fastmask.DataCollatorForMaskedAugmentation
 
@@ -55,7 +56,9 @@ def _check_aligned(out, feats, tok, *, whole_word, side="right"):
         state = torch.where(token == original, 0, torch.where(token == tok.mask_token_id, 1, 2))  # keep / mask / random
         removed = sorted(set(range(len(f["input_ids"]))) - set(kept))
         assert not any(f["input_ids"][p] in special_ids for p in removed), "a special token was deleted"
-        assert not any(f["input_ids"][p] in special_ids for p, s in zip(kept, state.tolist()) if s), "a special token changed"
+        assert not any(f["input_ids"][p] in special_ids for p, s in zip(kept, state.tolist()) if s), (
+            "a special token changed"
+        )
         deleted += len(removed)
         if whole_word:
             source = np.array([f["input_ids"]])
@@ -83,14 +86,21 @@ def test_eval_mode_pads_like_transformers(side, fmt):
     kwargs = dict(pad_to_multiple_of=8, return_tensors=fmt)
     _same(Augment(tok, training=False, **kwargs)(feats), transformers.DataCollatorWithPadding(tok, **kwargs)(feats))
     token_feats = _token_classification()
-    _same(Augment(tok, **kwargs).eval()(token_feats),
-          transformers.DataCollatorForTokenClassification(tok, **kwargs)(token_feats))
+    _same(
+        Augment(tok, **kwargs).eval()(token_feats),
+        transformers.DataCollatorForTokenClassification(tok, **kwargs)(token_feats),
+    )
 
 
 def test_constructor_validation():
     tok = _tok()
-    for kwargs in (dict(mask_probability=1.5), dict(mask_probability=0.6, delete_probability=0.6),
-                   dict(padding=False), dict(padding="max_length"), dict(backend="x")):
+    for kwargs in (
+        dict(mask_probability=1.5),
+        dict(mask_probability=0.6, delete_probability=0.6),
+        dict(padding=False),
+        dict(padding="max_length"),
+        dict(backend="x"),
+    ):
         with pytest.raises(ValueError):
             Augment(tok, **kwargs)
     no_mask = copy.deepcopy(tokenizer("bpe"))
@@ -121,8 +131,15 @@ def test_deletion_keeps_token_labels_aligned(side, whole_word):
     tok = _tok(side)
     feats = _token_classification(rows=24)
     before = copy.deepcopy(feats)
-    c = Augment(tok, seed=1, mask_probability=0.1, random_replace_probability=0.05, delete_probability=0.25,
-                whole_word=whole_word, pad_to_multiple_of=4)
+    c = Augment(
+        tok,
+        seed=1,
+        mask_probability=0.1,
+        random_replace_probability=0.05,
+        delete_probability=0.25,
+        whole_word=whole_word,
+        pad_to_multiple_of=4,
+    )
     out = c(feats)
     assert feats == before
     assert out["input_ids"].shape[1] % 4 == 0
@@ -139,7 +156,10 @@ def test_deletion_with_sequence_labels_and_max_length():
     out = c(feats)
     assert out["input_ids"].shape == (8, 48) and out["labels"].tolist() == [i % 3 for i in range(8)]
     assert (out["attention_mask"].sum(1) < torch.tensor([len(f["input_ids"]) for f in feats])).all()
-    assert torch.equal(out["token_type_ids"][out["attention_mask"] == 0], torch.zeros_like(out["token_type_ids"][out["attention_mask"] == 0]))
+    assert torch.equal(
+        out["token_type_ids"][out["attention_mask"] == 0],
+        torch.zeros_like(out["token_type_ids"][out["attention_mask"] == 0]),
+    )
 
 
 def test_augmentation_is_reproducible_and_eval_is_clean():
@@ -162,6 +182,7 @@ def test_augmentation_is_reproducible_and_eval_is_clean():
 def test_other_tokenizer_families(kind):
     tok = _tok(kind=kind)
     feats = _token_classification(rows=8, kind=kind)
-    out = Augment(tok, seed=4, mask_probability=0.1, random_replace_probability=0.1, delete_probability=0.2,
-                  whole_word=True)(feats)
+    out = Augment(
+        tok, seed=4, mask_probability=0.1, random_replace_probability=0.1, delete_probability=0.2, whole_word=True
+    )(feats)
     assert _check_aligned(out, feats, tok, whole_word=True) > 0

@@ -1,6 +1,7 @@
 """DataCollatorForSpanCorruption: T5 batches from packed rows (shapes, reconstruction, decoder
 inputs), the mask stream (seed, epoch, state), feature kinds, bad input, and a tiny
 T5ForConditionalGeneration that trains on its batches."""
+
 from __future__ import annotations
 
 import copy
@@ -9,17 +10,16 @@ import functools
 import numpy as np
 import pytest
 import torch
+from backends import require_backend
 
 import fastmask
 from fastmask import data
 from fastmask.seq2seq import DataCollatorForSpanCorruption, add_sentinel_tokens
 
-from backends import require_backend
-
 INPUT_LENGTH = 32
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _t5_tokenizer():
     tok = copy.deepcopy(data.default_tokenizer())
     add_sentinel_tokens(tok)
@@ -30,7 +30,7 @@ def _tokenizer():
     return copy.deepcopy(_t5_tokenizer())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rows(length: int, rows: int) -> tuple:
     return tuple(tuple(r) for r in data.tokenized_rows(_t5_tokenizer(), data.corpus_texts()[:400], length, rows=rows))
 
@@ -60,7 +60,9 @@ def _rebuild(inputs: list, labels: list, first: int, eos: int) -> list:
 
 def test_batch_shapes_and_reconstruction():
     tok = _tokenizer()
-    collator = DataCollatorForSpanCorruption(tok, input_length=INPUT_LENGTH, seed=0, decoder_start_token_id=tok.pad_token_id)
+    collator = DataCollatorForSpanCorruption(
+        tok, input_length=INPUT_LENGTH, seed=0, decoder_start_token_id=tok.pad_token_id
+    )
     expanded, target = fastmask.span_corruption_lengths(INPUT_LENGTH)
     assert (collator.expanded_input_length, collator.target_length) == (expanded, target)
     features = _features()
@@ -70,7 +72,10 @@ def test_batch_shapes_and_reconstruction():
     assert batch["input_ids"].dtype == torch.int64 and bool((batch["attention_mask"] == 1).all())
     first = tok.convert_tokens_to_ids("<extra_id_0>")
     for b, f in enumerate(features):
-        assert _rebuild(batch["input_ids"][b].tolist(), batch["labels"][b].tolist(), first, tok.eos_token_id) == f["input_ids"]
+        assert (
+            _rebuild(batch["input_ids"][b].tolist(), batch["labels"][b].tolist(), first, tok.eos_token_id)
+            == f["input_ids"]
+        )
     assert torch.equal(batch["decoder_input_ids"][:, 1:], batch["labels"][:, :-1])
     assert bool((batch["decoder_input_ids"][:, 0] == tok.pad_token_id).all())
     assert bool((batch["labels"][:, 0] == first).all())  # targets open with <extra_id_0>
@@ -95,7 +100,7 @@ def test_feature_kinds_numpy_and_longer_targets():
     wide = DataCollatorForSpanCorruption(tok, input_length=INPUT_LENGTH, seed=1, target_length=20)(features)
     assert wide["labels"].shape == (4, 20)
     assert torch.equal(wide["labels"][:, : expected["labels"].shape[1]], expected["labels"])
-    assert bool((wide["labels"][:, expected["labels"].shape[1]:] == -100).all())
+    assert bool((wide["labels"][:, expected["labels"].shape[1] :] == -100).all())
 
 
 def test_decoder_start_from_model():
@@ -107,7 +112,9 @@ def test_decoder_start_from_model():
     tok = _tokenizer()
     batch = DataCollatorForSpanCorruption(tok, input_length=INPUT_LENGTH, seed=0, model=_Model())(_features(2))
     assert bool((batch["decoder_input_ids"][:, 0] == 7).all())
-    assert "decoder_input_ids" not in DataCollatorForSpanCorruption(tok, input_length=INPUT_LENGTH, seed=0)(_features(2))
+    assert "decoder_input_ids" not in DataCollatorForSpanCorruption(tok, input_length=INPUT_LENGTH, seed=0)(
+        _features(2)
+    )
 
 
 def test_stream_seed_epoch_state_and_row_keys():
@@ -170,8 +177,16 @@ def test_tiny_t5_trains_on_the_batches():
     tok = _tokenizer()
     torch.manual_seed(0)
     config = T5Config(
-        vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
     )
     model = T5ForConditionalGeneration(config)
     collator = DataCollatorForSpanCorruption(tok, input_length=INPUT_LENGTH, seed=0, model=model)

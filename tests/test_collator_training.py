@@ -1,4 +1,5 @@
 """The collator in training pipelines: DataLoader workers, shared step, callback, Trainer."""
+
 from __future__ import annotations
 
 import math
@@ -7,9 +8,9 @@ import warnings
 
 import pytest
 import torch
+from collator_support import features, tokenizer
 
 from fastmask.collator import DataCollatorForLanguageModeling, MaskingSchedule, MaskingScheduleCallback
-from collator_support import features, tokenizer
 
 
 def collator(**kwargs):
@@ -21,8 +22,9 @@ def collator(**kwargs):
 def _loader(dataset, collate, *, workers, batch_size=2, **kwargs):
     if workers:
         kwargs.setdefault("multiprocessing_context", "fork")
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                                       shuffle=False, **kwargs)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers, shuffle=False, **kwargs
+    )
 
 
 def _labels(loader):
@@ -126,21 +128,40 @@ def test_trainer_runs_with_whole_word_masking_after_column_removal(tmp_path):
     import transformers
 
     tok = tokenizer()
-    config = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=128)
+    config = transformers.BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     model = transformers.BertForMaskedLM(config)
     train = features(rows=16, max_length=64)  # with offset_mapping and special_tokens_mask
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        c = _KeyRecorder(tok, whole_word_mask=True, seed=0,
-                         mlm_probability=MaskingSchedule("linear", start=0.3, end=0.15, total_steps=3))
+        c = _KeyRecorder(
+            tok,
+            whole_word_mask=True,
+            seed=0,
+            mlm_probability=MaskingSchedule("linear", start=0.3, end=0.15, total_steps=3),
+        )
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3, report_to=[],
-        save_strategy="no", use_cpu=True, logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=train, data_collator=c,
-                                   callbacks=[MaskingScheduleCallback(c)])
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=train, data_collator=c, callbacks=[MaskingScheduleCallback(c)]
+    )
     result = trainer.train()
     assert math.isfinite(result.training_loss) and result.training_loss > 0
     assert "offset_mapping" not in c.keys_seen and "special_tokens_mask" not in c.keys_seen

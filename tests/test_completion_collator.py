@@ -2,16 +2,17 @@
 row start, template tokenised differently in context), ragged and packed batches, backends,
 assistant_masks, decoder-input noise, bad input; a packed batch trains like the unpacked one on a
 tiny Llama."""
+
 from __future__ import annotations
 
 import copy
 import warnings
 
 import pytest
-import torch
-
 import text_fixtures
+import torch
 from backends import require_backend
+
 from fastmask import DataCollatorForCompletionOnlyLM, apply_fastmask
 
 IGNORE = -100
@@ -36,9 +37,9 @@ def test_single_turn_masks_up_to_the_response_template(tok):
     batch = collator([{"input_ids": encode(tok, text)}])
     ids, labels = batch["input_ids"][0], batch["labels"][0]
     template = collator.response_token_ids
-    start = next(p for p in range(len(ids)) if ids[p:p + len(template)].tolist() == template)
+    start = next(p for p in range(len(ids)) if ids[p : p + len(template)].tolist() == template)
     assert (labels[: start + len(template)] == IGNORE).all()
-    assert torch.equal(labels[start + len(template):], ids[start + len(template):])
+    assert torch.equal(labels[start + len(template) :], ids[start + len(template) :])
     assert "should not be masked" in kept_text(tok, ids, labels)
     assert set(batch) >= {"input_ids", "attention_mask", "labels"}
 
@@ -50,7 +51,7 @@ def test_template_at_row_start_and_token_id_templates(tok):
         batch = DataCollatorForCompletionOnlyLM(template, tokenizer=tok)([encode(tok, text)])
         labels = batch["labels"][0]
         assert (labels[: len(ids_template)] == IGNORE).all()
-        assert (labels[len(ids_template):] != IGNORE).all()
+        assert (labels[len(ids_template) :] != IGNORE).all()
 
 
 def test_only_the_first_response_is_trained_without_an_instruction_template(tok):
@@ -61,8 +62,10 @@ def test_only_the_first_response_is_trained_without_an_instruction_template(tok)
 
 
 def test_multi_turn_keeps_only_the_answers(tok):
-    text = ("### Human: question one\n### Assistant: answer one\n### Human: question two\n"
-            "### Assistant: answer two\n### Human: question three")
+    text = (
+        "### Human: question one\n### Assistant: answer one\n### Human: question two\n"
+        "### Assistant: answer two\n### Human: question three"
+    )
     collator = DataCollatorForCompletionOnlyLM("### Assistant:", tokenizer=tok, instruction_template="### Human:")
     batch = collator([encode(tok, text)])
     kept = kept_text(tok, batch["input_ids"][0], batch["labels"][0])
@@ -87,7 +90,7 @@ def test_template_tokenised_differently_in_context(tok):
 
 
 def _find(row, template):
-    return next((p for p in range(len(row) - len(template) + 1) if row[p:p + len(template)] == template), None)
+    return next((p for p in range(len(row) - len(template) + 1) if row[p : p + len(template)] == template), None)
 
 
 def test_missing_templates_warn_and_ignore_the_row(tok):
@@ -127,9 +130,14 @@ def test_ragged_batch_pads_and_ignores_padding(tok):
 @pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
 def test_backends_give_identical_batches(tok, backend):
     require_backend(backend)
-    rows = [encode(tok, t) for t in (
-        "### Human: q\n### Assistant: a\n### Human: q2\n### Assistant: a2", "### Assistant: only",
-        "x ### Human: q ### Assistant: z ### Human: tail")]
+    rows = [
+        encode(tok, t)
+        for t in (
+            "### Human: q\n### Assistant: a\n### Human: q2\n### Assistant: a2",
+            "### Assistant: only",
+            "x ### Human: q ### Assistant: z ### Human: tail",
+        )
+    ]
     kwargs = dict(tokenizer=tok, instruction_template="### Human:")
     with warnings.catch_warnings():  # rows 1 and 2 miss a template (" ###" tokenises differently): warned
         warnings.simplefilter("ignore")
@@ -142,8 +150,9 @@ def test_backends_give_identical_batches(tok, backend):
 def test_padding_free_flattens_like_data_collator_with_flattening(tok):
     rows = [encode(tok, "### Assistant: one two three"), encode(tok, "q\n### Assistant: four")]
     padded = DataCollatorForCompletionOnlyLM("### Assistant:", tokenizer=tok)(rows)
-    packed = DataCollatorForCompletionOnlyLM("### Assistant:", tokenizer=tok, padding_free=True,
-                                             return_flash_attn_kwargs=True)(rows)
+    packed = DataCollatorForCompletionOnlyLM(
+        "### Assistant:", tokenizer=tok, padding_free=True, return_flash_attn_kwargs=True
+    )(rows)
     lengths = [len(r) for r in rows]
     assert "attention_mask" not in packed
     assert packed["input_ids"].shape == (1, sum(lengths))
@@ -156,7 +165,8 @@ def test_padding_free_flattens_like_data_collator_with_flattening(tok):
     assert packed["cu_seq_lens_q"].dtype == torch.int32 and packed["max_length_k"] == max(lengths)
     transformers = pytest.importorskip("transformers")
     stock = transformers.DataCollatorWithFlattening(return_flash_attn_kwargs=True)(
-        [{"input_ids": r, "labels": padded["labels"][i, :len(r)].tolist()} for i, r in enumerate(rows)])
+        [{"input_ids": r, "labels": padded["labels"][i, : len(r)].tolist()} for i, r in enumerate(rows)]
+    )
     for key in ("input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k"):
         assert torch.equal(torch.as_tensor(stock[key]).long(), packed[key].long()), key
     assert stock["max_length_q"] == packed["max_length_q"]
@@ -176,7 +186,8 @@ def test_assistant_masks_from_apply_chat_template(tok):
     tok = copy.deepcopy(tok)
     tok.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'assistant' %}### Assistant: {% generation %}"
-        "{{ m['content'] }}{% endgeneration %}\n{% else %}### Human: {{ m['content'] }}\n{% endif %}{% endfor %}")
+        "{{ m['content'] }}{% endgeneration %}\n{% else %}### Human: {{ m['content'] }}\n{% endif %}{% endfor %}"
+    )
     messages = [{"role": "user", "content": "what is two"}, {"role": "assistant", "content": "it is two"}]
     enc = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     batch = DataCollatorForCompletionOnlyLM(None, tokenizer=tok)([dict(enc)])
@@ -186,7 +197,8 @@ def test_assistant_masks_from_apply_chat_template(tok):
 def test_input_noise_changes_only_completion_inputs_and_is_reproducible(tok):
     rows = [encode(tok, "### Human: keep this prompt intact\n### Assistant: " + "noisy words here " * 8)] * 2
     make = lambda seed: DataCollatorForCompletionOnlyLM(  # noqa: E731
-        "### Assistant:", tokenizer=tok, input_noise=0.5, noise_mask_prob=0.5, seed=seed)
+        "### Assistant:", tokenizer=tok, input_noise=0.5, noise_mask_prob=0.5, seed=seed
+    )
     clean = DataCollatorForCompletionOnlyLM("### Assistant:", tokenizer=tok)(rows)
     a, b, c = make(3)(rows), make(3)(rows), make(4)(rows)
     assert torch.equal(a["input_ids"], b["input_ids"]) and not torch.equal(a["input_ids"], c["input_ids"])
@@ -205,8 +217,11 @@ def test_packed_batch_trains_like_the_unpacked_examples(tok):
     padded batch's; the fastmask-patched model matches both."""
     from test_integrations_causal_lm import make
 
-    rows = [encode(tok, "### Human: hi\n### Assistant: hello there friend"),
-            encode(tok, "### Assistant: ok"), encode(tok, "### Human: why\n### Assistant: because it is")]
+    rows = [
+        encode(tok, "### Human: hi\n### Assistant: hello there friend"),
+        encode(tok, "### Assistant: ok"),
+        encode(tok, "### Human: why\n### Assistant: because it is"),
+    ]
     rows = [[i % 97 for i in r] for r in rows]  # the tiny model's vocabulary
     template = [i % 97 for i in encode(tok, "### Assistant:")]
 
@@ -221,13 +236,17 @@ def test_packed_batch_trains_like_the_unpacked_examples(tok):
     stock = make("llama")
     patched = apply_fastmask(copy.deepcopy(stock))
     with torch.no_grad():
-        logits_packed = stock(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
-        logits_padded = stock(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
-                              use_cache=False).logits
+        logits_packed = stock(
+            input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False
+        ).logits
+        logits_padded = stock(
+            input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], use_cache=False
+        ).logits
     start = 0
     for i, r in enumerate(rows):
-        torch.testing.assert_close(logits_packed[0, start:start + len(r)], logits_padded[i, :len(r)],
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            logits_packed[0, start : start + len(r)], logits_padded[i, : len(r)], rtol=1e-5, atol=1e-5
+        )
         start += len(r)
     losses = []
     for model, batch in ((stock, padded), (stock, packed), (patched, packed), (patched, padded)):

@@ -1,13 +1,13 @@
 """completion_mask: the three backends are identical, and equal a direct (loop) statement of TRL's
 former DataCollatorForCompletionOnlyLM rule, which the count-based kernels restate."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from backends import require_backend
 
 from fastmask.completion_labels import MISSING_INSTRUCTION, MISSING_RESPONSE, completion_mask
-
-from backends import require_backend
 
 BACKENDS = ("reference", "cpp", "triton")
 
@@ -18,11 +18,13 @@ def loop_rule(row, response, instruction):
     keep = [True] * length
 
     def hits(template):
-        return [p for p in range(length - len(template) + 1) if row[p:p + len(template)] == template]
+        return [p for p in range(length - len(template) + 1) if row[p : p + len(template)] == template]
 
     ends = [p + len(response) for p in hits(response)]
     if not ends:
-        return [False] * length, MISSING_RESPONSE | (0 if instruction is None or hits(instruction) else MISSING_INSTRUCTION)
+        return [False] * length, MISSING_RESPONSE | (
+            0 if instruction is None or hits(instruction) else MISSING_INSTRUCTION
+        )
     if instruction is None:
         return [p >= ends[0] for p in range(length)], 0
     starts = hits(instruction)
@@ -66,12 +68,14 @@ def test_backends_equal_the_loop_rule_on_random_rows(seed, multi_turn):
 
 
 def test_hand_cases():
-    ids = torch.tensor([
-        [9, 7, 5, 6, 1, 2, 3, 0, 0],   # response [5, 6] in the middle
-        [5, 6, 1, 2, 3, 4, 4, 4, 4],   # template at the row's start
-        [1, 2, 3, 4, 1, 2, 3, 5, 6],   # template ends at the row's end: found, nothing kept
-        [1, 2, 3, 4, 1, 2, 3, 4, 1],   # not found
-    ])
+    ids = torch.tensor(
+        [
+            [9, 7, 5, 6, 1, 2, 3, 0, 0],  # response [5, 6] in the middle
+            [5, 6, 1, 2, 3, 4, 4, 4, 4],  # template at the row's start
+            [1, 2, 3, 4, 1, 2, 3, 5, 6],  # template ends at the row's end: found, nothing kept
+            [1, 2, 3, 4, 1, 2, 3, 4, 1],  # not found
+        ]
+    )
     check(ids, [5, 6])
     keep, missing = completion_mask(ids, [5, 6], backend="reference")
     assert keep[0].tolist() == [False] * 4 + [True] * 5

@@ -1,27 +1,39 @@
 """masked_cross_entropy: every backend against the float64 ``F.cross_entropy`` oracle on ONE
 ``sample_inputs`` generator (loss, gradient, in-place backward, opcheck, torch.compile), plus
 the kernels' own pieces and argument checking. Tolerances per dtype: see ``loss_samples``."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from backends import require_backend
+from loss_samples import TOLERANCES, assert_close, leaf, reference_masked_cross_entropy, sample_inputs
 
 import fastmask
 from fastmask import _backend
 from fastmask import cross_entropy as ce_ops
 from fastmask.reference.cross_entropy import reference_cross_entropy_rows
-from backends import require_backend
-from loss_samples import TOLERANCES, assert_close, leaf, reference_masked_cross_entropy, sample_inputs
 
 BACKENDS = ["reference", "cpp", pytest.param("triton", marks=pytest.mark.triton)]
 SAMPLES = list(sample_inputs())
 SAMPLE_IDS = [name for name, _ in SAMPLES]
 # Subsets for the slower checks (opcheck, compile): one per kind of input.
-QUICK = [s for s in SAMPLES if s[0].startswith("37x1000-mean-ign0.15") or s[0] in (
-    "3x423x257-float32", "37x1000-none-ign0.99-float16-ls0.1-z0.001", "37x1000-sum-ign1.0-bfloat16-ls0.0-z0.0",
-    "permuted-3d", "num-items-tensor", "ignore0-int32", "5x1",
-)]
+QUICK = [
+    s
+    for s in SAMPLES
+    if s[0].startswith("37x1000-mean-ign0.15")
+    or s[0]
+    in (
+        "3x423x257-float32",
+        "37x1000-none-ign0.99-float16-ls0.1-z0.001",
+        "37x1000-sum-ign1.0-bfloat16-ls0.0-z0.0",
+        "permuted-3d",
+        "num-items-tensor",
+        "ignore0-int32",
+        "5x1",
+    )
+]
 
 
 def _device() -> str:
@@ -30,7 +42,9 @@ def _device() -> str:
 
 def _on_device(kwargs: dict) -> dict:
     device = _device()
-    return {k: v.to(device) if isinstance(v, torch.Tensor) and k in ("logits", "labels") else v for k, v in kwargs.items()}
+    return {
+        k: v.to(device) if isinstance(v, torch.Tensor) and k in ("logits", "labels") else v for k, v in kwargs.items()
+    }
 
 
 def _oracle_options(kwargs: dict) -> dict:
@@ -45,7 +59,9 @@ def _check_against_oracle(backend: str, kwargs: dict, *, inplace: bool = False) 
     # Oracle on a float64 copy.
     want_input = leaf(logits, torch.float64)
     want = reference_masked_cross_entropy(want_input, labels, **options)
-    grad_output = torch.randn(want.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(want.device)
+    grad_output = torch.randn(want.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(
+        want.device
+    )
     want.backward(grad_output)
     # fastmask on a non-leaf view of a leaf, so in-place backward may overwrite it.
     base = leaf(logits)
@@ -57,8 +73,10 @@ def _check_against_oracle(backend: str, kwargs: dict, *, inplace: bool = False) 
     got.backward(grad_output.to(torch.float32))
     scale = float(want_input.grad.abs().max()) or 1.0
     assert base.grad.dtype == logits.dtype and base.grad.shape == logits.shape
-    assert_close(base.grad, want_input.grad, rtol=tol["grad_rtol"], atol=tol["grad_atol"] * scale, what=f"{backend} grad")
-    ignored = (labels == options.get("ignore_index", -100))
+    assert_close(
+        base.grad, want_input.grad, rtol=tol["grad_rtol"], atol=tol["grad_atol"] * scale, what=f"{backend} grad"
+    )
+    ignored = labels == options.get("ignore_index", -100)
     assert bool((base.grad[ignored] == 0).all()), "ignored rows must get a zero gradient"
     assert torch.equal(logits, before), "the input tensor was modified"
 
@@ -125,7 +143,9 @@ def test_all_ignored_gives_zero_loss_and_gradient(backend):
         for inplace in (False, True):
             x = torch.randn(6, 50, device=_device()).requires_grad_()
             labels = torch.full((6,), -100, device=_device())
-            loss = fastmask.masked_cross_entropy(x * 1, labels, reduction=reduction, inplace_backward=inplace, backend=backend)
+            loss = fastmask.masked_cross_entropy(
+                x * 1, labels, reduction=reduction, inplace_backward=inplace, backend=backend
+            )
             assert not torch.isnan(loss).any()
             assert bool((loss == 0).all())
             loss.sum().backward()
@@ -141,13 +161,21 @@ def _op_args(kwargs: dict, backend: str, *, compute_grad: bool = True):
     if vocab > 1 and flat.stride(1) != 1:
         flat = flat.contiguous()
     denominator, scale = ce_ops.loss_normalizer(
-        labels.reshape(-1).long(), kwargs.get("ignore_index", -100), kwargs.get("reduction", "mean"),
-        kwargs.get("num_items_in_batch"), False,
+        labels.reshape(-1).long(),
+        kwargs.get("ignore_index", -100),
+        kwargs.get("reduction", "mean"),
+        kwargs.get("num_items_in_batch"),
+        False,
     )
     return (
-        flat.detach().requires_grad_(compute_grad), labels.reshape(-1).long(), kwargs.get("ignore_index", -100),
-        ce_ops.REDUCTIONS.index(kwargs.get("reduction", "mean")), kwargs.get("label_smoothing", 0.0),
-        kwargs.get("z_loss", 0.0), denominator, scale,
+        flat.detach().requires_grad_(compute_grad),
+        labels.reshape(-1).long(),
+        kwargs.get("ignore_index", -100),
+        ce_ops.REDUCTIONS.index(kwargs.get("reduction", "mean")),
+        kwargs.get("label_smoothing", 0.0),
+        kwargs.get("z_loss", 0.0),
+        denominator,
+        scale,
     )
 
 
@@ -161,10 +189,14 @@ def test_opcheck(backend, name, kwargs):
     torch.library.opcheck(ce_ops._masked_ce_inplace_op, (args[0].detach().clone(),) + args[1:] + (backend,))
     rows = (args[1] != args[2]).nonzero().squeeze(1)
     grad_rows = torch.randn(rows.shape[0], args[0].shape[1], device=rows.device).to(args[0].dtype)
-    torch.library.opcheck(ce_ops._expand_grad_op, (grad_rows, rows, torch.tensor(0.5, device=rows.device),
-                                                  args[0].shape[0], False, backend))
-    torch.library.opcheck(ce_ops._scale_rows_op, (args[0].detach().clone(), args[1], args[2],
-                                                  torch.rand(args[0].shape[0], device=rows.device), True, backend))
+    torch.library.opcheck(
+        ce_ops._expand_grad_op,
+        (grad_rows, rows, torch.tensor(0.5, device=rows.device), args[0].shape[0], False, backend),
+    )
+    torch.library.opcheck(
+        ce_ops._scale_rows_op,
+        (args[0].detach().clone(), args[1], args[2], torch.rand(args[0].shape[0], device=rows.device), True, backend),
+    )
 
 
 @pytest.mark.parametrize("inplace", [False, True])
@@ -224,7 +256,7 @@ def test_cpp_exp_accuracy():
     out = torch.empty_like(x)
     module.ce_exp(x.numpy(), out.numpy())
     want = torch.exp(x.double())
-    spacing = (torch.nextafter(want.float(), torch.tensor(float("inf"))).double() - want.float().double())
+    spacing = torch.nextafter(want.float(), torch.tensor(float("inf"))).double() - want.float().double()
     ulps = ((out.double() - want).abs() / spacing).max()
     assert float(ulps) <= 1.5, f"exp error {float(ulps):.2f} ulp"
     special = torch.tensor([-87.6, -100.0, -1e30, float("-inf"), float("nan")])
@@ -245,12 +277,16 @@ def test_cpp_conversions_match_torch(code, dtype):
     same = (widened.view(torch.int32) == want.view(torch.int32)) | (widened.isnan() & want.isnan())
     assert bool(same.all())
     g = torch.Generator().manual_seed(0)
-    values = torch.cat([
-        torch.randn(200_000, generator=g) * torch.exp(torch.randn(200_000, generator=g) * 8),
-        want[~want.isnan()],
-        (want[~want.isnan()].double() * (1 + 2.0**-12)).float(),  # just past halfway points
-        torch.tensor([float("inf"), float("-inf"), 65519.99, 65520.0, 65504.0, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 1e-45]),
-    ])
+    values = torch.cat(
+        [
+            torch.randn(200_000, generator=g) * torch.exp(torch.randn(200_000, generator=g) * 8),
+            want[~want.isnan()],
+            (want[~want.isnan()].double() * (1 + 2.0**-12)).float(),  # just past halfway points
+            torch.tensor(
+                [float("inf"), float("-inf"), 65519.99, 65520.0, 65504.0, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 1e-45]
+            ),
+        ]
+    )
     narrowed = torch.empty(values.numel(), dtype=torch.int16)
     module.ce_convert(values.numpy(), 0, narrowed.numpy(), code)
     assert torch.equal(narrowed, values.to(dtype).view(torch.int16))
@@ -307,7 +343,9 @@ def test_offsets_beyond_2_31_elements(backend):
     the labelled rows) are addressed with 64-bit offsets."""
     require_backend(backend, _device())
     if backend == "triton" and _device() == "cpu":
-        pytest.skip("the Triton interpreter copies each argument's whole storage back after a launch (4 GiB here); runs on CUDA")
+        pytest.skip(
+            "the Triton interpreter copies each argument's whole storage back after a launch (4 GiB here); runs on CUDA"
+        )
     rows_total, vocab = 65537, 32768
     logits = torch.empty((rows_total, vocab), dtype=torch.bfloat16, device=_device())
     assert logits.numel() > 2**31
@@ -321,8 +359,9 @@ def test_offsets_beyond_2_31_elements(backend):
     want = torch.nn.functional.cross_entropy(last.double(), labels[-2:], reduction="none")
     assert_close(got, want, rtol=1e-5, atol=1e-5, what="loss past 2**31")
     rows = torch.tensor([rows_total - 2, rows_total - 1], device=_device())
-    _, grad = ce_ops.cross_entropy_rows(backend, logits, rows, labels[-2:], grad_scale=1.0, label_smoothing=0.0,
-                                        z_loss=0.0, grad_mode="compact")
+    _, grad = ce_ops.cross_entropy_rows(
+        backend, logits, rows, labels[-2:], grad_scale=1.0, label_smoothing=0.0, z_loss=0.0, grad_mode="compact"
+    )
     want_grad = torch.softmax(last.double(), -1)
     want_grad[0, vocab - 1] -= 1
     want_grad[1, 12345] -= 1
@@ -342,39 +381,79 @@ def test_label_out_of_range_raises(backend, bad):
         fastmask.masked_cross_entropy(x.requires_grad_() * 1, labels, backend=backend, inplace_backward=True)
 
 
-@pytest.mark.parametrize("call,error,match", [
-    (lambda x, y: fastmask.masked_cross_entropy(x.long(), y), TypeError, "logits has dtype int64"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y.float()), TypeError, "labels has dtype float32"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y[:-1]), ValueError, "labels has shape"),
-    (lambda x, y: fastmask.masked_cross_entropy(x[0], y[0]), ValueError, "logits must be"),
-    (lambda x, y: fastmask.masked_cross_entropy(x[:0], y[:0]), ValueError, "empty"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, reduction="avg"), ValueError, "reduction='avg'"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, label_smoothing=1.5), ValueError, "label_smoothing=1.5"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, z_loss=-1.0), ValueError, "z_loss=-1.0"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, z_loss=float("nan")), ValueError, "z_loss=nan"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, inplace_backward=1), TypeError, "inplace_backward"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=1.5), TypeError, "ignore_index"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=2**63), ValueError, "ignore_index=9223372036854775808"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=-(2**70)), ValueError, "ignore_index"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, reduction="sum", num_items_in_batch=3), ValueError, "num_items_in_batch"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=-3), ValueError, "num_items_in_batch=-3"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.ones(2)), ValueError, "one-element"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=0), ValueError, "num_items_in_batch=0"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=3, global_normalization=True), ValueError, "not both"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=float("nan")), ValueError, "num_items_in_batch=nan"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=float("inf")), ValueError, "num_items_in_batch=inf"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=10**400), ValueError, "num_items_in_batch=inf"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.tensor(float("nan"))), ValueError,
-     "num_items_in_batch=nan"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.tensor(-float("inf"))), ValueError,
-     "num_items_in_batch=-inf"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.tensor(-2.0)), ValueError,
-     "num_items_in_batch=-2"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=True), TypeError, "num_items_in_batch"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch="3"), TypeError, "num_items_in_batch"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, reduction="none", global_normalization=True), ValueError, "global_normalization"),
-    (lambda x, y: fastmask.masked_cross_entropy(x, y, backend="gpu"), ValueError, "backend='gpu'"),
-])
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda x, y: fastmask.masked_cross_entropy(x.long(), y), TypeError, "logits has dtype int64"),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y.float()), TypeError, "labels has dtype float32"),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y[:-1]), ValueError, "labels has shape"),
+        (lambda x, y: fastmask.masked_cross_entropy(x[0], y[0]), ValueError, "logits must be"),
+        (lambda x, y: fastmask.masked_cross_entropy(x[:0], y[:0]), ValueError, "empty"),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, reduction="avg"), ValueError, "reduction='avg'"),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, label_smoothing=1.5), ValueError, "label_smoothing=1.5"),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, z_loss=-1.0), ValueError, "z_loss=-1.0"),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, z_loss=float("nan")), ValueError, "z_loss=nan"),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, inplace_backward=1), TypeError, "inplace_backward"),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=1.5), TypeError, "ignore_index"),
+        (
+            lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=2**63),
+            ValueError,
+            "ignore_index=9223372036854775808",
+        ),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, ignore_index=-(2**70)), ValueError, "ignore_index"),
+        (
+            lambda x, y: fastmask.masked_cross_entropy(x, y, reduction="sum", num_items_in_batch=3),
+            ValueError,
+            "num_items_in_batch",
+        ),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=-3), ValueError, "num_items_in_batch=-3"),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.ones(2)), ValueError, "one-element"),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=0), ValueError, "num_items_in_batch=0"),
+        (
+            lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=3, global_normalization=True),
+            ValueError,
+            "not both",
+        ),
+        (
+            lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=float("nan")),
+            ValueError,
+            "num_items_in_batch=nan",
+        ),
+        (
+            lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=float("inf")),
+            ValueError,
+            "num_items_in_batch=inf",
+        ),
+        (
+            lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=10**400),
+            ValueError,
+            "num_items_in_batch=inf",
+        ),
+        (
+            lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.tensor(float("nan"))),
+            ValueError,
+            "num_items_in_batch=nan",
+        ),
+        (
+            lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.tensor(-float("inf"))),
+            ValueError,
+            "num_items_in_batch=-inf",
+        ),
+        (
+            lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=torch.tensor(-2.0)),
+            ValueError,
+            "num_items_in_batch=-2",
+        ),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch=True), TypeError, "num_items_in_batch"),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, num_items_in_batch="3"), TypeError, "num_items_in_batch"),
+        (
+            lambda x, y: fastmask.masked_cross_entropy(x, y, reduction="none", global_normalization=True),
+            ValueError,
+            "global_normalization",
+        ),
+        (lambda x, y: fastmask.masked_cross_entropy(x, y, backend="gpu"), ValueError, "backend='gpu'"),
+    ],
+)
 def test_bad_arguments(call, error, match):
     x = torch.randn(4, 10)
     y = torch.tensor([1, 2, -100, 3])
@@ -410,7 +489,9 @@ def test_inplace_backward_on_a_leaf_raises(backend):
     labels = torch.tensor([1, 2, -100, 3], device=_device())
     for logits in (leaf_logits, leaf_logits[:, :], leaf_logits.view(2, 2, 10)):
         with pytest.raises(ValueError, match="inplace_backward=True.*leaf.*non-leaf.*inplace_backward=False"):
-            fastmask.masked_cross_entropy(logits, labels.view(logits.shape[:-1]), inplace_backward=True, backend=backend)
+            fastmask.masked_cross_entropy(
+                logits, labels.view(logits.shape[:-1]), inplace_backward=True, backend=backend
+            )
     assert torch.equal(leaf_logits.detach(), before)
     # Without grad nothing is overwritten, so a leaf is fine there; a non-leaf works as before.
     with torch.no_grad():
@@ -432,7 +513,8 @@ def test_float64_runs_on_reference_and_passes_gradcheck():
     labels = torch.tensor([1, -100, 3, 8, -100, 0])
     for reduction in ("mean", "sum", "none"):
         assert torch.autograd.gradcheck(
-            lambda t: fastmask.masked_cross_entropy(t, labels, reduction=reduction, label_smoothing=0.1, z_loss=0.01), (x,)
+            lambda t: fastmask.masked_cross_entropy(t, labels, reduction=reduction, label_smoothing=0.1, z_loss=0.01),
+            (x,),
         )
 
 
@@ -449,7 +531,9 @@ def test_global_normalization_is_a_no_op_without_process_group():
     x = torch.randn(8, 40)
     labels = torch.randint(0, 40, (8,))
     labels[:3] = -100
-    assert torch.equal(fastmask.masked_cross_entropy(x, labels, global_normalization=True), fastmask.masked_cross_entropy(x, labels))
+    assert torch.equal(
+        fastmask.masked_cross_entropy(x, labels, global_normalization=True), fastmask.masked_cross_entropy(x, labels)
+    )
 
 
 def test_no_grad_forward_skips_the_gradient():
@@ -467,8 +551,32 @@ def test_cpp_buffers_are_checked():
     module = _backend.cpp_module()
     logits = np.zeros((4, 10), dtype=np.float32)
     with pytest.raises(ValueError, match="targets"):
-        module.ce_forward(logits, 0, None, np.zeros(3, dtype=np.int32), np.zeros(3, dtype=np.float32), None, None,
-                          False, 1.0, None, 0.0, 0.0)
+        module.ce_forward(
+            logits,
+            0,
+            None,
+            np.zeros(3, dtype=np.int32),
+            np.zeros(3, dtype=np.float32),
+            None,
+            None,
+            False,
+            1.0,
+            None,
+            0.0,
+            0.0,
+        )
     with pytest.raises(ValueError, match="dtype code"):
-        module.ce_forward(logits, 1, None, np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.float32), None, None,
-                          False, 1.0, None, 0.0, 0.0)
+        module.ce_forward(
+            logits,
+            1,
+            None,
+            np.zeros(3, dtype=np.int64),
+            np.zeros(3, dtype=np.float32),
+            None,
+            None,
+            False,
+            1.0,
+            None,
+            0.0,
+            0.0,
+        )

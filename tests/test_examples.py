@@ -1,4 +1,5 @@
 """The scripts in examples/ run offline and do what they say."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,25 +1,42 @@
 """fused_masked_lm_loss: every backend against the float64 oracle (linear + F.cross_entropy) and
 against masked_cross_entropy on materialised logits, on ONE ``fused_sample_inputs`` generator
 (loss, gradients of hidden/weight/bias, opcheck, torch.compile); chunking bounds the logits held."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from backends import require_backend
+from loss_samples import (
+    FUSED_TOLERANCES,
+    TOLERANCES,
+    assert_close,
+    fused_sample_inputs,
+    leaf,
+    reference_fused_masked_lm_loss,
+)
 
 import fastmask
 from fastmask import cross_entropy as ce_ops
 from fastmask import fused_linear_cross_entropy as fused_ops
-from backends import require_backend
-from loss_samples import FUSED_TOLERANCES, TOLERANCES, assert_close, fused_sample_inputs, leaf, reference_fused_masked_lm_loss
 
 BACKENDS = ["reference", "cpp", pytest.param("triton", marks=pytest.mark.triton)]
 SAMPLES = list(fused_sample_inputs())
 SAMPLE_IDS = [name for name, _ in SAMPLES]
-QUICK = [s for s in SAMPLES if s[0] in (
-    "40x32x300-mean-ign0.85-float32-chunk7", "40x32x300-none-ign0.85-bfloat16-chunk7",
-    "40x32x300-sum-ign1.0-float16-chunkNone", "3x50-3d-ls-z", "nobias-chunk1", "num-items",
-)]
+QUICK = [
+    s
+    for s in SAMPLES
+    if s[0]
+    in (
+        "40x32x300-mean-ign0.85-float32-chunk7",
+        "40x32x300-none-ign0.85-bfloat16-chunk7",
+        "40x32x300-sum-ign1.0-float16-chunkNone",
+        "3x50-3d-ls-z",
+        "nobias-chunk1",
+        "num-items",
+    )
+]
 _TENSORS = ("hidden", "weight", "bias", "labels")
 
 
@@ -50,14 +67,18 @@ def test_matches_float64_oracle(backend, name, kwargs):
     dtype = tensors["hidden"].dtype
     tol = FUSED_TOLERANCES[dtype]
     want_in = {k: (v if k == "labels" else leaf(v, torch.float64)) for k, v in tensors.items()}
-    want = reference_fused_masked_lm_loss(want_in["hidden"], want_in["weight"], want_in["labels"], want_in["bias"],
-                                          **_oracle_options(options))
-    grad_output = torch.rand(want.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(want.device) + 0.5
+    want = reference_fused_masked_lm_loss(
+        want_in["hidden"], want_in["weight"], want_in["labels"], want_in["bias"], **_oracle_options(options)
+    )
+    grad_output = (
+        torch.rand(want.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(want.device) + 0.5
+    )
     want.backward(grad_output)
     got_in = {k: (v if k == "labels" else leaf(v)) for k, v in tensors.items()}
     before = {k: v.clone() for k, v in tensors.items() if v is not None}
-    got = fastmask.fused_masked_lm_loss(got_in["hidden"], got_in["weight"], got_in["labels"], got_in["bias"],
-                                        backend=backend, **options)
+    got = fastmask.fused_masked_lm_loss(
+        got_in["hidden"], got_in["weight"], got_in["labels"], got_in["bias"], backend=backend, **options
+    )
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert_close(got, want, rtol=tol["loss_rtol"], atol=tol["loss_atol"], what=f"{backend} loss")
     got.backward(grad_output.to(torch.float32))
@@ -85,8 +106,9 @@ def test_matches_masked_cross_entropy_on_full_logits(backend, name, kwargs):
     logits = F.linear(full["hidden"], full["weight"], full["bias"])
     want = fastmask.masked_cross_entropy(logits, full["labels"], backend=backend, **ce_options)
     fused = {k: (v if k == "labels" else leaf(v)) for k, v in tensors.items()}
-    got = fastmask.fused_masked_lm_loss(fused["hidden"], fused["weight"], fused["labels"], fused["bias"], backend=backend,
-                                        **options)
+    got = fastmask.fused_masked_lm_loss(
+        fused["hidden"], fused["weight"], fused["labels"], fused["bias"], backend=backend, **options
+    )
     # The matmul of a chunk and of the whole batch may round differently in low precision.
     loss_tol = dict(rtol=1e-5, atol=1e-5) if tensors["hidden"].dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
     assert_close(got, want, what="loss", **loss_tol)
@@ -164,10 +186,21 @@ def _op_args(kwargs: dict, backend: str):
     )
     chunk = options.get("chunk_size") or fused_ops.default_chunk_size(weight.shape[0])
     return (
-        hidden.reshape(-1, hidden.shape[-1]).detach().requires_grad_(), weight.detach().requires_grad_(), flat_labels,
-        None if bias is None else bias.detach().requires_grad_(), options.get("ignore_index", -100),
-        ce_ops.REDUCTIONS.index(reduction), options.get("label_smoothing", 0.0), options.get("z_loss", 0.0), chunk,
-        denominator, scale, True, True, bias is not None, backend,
+        hidden.reshape(-1, hidden.shape[-1]).detach().requires_grad_(),
+        weight.detach().requires_grad_(),
+        flat_labels,
+        None if bias is None else bias.detach().requires_grad_(),
+        options.get("ignore_index", -100),
+        ce_ops.REDUCTIONS.index(reduction),
+        options.get("label_smoothing", 0.0),
+        options.get("z_loss", 0.0),
+        chunk,
+        denominator,
+        scale,
+        True,
+        True,
+        bias is not None,
+        backend,
     )
 
 
@@ -179,10 +212,24 @@ def test_opcheck(backend, name, kwargs):
     torch.library.opcheck(fused_ops._fused_op, args)
     hidden, weight, labels, bias = args[:4]
     grad_output = torch.rand(labels.shape[0], device=labels.device)
-    torch.library.opcheck(fused_ops._fused_backward_op, (
-        hidden.detach(), weight.detach(), labels, None if bias is None else bias.detach(), grad_output, args[4],
-        args[6], args[7], args[8], True, True, bias is not None, backend,
-    ))
+    torch.library.opcheck(
+        fused_ops._fused_backward_op,
+        (
+            hidden.detach(),
+            weight.detach(),
+            labels,
+            None if bias is None else bias.detach(),
+            grad_output,
+            args[4],
+            args[6],
+            args[7],
+            args[8],
+            True,
+            True,
+            bias is not None,
+            backend,
+        ),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -219,28 +266,50 @@ def test_label_out_of_range_raises(backend):
         fastmask.fused_masked_lm_loss(hidden, weight, torch.tensor([1, 20, -100, 3], device=_device()), backend=backend)
 
 
-@pytest.mark.parametrize("call,error,match", [
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w[:, :5], y, b), ValueError, "hidden has 8 features"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y[:3], b), ValueError, "labels has shape"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w.double(), y, b), TypeError, "weight is torch.float64"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b[:5]), ValueError, "bias has 5 entries"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y.float(), b), TypeError, "labels has dtype"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, chunk_size=0), ValueError, "chunk_size=0"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, reduction="max"), ValueError, "reduction"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, label_smoothing=2), ValueError, "label_smoothing"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=2, reduction="sum"), ValueError,
-     "num_items_in_batch"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w.unsqueeze(0), y, b), ValueError, "weight must be 2-D"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, ignore_index=2**63), ValueError, "ignore_index"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=float("nan")), ValueError,
-     "num_items_in_batch=nan"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=torch.tensor(float("nan"))),
-     ValueError, "num_items_in_batch=nan"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=torch.tensor(float("inf"))),
-     ValueError, "num_items_in_batch=inf"),
-    (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=-1.5), ValueError,
-     "num_items_in_batch=-1.5"),
-])
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w[:, :5], y, b), ValueError, "hidden has 8 features"),
+        (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y[:3], b), ValueError, "labels has shape"),
+        (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w.double(), y, b), TypeError, "weight is torch.float64"),
+        (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b[:5]), ValueError, "bias has 5 entries"),
+        (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y.float(), b), TypeError, "labels has dtype"),
+        (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, chunk_size=0), ValueError, "chunk_size=0"),
+        (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, reduction="max"), ValueError, "reduction"),
+        (
+            lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, label_smoothing=2),
+            ValueError,
+            "label_smoothing",
+        ),
+        (
+            lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=2, reduction="sum"),
+            ValueError,
+            "num_items_in_batch",
+        ),
+        (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w.unsqueeze(0), y, b), ValueError, "weight must be 2-D"),
+        (lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, ignore_index=2**63), ValueError, "ignore_index"),
+        (
+            lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=float("nan")),
+            ValueError,
+            "num_items_in_batch=nan",
+        ),
+        (
+            lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=torch.tensor(float("nan"))),
+            ValueError,
+            "num_items_in_batch=nan",
+        ),
+        (
+            lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=torch.tensor(float("inf"))),
+            ValueError,
+            "num_items_in_batch=inf",
+        ),
+        (
+            lambda h, w, y, b: fastmask.fused_masked_lm_loss(h, w, y, b, num_items_in_batch=-1.5),
+            ValueError,
+            "num_items_in_batch=-1.5",
+        ),
+    ],
+)
 def test_bad_arguments(call, error, match):
     hidden, weight, labels, bias = torch.randn(4, 8), torch.randn(20, 8), torch.tensor([1, 2, -100, 3]), torch.randn(20)
     with pytest.raises(error, match=match):
@@ -262,20 +331,29 @@ def test_float64_reduction_none_gradients_stay_float64():
     """reduction="none" recomputes the gradient in backward with the per-row grad_output; for
     float64 inputs that factor was rounded to float32 (relative error ~1e-8)."""
     g = torch.Generator().manual_seed(5)
-    tensors = dict(hidden=torch.randn(2, 7, 5, generator=g, dtype=torch.float64),
-                   weight=torch.randn(11, 5, generator=g, dtype=torch.float64),
-                   bias=torch.randn(11, generator=g, dtype=torch.float64))
+    tensors = dict(
+        hidden=torch.randn(2, 7, 5, generator=g, dtype=torch.float64),
+        weight=torch.randn(11, 5, generator=g, dtype=torch.float64),
+        bias=torch.randn(11, generator=g, dtype=torch.float64),
+    )
     labels = torch.randint(0, 11, (2, 7), generator=g)
     labels[0, ::3] = -100
     grad_output = torch.randn(2, 7, generator=g, dtype=torch.float64) * 3 + 1.0 / 3.0
     want_in = {k: leaf(v) for k, v in tensors.items()}
-    reference_fused_masked_lm_loss(want_in["hidden"], want_in["weight"], labels, want_in["bias"], reduction="none",
-                                   z_loss=1e-2).backward(grad_output)
+    reference_fused_masked_lm_loss(
+        want_in["hidden"], want_in["weight"], labels, want_in["bias"], reduction="none", z_loss=1e-2
+    ).backward(grad_output)
     got_in = {k: leaf(v) for k, v in tensors.items()}
-    fastmask.fused_masked_lm_loss(got_in["hidden"], got_in["weight"], labels, got_in["bias"], reduction="none", z_loss=1e-2,
-                                  chunk_size=3).backward(grad_output)
+    fastmask.fused_masked_lm_loss(
+        got_in["hidden"], got_in["weight"], labels, got_in["bias"], reduction="none", z_loss=1e-2, chunk_size=3
+    ).backward(grad_output)
     tol = FUSED_TOLERANCES[torch.float64]
     for name in tensors:
         scale = float(want_in[name].grad.abs().max())
-        assert_close(got_in[name].grad, want_in[name].grad, rtol=tol["grad_rtol"], atol=tol["grad_atol"] * scale,
-                     what=f"grad {name}")
+        assert_close(
+            got_in[name].grad,
+            want_in[name].grad,
+            rtol=tol["grad_rtol"],
+            atol=tol["grad_atol"] * scale,
+            what=f"grad {name}",
+        )

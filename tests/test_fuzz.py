@@ -31,6 +31,7 @@ minutes); ``FASTMASK_FUZZ_SHRINK=1`` shrinks it. ``FASTMASK_FUZZ_REPORT=path`` w
 of cases each test ran (JSON) when the module finishes. Bad-input tests are parametrized by the
 kind of corruption, so every kind gets its share of examples.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,18 +40,20 @@ import json
 import os
 import warnings
 from collections import Counter
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
+import collator_support
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, given, note, settings, strategies as st
-
-import collator_support
-import fastmask
 from backends import require_backend
+from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis import strategies as st
 from loss_samples import FUSED_TOLERANCES, TOLERANCES, reference_fused_masked_lm_loss, reference_masked_cross_entropy
 from masking_samples import MASK_ID, SPECIAL_IDS
+
+import fastmask
 
 ERRORS = (ValueError, TypeError)
 IGNORE = -100
@@ -77,8 +80,13 @@ def fuzz(default: int):
     if os.environ.get("FASTMASK_FUZZ_SHRINK", "").strip() not in ("", "0"):
         phases.append(Phase.shrink)
     return settings(
-        max_examples=_examples(default), deadline=None, derandomize=True, database=None,
-        suppress_health_check=list(HealthCheck), print_blob=True, phases=phases,
+        max_examples=_examples(default),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+        phases=phases,
     )
 
 
@@ -174,7 +182,9 @@ def mask_calls(draw, max_batch: int = 5, max_length: int = 40):
     special_source = draw(st.sampled_from(["mask", "ids", "none"]))
     if special_source == "mask":
         extra = torch.rand(batch, length, generator=g) < draw(st.sampled_from([0.0, 0.2]))
-        kw["special_tokens_mask"] = (torch.isin(ids, torch.tensor(SPECIAL_IDS)) | extra).to(draw(st.sampled_from(MASK_DTYPES)))
+        kw["special_tokens_mask"] = (torch.isin(ids, torch.tensor(SPECIAL_IDS)) | extra).to(
+            draw(st.sampled_from(MASK_DTYPES))
+        )
     elif special_source == "ids":
         chosen = draw(st.lists(st.sampled_from(SPECIAL_IDS), min_size=1, max_size=5, unique=True))
         kw["special_token_ids"] = draw(st.sampled_from([list, tuple]))(chosen)
@@ -186,15 +196,21 @@ def mask_calls(draw, max_batch: int = 5, max_length: int = 40):
             table = torch.rand(vocab + draw(st.sampled_from([0, 3])), generator=g) < density
             kw["word_start_table"] = table.to(draw(st.sampled_from([torch.bool, torch.uint8])))
         else:
-            kw["word_starts"] = (torch.rand(batch, length, generator=g) < density).to(draw(st.sampled_from(MASK_DTYPES)))
+            kw["word_starts"] = (torch.rand(batch, length, generator=g) < density).to(
+                draw(st.sampled_from(MASK_DTYPES))
+            )
     if budget == "bernoulli" and vocab <= TABLE_VOCAB_LIMIT and draw(st.integers(0, 3)) == 0:
         weights = torch.rand(vocab, generator=g) * 3
         weights[torch.rand(vocab, generator=g) < 0.2] = 0.0
         kw["token_weights"] = weights.to(draw(st.sampled_from([torch.float32, torch.float64, torch.float16])))
     mask_replace = _probability(draw)
     kw.update(
-        mask_token_id=MASK_ID, vocab_size=vocab, strategy=strategy, budget=budget,
-        mlm_probability=_probability(draw), mask_replace_prob=mask_replace,
+        mask_token_id=MASK_ID,
+        vocab_size=vocab,
+        strategy=strategy,
+        budget=budget,
+        mlm_probability=_probability(draw),
+        mask_replace_prob=mask_replace,
         random_replace_prob=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0 - mask_replace))),
         seed=draw(st.one_of(st.integers(0, 2**64 - 1), st.integers(-(2**70), 2**70))),
     )
@@ -206,7 +222,9 @@ def mask_calls(draw, max_batch: int = 5, max_length: int = 40):
     if keys == "list":
         kw["row_keys"] = draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=batch, max_size=batch))
     elif keys == "tensor":
-        kw["row_keys"] = torch.randint(-(2**31), 2**31 - 1, (batch,), generator=g).to(draw(st.sampled_from([torch.int32, torch.int64])))
+        kw["row_keys"] = torch.randint(-(2**31), 2**31 - 1, (batch,), generator=g).to(
+            draw(st.sampled_from([torch.int32, torch.int64]))
+        )
     elif keys == "range":
         start = draw(st.integers(0, 2**40))
         kw["row_keys"] = range(start, start + batch)
@@ -272,8 +290,10 @@ def check_mask_result(kw: dict, result) -> None:
     original = ids[selected]
     mask_id = int(kw["mask_token_id"])
     assert ((changed == mask_id) | ((changed >= 0) & (changed < vocab))).all(), "a replaced id is out of range"
-    p, p_mask, p_random = (float(kw.get(k, d)) for k, d in (("mlm_probability", 0.15), ("mask_replace_prob", 0.8),
-                                                              ("random_replace_prob", 0.1)))
+    p, p_mask, p_random = (
+        float(kw.get(k, d))
+        for k, d in (("mlm_probability", 0.15), ("mask_replace_prob", 0.8), ("random_replace_prob", 0.1))
+    )
     if p_mask == 1.0:
         assert (changed == mask_id).all(), "mask_replace_prob=1 must write the mask id at every selected position"
     if p_random == 0.0:
@@ -353,15 +373,43 @@ def _set_position(ids: torch.Tensor, value: int, data) -> torch.Tensor:
 
 
 MASK_CORRUPTIONS = (
-    "ids_float", "ids_small_int", "ids_list", "ids_3d", "ids_empty", "ids_negative", "ids_too_large",
-    "mask_token_id", "vocab_size", "vocab_below_ids", "probability", "replace_sum", "choice", "max_span_words",
-    "special_tokens_mask", "attention_mask", "word_starts", "word_start_table", "special_token_ids",
-    "pad_token_id", "token_weights", "seed", "row_keys", "backend",
+    "ids_float",
+    "ids_small_int",
+    "ids_list",
+    "ids_3d",
+    "ids_empty",
+    "ids_negative",
+    "ids_too_large",
+    "mask_token_id",
+    "vocab_size",
+    "vocab_below_ids",
+    "probability",
+    "replace_sum",
+    "choice",
+    "max_span_words",
+    "special_tokens_mask",
+    "attention_mask",
+    "word_starts",
+    "word_start_table",
+    "special_token_ids",
+    "pad_token_id",
+    "token_weights",
+    "seed",
+    "row_keys",
+    "backend",
 )
 # Corruptions of scalar arguments only: safe to apply on top of any other one.
 MASK_SCALAR_CORRUPTIONS = (
-    "mask_token_id", "vocab_size", "probability", "replace_sum", "choice", "max_span_words", "special_token_ids",
-    "pad_token_id", "seed", "backend",
+    "mask_token_id",
+    "vocab_size",
+    "probability",
+    "replace_sum",
+    "choice",
+    "max_span_words",
+    "special_token_ids",
+    "pad_token_id",
+    "seed",
+    "backend",
 )
 
 
@@ -376,7 +424,9 @@ def _corrupt_mask_call(kw: dict, data, kind: str) -> tuple[dict, tuple, bool]:
         kw["input_ids"] = ids.to(data.draw(st.sampled_from([torch.float32, torch.float64, torch.float16])))
         return kw, ("input_ids",), True
     if kind == "ids_small_int":
-        kw["input_ids"] = ids.clamp(0, 127).to(data.draw(st.sampled_from([torch.int16, torch.int8, torch.uint8, torch.bool])))
+        kw["input_ids"] = ids.clamp(0, 127).to(
+            data.draw(st.sampled_from([torch.int16, torch.int8, torch.uint8, torch.bool]))
+        )
         return kw, ("input_ids",), False
     if kind == "ids_list":
         kw["input_ids"] = ids.tolist()
@@ -417,10 +467,16 @@ def _corrupt_mask_call(kw: dict, data, kind: str) -> tuple[dict, tuple, bool]:
         if name == "mask_replace_prob" and kw[name] == 1 + 1e-9:
             kw["random_replace_prob"] = 0.0
         if kw[name] == 0.0:  # span_p=0: no geometric span length, but unused by the other strategies
-            return kw, (name,), kw.get("strategy", "token") == "span" and kw.get("span_distribution", "geometric") == "geometric"
+            return (
+                kw,
+                (name,),
+                kw.get("strategy", "token") == "span" and kw.get("span_distribution", "geometric") == "geometric",
+            )
         return kw, (name,), True
     if kind == "replace_sum":
-        kw["mask_replace_prob"], kw["random_replace_prob"] = data.draw(st.sampled_from([(0.7, 0.5), (1.0, 0.01), (0.5, 0.6)]))
+        kw["mask_replace_prob"], kw["random_replace_prob"] = data.draw(
+            st.sampled_from([(0.7, 0.5), (1.0, 0.01), (0.5, 0.6)])
+        )
         return kw, ("mask_replace_prob", "random_replace_prob"), True
     if kind == "choice":
         name = data.draw(st.sampled_from(["strategy", "budget", "span_distribution"]))
@@ -523,7 +579,9 @@ def _bad_mask_call(kw, data, backend, kind):
         kw, names2, must2 = _corrupt_mask_call(kw, data, second)
         names, must_raise = names + names2, must_raise or must2
     kw.setdefault("backend", backend)
-    note(f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }")
+    note(
+        f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }"
+    )
     snapshot = _snapshot(kw)
     clear_error_or(lambda: fastmask.mask_tokens(**kw), names, must_raise, lambda result: check_mask_result(kw, result))
     _assert_unmodified(kw, snapshot)
@@ -555,15 +613,24 @@ _NO_INT64 = (2**70, 2**63, -(2**63) - 1)  # ignore_index values outside int64: n
 def _loss_options(draw, labels: torch.Tensor, ignore_index: int) -> dict:
     reduction = draw(st.sampled_from(["mean", "sum", "none"]))
     options = dict(
-        ignore_index=ignore_index, reduction=reduction,
+        ignore_index=ignore_index,
+        reduction=reduction,
         label_smoothing=draw(st.one_of(st.sampled_from([0.0, 0.1, 1.0]), st.floats(0.0, 1.0))),
         z_loss=draw(st.sampled_from([0.0, 1e-4, 1e-2])),
     )
     if reduction == "mean" and draw(st.integers(0, 2)) == 0:
         count = max(1, int((labels != ignore_index).sum())) + draw(st.integers(0, 5))
-        options["num_items_in_batch"] = draw(st.sampled_from([
-            count, float(count), torch.tensor(count), torch.tensor(float(count)), np.int64(count),
-        ]))
+        options["num_items_in_batch"] = draw(
+            st.sampled_from(
+                [
+                    count,
+                    float(count),
+                    torch.tensor(count),
+                    torch.tensor(float(count)),
+                    np.int64(count),
+                ]
+            )
+        )
     return options
 
 
@@ -732,10 +799,17 @@ def check_fused(kw: dict, backend: str, needs: tuple) -> None:
     tol = FUSED_TOLERANCES[dtype]
     want_in = {k: None if v is None else v.detach().to(torch.float64).requires_grad_() for k, v in tensors.items()}
     oracle_options = _oracle_ignore({k: v for k, v in options.items() if k != "chunk_size"})
-    want = reference_fused_masked_lm_loss(want_in["hidden"], want_in["weight"], kw["labels"], want_in["bias"], **oracle_options)
+    want = reference_fused_masked_lm_loss(
+        want_in["hidden"], want_in["weight"], kw["labels"], want_in["bias"], **oracle_options
+    )
     before = _snapshot(kw)
-    got_in = {k: None if v is None else v.detach().clone().requires_grad_(need) for (k, v), need in zip(tensors.items(), needs)}
-    got = fastmask.fused_masked_lm_loss(got_in["hidden"], got_in["weight"], kw["labels"], got_in["bias"], backend=backend, **options)
+    got_in = {
+        k: None if v is None else v.detach().clone().requires_grad_(need)
+        for (k, v), need in zip(tensors.items(), needs)
+    }
+    got = fastmask.fused_masked_lm_loss(
+        got_in["hidden"], got_in["weight"], kw["labels"], got_in["bias"], backend=backend, **options
+    )
     assert got.dtype == _loss_dtype(dtype) and got.shape == want.shape
     _close(got, want, rtol=tol["loss_rtol"], atol=tol["loss_atol"], what=f"{backend} fused loss")
     if any(t is not None and t.requires_grad for t in got_in.values()):
@@ -751,7 +825,9 @@ def check_fused(kw: dict, backend: str, needs: tuple) -> None:
             _close(g.grad, w.grad, rtol=tol["grad_rtol"], atol=tol["grad_atol"] * scale, what=f"{backend} grad {name}")
         if got_in["hidden"].requires_grad:
             ignored = kw["labels"].long() == options.get("ignore_index", IGNORE)
-            assert bool((got_in["hidden"].grad[ignored] == 0).all()), "unlabelled rows of hidden must get a zero gradient"
+            assert bool((got_in["hidden"].grad[ignored] == 0).all()), (
+                "unlabelled rows of hidden must get a zero gradient"
+            )
     _assert_unmodified(kw, before)
 
 
@@ -767,8 +843,11 @@ def test_fused_masked_lm_loss_matches_torch(kw, backend, needs):
 
 @pytest.mark.triton
 @fuzz(8)
-@given(ce_calls(max_rows=6, max_vocab=20, dtypes=LOSS_DTYPES[:3]), fused_calls(max_rows=6, max_width=8, max_vocab=20,
-       dtypes=LOSS_DTYPES[:3]), st.booleans())
+@given(
+    ce_calls(max_rows=6, max_vocab=20, dtypes=LOSS_DTYPES[:3]),
+    fused_calls(max_rows=6, max_width=8, max_vocab=20, dtypes=LOSS_DTYPES[:3]),
+    st.booleans(),
+)
 def test_losses_triton_match_torch(ce_kw, fused_kw, inplace):
     _count("losses_triton")
     require_backend("triton")
@@ -778,8 +857,14 @@ def test_losses_triton_match_torch(ce_kw, fused_kw, inplace):
 
 # ----------------------------------------------------------------------------- losses: bad input
 LOSS_OPTION_CORRUPTIONS = (
-    "ignore_index", "reduction", "label_smoothing", "z_loss", "num_items", "num_items_reduction",
-    "global_normalization", "backend",
+    "ignore_index",
+    "reduction",
+    "label_smoothing",
+    "z_loss",
+    "num_items",
+    "num_items_reduction",
+    "global_normalization",
+    "backend",
 )
 
 
@@ -810,12 +895,27 @@ def _corrupt_loss_options(kw: dict, data, main: str, kind: Optional[str] = None)
         kw["reduction"] = "mean"
         kw.pop("global_normalization", None)
         ignore = kw.get("ignore_index", IGNORE)
-        in_range = isinstance(ignore, (int, np.integer)) and not isinstance(ignore, bool) and -(2**63) <= int(ignore) < 2**63
+        in_range = (
+            isinstance(ignore, (int, np.integer)) and not isinstance(ignore, bool) and -(2**63) <= int(ignore) < 2**63
+        )
         labels = kw["labels"]
         labelled = int((labels.long() != int(ignore)).sum()) if in_range and isinstance(labels, torch.Tensor) else 1
-        choices = [float("nan"), float("inf"), -float("inf"), -1, -0.5, "3", True, 10**400, torch.tensor(float("nan")),
-                   torch.tensor(float("inf")), torch.tensor(-2.0), torch.tensor([1, 2]), torch.tensor(True),
-                   torch.tensor(3 + 0j)]
+        choices = [
+            float("nan"),
+            float("inf"),
+            -float("inf"),
+            -1,
+            -0.5,
+            "3",
+            True,
+            10**400,
+            torch.tensor(float("nan")),
+            torch.tensor(float("inf")),
+            torch.tensor(-2.0),
+            torch.tensor([1, 2]),
+            torch.tensor(True),
+            torch.tensor(3 + 0j),
+        ]
         if labelled:
             choices += [0, 0.0, torch.tensor(0)]
         kw["num_items_in_batch"] = data.draw(st.sampled_from(choices))
@@ -858,8 +958,12 @@ def _corrupt_labels(kw: dict, data, main: str) -> tuple[dict, tuple, bool]:
         return kw, ("labels",), True
     if kind == "range":
         ignore = kw.get("ignore_index", IGNORE)
-        value = data.draw(st.sampled_from([vocab, vocab + 5, 2**31 - 1, -1, -101, -(2**31)]
-                                          + ([2**40, -(2**40)] if labels.dtype == torch.int64 else [])))
+        value = data.draw(
+            st.sampled_from(
+                [vocab, vocab + 5, 2**31 - 1, -1, -101, -(2**31)]
+                + ([2**40, -(2**40)] if labels.dtype == torch.int64 else [])
+            )
+        )
         if value == ignore:
             value = vocab
         flat = labels.clone().reshape(-1)
@@ -887,7 +991,9 @@ def _corrupt_ce(kw: dict, data, kind: str) -> tuple[dict, tuple, bool, bool]:
             return kw, ("inplace_backward",), True, False
         kw["inplace_backward"] = True  # on a leaf that requires grad
         return kw, ("inplace_backward",), True, True
-    how = data.draw(st.sampled_from(["int", "bool", "complex", "1d", "0d", "no_classes", "no_rows", "list", "nonfinite"]))
+    how = data.draw(
+        st.sampled_from(["int", "bool", "complex", "1d", "0d", "no_classes", "no_rows", "list", "nonfinite"])
+    )
     if how == "int":
         kw["logits"] = logits.to(data.draw(st.sampled_from([torch.int64, torch.int32])))
     elif how == "bool":
@@ -910,7 +1016,9 @@ def _corrupt_ce(kw: dict, data, kind: str) -> tuple[dict, tuple, bool, bool]:
         values = values.contiguous() if flat is None else values
         flat = values.view(-1)
         for _ in range(data.draw(st.integers(1, 3))):
-            flat[data.draw(st.integers(0, flat.numel() - 1))] = data.draw(st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+            flat[data.draw(st.integers(0, flat.numel() - 1))] = data.draw(
+                st.sampled_from([float("nan"), float("inf"), -float("inf")])
+            )
         kw["logits"] = values
         return kw, ("logits",), False, data.draw(st.booleans())
     return kw, ("logits",), True, False
@@ -920,7 +1028,11 @@ def check_ce_result(kw: dict, got, *, nonfinite_ok: bool = True) -> None:
     logits = kw["logits"]
     labels = kw["labels"]
     labels = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)
-    options = {k: v for k, v in kw.items() if k not in ("logits", "labels", "inplace_backward", "backend", "global_normalization")}
+    options = {
+        k: v
+        for k, v in kw.items()
+        if k not in ("logits", "labels", "inplace_backward", "backend", "global_normalization")
+    }
     if isinstance(options.get("num_items_in_batch"), torch.Tensor):
         options["num_items_in_batch"] = float(options["num_items_in_batch"])
     if isinstance(options.get("ignore_index"), np.integer):
@@ -947,8 +1059,12 @@ def _loss_call(kw: dict, module: bool, leaf_grad: bool):
 
 @pytest.mark.parametrize("kind", CE_CORRUPTIONS)
 @fuzz(12)
-@given(kw=ce_calls(max_rows=8, max_vocab=30), data=st.data(), backend=st.sampled_from(["reference", "cpp"]),
-       module=st.booleans())
+@given(
+    kw=ce_calls(max_rows=8, max_vocab=30),
+    data=st.data(),
+    backend=st.sampled_from(["reference", "cpp"]),
+    module=st.booleans(),
+)
 def test_masked_cross_entropy_bad_input(kind, kw, data, backend, module):
     _count("masked_cross_entropy_bad")
     require_backend(backend)
@@ -957,7 +1073,9 @@ def test_masked_cross_entropy_bad_input(kind, kw, data, backend, module):
     if data.draw(st.integers(0, 3), label="second corruption") == 0:
         kw, names2, must2 = _corrupt_loss_options(kw, data, "logits")
         names, must_raise = names + names2, must_raise or must2
-    note(f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }")
+    note(
+        f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }"
+    )
     snapshot = _snapshot(kw)
     clear_error_or(_loss_call(kw, module, leaf_grad), names, must_raise, lambda got: check_ce_result(kw, got))
     _assert_unmodified(kw, snapshot)
@@ -990,7 +1108,8 @@ def _corrupt_fused(kw: dict, data, kind: str) -> tuple[dict, tuple, bool]:
         else:
             values = hidden.clone().contiguous()
             values.view(-1)[data.draw(st.integers(0, values.numel() - 1))] = data.draw(
-                st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+                st.sampled_from([float("nan"), float("inf"), -float("inf")])
+            )
             kw["hidden"] = values
             return kw, ("hidden",), False
         return kw, ("hidden",), True
@@ -1014,12 +1133,20 @@ def _corrupt_fused(kw: dict, data, kind: str) -> tuple[dict, tuple, bool]:
         how = data.draw(st.sampled_from(["short", "2d", "dtype", "int", "list"]))
         other = torch.float64 if hidden.dtype != torch.float64 else torch.float32
         kw["bias"] = {
-            "short": base[:-1], "2d": base[None], "dtype": base.to(other), "int": base.long(), "list": base.tolist(),
+            "short": base[:-1],
+            "2d": base[None],
+            "dtype": base.to(other),
+            "int": base.long(),
+            "list": base.tolist(),
         }[how]
         return kw, ("bias",), True
     value = data.draw(st.sampled_from([0, -1, 1.5, "4", True, None, 2**62, 2**70]))
     kw["chunk_size"] = value
-    return kw, ("chunk_size",), not (value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1))
+    return (
+        kw,
+        ("chunk_size",),
+        not (value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)),
+    )
 
 
 def check_fused_result(kw: dict, got) -> None:
@@ -1031,8 +1158,9 @@ def check_fused_result(kw: dict, got) -> None:
     options.pop("global_normalization", None)
     labels = kw["labels"] if isinstance(kw["labels"], torch.Tensor) else torch.as_tensor(kw["labels"])
     as64 = lambda t: None if t is None else t.detach().to(torch.float64)  # noqa: E731
-    want = reference_fused_masked_lm_loss(as64(kw["hidden"]), as64(kw["weight"]), labels.long(), as64(kw["bias"]),
-                                          **_oracle_ignore(options))
+    want = reference_fused_masked_lm_loss(
+        as64(kw["hidden"]), as64(kw["weight"]), labels.long(), as64(kw["bias"]), **_oracle_ignore(options)
+    )
     tol = FUSED_TOLERANCES[kw["hidden"].dtype]
     assert isinstance(got, torch.Tensor) and got.dtype == _loss_dtype(kw["hidden"].dtype)
     _close(got, want, rtol=tol["loss_rtol"], atol=tol["loss_atol"], what="fused loss")
@@ -1040,7 +1168,9 @@ def check_fused_result(kw: dict, got) -> None:
 
 @pytest.mark.parametrize("kind", FUSED_CORRUPTIONS)
 @fuzz(8)
-@given(kw=fused_calls(max_rows=8, max_width=8, max_vocab=30), data=st.data(), backend=st.sampled_from(["reference", "cpp"]))
+@given(
+    kw=fused_calls(max_rows=8, max_width=8, max_vocab=30), data=st.data(), backend=st.sampled_from(["reference", "cpp"])
+)
 def test_fused_masked_lm_loss_bad_input(kind, kw, data, backend):
     _count("fused_bad")
     require_backend(backend)
@@ -1049,7 +1179,9 @@ def test_fused_masked_lm_loss_bad_input(kind, kw, data, backend):
     if data.draw(st.integers(0, 3), label="second corruption") == 0:
         kw, names2, must2 = _corrupt_loss_options(kw, data, "hidden")
         names, must_raise = names + names2, must_raise or must2
-    note(f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }")
+    note(
+        f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }"
+    )
     snapshot = _snapshot(kw)
     call_kw = dict(kw)
     for name in ("hidden", "weight", "bias"):
@@ -1057,23 +1189,33 @@ def test_fused_masked_lm_loss_bad_input(kind, kw, data, backend):
         if isinstance(value, torch.Tensor) and value.is_floating_point():
             call_kw[name] = value.detach().clone().requires_grad_()
     args = [call_kw.pop(k) for k in ("hidden", "weight", "labels", "bias")]
-    clear_error_or(lambda: fastmask.fused_masked_lm_loss(*args, **call_kw), names, must_raise,
-                   lambda got: check_fused_result(kw, got))
+    clear_error_or(
+        lambda: fastmask.fused_masked_lm_loss(*args, **call_kw),
+        names,
+        must_raise,
+        lambda got: check_fused_result(kw, got),
+    )
     _assert_unmodified(kw, snapshot)
 
 
 # ============================================================================= collators
 TOKEN_KEYS = ("attention_mask", "token_type_ids", "special_tokens_mask", "offset_mapping", "word_ids")
-EXTRA_TEXTS = ("", "Hello", "unbelievably tokenization", "東京 and ünïcödé naïveté", "1234567 ---- ... ???",
-               "a b c d e f g h i j k l m n o p q r s t u v w x y z")
+EXTRA_TEXTS = (
+    "",
+    "Hello",
+    "unbelievably tokenization",
+    "東京 and ünïcödé naïveté",
+    "1234567 ---- ... ???",
+    "a b c d e f g h i j k l m n o p q r s t u v w x y z",
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tokenizer():
     return collator_support.tokenizer("minilm")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pool() -> tuple:
     """Tokenized rows of real text (every per-token key, plus ``word_ids``), built once."""
     tok = _tokenizer()
@@ -1089,7 +1231,7 @@ def _pool() -> tuple:
     return tuple(rows)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _word_table() -> np.ndarray:
     return fastmask.word_start_table(_tokenizer()).numpy()
 
@@ -1126,7 +1268,9 @@ def _synthetic_row(draw, g) -> dict:
     ids = [tok.cls_token_id] + body + [tok.sep_token_id]
     special = set(tok.all_special_ids)
     return {
-        "input_ids": ids, "token_type_ids": [0] * len(ids), "attention_mask": [1] * len(ids),
+        "input_ids": ids,
+        "token_type_ids": [0] * len(ids),
+        "attention_mask": [1] * len(ids),
         "special_tokens_mask": [int(i in special) for i in ids],
         "offset_mapping": [[0, 0]] + [[3 * j, 3 * j + 2] for j in range(n)] + [[0, 0]],
         "word_ids": [None] + list(range(n)) + [None],
@@ -1151,7 +1295,10 @@ def collator_rows(draw, max_rows: int = 5):
     keys = draw(st.sets(st.sampled_from(TOKEN_KEYS)))
     rows = [{k: v for k, v in row.items() if k == "input_ids" or k in keys} for row in rows]
     if draw(st.integers(0, 4)) == 0:  # tensors instead of lists
-        rows = [{k: (torch.tensor(v) if k in ("input_ids", "attention_mask") else v) for k, v in row.items()} for row in rows]
+        rows = [
+            {k: (torch.tensor(v) if k in ("input_ids", "attention_mask") else v) for k, v in row.items()}
+            for row in rows
+        ]
     return rows
 
 
@@ -1261,15 +1408,24 @@ def lm_options(draw):
     budget = draw(st.sampled_from(["bernoulli", "exact"]))
     mask_replace = _probability(draw)
     options = dict(
-        mlm=mlm, whole_word_mask=mlm and draw(st.booleans()), mlm_probability=_probability(draw),
-        mask_replace_prob=mask_replace, random_replace_prob=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0 - mask_replace))),
-        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))), return_tensors=draw(st.sampled_from(["pt", "np"])),
-        seed=draw(st.integers(0, 2**63 - 1)), strategy=strategy, budget=budget,
+        mlm=mlm,
+        whole_word_mask=mlm and draw(st.booleans()),
+        mlm_probability=_probability(draw),
+        mask_replace_prob=mask_replace,
+        random_replace_prob=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0 - mask_replace))),
+        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))),
+        return_tensors=draw(st.sampled_from(["pt", "np"])),
+        seed=draw(st.integers(0, 2**63 - 1)),
+        strategy=strategy,
+        budget=budget,
         keep_replace_probs=draw(st.booleans()),
     )
     if strategy == "span":
-        options.update(span_distribution=draw(st.sampled_from(["geometric", "uniform"])),
-                       span_p=draw(st.floats(0.05, 1.0)), max_span_words=draw(st.integers(1, 10)))
+        options.update(
+            span_distribution=draw(st.sampled_from(["geometric", "uniform"])),
+            span_p=draw(st.floats(0.05, 1.0)),
+            max_span_words=draw(st.integers(1, 10)),
+        )
     if mlm and budget == "bernoulli" and draw(st.integers(0, 4)) == 0:
         g = _seeded(draw)
         options["token_weights"] = torch.rand(len(_tokenizer()), generator=g) * 2
@@ -1317,9 +1473,11 @@ def _same_features(rows, before) -> None:
 def wwm_options(draw):
     mask_replace = _probability(draw)
     options = dict(
-        mlm_probability=_probability(draw), mask_replace_prob=mask_replace,
+        mlm_probability=_probability(draw),
+        mask_replace_prob=mask_replace,
         random_replace_prob=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0 - mask_replace))),
-        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))), return_tensors=draw(st.sampled_from(["pt", "np"])),
+        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))),
+        return_tensors=draw(st.sampled_from(["pt", "np"])),
         seed=draw(st.integers(0, 2**63 - 1)),
     )
     if draw(st.booleans()):
@@ -1333,7 +1491,9 @@ def test_whole_word_collator_invariants_and_backends(rows, options, plain_lists)
     _count("wwm_collator_valid")
     require_backend("cpp")
     if plain_lists:  # v4 also took sequences of ids
-        rows = [list(r["input_ids"].tolist() if isinstance(r["input_ids"], torch.Tensor) else r["input_ids"]) for r in rows]
+        rows = [
+            list(r["input_ids"].tolist() if isinstance(r["input_ids"], torch.Tensor) else r["input_ids"]) for r in rows
+        ]
     before = copy.deepcopy(rows)
     collator, out = _collate(fastmask.DataCollatorForWholeWordMask, rows, options, "cpp")
     _same_features(rows, before)
@@ -1348,7 +1508,9 @@ def test_whole_word_collator_invariants_and_backends(rows, options, plain_lists)
 @st.composite
 def augmentation_cases(draw):
     rows = draw(collator_rows())
-    rows = [{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in r.items() if k != "word_ids"} for r in rows]
+    rows = [
+        {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in r.items() if k != "word_ids"} for r in rows
+    ]
     token_labels = draw(st.integers(0, 3)) != 0
     for i, row in enumerate(rows):
         if token_labels:
@@ -1363,9 +1525,13 @@ def augmentation_cases(draw):
     longest = max(len(r["input_ids"]) for r in rows)
     padding = draw(st.sampled_from([True, "longest", "max_length"]))
     options.update(
-        padding=padding, max_length=longest + draw(st.integers(0, 5)) if padding == "max_length" else None,
-        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))), return_tensors=draw(st.sampled_from(["pt", "np"])),
-        seed=draw(st.integers(0, 2**63 - 1)), whole_word=draw(st.booleans()), training=draw(st.integers(0, 4)) != 0,
+        padding=padding,
+        max_length=longest + draw(st.integers(0, 5)) if padding == "max_length" else None,
+        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))),
+        return_tensors=draw(st.sampled_from(["pt", "np"])),
+        seed=draw(st.integers(0, 2**63 - 1)),
+        whole_word=draw(st.booleans()),
+        training=draw(st.integers(0, 4)) != 0,
         label_pad_token_id=draw(st.sampled_from([-100, -1])),
     )
     return rows, options
@@ -1381,8 +1547,10 @@ def check_augmentation_batch(collator, rows, out) -> None:
     lengths = [len(r["input_ids"]) for r in rows]
     longest = max(lengths)
     floor = collator.max_length if collator.padding == "max_length" else 0
-    corrupting = collator.training and (collator.mask_probability + collator.random_replace_probability
-                                        + collator.delete_probability) > 0
+    corrupting = (
+        collator.training
+        and (collator.mask_probability + collator.random_replace_probability + collator.delete_probability) > 0
+    )
     if not corrupting or collator.delete_probability == 0:
         assert width == _round_up(max(longest, floor), collator.pad_to_multiple_of), f"width {width}"
     else:
@@ -1396,7 +1564,11 @@ def check_augmentation_batch(collator, rows, out) -> None:
         assert torch.equal(real, torch.arange(width) < n), "attention is not one block at the start"
         assert ids[b][~real].eq(tok.pad_token_id).all(), "padding holds another id than the pad id"
         source = row["input_ids"]
-        special = [bool(x) for x in row["special_tokens_mask"]] if "special_tokens_mask" in row else [i in special_ids for i in source]
+        special = (
+            [bool(x) for x in row["special_tokens_mask"]]
+            if "special_tokens_mask" in row
+            else [i in special_ids for i in source]
+        )
         if token_labels:
             assert labels[b][~real].eq(collator.label_pad_token_id).all()
             kept = labels[b][real].tolist()
@@ -1481,16 +1653,54 @@ COLLATORS = {
 
 
 ROW_CORRUPTIONS = (
-    "empty", "mixed", "missing_ids", "float_id", "string_id", "none_id", "nested", "negative_id", "beyond_vocab",
-    "huge_id", "ragged_key", "bad_offsets", "bad_word_ids", "row_key", "special_values",
+    "empty",
+    "mixed",
+    "missing_ids",
+    "float_id",
+    "string_id",
+    "none_id",
+    "nested",
+    "negative_id",
+    "beyond_vocab",
+    "huge_id",
+    "ragged_key",
+    "bad_offsets",
+    "bad_word_ids",
+    "row_key",
+    "special_values",
 )
-LM_OPTION_CORRUPTIONS = ("probability", "sum", "pad_to_multiple_of", "choice", "span", "seed", "token_weights", "backend",
-                         "return_tensors", "device", "row_key_column", "mlm_strategy")
-AUGMENTATION_OPTION_CORRUPTIONS = ("probability", "sum", "padding", "max_length", "pad_to_multiple_of", "seed", "backend",
-                                   "return_tensors")
+LM_OPTION_CORRUPTIONS = (
+    "probability",
+    "sum",
+    "pad_to_multiple_of",
+    "choice",
+    "span",
+    "seed",
+    "token_weights",
+    "backend",
+    "return_tensors",
+    "device",
+    "row_key_column",
+    "mlm_strategy",
+)
+AUGMENTATION_OPTION_CORRUPTIONS = (
+    "probability",
+    "sum",
+    "padding",
+    "max_length",
+    "pad_to_multiple_of",
+    "seed",
+    "backend",
+    "return_tensors",
+)
 COLLATOR_CORRUPTIONS = (
     [(which, "features:" + kind) for which in ("lm", "wwm", "augmentation") for kind in ROW_CORRUPTIONS]
-    + [(which, "options:" + kind) for which in ("lm", "wwm") for kind in LM_OPTION_CORRUPTIONS if (which, kind) != ("wwm", "mlm_strategy")]
+    + [
+        (which, "options:" + kind)
+        for which in ("lm", "wwm")
+        for kind in LM_OPTION_CORRUPTIONS
+        if (which, kind) != ("wwm", "mlm_strategy")
+    ]
     + [("augmentation", "options:" + kind) for kind in AUGMENTATION_OPTION_CORRUPTIONS]
 )
 
@@ -1516,7 +1726,12 @@ def _corrupt_rows(rows: list, data, which: str, options: dict, kind: str) -> tup
         row["ids"] = row.pop("input_ids")
         return rows, options, ("input_ids",), True
     if kind in ("float_id", "string_id", "none_id", "nested", "huge_id") and n:
-        value = {"float_id": 1.5, "string_id": "a", "none_id": None, "huge_id": data.draw(st.sampled_from([2**64, -(2**64), 2**70]))}.get(kind)
+        value = {
+            "float_id": 1.5,
+            "string_id": "a",
+            "none_id": None,
+            "huge_id": data.draw(st.sampled_from([2**64, -(2**64), 2**70])),
+        }.get(kind)
         ids = list(ids)
         if kind == "nested":
             row["input_ids"] = [ids, ids]
@@ -1526,7 +1741,9 @@ def _corrupt_rows(rows: list, data, which: str, options: dict, kind: str) -> tup
         return rows, options, ("input_ids",), True
     if kind in ("negative_id", "beyond_vocab") and n:
         vocab = len(_tokenizer())
-        value = data.draw(st.sampled_from([-1, -100, -(2**40)] if kind == "negative_id" else [vocab, vocab + 100, 2**31, 2**40]))
+        value = data.draw(
+            st.sampled_from([-1, -100, -(2**40)] if kind == "negative_id" else [vocab, vocab + 100, 2**31, 2**40])
+        )
         ids = list(ids)
         ids[position] = value
         row["input_ids"] = ids
@@ -1549,14 +1766,22 @@ def _corrupt_rows(rows: list, data, which: str, options: dict, kind: str) -> tup
         for r in rows:
             r["offset_mapping"] = [[0, 0, 0]] * len(r["input_ids"])
         uses = which == "lm" and (options.get("whole_word_mask") or options.get("strategy", "token") != "token")
-        uses = uses or (which == "augmentation" and options.get("whole_word") and options.get("training", True) and any(
-            options.get(k, 0) for k in ("mask_probability", "random_replace_probability", "delete_probability")))
+        uses = uses or (
+            which == "augmentation"
+            and options.get("whole_word")
+            and options.get("training", True)
+            and any(options.get(k, 0) for k in ("mask_probability", "random_replace_probability", "delete_probability"))
+        )
         return rows, options, ("offset_mapping",), bool(uses)
     if kind == "bad_word_ids":
         for r in rows:
             r.pop("offset_mapping", None)
             r["word_ids"] = ["w"] * len(r["input_ids"])
-        uses = which == "lm" and options.get("mlm", True) and (options.get("whole_word_mask") or options.get("strategy", "token") != "token")
+        uses = (
+            which == "lm"
+            and options.get("mlm", True)
+            and (options.get("whole_word_mask") or options.get("strategy", "token") != "token")
+        )
         return rows, options, ("word_ids",), bool(uses)
     if kind == "row_key":
         value = data.draw(st.sampled_from([1.5, "a", None, 2**64, "missing"]))
@@ -1567,9 +1792,14 @@ def _corrupt_rows(rows: list, data, which: str, options: dict, kind: str) -> tup
         else:
             row["idx"] = value
         options["row_key_column"] = "idx"
-        used = {"lm": options.get("mlm", True), "wwm": True,
-                "augmentation": options.get("training", True) and any(
-                    options.get(k, 0) for k in ("mask_probability", "random_replace_probability", "delete_probability"))}[which]
+        used = {
+            "lm": options.get("mlm", True),
+            "wwm": True,
+            "augmentation": options.get("training", True)
+            and any(
+                options.get(k, 0) for k in ("mask_probability", "random_replace_probability", "delete_probability")
+            ),
+        }[which]
         return rows, options, ("row_key_column", "idx"), bool(used)
     # special_values: a special_tokens_mask with values other than 0 / 1 (nonzero is special)
     for r in rows:
@@ -1601,8 +1831,11 @@ def _corrupt_collator_options(options: dict, data, which: str, kind: str) -> tup
             # A causal-LM collator (mlm=False) uses none of them; with whole_word_mask (and not
             # keep_replace_probs) transformers replaces both replacement probabilities by 1 and 0.
             used = options.get("mlm", True) and not (
-                name != "mlm_probability" and options.get("whole_word_mask") and not options.get("keep_replace_probs")
-                and which == "lm")
+                name != "mlm_probability"
+                and options.get("whole_word_mask")
+                and not options.get("keep_replace_probs")
+                and which == "lm"
+            )
             return options, (name,), bool(used)
         if kind == "sum":
             options.update(mask_replace_prob=0.8, random_replace_prob=0.3, keep_replace_probs=True)
@@ -1617,10 +1850,17 @@ def _corrupt_collator_options(options: dict, data, which: str, kind: str) -> tup
             return options, (name,), not (name == "span_p" and options[name] == 0)
         if kind == "token_weights":
             options["budget"] = "bernoulli"
-            options["token_weights"] = data.draw(st.sampled_from([
-                torch.ones(10), -torch.ones(len(_tokenizer())), torch.full((len(_tokenizer()),), float("nan")),
-                torch.ones(1, len(_tokenizer())), ["x"] * 3,
-            ]))
+            options["token_weights"] = data.draw(
+                st.sampled_from(
+                    [
+                        torch.ones(10),
+                        -torch.ones(len(_tokenizer())),
+                        torch.full((len(_tokenizer()),), float("nan")),
+                        torch.ones(1, len(_tokenizer())),
+                        ["x"] * 3,
+                    ]
+                )
+            )
             return options, ("token_weights",), options.get("mlm", True)  # a causal LM never reads them
         if kind == "device":
             options["device"] = data.draw(st.sampled_from(["nope", "cuda:99" if torch.cuda.is_available() else "cuda"]))
@@ -1664,7 +1904,9 @@ def _check_collated(which: str, collator, rows, out) -> None:
     if which == "augmentation":
         check_augmentation_batch(collator, rows, out)
     elif which == "wwm":
-        check_lm_batch(collator, [{"input_ids": r["input_ids"] if isinstance(r, dict) else r} for r in rows], out, keys_read=())
+        check_lm_batch(
+            collator, [{"input_ids": r["input_ids"] if isinstance(r, dict) else r} for r in rows], out, keys_read=()
+        )
     else:
         check_lm_batch(collator, rows, out)
 
@@ -1717,7 +1959,9 @@ def test_collator_state_bad_input(which, kind, data):
         clear_error_or(lambda: getattr(collator, kind)(value), (field,), not valid_int, check)
         return
     state = collator.state_dict()
-    how = data.draw(st.sampled_from(["missing", "type", "negative", "not_mapping", "format", "huge"]), label="state corruption")
+    how = data.draw(
+        st.sampled_from(["missing", "type", "negative", "not_mapping", "format", "huge"]), label="state corruption"
+    )
     field = data.draw(st.sampled_from(["seed", "epoch", "step", "examples"]), label="field")
     bad = dict(state)
     if how == "missing":
@@ -1752,31 +1996,60 @@ def test_helpers_bad_input(which, data):
     """word_starts_from_*, count_token_frequencies, token_weights_from_counts, MaskingSchedule."""
     _count("helpers_bad")
     if which == "word_ids":
-        value = data.draw(st.sampled_from([
-            [["a", "b"]], [[0.5, 1.0]], np.array([[0.5, 1.5]]), torch.tensor([[0.5]]), "abc", None, [[0, None, 1], [0]],
-            [[0, 0, 1, None]], np.array([[0, 0, 1, -1]]), np.zeros((1, 2, 2), dtype=np.int64), [[True, False]],
-        ]))
-        valid = value is not None and not isinstance(value, str) and (
-            (isinstance(value, np.ndarray) and value.dtype.kind == "i" and value.ndim <= 2)
-            or (isinstance(value, list) and all(w is None or (isinstance(w, int) and not isinstance(w, bool)) for r in value for w in r)))
+        value = data.draw(
+            st.sampled_from(
+                [
+                    [["a", "b"]],
+                    [[0.5, 1.0]],
+                    np.array([[0.5, 1.5]]),
+                    torch.tensor([[0.5]]),
+                    "abc",
+                    None,
+                    [[0, None, 1], [0]],
+                    [[0, 0, 1, None]],
+                    np.array([[0, 0, 1, -1]]),
+                    np.zeros((1, 2, 2), dtype=np.int64),
+                    [[True, False]],
+                ]
+            )
+        )
+        valid = (
+            value is not None
+            and not isinstance(value, str)
+            and (
+                (isinstance(value, np.ndarray) and value.dtype.kind == "i" and value.ndim <= 2)
+                or (
+                    isinstance(value, list)
+                    and all(w is None or (isinstance(w, int) and not isinstance(w, bool)) for r in value for w in r)
+                )
+            )
+        )
 
         def check(out):
             assert isinstance(out, torch.Tensor) and out.dtype == torch.bool and out.dim() == 2
 
         clear_error_or(lambda: fastmask.word_starts_from_word_ids(value), ("word_ids",), not valid, check)
     elif which == "offsets":
-        offsets = data.draw(st.sampled_from([np.zeros((2, 3)), np.zeros((1, 3, 3)), "x", [[[0, 1], [1]]],
-                                             np.zeros((1, 3, 2)), [[[0, 1], [1, 2]]]]))
+        offsets = data.draw(
+            st.sampled_from(
+                [np.zeros((2, 3)), np.zeros((1, 3, 3)), "x", [[[0, 1], [1]]], np.zeros((1, 3, 2)), [[[0, 1], [1, 2]]]]
+            )
+        )
         special = data.draw(st.sampled_from([None, np.zeros((1, 4)), np.zeros((1, 3))]))
         ok_offsets = (isinstance(offsets, np.ndarray) and offsets.shape == (1, 3, 2)) or (
-            isinstance(offsets, list) and offsets == [[[0, 1], [1, 2]]])
+            isinstance(offsets, list) and offsets == [[[0, 1], [1, 2]]]
+        )
         ok_special = special is None or (ok_offsets and special.shape[1] == np.asarray(offsets).shape[1])
 
         def check(out):
             assert out.dtype == torch.bool and tuple(out.shape) == np.asarray(offsets).shape[:2]
 
-        clear_error_or(lambda: fastmask.word_starts_from_offsets(offsets, special), ("offset_mapping", "special_tokens_mask"),
-                       not (ok_offsets and ok_special), check)
+        clear_error_or(
+            lambda: fastmask.word_starts_from_offsets(offsets, special),
+            ("offset_mapping", "special_tokens_mask"),
+            not (ok_offsets and ok_special),
+            check,
+        )
     elif which == "counts":
         rows = data.draw(st.sampled_from([[[1, -2]], [[1.5, 2]], [["a"]], [[2**64]], [[1, 2], [3]], [[]]]))
         vocab = data.draw(st.sampled_from([None, 0, -1, 1.5, 3, 2**20]))
@@ -1788,29 +2061,51 @@ def test_helpers_bad_input(which, data):
             assert out.dtype == torch.int64 and int(out.sum()) == len(flat)
             assert out.numel() >= max([i + 1 for i in flat] + [vocab or 0])
 
-        clear_error_or(lambda: fastmask.count_token_frequencies(rows, vocab_size=vocab), ("vocab_size", "input_ids", "counts"),
-                       not (valid_rows and valid_vocab), check)
+        clear_error_or(
+            lambda: fastmask.count_token_frequencies(rows, vocab_size=vocab),
+            ("vocab_size", "input_ids", "counts"),
+            not (valid_rows and valid_vocab),
+            check,
+        )
     elif which == "weights":
-        counts = data.draw(st.sampled_from([
-            [1.0, float("nan")], [1.0, float("inf")], [1, -1], ["a", "b"], [[1, 2]], [], None, [True, False], [0, 5, 10],
-        ]))
+        counts = data.draw(
+            st.sampled_from(
+                [
+                    [1.0, float("nan")],
+                    [1.0, float("inf")],
+                    [1, -1],
+                    ["a", "b"],
+                    [[1, 2]],
+                    [],
+                    None,
+                    [True, False],
+                    [0, 5, 10],
+                ]
+            )
+        )
         alpha = data.draw(st.sampled_from([0.5, float("nan"), -1.0, "x", float("inf"), 0.0]))
         smoothing = data.draw(st.sampled_from([1.0, 0.0, -1.0, float("nan"), float("inf"), "x"]))
         mode = data.draw(st.sampled_from(["rare", "frequent", "x"]))
-        valid = (counts == [0, 5, 10] and alpha in (0.5, 0.0) and smoothing == 1.0 and mode != "x")
+        valid = counts == [0, 5, 10] and alpha in (0.5, 0.0) and smoothing == 1.0 and mode != "x"
 
         def check(out):
             assert out.dtype == torch.float32 and out.shape == (len(counts),)
             assert torch.isfinite(out).all() and float(out.max()) == 1.0 and (out >= 0).all(), f"weights {out}"
 
-        clear_error_or(lambda: fastmask.token_weights_from_counts(counts, mode=mode, alpha=alpha, smoothing=smoothing),
-                       ("counts", "alpha", "smoothing", "mode"), not valid and counts != [0, 5, 10], check)
+        clear_error_or(
+            lambda: fastmask.token_weights_from_counts(counts, mode=mode, alpha=alpha, smoothing=smoothing),
+            ("counts", "alpha", "smoothing", "mode"),
+            not valid and counts != [0, 5, 10],
+            check,
+        )
     elif which == "schedule":
-        kwargs = dict(kind=data.draw(st.sampled_from(["linear", "cosine", "constant", "x"])),
-                      start=data.draw(st.sampled_from([0.3, -0.1, 1.5, float("nan"), "x"])),
-                      end=data.draw(st.sampled_from([0.15, None, 2.0, float("nan")])),
-                      total_steps=data.draw(st.sampled_from([100, None, 0, -1, 1.5, 2**70])),
-                      warmup_steps=data.draw(st.sampled_from([0, 10, -1, 100, 1.5])))
+        kwargs = dict(
+            kind=data.draw(st.sampled_from(["linear", "cosine", "constant", "x"])),
+            start=data.draw(st.sampled_from([0.3, -0.1, 1.5, float("nan"), "x"])),
+            end=data.draw(st.sampled_from([0.15, None, 2.0, float("nan")])),
+            total_steps=data.draw(st.sampled_from([100, None, 0, -1, 1.5, 2**70])),
+            warmup_steps=data.draw(st.sampled_from([0, 10, -1, 100, 1.5])),
+        )
         kind = kwargs.pop("kind")
         end, total, warmup = kwargs["end"], kwargs["total_steps"], kwargs["warmup_steps"]
         if kind == "constant":  # end and total_steps optional; warmup has nothing to delay
@@ -1823,11 +2118,20 @@ def test_helpers_bad_input(which, data):
             for step in (0, 1, 50, 10**6):
                 assert 0.0 <= schedule(step) <= 1.0
 
-        clear_error_or(lambda: fastmask.MaskingSchedule(kind, **kwargs), ("kind", "start", "end", "total_steps", "warmup_steps"),
-                       not valid, check)
+        clear_error_or(
+            lambda: fastmask.MaskingSchedule(kind, **kwargs),
+            ("kind", "start", "end", "total_steps", "warmup_steps"),
+            not valid,
+            check,
+        )
     else:
-        schedule = fastmask.MaskingSchedule(data.draw(st.sampled_from(["linear", "cosine", "constant"])), start=0.3, end=0.1,
-                                            total_steps=100, warmup_steps=10)
+        schedule = fastmask.MaskingSchedule(
+            data.draw(st.sampled_from(["linear", "cosine", "constant"])),
+            start=0.3,
+            end=0.1,
+            total_steps=100,
+            warmup_steps=10,
+        )
         step = data.draw(st.sampled_from([-1, 1.5, float("nan"), "3", None, 2**70, 0, 55]))
         valid = isinstance(step, int) and not isinstance(step, bool) and step >= 0
 

@@ -1,4 +1,5 @@
 """Masks are frozen: fixed calls give the digests recorded in tests/golden/masks.json."""
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ Tolerances (fp32) as in test_integrations_transformers.py: loss rtol=1e-5, atol=
 gradients rtol=1e-4, atol=1e-6. Tiny random-init configs (hidden 32, 2 layers, vocab 97), every
 dropout 0, attention "eager" (CPU).
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,16 @@ LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 GRAD_TOL = dict(rtol=1e-4, atol=1e-6)
 VOCAB = 97
 _DECODER = dict(
-    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 # name -> (model class, config class, config kwargs)
 FAMILIES = {
@@ -34,12 +43,27 @@ FAMILIES = {
     "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", dict(_DECODER, head_dim=8, final_logit_softcapping=5.0)),
     "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(_DECODER, head_dim=8)),
     "gemma3-softcap": (
-        "Gemma3ForCausalLM", "Gemma3TextConfig", dict(_DECODER, head_dim=8, final_logit_softcapping=3.0)),
+        "Gemma3ForCausalLM",
+        "Gemma3TextConfig",
+        dict(_DECODER, head_dim=8, final_logit_softcapping=3.0),
+    ),
     "phi3": ("Phi3ForCausalLM", "Phi3Config", _DECODER),
     "gpt2": (
-        "GPT2LMHeadModel", "GPT2Config",
-        dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
-             attn_pdrop=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        "GPT2LMHeadModel",
+        "GPT2Config",
+        dict(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
     ),
 }
 
@@ -65,9 +89,9 @@ def completion_batch(seed=0, batch=3, length=12, pad=True):
         prompt = 2 + row
         labels[row, :prompt] = -100
         if pad and row:
-            ids[row, length - 2 * row:] = 0
-            attention[row, length - 2 * row:] = 0
-            labels[row, length - 2 * row:] = -100
+            ids[row, length - 2 * row :] = 0
+            attention[row, length - 2 * row :] = 0
+            labels[row, length - 2 * row :] = -100
     return ids, attention, labels
 
 
@@ -94,8 +118,7 @@ def run_both(family, call, **overrides):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_loss_and_gradients_match_stock(family):
     ids, attention, labels = completion_batch()
-    patched, stock, out_p, out_s = run_both(
-        family, lambda m: m(input_ids=ids, attention_mask=attention, labels=labels))
+    patched, stock, out_p, out_s = run_both(family, lambda m: m(input_ids=ids, attention_mask=attention, labels=labels))
     assert out_p.logits is None and out_s.logits is not None
     torch.testing.assert_close(out_p.loss, out_s.loss, **LOSS_TOL)
     assert_same_grads(patched, stock)
@@ -111,8 +134,9 @@ def test_num_items_in_batch_gradient_accumulation(family):
     for model in (patched, stock):
         losses = []
         for ids, attention, labels in batches:
-            loss = model(input_ids=ids, attention_mask=attention, labels=labels,
-                         num_items_in_batch=torch.tensor(total)).loss
+            loss = model(
+                input_ids=ids, attention_mask=attention, labels=labels, num_items_in_batch=torch.tensor(total)
+            ).loss
             loss.backward()
             losses.append(loss.detach())
         model.summed = sum(losses)
@@ -126,7 +150,8 @@ def test_shift_labels_keyword_is_used_as_given(family):
     shift = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].contiguous()
     shift[0, 5] = -100  # differs from labels shifted: the stock loss reads shift_labels
     patched, stock, out_p, out_s = run_both(
-        family, lambda m: m(input_ids=ids, attention_mask=attention, labels=labels, shift_labels=shift))
+        family, lambda m: m(input_ids=ids, attention_mask=attention, labels=labels, shift_labels=shift)
+    )
     torch.testing.assert_close(out_p.loss, out_s.loss, **LOSS_TOL)
     assert_same_grads(patched, stock)
 
@@ -149,8 +174,9 @@ def test_untied_embeddings_and_lm_head_bias():
 
 def test_tied_embeddings_share_one_gradient():
     ids, attention, labels = completion_batch(5)
-    patched, stock, out_p, out_s = run_both("llama", lambda m: m(input_ids=ids, attention_mask=attention, labels=labels),
-                                            tie_word_embeddings=True)
+    patched, stock, out_p, out_s = run_both(
+        "llama", lambda m: m(input_ids=ids, attention_mask=attention, labels=labels), tie_word_embeddings=True
+    )
     assert patched.lm_head.weight is patched.model.embed_tokens.weight
     torch.testing.assert_close(out_p.loss, out_s.loss, **LOSS_TOL)
     assert_same_grads(patched, stock)
@@ -222,8 +248,15 @@ def test_softcap_path_chunks_and_matches():
 
 
 def test_unsupported_family_lists_supported_classes():
-    config = transformers.OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, ffn_dim=64,
-                                    num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=64)
+    config = transformers.OPTConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        ffn_dim=64,
+        num_attention_heads=4,
+        word_embed_proj_dim=32,
+        max_position_embeddings=64,
+    )
     with pytest.raises(TypeError) as info:
         apply_fastmask(transformers.OPTForCausalLM(config))
     message = str(info.value)

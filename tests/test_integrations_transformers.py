@@ -5,6 +5,7 @@ reduces over B*L rows, the sparse one over the labelled rows only, in another or
 Models are tiny random-init configs (hidden 32, 2 layers, vocab 211) with every dropout at 0,
 so outputs are deterministic; the last test uses the real MiniLM-L6 weights.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,13 +34,29 @@ VOCAB = 211
 BATCH, LENGTH = 3, 24
 
 _BERT_LIKE = dict(
-    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
 )
 _MODERNBERT = dict(
-    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    max_position_embeddings=64, embedding_dropout=0.0, mlp_dropout=0.0, attention_dropout=0.0,
-    pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+    embedding_dropout=0.0,
+    mlp_dropout=0.0,
+    attention_dropout=0.0,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    cls_token_id=1,
+    sep_token_id=2,
 )
 
 # name -> (model class name, config class name, config kwargs, pad id)
@@ -47,21 +64,39 @@ ARCHS = {
     "bert": ("BertForMaskedLM", "BertConfig", dict(_BERT_LIKE, max_position_embeddings=64), 0),
     "roberta": ("RobertaForMaskedLM", "RobertaConfig", dict(_BERT_LIKE, max_position_embeddings=66, pad_token_id=1), 1),
     "xlm-roberta": (
-        "XLMRobertaForMaskedLM", "XLMRobertaConfig", dict(_BERT_LIKE, max_position_embeddings=66, pad_token_id=1), 1,
+        "XLMRobertaForMaskedLM",
+        "XLMRobertaConfig",
+        dict(_BERT_LIKE, max_position_embeddings=66, pad_token_id=1),
+        1,
     ),
     "distilbert": (
-        "DistilBertForMaskedLM", "DistilBertConfig",
-        dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64, dropout=0.0, attention_dropout=0.0,
-             max_position_embeddings=64), 0,
+        "DistilBertForMaskedLM",
+        "DistilBertConfig",
+        dict(
+            vocab_size=VOCAB,
+            dim=32,
+            n_layers=2,
+            n_heads=4,
+            hidden_dim=64,
+            dropout=0.0,
+            attention_dropout=0.0,
+            max_position_embeddings=64,
+        ),
+        0,
     ),
     # embedding_size != hidden_size: the generator head projects down before the tied decoder
     "electra": (
-        "ElectraForMaskedLM", "ElectraConfig", dict(_BERT_LIKE, embedding_size=16, max_position_embeddings=64), 0,
+        "ElectraForMaskedLM",
+        "ElectraConfig",
+        dict(_BERT_LIKE, embedding_size=16, max_position_embeddings=64),
+        0,
     ),
     "modernbert": ("ModernBertForMaskedLM", "ModernBertConfig", _MODERNBERT, 0),
     "modernbert-sparse": (
-        "ModernBertForMaskedLM", "ModernBertConfig",
-        dict(_MODERNBERT, sparse_prediction=True, sparse_pred_ignore_index=0), 0,
+        "ModernBertForMaskedLM",
+        "ModernBertConfig",
+        dict(_MODERNBERT, sparse_prediction=True, sparse_pred_ignore_index=0),
+        0,
     ),
     "modernbert-nobias": ("ModernBertForMaskedLM", "ModernBertConfig", dict(_MODERNBERT, decoder_bias=False), 0),
 }
@@ -80,7 +115,7 @@ def make_batch(arch: str, *, seed: int = 1, batch: int = BATCH, length: int = LE
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, VOCAB, (batch, length), generator=g)
     attention = torch.ones_like(ids)
-    attention[-1, length * 2 // 3:] = 0
+    attention[-1, length * 2 // 3 :] = 0
     ids[attention == 0] = pad
     chosen = (torch.rand(ids.shape, generator=g) < rate) & (attention == 1)
     chosen[0, 1] = True
@@ -186,8 +221,18 @@ def test_return_dict_false_positional_labels_and_hidden_states():
     apply_fastmask(model)
     # BertForMaskedLM.forward(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
     #                         encoder_hidden_states, encoder_attention_mask, labels)
-    out = model(batch["input_ids"], batch["attention_mask"], None, None, None, None, None, batch["labels"],
-                output_hidden_states=True, return_dict=False)
+    out = model(
+        batch["input_ids"],
+        batch["attention_mask"],
+        None,
+        None,
+        None,
+        None,
+        None,
+        batch["labels"],
+        output_hidden_states=True,
+        return_dict=False,
+    )
     assert isinstance(out, tuple) and len(out) == 2  # (loss, hidden_states): no logits entry
     torch.testing.assert_close(out[0], stock.loss, **LOSS_TOL)
     for a, b in zip(out[1], stock.hidden_states):
@@ -420,8 +465,16 @@ def test_trainer_steps_and_prediction_step(tmp_path):
         if name == "fastmask":
             apply_fastmask(model)
         args = transformers.TrainingArguments(
-            output_dir=str(tmp_path / name), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
-            logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, seed=0,
+            output_dir=str(tmp_path / name),
+            max_steps=3,
+            per_device_train_batch_size=4,
+            learning_rate=1e-3,
+            logging_steps=1,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            seed=0,
             disable_tqdm=True,
         )
         trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
@@ -474,11 +527,18 @@ def test_trainer_evaluate_with_run_mlm_metrics_matches_stock(arch, tmp_path):
         if name == "fastmask":
             apply_fastmask(model)
         args = transformers.TrainingArguments(
-            output_dir=str(tmp_path / name), per_device_eval_batch_size=4, report_to=[], use_cpu=True, seed=0,
+            output_dir=str(tmp_path / name),
+            per_device_eval_batch_size=4,
+            report_to=[],
+            use_cpu=True,
+            seed=0,
             disable_tqdm=True,
         )
         trainer = transformers.Trainer(
-            model=model, args=args, eval_dataset=data, compute_metrics=_run_mlm_compute_metrics,
+            model=model,
+            args=args,
+            eval_dataset=data,
+            compute_metrics=_run_mlm_compute_metrics,
             preprocess_logits_for_metrics=_run_mlm_preprocess_logits_for_metrics,
         )
         metrics = trainer.evaluate()
@@ -542,16 +602,26 @@ def test_labelled_call_skips_logits_only_while_training(fused_calls):
 
 def _real_text_batch(tokenizer, batch: int, length: int, seed: int = 0) -> dict:
     """Rows of packed stdlib-docstring text, [CLS] ... [SEP], ~15% of tokens masked (80/10/10)."""
-    import argparse, collections, json, logging, pathlib, typing  # noqa: E401
+    import argparse  # noqa: E401
+    import collections
+    import json
+    import logging
+    import pathlib
+    import typing
 
     text = "\n".join(inspect.getdoc(m) or "" for m in (argparse, collections, json, logging, pathlib, typing))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     per_row = length - 2
     assert len(ids) >= batch * per_row, "not enough text for the requested batch"
     body = torch.tensor(ids[: batch * per_row]).view(batch, per_row)
-    input_ids = torch.cat([
-        torch.full((batch, 1), tokenizer.cls_token_id), body, torch.full((batch, 1), tokenizer.sep_token_id),
-    ], dim=1)
+    input_ids = torch.cat(
+        [
+            torch.full((batch, 1), tokenizer.cls_token_id),
+            body,
+            torch.full((batch, 1), tokenizer.sep_token_id),
+        ],
+        dim=1,
+    )
     g = torch.Generator().manual_seed(seed)
     chosen = torch.rand(input_ids.shape, generator=g) < 0.15
     chosen[:, 0] = chosen[:, -1] = False

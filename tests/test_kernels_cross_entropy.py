@@ -1,6 +1,7 @@
 """The Triton cross-entropy kernel through the real compiler: every dtype and constexpr branch
 its callers use compiles for sm_80 and sm_90 without a GPU, at the launcher's BLOCK_V /
 num_warps, with 0 spills. (Its numbers against the reference: tests/test_cross_entropy.py.)"""
+
 from __future__ import annotations
 
 import os
@@ -18,13 +19,22 @@ def test_launcher_defaults():
     from fastmask.kernels.cross_entropy import MAX_BLOCK_V, block_size, num_warps
 
     assert [block_size(v) for v in (2, 1000, 2048, 8192, 8193, 30522, 128256)] == [
-        16, 1024, 2048, 8192, 16384, 16384, MAX_BLOCK_V]
+        16,
+        1024,
+        2048,
+        8192,
+        16384,
+        16384,
+        MAX_BLOCK_V,
+    ]
     assert [num_warps(b) for b in (16, 2048, 4096, 8192, 16384)] == [4, 4, 8, 8, 16]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(),
-                    reason="a GPU is present: the other tests compile and run the kernel on it, and gpu_check's "
-                           "kernels step reports its registers and spills for this GPU")
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="a GPU is present: the other tests compile and run the kernel on it, and gpu_check's "
+    "kernels step reports its registers and spills for this GPU",
+)
 def test_kernel_compiles_for_cuda_without_spills():
     from fastmask.kernels import offline
     from fastmask.kernels.cross_entropy import block_size, num_warps
@@ -39,7 +49,8 @@ def test_kernel_compiles_for_cuda_without_spills():
     except offline.OfflineCompileUnavailable as exc:
         pytest.skip(str(exc))
     assert [(r["variant"], r["block"], r["target"]) for r in rows] == [
-        (v.label, v.block, f"sm_{c}") for c in offline.TARGETS for v in chosen]
+        (v.label, v.block, f"sm_{c}") for c in offline.TARGETS for v in chosen
+    ]
     bad = offline.spilled(rows)
     assert not bad, "spills or compile errors:\n" + offline.markdown_table(bad)
     assert all(0 < r["n_regs"] <= 65536 // (32 * r["num_warps"]) for r in rows)

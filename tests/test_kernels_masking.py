@@ -1,15 +1,16 @@
 """The Triton masking kernel's pieces: its generator equals :mod:`fastmask._rng` bit for bit, and
 the whole kernel equals the reference on random and adversarial calls (long words, budgets
 near the row's size, long spans). Runs through the interpreter without a GPU."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from backends import require_backend
+from masking_samples import MASK_ID, SPECIAL_IDS, VOCAB
 
 import fastmask
 from fastmask import _rng
-from backends import require_backend
-from masking_samples import MASK_ID, SPECIAL_IDS, VOCAB
 
 pytestmark = pytest.mark.triton
 
@@ -49,11 +50,13 @@ def _draw_kernel(keys_ptr, out_ptr, length, seed_mix1, seed_mix2, BLOCK: tl.cons
 
 def test_lowbias32_matches_generator():
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([
-        torch.arange(0, 70000),
-        torch.randint(0, 2**32, (20000,), generator=g),
-        torch.tensor([2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]),
-    ]).to(_device())
+    x = torch.cat(
+        [
+            torch.arange(0, 70000),
+            torch.randint(0, 2**32, (20000,), generator=g),
+            torch.tensor([2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]),
+        ]
+    ).to(_device())
     y = torch.empty_like(x)
     _hash_kernel[(triton.cdiv(x.numel(), 8192),)](x, y, x.numel(), BLOCK=8192)
     expected = _rng.lowbias32(x.cpu())
@@ -97,11 +100,15 @@ def _random_call(g: torch.Generator, case: int) -> dict:
     start_rate = float(torch.rand(1, generator=g)) * 0.9 + 0.02
     kwargs = dict(
         input_ids=ids.to(torch.int32 if case % 5 == 0 else torch.int64),
-        mask_token_id=MASK_ID, vocab_size=VOCAB, strategy=strategy, budget=budget,
+        mask_token_id=MASK_ID,
+        vocab_size=VOCAB,
+        strategy=strategy,
+        budget=budget,
         mlm_probability=float(torch.rand(1, generator=g)),
         seed=int(torch.randint(0, 2**62, (1,), generator=g)),
         row_keys=torch.randint(-(2**62), 2**62, (batch,), generator=g),
-        mask_replace_prob=0.5, random_replace_prob=0.3,
+        mask_replace_prob=0.5,
+        random_replace_prob=0.3,
     )
     if case % 4 == 0:  # flags from the ids only: most ids lie outside the special-id table
         kwargs.update(special_token_ids=SPECIAL_IDS, pad_token_id=0)
@@ -137,9 +144,15 @@ def test_exact_budget_on_long_words_matches_reference(strategy, p):
     long_words = torch.rand(batch, length, generator=g) < 0.02
     starts &= ~(torch.cumsum(long_words.long(), 1) % 2).bool()  # alternating long stretches
     kwargs = dict(
-        input_ids=torch.randint(5, VOCAB, (batch, length), generator=g), mask_token_id=MASK_ID, vocab_size=VOCAB,
-        strategy=strategy, budget="exact", mlm_probability=p, word_starts=starts,
-        special_tokens_mask=torch.rand(batch, length, generator=g) < 0.01, seed=11,
+        input_ids=torch.randint(5, VOCAB, (batch, length), generator=g),
+        mask_token_id=MASK_ID,
+        vocab_size=VOCAB,
+        strategy=strategy,
+        budget="exact",
+        mlm_probability=p,
+        word_starts=starts,
+        special_tokens_mask=torch.rand(batch, length, generator=g) < 0.01,
+        seed=11,
     )
     if strategy == "span":
         kwargs.update(max_span_words=256, span_distribution="uniform")
@@ -170,9 +183,11 @@ def test_row_limit_is_reported():
 
 
 # ----------------------------------------------------------------------------- GPU compile
-@pytest.mark.skipif(torch.cuda.is_available(),
-                    reason="a GPU is present: the other tests compile and run the kernel on it, and gpu_check's "
-                           "kernels step reports its registers and spills for this GPU")
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="a GPU is present: the other tests compile and run the kernel on it, and gpu_check's "
+    "kernels step reports its registers and spills for this GPU",
+)
 def test_kernel_compiles_for_cuda_without_spills():
     """Every constexpr branch passes the real compiler (TTIR -> PTX -> cubin) for sm_80 and
     sm_90 without a GPU (the interpreter skips the compiler's checks, e.g. loop-carried types),
@@ -193,7 +208,8 @@ def test_kernel_compiles_for_cuda_without_spills():
     except offline.OfflineCompileUnavailable as exc:
         pytest.skip(str(exc))
     assert [(r["variant"], r["block"], r["target"]) for r in rows] == [
-        (v.label, v.block, f"sm_{c}") for c in offline.TARGETS for v in chosen]
+        (v.label, v.block, f"sm_{c}") for c in offline.TARGETS for v in chosen
+    ]
     bad = offline.spilled(rows)
     assert not bad, "spills or compile errors:\n" + offline.markdown_table(bad)
     assert all(0 < r["n_regs"] <= 65536 // (32 * r["num_warps"]) for r in rows)

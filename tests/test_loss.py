@@ -1,5 +1,6 @@
 """MaskedLMLoss: a drop-in for nn.CrossEntropyLoss(ignore_index=-100), and global normalisation
 under DDP (two gloo processes) giving exactly the single-process gradients."""
+
 from __future__ import annotations
 
 import copy
@@ -11,11 +12,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from backends import require_backend
+from loss_samples import assert_close
 from torch import nn
 
 import fastmask
-from backends import require_backend
-from loss_samples import assert_close
 
 BACKENDS = ["reference", "cpp", pytest.param("triton", marks=pytest.mark.triton)]
 
@@ -66,7 +67,9 @@ def test_drop_in_replacement_for_cross_entropy_loss(backend, inplace):
     require_backend(backend, _device())
     want_model, want_losses = _train(nn.CrossEntropyLoss(ignore_index=-100), three_d=False)
     for three_d in (False, True):
-        got_model, got_losses = _train(fastmask.MaskedLMLoss(inplace_backward=inplace, backend=backend), three_d=three_d)
+        got_model, got_losses = _train(
+            fastmask.MaskedLMLoss(inplace_backward=inplace, backend=backend), three_d=three_d
+        )
         assert_close(torch.tensor(got_losses), torch.tensor(want_losses), rtol=1e-5, atol=1e-6, what="losses")
         for (name, got), want in zip(got_model.named_parameters(), want_model.parameters()):
             assert_close(got, want, rtol=1e-4, atol=1e-6, what=name)
@@ -82,7 +85,9 @@ def test_options_and_repr():
     want = want + 1e-4 * (torch.logsumexp(logits.double(), -1)[4:] ** 2).sum()
     assert_close(loss_fn(logits, labels), want, rtol=1e-5, atol=1e-5, what="options")
     mean = fastmask.MaskedLMLoss()(logits, labels, num_items_in_batch=20)
-    assert_close(mean, F.cross_entropy(logits.double(), labels, reduction="sum") / 20, rtol=1e-5, atol=1e-6, what="items")
+    assert_close(
+        mean, F.cross_entropy(logits.double(), labels, reduction="sum") / 20, rtol=1e-5, atol=1e-6, what="items"
+    )
 
 
 @pytest.mark.parametrize("value", [float("nan"), torch.tensor(float("nan")), torch.tensor(float("inf")), -4])
@@ -99,15 +104,18 @@ def test_inplace_backward_on_a_leaf_raises():
         fastmask.MaskedLMLoss(inplace_backward=True)(logits, torch.tensor([1, -100, 2, 3, -100, 4]))
 
 
-@pytest.mark.parametrize("kwargs,error", [
-    (dict(reduction="batchmean"), ValueError),
-    (dict(label_smoothing=-0.1), ValueError),
-    (dict(z_loss="big"), TypeError),
-    (dict(ignore_index=None), TypeError),
-    (dict(ignore_index=2**70), ValueError),
-    (dict(backend="cuda"), ValueError),
-    (dict(inplace_backward="yes"), TypeError),
-])
+@pytest.mark.parametrize(
+    "kwargs,error",
+    [
+        (dict(reduction="batchmean"), ValueError),
+        (dict(label_smoothing=-0.1), ValueError),
+        (dict(z_loss="big"), TypeError),
+        (dict(ignore_index=None), TypeError),
+        (dict(ignore_index=2**70), ValueError),
+        (dict(backend="cuda"), ValueError),
+        (dict(inplace_backward="yes"), TypeError),
+    ],
+)
 def test_bad_options_fail_at_construction(kwargs, error):
     with pytest.raises(error):
         fastmask.MaskedLMLoss(**kwargs)
@@ -128,7 +136,9 @@ def _rank_data(rank: int):
 
 class _FusedHead(nn.Linear):
     def forward(self, hidden, labels, *, global_normalization=True):
-        return fastmask.fused_masked_lm_loss(hidden, self.weight, labels, self.bias, global_normalization=global_normalization)
+        return fastmask.fused_masked_lm_loss(
+            hidden, self.weight, labels, self.bias, global_normalization=global_normalization
+        )
 
 
 def _ddp_worker(rank: int, init_file: str) -> None:
@@ -153,7 +163,10 @@ def _ddp_worker(rank: int, init_file: str) -> None:
             loss.backward()
             want = F.cross_entropy(F.linear(all_hidden, single.weight, single.bias).view(-1, V), all_labels.view(-1))
             want.backward()
-            same = all(torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7) for p, q in zip(model.parameters(), single.parameters()))
+            same = all(
+                torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7)
+                for p, q in zip(model.parameters(), single.parameters())
+            )
             if mode == "local":
                 assert not same, "the check cannot fail: local means already match (uneven labels expected)"
                 continue

@@ -1,5 +1,6 @@
 """The mask stream (fastmask/mask_stream.py) through the collators: seed, epochs, DataLoader
 workers, state_dict / resume, pickling, bad input."""
+
 from __future__ import annotations
 
 import copy
@@ -8,9 +9,9 @@ import warnings
 
 import pytest
 import torch
+from collator_support import features, tokenizer
 
 from fastmask.collator import DataCollatorForLanguageModeling
-from collator_support import features, tokenizer
 
 
 def collator(tok=None, **kwargs):
@@ -22,8 +23,9 @@ def collator(tok=None, **kwargs):
 def _loader(dataset, collate, *, workers, batch_size=2, **kwargs):
     if workers:
         kwargs.setdefault("multiprocessing_context", "fork")
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                                       shuffle=False, **kwargs)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers, shuffle=False, **kwargs
+    )
 
 
 def _labels(loader):
@@ -56,8 +58,14 @@ def test_multi_epoch_run_is_reproducible(workers, seed):
     def run():
         torch.manual_seed(123)
         c = collator(seed=seed)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=c, num_workers=workers, shuffle=True,
-                                             **({"multiprocessing_context": "fork"} if workers else {}))
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=3,
+            collate_fn=c,
+            num_workers=workers,
+            shuffle=True,
+            **({"multiprocessing_context": "fork"} if workers else {}),
+        )
         return _epochs(loader, 3)
 
     first, again = run(), run()
@@ -198,7 +206,9 @@ def test_pickling_outside_worker_startup_detaches_shared_state():
         c.set_step(7)
 
 
-@pytest.mark.parametrize("epoch,error", [(2**64, ValueError), (2**63 + 5, ValueError), (-1, ValueError), (1.0, TypeError)])
+@pytest.mark.parametrize(
+    "epoch,error", [(2**64, ValueError), (2**63 + 5, ValueError), (-1, ValueError), (1.0, TypeError)]
+)
 def test_set_epoch_and_step_reject_values_that_would_wrap(epoch, error):
     c = collator(tokenizer(), seed=0)
     with pytest.raises(error, match="epoch"):

@@ -1,13 +1,13 @@
 """The masking op: every backend equals the reference bit for bit on ``sample_inputs``."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
-import fastmask
-from fastmask import _backend
 from backends import require_backend
 from masking_samples import sample_inputs
+
+import fastmask
 
 SAMPLES = list(sample_inputs())
 
@@ -26,8 +26,8 @@ def test_backend_matches_reference(backend, name, kwargs):
 
 
 # ----------------------------------------------------------------------------- invariants
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from masking_samples import MASK_ID, SPECIAL_IDS, VOCAB  # noqa: E402
 
 
@@ -41,11 +41,14 @@ def masking_calls(draw):
     ids[torch.rand(batch, length, generator=g) < 0.2] = 1
     kwargs = dict(
         input_ids=ids.to(draw(st.sampled_from([torch.int64, torch.int32]))),
-        mask_token_id=MASK_ID, vocab_size=VOCAB, seed=seed,
+        mask_token_id=MASK_ID,
+        vocab_size=VOCAB,
+        seed=seed,
         mlm_probability=draw(st.floats(0, 1)),
         strategy=draw(st.sampled_from(["token", "whole_word", "span"])),
         budget=draw(st.sampled_from(["bernoulli", "exact"])),
-        special_token_ids=SPECIAL_IDS, pad_token_id=0,
+        special_token_ids=SPECIAL_IDS,
+        pad_token_id=0,
         word_starts=torch.rand(batch, length, generator=g) < draw(st.floats(0.1, 1.0)),
         attention_mask=(torch.rand(batch, length, generator=g) < 0.9).long(),
     )
@@ -108,17 +111,25 @@ def test_masks_depend_only_on_seed_row_key_and_position(kwargs, data):
     masked, labels = fastmask.mask_tokens(**kwargs, row_keys=keys, backend="reference")
     perm = torch.randperm(batch)
     per_row = lambda t: None if t is None else t[perm]  # noqa: E731
-    shuffled = dict(kwargs, input_ids=kwargs["input_ids"][perm], word_starts=per_row(kwargs["word_starts"]),
-                    attention_mask=per_row(kwargs["attention_mask"]))
+    shuffled = dict(
+        kwargs,
+        input_ids=kwargs["input_ids"][perm],
+        word_starts=per_row(kwargs["word_starts"]),
+        attention_mask=per_row(kwargs["attention_mask"]),
+    )
     masked_p, labels_p = fastmask.mask_tokens(**shuffled, row_keys=keys[perm], backend="reference")
     assert torch.equal(masked_p, masked[perm]) and torch.equal(labels_p, labels[perm])
     extra = data.draw(st.integers(1, 9))  # right padding changes nothing
     pad = lambda t, v: torch.cat([t, torch.full((batch, extra), v, dtype=t.dtype)], 1)  # noqa: E731
-    padded = dict(kwargs, input_ids=pad(kwargs["input_ids"], 0), word_starts=pad(kwargs["word_starts"], True),
-                  attention_mask=pad(kwargs["attention_mask"], 0))
+    padded = dict(
+        kwargs,
+        input_ids=pad(kwargs["input_ids"], 0),
+        word_starts=pad(kwargs["word_starts"], True),
+        attention_mask=pad(kwargs["attention_mask"], 0),
+    )
     masked_x, labels_x = fastmask.mask_tokens(**padded, row_keys=keys, backend="reference")
     assert torch.equal(masked_x[:, : masked.shape[1]], masked) and torch.equal(labels_x[:, : labels.shape[1]], labels)
-    assert (labels_x[:, masked.shape[1]:] == -100).all()
+    assert (labels_x[:, masked.shape[1] :] == -100).all()
 
 
 def test_seeds_and_row_keys_change_masks():
@@ -147,8 +158,11 @@ def test_opcheck_and_compile():
     for backend in ("reference", "cpp"):
         plan = fastmask.masking.plan_masking(**kwargs)
         buffers, scalars = plan.to_op_args()
-        torch.library.opcheck(_mask_tokens_op, (buffers, scalars, backend),
-                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+        torch.library.opcheck(
+            _mask_tokens_op,
+            (buffers, scalars, backend),
+            test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+        )
 
     def step(x):
         masked, labels = fastmask.mask_tokens(x, mask_token_id=MASK_ID, vocab_size=VOCAB, seed=5)
@@ -165,7 +179,8 @@ def test_plan_round_trips_through_the_op_arguments():
         again = type(plan).from_op_args(*plan.to_op_args())
         assert again.scalars() == plan.scalars()
         assert all(
-            (a is None and b is None) or torch.equal(a, b) for a, b in zip(plan.buffers().values(), again.buffers().values())
+            (a is None and b is None) or torch.equal(a, b)
+            for a, b in zip(plan.buffers().values(), again.buffers().values())
         )
         masked, labels = fastmask.masking.run_masking(plan, "reference")
         assert all(torch.equal(a, b) for a, b in zip((masked, labels), fastmask.mask_tokens(**kwargs, backend="cpp")))
@@ -197,15 +212,31 @@ def _call(**overrides):
         (dict(strategy="words"), ValueError, "strategy='words'"),
         (dict(budget="fixed"), ValueError, "budget='fixed'"),
         (dict(strategy="whole_word"), ValueError, "needs word boundaries"),
-        (dict(strategy="span", span_distribution="poisson", word_starts=torch.ones(2, 8, dtype=torch.bool)), ValueError, "span_distribution"),
+        (
+            dict(strategy="span", span_distribution="poisson", word_starts=torch.ones(2, 8, dtype=torch.bool)),
+            ValueError,
+            "span_distribution",
+        ),
         (dict(max_span_words=0), ValueError, "max_span_words=0"),
         (dict(special_tokens_mask=torch.zeros(2, 9, dtype=torch.bool)), ValueError, "special_tokens_mask has shape"),
         (dict(attention_mask=torch.ones(3, 8)), TypeError, "attention_mask has dtype float32"),
-        (dict(word_starts=torch.ones(2, 7, dtype=torch.bool), strategy="whole_word"), ValueError, "word_starts has shape"),
-        (dict(word_start_table=torch.ones(10, dtype=torch.bool), strategy="whole_word"), ValueError, "outside word_start_table"),
+        (
+            dict(word_starts=torch.ones(2, 7, dtype=torch.bool), strategy="whole_word"),
+            ValueError,
+            "word_starts has shape",
+        ),
+        (
+            dict(word_start_table=torch.ones(10, dtype=torch.bool), strategy="whole_word"),
+            ValueError,
+            "outside word_start_table",
+        ),
         (dict(token_weights=torch.ones(10)), ValueError, "outside token_weights"),
         (dict(token_weights=-torch.ones(VOCAB)), ValueError, "non-negative"),
-        (dict(token_weights=torch.ones(VOCAB), budget="exact"), ValueError, "token_weights works with budget='bernoulli'"),
+        (
+            dict(token_weights=torch.ones(VOCAB), budget="exact"),
+            ValueError,
+            "token_weights works with budget='bernoulli'",
+        ),
         (dict(row_keys=[1, 2, 3]), ValueError, "row_keys has 3 entries"),
         (dict(seed=1.5), TypeError, "seed must be an int"),
         (dict(backend="cuda"), ValueError, "backend='cuda'"),
@@ -251,8 +282,9 @@ def test_fresh_token_weights_never_reuse_a_freed_tables_cache_entry():
     for i in range(1000):
         target = 1 + i % 10
         weights = fastmask.token_weights_from_counts([0 if k == target else 10**9 for k in range(11)], alpha=4.0)
-        _, labels = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=11, mlm_probability=0.9,
-                                         token_weights=weights, seed=i)
+        _, labels = fastmask.mask_tokens(
+            ids, mask_token_id=0, vocab_size=11, mlm_probability=0.9, token_weights=weights, seed=i
+        )
         assert set(ids[labels != -100].tolist()) <= {target}, f"call {i}: a stale weights table was used"
 
 
@@ -261,10 +293,24 @@ def test_fresh_word_start_tables_agree_with_per_position_starts():
     ids = torch.randint(0, 50, (4, 24), generator=generator)
     for i in range(1000):
         table = torch.rand(50, generator=generator) < 0.5
-        by_table = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=50, strategy="whole_word", seed=i,
-                                        mlm_probability=0.3, word_start_table=table)
-        by_starts = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=50, strategy="whole_word", seed=i,
-                                         mlm_probability=0.3, word_starts=table[ids])
+        by_table = fastmask.mask_tokens(
+            ids,
+            mask_token_id=0,
+            vocab_size=50,
+            strategy="whole_word",
+            seed=i,
+            mlm_probability=0.3,
+            word_start_table=table,
+        )
+        by_starts = fastmask.mask_tokens(
+            ids,
+            mask_token_id=0,
+            vocab_size=50,
+            strategy="whole_word",
+            seed=i,
+            mlm_probability=0.3,
+            word_starts=table[ids],
+        )
         assert all(torch.equal(a, b) for a, b in zip(by_table, by_starts)), f"call {i}"
 
 
@@ -274,7 +320,9 @@ def test_in_place_edits_of_a_table_are_seen():
     for target in range(1, 11):
         weights.zero_()
         weights[target] = 1.0
-        _, labels = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=11, mlm_probability=0.9, token_weights=weights)
+        _, labels = fastmask.mask_tokens(
+            ids, mask_token_id=0, vocab_size=11, mlm_probability=0.9, token_weights=weights
+        )
         assert set(ids[labels != -100].tolist()) <= {target}
     table = torch.ones(11, dtype=torch.bool)
     first = fastmask.mask_tokens(ids, mask_token_id=0, vocab_size=11, strategy="whole_word", word_start_table=table)

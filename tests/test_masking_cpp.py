@@ -5,6 +5,7 @@ directly, so it also reaches inputs the op layer never produces (ids outside the
 tables, long words against a small budget, very long spans), and checks the thread count and
 the instruction set do not change a single bit, and that bad buffers are rejected.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,9 +17,7 @@ from fastmask.masking_plan import MaskingPlan
 from fastmask.reference.masking import reference_mask_tokens
 
 _C = _backend.cpp_module()
-pytestmark = pytest.mark.skipif(
-    _C is None, reason=str(_backend.unavailable_reason("cpp", torch.device("cpu")))
-)
+pytestmark = pytest.mark.skipif(_C is None, reason=str(_backend.unavailable_reason("cpp", torch.device("cpu"))))
 
 STRATEGIES = ("token", "whole_word", "span")
 
@@ -82,8 +81,9 @@ def _reference(case: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _plan_fields(case: dict) -> dict:
     """The plan as the binding takes it: numpy buffers and ints by field name."""
-    return {k: v.numpy() if isinstance(v, torch.Tensor) else (int(v) if isinstance(v, bool) else v)
-            for k, v in case.items()}
+    return {
+        k: v.numpy() if isinstance(v, torch.Tensor) else (int(v) if isinstance(v, bool) else v) for k, v in case.items()
+    }
 
 
 def _run_cpp(case: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +129,9 @@ def test_long_words_against_small_budget(strategy, exact):
     for p in (0.02, 0.1, 0.3):
         case = _random_case(rng, batch=4, length=300)
         case.update(
-            strategy=strategy, exact=exact, weights_q=None,
+            strategy=strategy,
+            exact=exact,
+            weights_q=None,
             word_starts=torch.from_numpy(rng.random((4, 300)) < 0.08).to(torch.uint8),
             budget_table=_rng.exact_budget_table(p, 300) if exact else None,
             select_threshold=_rng.probability_threshold(p),
@@ -145,9 +147,15 @@ def test_long_row_exact(strategy):
     """20000 units in a row: the key buckets reach their cap (4096 buckets)."""
     rng = np.random.default_rng(strategy)
     case = _random_case(rng, batch=1, length=20000)
-    case.update(strategy=strategy, exact=True, weights_q=None, special_mask=None, attention_mask=None,
-                word_starts=torch.ones(1, 20000, dtype=torch.uint8) if strategy else None,
-                budget_table=_rng.exact_budget_table(0.15, 20000))
+    case.update(
+        strategy=strategy,
+        exact=True,
+        weights_q=None,
+        special_mask=None,
+        attention_mask=None,
+        word_starts=torch.ones(1, 20000, dtype=torch.uint8) if strategy else None,
+        budget_table=_rng.exact_budget_table(0.15, 20000),
+    )
     expected_ids, expected_labels = _reference(case)
     masked, labels = _run_cpp(case)
     assert np.array_equal(labels, expected_labels.numpy())
@@ -160,8 +168,13 @@ def test_thread_count_does_not_change_the_result(strategy, exact):
     rng = np.random.default_rng(strategy + 10 * exact)
     # 256 rows of 128 tokens: the row grain (16384 tokens per chunk) gives two chunks or more
     case = _random_case(rng, batch=256, length=128)
-    case.update(strategy=strategy, exact=exact, weights_q=None, select_threshold=_rng.probability_threshold(0.15),
-                budget_table=_rng.exact_budget_table(0.15, 128) if exact else None)
+    case.update(
+        strategy=strategy,
+        exact=exact,
+        weights_q=None,
+        select_threshold=_rng.probability_threshold(0.15),
+        budget_table=_rng.exact_budget_table(0.15, 128) if exact else None,
+    )
     before = _C.num_threads()
     try:
         results = []
@@ -223,8 +236,14 @@ def test_valid_call_runs():
         (dict(vocab_size=0), "vocab_size"),
         (dict(vocab_size=None), "vocab_size must be an int"),
         (dict(seed_mix1=2**70), "seed_mix1 = .* does not fit in int64"),
-        (dict(input_ids=lambda k: k["input_ids"].astype(np.int32), masked_out=lambda k: k["masked_out"].astype(np.int32),
-              mask_token_id=2**31), "mask_token_id"),
+        (
+            dict(
+                input_ids=lambda k: k["input_ids"].astype(np.int32),
+                masked_out=lambda k: k["masked_out"].astype(np.int32),
+                mask_token_id=2**31,
+            ),
+            "mask_token_id",
+        ),
     ],
 )
 def test_bad_buffers_raise_value_error(changes, message):

@@ -3,18 +3,19 @@
 Rates are measured over >= 200k eligible tokens; the equality tests in test_masking.py make
 these results hold for every backend.
 """
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from text_fixtures import encoded_batch, packed_batch
 
 import fastmask
 from fastmask import _rng
 from fastmask.masking import _span_tables
 from fastmask.reference.masking import eligibility_and_units, span_lengths
-from text_fixtures import encoded_batch, packed_batch
 
 KINDS = ["minilm", "bpe", "unigram"]
 MIN_TOKENS = 200_000
@@ -24,8 +25,11 @@ P = 0.15
 def _mask(batch, **kwargs):
     tok = batch["tokenizer"]
     args = dict(
-        mask_token_id=tok.mask_token_id, vocab_size=len(tok), special_tokens_mask=batch["special_tokens_mask"],
-        word_start_table=fastmask.word_start_table(tok), seed=1234,
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        special_tokens_mask=batch["special_tokens_mask"],
+        word_start_table=fastmask.word_start_table(tok),
+        seed=1234,
     )
     args.update(kwargs)
     return fastmask.mask_tokens(batch["input_ids"], **args)
@@ -34,9 +38,13 @@ def _mask(batch, **kwargs):
 def _word_ids(batch) -> torch.Tensor:
     """Per-token word index under the table's boundaries (-1 at special tokens)."""
     eligible, unit_start = eligibility_and_units(
-        batch["input_ids"], special_mask=batch["special_tokens_mask"], attention_mask=None,
-        word_starts=None, vocab_flags=torch.where(fastmask.word_start_table(batch["tokenizer"]), 2, 0).to(torch.uint8),
-        pad_token_id=-1, strategy="whole_word",
+        batch["input_ids"],
+        special_mask=batch["special_tokens_mask"],
+        attention_mask=None,
+        word_starts=None,
+        vocab_flags=torch.where(fastmask.word_start_table(batch["tokenizer"]), 2, 0).to(torch.uint8),
+        pad_token_id=-1,
+        strategy="whole_word",
     )
     words = torch.cumsum(unit_start.flatten().to(torch.int64), 0).view_as(unit_start) - 1
     return torch.where(eligible, words, torch.full_like(words, -1)), eligible
@@ -72,7 +80,9 @@ def test_whole_words_only(kind, strategy, budget):
     words, _ = _word_ids(batch)
     words = words.flatten()
     inside = words >= 0
-    per_word_selected = torch.zeros(int(words.max()) + 1, dtype=torch.int64).index_add_(0, words[inside], selected[inside].long())
+    per_word_selected = torch.zeros(int(words.max()) + 1, dtype=torch.int64).index_add_(
+        0, words[inside], selected[inside].long()
+    )
     per_word_size = torch.bincount(words[inside])
     partial = (per_word_selected > 0) & (per_word_selected < per_word_size)
     assert not partial.any(), f"{int(partial.sum())} words were partly selected"
@@ -85,16 +95,23 @@ def test_whole_words_from_offsets(kind):
     starts = fastmask.word_starts_from_offsets(batch["offset_mapping"], batch["special_tokens_mask"])
     tok = batch["tokenizer"]
     _, labels = fastmask.mask_tokens(
-        batch["input_ids"], mask_token_id=tok.mask_token_id, vocab_size=len(tok), mlm_probability=0.3,
-        special_tokens_mask=batch["special_tokens_mask"], attention_mask=batch["attention_mask"],
-        word_starts=starts, strategy="whole_word",
+        batch["input_ids"],
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        mlm_probability=0.3,
+        special_tokens_mask=batch["special_tokens_mask"],
+        attention_mask=batch["attention_mask"],
+        word_starts=starts,
+        strategy="whole_word",
     )
     selected = labels != -100
     assert not selected[batch["attention_mask"] == 0].any(), "padding was selected"
     offsets = batch["offset_mapping"]
     # a token glued to its predecessor (start == previous end) shares its fate
-    glued = (offsets[:, 1:, 0] == offsets[:, :-1, 1]) & (batch["special_tokens_mask"][:, 1:] == 0) & (
-        batch["special_tokens_mask"][:, :-1] == 0
+    glued = (
+        (offsets[:, 1:, 0] == offsets[:, :-1, 1])
+        & (batch["special_tokens_mask"][:, 1:] == 0)
+        & (batch["special_tokens_mask"][:, :-1] == 0)
     )
     assert glued.sum() > 1000
     assert torch.equal(selected[:, 1:][glued], selected[:, :-1][glued])
@@ -108,9 +125,13 @@ def test_span_lengths_follow_distribution(distribution, max_words):
     thresholds, probs = _span_tables(distribution, span_p, max_words)
     ids = batch["input_ids"]
     eligible, unit_start = eligibility_and_units(
-        ids, special_mask=batch["special_tokens_mask"], attention_mask=None, word_starts=None,
+        ids,
+        special_mask=batch["special_tokens_mask"],
+        attention_mask=None,
+        word_starts=None,
         vocab_flags=torch.where(fastmask.word_start_table(batch["tokenizer"]), 2, 0).to(torch.uint8),
-        pad_token_id=-1, strategy="span",
+        pad_token_id=-1,
+        strategy="span",
     )
     # Reconstruct the anchors and their drawn lengths from the documented generator.
     positions = torch.arange(ids.shape[1])
@@ -136,7 +157,6 @@ def test_span_lengths_follow_distribution(distribution, max_words):
 @pytest.mark.parametrize("strategy", ["token", "whole_word", "span"])
 def test_exact_budget(kind, strategy):
     batch = packed_batch(kind, 128, 40_000)
-    ids = batch["input_ids"]
     special = batch["special_tokens_mask"].clone()
     special[::3, 64:] = True  # rows with fewer eligible tokens
     batch = dict(batch, special_tokens_mask=special)

@@ -1,4 +1,5 @@
 """The padding fast path (csrc/collate.cpp) against its numpy fallback, and its errors."""
+
 from __future__ import annotations
 
 import copy
@@ -6,13 +7,14 @@ import copy
 import numpy as np
 import pytest
 import torch
+from collator_support import features, padded, tokenizer
 from transformers import BatchEncoding
 
 import fastmask
-from fastmask import _backend, padding as padding_module
+from fastmask import _backend
+from fastmask import padding as padding_module
 from fastmask.collator import DataCollatorForLanguageModeling
 from fastmask.padding import pad_features
-from collator_support import features, padded, tokenizer
 
 CPP = _backend.cpp_module()
 needs_cpp = pytest.mark.skipif(not hasattr(CPP, "pad_rows"), reason="fastmask._C is not built with pad_rows")
@@ -32,11 +34,21 @@ def _feature_sets():
         f["ragged"] = list(range(i + 1))
     return {
         "lists": base,
-        "arrays": [{k: (np.asarray(v) if isinstance(v, list) and k != "word_ids" else v) for k, v in f.items()} for f in base],
-        "int32_arrays": [{**f, "input_ids": np.asarray(f["input_ids"], dtype=np.int32),
-                          "offset_mapping": np.asarray(f["offset_mapping"], dtype=np.int32)} for f in base],
-        "tensors": [{**f, "input_ids": torch.tensor(f["input_ids"]), "attention_mask": torch.tensor(f["attention_mask"])}
-                    for f in base],
+        "arrays": [
+            {k: (np.asarray(v) if isinstance(v, list) and k != "word_ids" else v) for k, v in f.items()} for f in base
+        ],
+        "int32_arrays": [
+            {
+                **f,
+                "input_ids": np.asarray(f["input_ids"], dtype=np.int32),
+                "offset_mapping": np.asarray(f["offset_mapping"], dtype=np.int32),
+            }
+            for f in base
+        ],
+        "tensors": [
+            {**f, "input_ids": torch.tensor(f["input_ids"]), "attention_mask": torch.tensor(f["attention_mask"])}
+            for f in base
+        ],
         "batch_encodings": [BatchEncoding(f) for f in base],
         "sequences": [f["input_ids"] for f in base],
         "tensor_rows": [torch.tensor(f["input_ids"], dtype=torch.int16) for f in base],
@@ -69,7 +81,9 @@ def test_padding_values_and_layout():
     out = pad_features(feats, tok).data
     length = max(len(f["input_ids"]) for f in feats)
     np.testing.assert_array_equal(out["input_ids"], padded([f["input_ids"] for f in feats], length, tok.pad_token_id))
-    np.testing.assert_array_equal(out["special_tokens_mask"], padded([f["special_tokens_mask"] for f in feats], length, 1))
+    np.testing.assert_array_equal(
+        out["special_tokens_mask"], padded([f["special_tokens_mask"] for f in feats], length, 1)
+    )
     np.testing.assert_array_equal(out["offset_mapping"], padded([f["offset_mapping"] for f in feats], length, 0))
     assert out["offset_mapping"].shape == (5, length, 2)
     word_ids = [[-1 if w is None else w for w in f["word_ids"]] for f in feats]
@@ -104,14 +118,17 @@ def test_whole_batch_tensor_and_2d_array_inputs():
 
 
 @needs_cpp
-@pytest.mark.parametrize("rows,message,error", [
-    ([{"input_ids": [1, None]}], "'input_ids' of row 0, position 1: None is not a number", TypeError),
-    ([{"input_ids": [1, 2.5]}], "float value", TypeError),
-    ([{"input_ids": [1, "a"]}], "expected a number, got str", TypeError),
-    ([{"input_ids": [1, 2]}, {"mask": [1]}], "'input_ids' of row 1: missing", ValueError),
-    ([{"input_ids": [1, 2**70]}], "does not fit in 64 bits", ValueError),
-    ([{"input_ids": 5}], "expected a list, tuple, array or tensor", TypeError),
-])
+@pytest.mark.parametrize(
+    "rows,message,error",
+    [
+        ([{"input_ids": [1, None]}], "'input_ids' of row 0, position 1: None is not a number", TypeError),
+        ([{"input_ids": [1, 2.5]}], "float value", TypeError),
+        ([{"input_ids": [1, "a"]}], "expected a number, got str", TypeError),
+        ([{"input_ids": [1, 2]}, {"mask": [1]}], "'input_ids' of row 1: missing", ValueError),
+        ([{"input_ids": [1, 2**70]}], "does not fit in 64 bits", ValueError),
+        ([{"input_ids": 5}], "expected a list, tuple, array or tensor", TypeError),
+    ],
+)
 def test_cpp_errors_name_key_row_and_position(rows, message, error):
     out = np.zeros((len(rows), 2), dtype=np.int64)
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -162,8 +179,14 @@ def test_fallback_collates_like_the_extension(no_extension):
     [
         ([{"input_ids": [101, 7, 102], "attention_mask": [1, 1]}], ValueError, "'attention_mask' of row 0 has 2 items"),
         ([{"input_ids": [101, 7, 102], "attention_mask": [1, 1, 1, 1]}], ValueError, "attention_mask"),
-        ([{"input_ids": [101, 102], "token_type_ids": [0, 0]}, {"input_ids": [101, 7, 102], "token_type_ids": [0, 0]}],
-         ValueError, "'token_type_ids' of row 1"),
+        (
+            [
+                {"input_ids": [101, 102], "token_type_ids": [0, 0]},
+                {"input_ids": [101, 7, 102], "token_type_ids": [0, 0]},
+            ],
+            ValueError,
+            "'token_type_ids' of row 1",
+        ),
         ([{"input_ids": [101, 102], "special_tokens_mask": [1, 0, 1]}], ValueError, "special_tokens_mask"),
         ([{"input_ids": [101, 102]}, [101, 102]], TypeError, "features mixes kinds: row 0 is a dict but row 1 is list"),
         ([[101, 102], {"input_ids": [101, 102]}], TypeError, "row 0 is a sequence of ids but row 1 is dict"),

@@ -1,6 +1,7 @@
 """The generator (fastmask/_rng.py): the torch oracle against a plain-int transcription of its
 documented formula, and the host-side tables. The C++ and Triton copies are compared with it in
 test_masking_cpp.py and test_kernels_masking.py."""
+
 from __future__ import annotations
 
 import math

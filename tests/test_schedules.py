@@ -1,4 +1,5 @@
 """Masking-rate schedules (fastmask/schedules.py): bad input regressions."""
+
 from __future__ import annotations
 
 import pickle
@@ -21,8 +22,11 @@ def test_masking_schedule_shapes():
     cosine = MaskingSchedule("cosine", start=0.3, end=0.1, total_steps=100)
     assert cosine(0) == pytest.approx(0.3) and cosine(50) == pytest.approx(0.2) and cosine(100) == pytest.approx(0.1)
     assert MaskingSchedule("constant", start=0.2)(10**9) == 0.2
-    for kwargs in (dict(start=1.2, end=0.1, total_steps=5), dict(start=0.2), dict(start=0.2, end=0.1, total_steps=5,
-                                                                                      warmup_steps=5)):
+    for kwargs in (
+        dict(start=1.2, end=0.1, total_steps=5),
+        dict(start=0.2),
+        dict(start=0.2, end=0.1, total_steps=5, warmup_steps=5),
+    ):
         with pytest.raises(ValueError):
             MaskingSchedule("linear", **kwargs)
     assert pickle.loads(pickle.dumps(linear)) == linear

@@ -5,6 +5,7 @@ a new session, with a timeout: a hang kills the whole process group and fails th
 of blocking the suite. The pool's worker threads are named ``fastmask-pool``, so a scenario
 can see (``/proc/self/task/*/comm``) whether a process really has them.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,9 @@ def pool_threads():
 '''
 
 
-def _run(code: str, *, env: dict | None = None, shell_prefix: str | None = None,
-         timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+def _run(
+    code: str, *, env: dict | None = None, shell_prefix: str | None = None, timeout: int = TIMEOUT
+) -> subprocess.CompletedProcess:
     """Run PRELUDE + ``code`` in a fresh Python; fail (never block) if it does not finish.
 
     ``shell_prefix`` runs the interpreter through bash after that prefix, which ends in a command
@@ -85,8 +87,9 @@ def _run(code: str, *, env: dict | None = None, shell_prefix: str | None = None,
         argv = [sys.executable, "-c", script]
     else:
         argv = ["bash", "-c", f'{shell_prefix} "$0" -c "$1"', sys.executable, script]
-    proc = subprocess.Popen(argv, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -97,13 +100,17 @@ def _run(code: str, *, env: dict | None = None, shell_prefix: str | None = None,
 
 
 def _check(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, f"exit status {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"exit status {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
+    )
     return result.stdout
 
 
 # ----------------------------------------------------------------------------- fork safety
 def test_forked_child_uses_the_kernels_and_exits():
-    out = _check(_run('''
+    out = _check(
+        _run(
+            """
         torch_single_threaded()
         ids = batch(0)
         expected = mask(ids, "reference")
@@ -122,14 +129,19 @@ def test_forked_child_uses_the_kernels_and_exits():
         print("child", os.waitstatus_to_exitcode(status))
         assert same(mask(ids), expected)          # the parent's pool still works
         print("parent ok")
-    ''', env={"FASTMASK_NUM_THREADS": "4"}))
+    """,
+            env={"FASTMASK_NUM_THREADS": "4"},
+        )
+    )
     assert "child 0" in out and "parent ok" in out, out
 
 
 def test_fork_while_another_thread_runs_kernels():
     """Forks taken while a second thread is (most likely) inside the pool: each child's kernels
     still run, on a pool of their own."""
-    out = _check(_run('''
+    out = _check(
+        _run(
+            """
         torch_single_threaded()
         import threading
         ids = batch(0, rows=16384)  # long enough kernels that a fork usually lands inside one
@@ -157,12 +169,17 @@ def test_fork_while_another_thread_runs_kernels():
             worker.join()
         print("codes", codes, "errors", errors)
         assert codes == [0] * 8 and not errors
-    ''', env={"FASTMASK_NUM_THREADS": "3"}))
+    """,
+            env={"FASTMASK_NUM_THREADS": "3"},
+        )
+    )
     assert "codes [0, 0, 0, 0, 0, 0, 0, 0]" in out, out
 
 
 def test_multiprocessing_fork_workers_after_the_parent_used_the_kernels():
-    out = _check(_run('''
+    out = _check(
+        _run(
+            """
         torch_single_threaded()
         import multiprocessing
 
@@ -183,13 +200,18 @@ def test_multiprocessing_fork_workers_after_the_parent_used_the_kernels():
                 assert same(result, mask(batch(seed), "reference")), seed
                 assert threads == 2, f"worker for seed {seed} has {threads} pool threads, expected 2"
             print("ok")
-    ''', env={"FASTMASK_NUM_THREADS": "3"}))
+    """,
+            env={"FASTMASK_NUM_THREADS": "3"},
+        )
+    )
     assert "ok" in out
 
 
 def test_datasets_map_with_num_proc_after_the_parent_used_the_kernels():
     pytest.importorskip("datasets")
-    out = _check(_run('''
+    out = _check(
+        _run(
+            """
         torch_single_threaded()
         import datasets
 
@@ -210,7 +232,10 @@ def test_datasets_map_with_num_proc_after_the_parent_used_the_kernels():
             assert same((torch.tensor(out["masked"]), torch.tensor(out["labels"])), expected)
             assert set(out["pool"]) == {2}, set(out["pool"])
             print("ok")
-    ''', env={"FASTMASK_NUM_THREADS": "3"}))
+    """,
+            env={"FASTMASK_NUM_THREADS": "3"},
+        )
+    )
     assert "ok" in out
 
 
@@ -219,7 +244,8 @@ def test_thread_creation_failure_neither_hangs_nor_gives_wrong_results():
     """Under a 6 GB address-space limit 100000 thread stacks cannot be mapped: the kernels run
     serially (the failed pool is not retried on every call, and the threads it did start are
     given back, so torch can still start its own), or raise naming FASTMASK_NUM_THREADS."""
-    result = _run('''
+    result = _run(
+        """
         from fastmask import info
         ids = batch(0)
         try:
@@ -235,7 +261,10 @@ def test_thread_creation_failure_neither_hangs_nor_gives_wrong_results():
         assert fastmask._C._pool_state()["builds"] == state["builds"], "the pool was rebuilt on the second call"
         assert "serially" in info.report()
         print("ok", state)
-    ''', env={"FASTMASK_NUM_THREADS": "100000"}, shell_prefix="ulimit -v 6000000 && exec")
+    """,
+        env={"FASTMASK_NUM_THREADS": "100000"},
+        shell_prefix="ulimit -v 6000000 && exec",
+    )
     out = _check(result)
     if out.startswith("raised"):
         assert "FASTMASK_NUM_THREADS" in out, out
@@ -245,7 +274,8 @@ def test_thread_creation_failure_neither_hangs_nor_gives_wrong_results():
 
 # ----------------------------------------------------------------------------- the thread count
 def test_dataloader_worker_uses_one_thread():
-    out = _check(_run('''
+    out = _check(
+        _run("""
         def collate(rows):
             mask(torch.stack(rows))
             return torch.tensor(fastmask._C.num_threads())
@@ -256,7 +286,8 @@ def test_dataloader_worker_uses_one_thread():
             loader = torch.utils.data.DataLoader(data, batch_size=32, num_workers=1, collate_fn=collate,
                                                  multiprocessing_context="fork")
             print("worker threads", sorted({int(t) for t in loader}))
-    '''))
+    """)
+    )
     assert "worker threads [1]" in out, out
 
 
@@ -279,13 +310,18 @@ def test_torch_set_num_threads_one_gives_one_thread(op):
 
 
 def test_fastmask_num_threads_overrides_torch():
-    out = _check(_run('''
+    out = _check(
+        _run(
+            """
         from fastmask import info
         torch.set_num_threads(1)
         mask(batch(0))
         print("threads", fastmask._C.num_threads(), _backend.cpp_thread_count())
         print(info.report())
-    ''', env={"FASTMASK_NUM_THREADS": "3"}))
+    """,
+            env={"FASTMASK_NUM_THREADS": "3"},
+        )
+    )
     assert "threads 3 (3," in out, out
     line = next(l for l in out.splitlines() if l.startswith("C++ extension"))
     assert line.startswith("C++ extension: built, 3 threads (") and "FASTMASK_NUM_THREADS" in line, line
@@ -295,7 +331,7 @@ def test_cpu_affinity_bounds_the_count():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no os.sched_getaffinity")
     first = min(os.sched_getaffinity(0))
-    code = '''
+    code = """
         from fastmask import info
         torch.set_num_threads(2)                 # more than the one CPU this process may use
         mask(batch(0))
@@ -303,7 +339,7 @@ def test_cpu_affinity_bounds_the_count():
         print(info.report())
         fastmask._C.set_num_threads(0)           # the C++ default (direct use of the module)
         print("default", fastmask._C.num_threads())
-    '''
+    """
     if shutil.which("taskset"):
         result = _run(code, shell_prefix=f"exec taskset -c {first}")
     else:

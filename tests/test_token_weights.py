@@ -1,5 +1,6 @@
 """Token weights for conditional masking (fastmask/token_weights.py): bad input regressions; the
 weights' effect on masks is tested through the collator (test_collator.py)."""
+
 from __future__ import annotations
 
 import pytest

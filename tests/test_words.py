@@ -1,4 +1,5 @@
 """Word boundaries (fastmask/words.py): bad input regressions; the tables are tested through masking."""
+
 from __future__ import annotations
 
 import numpy as np

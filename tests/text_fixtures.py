@@ -1,4 +1,5 @@
 """Real-text batches for statistical tests: the stdlib corpus under three tokenizer families."""
+
 from __future__ import annotations
 
 import functools
@@ -11,7 +12,7 @@ from fastmask import data
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer(kind: str):
     """``minilm`` (real BERT WordPiece), or ``bpe`` / ``unigram`` trained on the corpus."""
     if kind == "minilm":
@@ -21,7 +22,7 @@ def tokenizer(kind: str):
     return data.train_tokenizer(kind, data.corpus_texts(max_chars=300_000), vocab_size=6000)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def packed_batch(kind: str, length: int, min_tokens: int) -> dict:
     """Rows of exactly ``length`` tokens ([CLS] … [SEP]) with offsets-derived word starts,
     covering at least ``min_tokens`` eligible tokens (the corpus is reused if needed)."""
@@ -38,7 +39,12 @@ def encoded_batch(kind: str, max_length: int, rows: int) -> dict:
     tok = tokenizer(kind)
     texts = data.corpus_texts()[:rows]
     enc = tok(
-        texts, max_length=max_length, truncation=True, padding="max_length", return_offsets_mapping=True,
-        return_special_tokens_mask=True, return_tensors="pt",
+        texts,
+        max_length=max_length,
+        truncation=True,
+        padding="max_length",
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        return_tensors="pt",
     )
     return dict(enc) | {"tokenizer": tok}

@@ -9,6 +9,7 @@ replaces; none for ``kernels``, which reports compiled resources, not times),
 the one list of suites: ``fastmask bench --suite`` takes its names. :func:`run_cli` runs the
 selected suites and prints, writes and plots their results.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,23 +36,45 @@ class Suite:
 
 
 SUITES = {
-    "collator": Suite("collator", "collator", "collator: fastmask vs transformers' DataCollatorForLanguageModeling",
-                      True, ("lengths", "tokenizer")),
-    "masking": Suite("masking", "masking", "masking op: fastmask backends vs transformers' torch_mask_tokens",
-                     True, ("lengths", "tokenizer")),
-    "loss": Suite("loss", "loss", "loss: masked cross-entropy and fused MLM head vs torch (and Liger on CUDA)",
-                  True, ()),
-    "train-step": Suite("train-step", "train_step", "training step: BertForMaskedLM stock vs apply_fastmask",
-                        False, ()),
+    "collator": Suite(
+        "collator",
+        "collator",
+        "collator: fastmask vs transformers' DataCollatorForLanguageModeling",
+        True,
+        ("lengths", "tokenizer"),
+    ),
+    "masking": Suite(
+        "masking",
+        "masking",
+        "masking op: fastmask backends vs transformers' torch_mask_tokens",
+        True,
+        ("lengths", "tokenizer"),
+    ),
+    "loss": Suite(
+        "loss", "loss", "loss: masked cross-entropy and fused MLM head vs torch (and Liger on CUDA)", True, ()
+    ),
+    "train-step": Suite(
+        "train-step", "train_step", "training step: BertForMaskedLM stock vs apply_fastmask", False, ()
+    ),
     "sft": Suite("sft", "sft", "SFT: fused LM head on 30% labelled rows (H=1024, V=128256) vs torch", False, ()),
-    "seq2seq": Suite("seq2seq", "seq2seq", "seq2seq: span-corruption collator vs the Flax T5 example's (numpy)",
-                     False, ("tokenizer",)),
-    "kernels": Suite("kernels", "kernels", "Triton kernels: registers, spills and shared memory per compiled variant",
-                     False, ()),
+    "seq2seq": Suite(
+        "seq2seq",
+        "seq2seq",
+        "seq2seq: span-corruption collator vs the Flax T5 example's (numpy)",
+        False,
+        ("tokenizer",),
+    ),
+    "kernels": Suite(
+        "kernels", "kernels", "Triton kernels: registers, spills and shared memory per compiled variant", False, ()
+    ),
 }
 # Series of the --plot: (suite, case) pairs, drawn for every fastmask implementation.
-PLOT_CASES = (("collator", "token"), ("collator", "whole_word (offsets)"),
-              ("masking", "token"), ("masking", "whole_word (offsets)"))
+PLOT_CASES = (
+    ("collator", "token"),
+    ("collator", "whole_word (offsets)"),
+    ("masking", "token"),
+    ("masking", "whole_word (offsets)"),
+)
 
 
 def default_suite_names() -> list:
@@ -91,8 +114,15 @@ def report(results: dict, machine: dict, options: dict) -> dict:
 
 def to_markdown(document: dict) -> str:
     """Every suite's markdown under one title, with the machine and the headline ratios first."""
-    lines = ["# fastmask bench", "", f"- {common.machine_line(document['machine'])}",
-             f"- options: {json.dumps(document['options'])}", "", "## Summary", ""]
+    lines = [
+        "# fastmask bench",
+        "",
+        f"- {common.machine_line(document['machine'])}",
+        f"- options: {json.dumps(document['options'])}",
+        "",
+        "## Summary",
+        "",
+    ]
     lines += [f"- {line}" for line in document["summary"] + [f"FAILED: {f}" for f in document["failures"]]]
     for name, result in document["suites"].items():
         text = SUITES[name].load().to_markdown(result)
@@ -161,8 +191,9 @@ def run_cli(args) -> int:
     device = common.resolve_device(args.device)
     if any("tokenizer" in s.options for s in suites):
         common.load_tokenizer(args.tokenizer)  # a bad --tokenizer fails here, before any suite starts
-    options = dict(suites=[s.name for s in suites], quick=args.quick, device=device, lengths=lengths,
-                   tokenizer=args.tokenizer)
+    options = dict(
+        suites=[s.name for s in suites], quick=args.quick, device=device, lengths=lengths, tokenizer=args.tokenizer
+    )
     machine = common.machine_info()
     results: dict = {}
     for suite in suites:

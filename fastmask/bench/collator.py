@@ -30,12 +30,14 @@ small shared machine torch's threads slow transformers' collator down above ~32k
 Importable: ``make_features``, ``time_best_threads``, ``run``, ``to_markdown``, ``table_rows``,
 ``headlines``.
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 
@@ -87,8 +89,9 @@ def make_features(
     return features
 
 
-def time_best_threads(collate: Callable, features: list, *, min_time: float, min_reps: int,
-                      sync: Optional[Callable] = None) -> dict:
+def time_best_threads(
+    collate: Callable, features: list, *, min_time: float, min_reps: int, sync: Optional[Callable] = None
+) -> dict:
     """Median seconds per ``collate(features)`` under torch's default intra-op threads and under
     one thread.
 
@@ -116,8 +119,16 @@ def _real_tokens(features) -> int:
     return sum(sum(f["attention_mask"]) if "attention_mask" in f else len(f["input_ids"]) for f in features)
 
 
-def run(*, quick: bool = False, lengths=None, batch: int = BATCH, device: str = "cpu", tokenizer: Optional[str] = None,
-        seed: int = 0, progress=True) -> dict:
+def run(
+    *,
+    quick: bool = False,
+    lengths=None,
+    batch: int = BATCH,
+    device: str = "cpu",
+    tokenizer: Optional[str] = None,
+    seed: int = 0,
+    progress=True,
+) -> dict:
     """Time every (strategy, L) and return ``{"rows": [...], ...}`` (see :func:`to_markdown`).
 
     ``device="cuda"`` adds fastmask's collator with ``device="cuda"``; ``progress``: see
@@ -137,8 +148,14 @@ def run(*, quick: bool = False, lengths=None, batch: int = BATCH, device: str = 
         warnings.simplefilter("ignore")
         options = {"token": {}, "whole_word": {"whole_word_mask": True}, "span": {"strategy": "span"}}
         ours = {k: fastmask.DataCollatorForLanguageModeling(tokenizer, seed=seed, **v) for k, v in options.items()}
-        on_gpu = {k: fastmask.DataCollatorForLanguageModeling(tokenizer, seed=seed, device="cuda", **v)
-                  for k, v in options.items()} if device == "cuda" else {}
+        on_gpu = (
+            {
+                k: fastmask.DataCollatorForLanguageModeling(tokenizer, seed=seed, device="cuda", **v)
+                for k, v in options.items()
+            }
+            if device == "cuda"
+            else {}
+        )
         theirs = {
             "token": transformers.DataCollatorForLanguageModeling(tokenizer, seed=seed),
             "whole_word": transformers.DataCollatorForLanguageModeling(tokenizer, whole_word_mask=True, seed=seed),
@@ -149,8 +166,10 @@ def run(*, quick: bool = False, lengths=None, batch: int = BATCH, device: str = 
     for length in lengths:
         plain = make_features(tokenizer, stream, batch, length, seed=seed + length)
         with_offsets = make_features(tokenizer, stream, batch, length, seed=seed + length, offsets=True, prepadded=True)
-        trainer_style = [{"input_ids": f["input_ids"], "token_type_ids": f["token_type_ids"],
-                          "attention_mask": f["attention_mask"]} for f in plain]
+        trainer_style = [
+            {"input_ids": f["input_ids"], "token_type_ids": f["token_type_ids"], "attention_mask": f["attention_mask"]}
+            for f in plain
+        ]
         cases = [
             ("token", "", plain, True),
             ("whole_word", "offsets", with_offsets, True),
@@ -161,14 +180,22 @@ def run(*, quick: bool = False, lengths=None, batch: int = BATCH, device: str = 
             tokens = _real_tokens(features)
             fast_time = time_best_threads(ours[strategy], features, min_time=min_time, min_reps=min_reps)
             row = dict(
-                strategy=strategy, words=words, length=length, batch=batch, real_tokens=tokens,
-                fastmask_ms=1e3 * fast_time["seconds"], fastmask_torch_threads=fast_time["torch_threads"],
+                strategy=strategy,
+                words=words,
+                length=length,
+                batch=batch,
+                real_tokens=tokens,
+                fastmask_ms=1e3 * fast_time["seconds"],
+                fastmask_torch_threads=fast_time["torch_threads"],
                 fastmask_ns_per_token=1e9 * fast_time["seconds"] / tokens,
             )
             if on_gpu:
-                gpu_time = time_best_threads(on_gpu[strategy], features, min_time=min_time, min_reps=min_reps,
-                                             sync=cuda_sync)
-                row.update(fastmask_cuda_ms=1e3 * gpu_time["seconds"], fastmask_cuda_torch_threads=gpu_time["torch_threads"])
+                gpu_time = time_best_threads(
+                    on_gpu[strategy], features, min_time=min_time, min_reps=min_reps, sync=cuda_sync
+                )
+                row.update(
+                    fastmask_cuda_ms=1e3 * gpu_time["seconds"], fastmask_cuda_torch_threads=gpu_time["torch_threads"]
+                )
             if compare:
                 stock = theirs[strategy]
                 stock_rows = batch
@@ -177,8 +204,9 @@ def run(*, quick: bool = False, lengths=None, batch: int = BATCH, device: str = 
                 subset = features[:stock_rows]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    stock_time = time_best_threads(stock, subset, min_time=min_time,
-                                                   min_reps=2 if stock_rows < batch else min_reps)
+                    stock_time = time_best_threads(
+                        stock, subset, min_time=min_time, min_reps=2 if stock_rows < batch else min_reps
+                    )
                 scale = tokens / _real_tokens(subset)
                 row.update(
                     transformers_ms=1e3 * stock_time["seconds"] * scale,
@@ -193,7 +221,11 @@ def run(*, quick: bool = False, lengths=None, batch: int = BATCH, device: str = 
             bar.step(
                 f"L={length:5d} {strategy:10s} {words:7s} fastmask {row['fastmask_ms']:9.3f} ms"
                 + (f"  cuda {row['fastmask_cuda_ms']:9.3f} ms" if on_gpu else "")
-                + (f"  transformers {row['transformers_ms']:10.2f} ms  x{row['speedup']:.1f}" if "speedup" in row else "")
+                + (
+                    f"  transformers {row['transformers_ms']:10.2f} ms  x{row['speedup']:.1f}"
+                    if "speedup" in row
+                    else ""
+                )
             )
     bar.close()
     return dict(
@@ -238,10 +270,14 @@ def to_markdown(result: dict) -> str:
             stock = f"{row['transformers_ms']:.2f}{star}"
             speedup = f"{row['speedup']:.1f}x"
         rate = row["real_tokens"] / (row["fastmask_ms"] * 1e-3) / 1e6
-        line = (f"| {row['strategy']} | {words} | {row['length']} | {row['fastmask_ms']:.3f} | {stock} | {speedup} | "
-                f"{row['fastmask_ns_per_token']:.1f} | {rate:.1f} |")
+        line = (
+            f"| {row['strategy']} | {words} | {row['length']} | {row['fastmask_ms']:.3f} | {stock} | {speedup} | "
+            f"{row['fastmask_ns_per_token']:.1f} | {rate:.1f} |"
+        )
         if gpu:
-            line += f" {row['fastmask_cuda_ms']:.3f} | " + (f"{row['speedup_cuda']:.1f}x |" if "speedup_cuda" in row else "n/a |")
+            line += f" {row['fastmask_cuda_ms']:.3f} | " + (
+                f"{row['speedup_cuda']:.1f}x |" if "speedup_cuda" in row else "n/a |"
+            )
         lines.append(line)
     lines.append("")
     if notes:
@@ -249,8 +285,10 @@ def to_markdown(result: dict) -> str:
             "\\* transformers' whole-word masking builds [rows, L, L] arrays; it was timed on fewer rows "
             "(see the JSON's transformers_rows_timed) and scaled to the batch by real tokens."
         )
-    lines.append("transformers has no span masking; `whole_word` with the vocabulary table is what fastmask does "
-                 "when offset_mapping is absent (transformers cannot mask whole words without it).")
+    lines.append(
+        "transformers has no span masking; `whole_word` with the vocabulary table is what fastmask does "
+        "when offset_mapping is absent (transformers cannot mask whole words without it)."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -262,8 +300,11 @@ def table_rows(result: dict) -> list:
         keys = dict(common.shape_keys(row, stock), tokens=row["real_tokens"])
         out.append(common.table_row("collator", impl="fastmask collator", ms=row["fastmask_ms"], **keys))
         if "fastmask_cuda_ms" in row:
-            out.append(common.table_row("collator", impl="fastmask collator device=cuda", ms=row["fastmask_cuda_ms"],
-                                        device="cuda", **keys))
+            out.append(
+                common.table_row(
+                    "collator", impl="fastmask collator device=cuda", ms=row["fastmask_cuda_ms"], device="cuda", **keys
+                )
+            )
         if stock:
             out.append(common.table_row("collator", impl="transformers collator", ms=stock, **keys))
     return out
@@ -276,8 +317,10 @@ def headlines(result: dict) -> list:
         rows = [r for r in result["rows"] if r["strategy"] == strategy and r["words"] == words and "speedup" in r]
         if rows:
             row = common.headline_row(rows)
-            line = (f"collator {common.case_label(strategy, words)} {row['batch']}x{row['length']}: "
-                    f"{common.format_speedup(row['speedup'])} transformers")
+            line = (
+                f"collator {common.case_label(strategy, words)} {row['batch']}x{row['length']}: "
+                f"{common.format_speedup(row['speedup'])} transformers"
+            )
             if "speedup_cuda" in row:
                 line += f" ({common.format_speedup(row['speedup_cuda'])} with device=cuda)"
             lines.append(line)
@@ -287,14 +330,22 @@ def headlines(result: dict) -> list:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="L = 128, 512 and fewer repeats (smoke run)")
-    parser.add_argument("--lengths", nargs="+", type=int, metavar="L", help="sequence lengths (default: 128 512 2048 8192)")
+    parser.add_argument(
+        "--lengths", nargs="+", type=int, metavar="L", help="sequence lengths (default: 128 512 2048 8192)"
+    )
     parser.add_argument("--batch", type=int, default=BATCH, help=f"rows per batch (default: {BATCH})")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda (adds device='cuda') or auto")
     parser.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="tokenizer (default: MiniLM's WordPiece)")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, lengths=common.check_lengths(args.lengths), batch=args.batch,
-                 device=common.resolve_device(args.device), tokenizer=args.tokenizer, progress=not args.no_progress)
+    result = run(
+        quick=args.quick,
+        lengths=common.check_lengths(args.lengths),
+        batch=args.batch,
+        device=common.resolve_device(args.device),
+        tokenizer=args.tokenizer,
+        progress=not args.no_progress,
+    )
     common.emit(result, to_markdown(result), args)
     return 0
 

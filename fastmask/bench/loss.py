@@ -37,6 +37,7 @@ N = 2048 (cross-entropy) and 1024 (head), 2 rounds.
 Importable: ``ce_variants``, ``head_variants``, ``run``, ``targets``, ``to_markdown``,
 ``table_rows``, ``headlines``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -157,8 +159,10 @@ def ce_variants(device: str) -> list:
     variants = [
         ("torch F.cross_entropy (full logits)", lambda x, y: F.cross_entropy(x, y, ignore_index=IGNORE)),
         ("fastmask masked_cross_entropy", lambda x, y: fastmask.masked_cross_entropy(x, y)),
-        ("fastmask masked_cross_entropy (inplace_backward)",
-         lambda x, y: fastmask.masked_cross_entropy(x, y, inplace_backward=True)),
+        (
+            "fastmask masked_cross_entropy (inplace_backward)",
+            lambda x, y: fastmask.masked_cross_entropy(x, y, inplace_backward=True),
+        ),
     ]
     liger_ce = _liger("LigerCrossEntropyLoss") if device == "cuda" else None
     if liger_ce is not None:
@@ -179,12 +183,20 @@ def head_variants(device: str) -> list:
 
     variants = [("naive linear + F.cross_entropy", naive), ("gather + linear + F.cross_entropy", gather)]
     if hasattr(F, "linear_cross_entropy"):
-        variants.append(("F.linear_cross_entropy (reference path)",
-                         lambda h, w, y: F.linear_cross_entropy(h, w, y, ignore_index=IGNORE)))
+        variants.append(
+            (
+                "F.linear_cross_entropy (reference path)",
+                lambda h, w, y: F.linear_cross_entropy(h, w, y, ignore_index=IGNORE),
+            )
+        )
         if hasattr(torch.nn, "LinearCrossEntropyOptions"):
             options = torch.nn.LinearCrossEntropyOptions()
-            variants.append(("F.linear_cross_entropy (chunked)",
-                             lambda h, w, y: F.linear_cross_entropy(h, w, y, ignore_index=IGNORE, options=options)))
+            variants.append(
+                (
+                    "F.linear_cross_entropy (chunked)",
+                    lambda h, w, y: F.linear_cross_entropy(h, w, y, ignore_index=IGNORE, options=options),
+                )
+            )
     variants.append(("fastmask fused_masked_lm_loss", lambda h, w, y: fastmask.fused_masked_lm_loss(h, w, y)))
     liger_flce = _liger("LigerFusedLinearCrossEntropyLoss") if device == "cuda" else None
     if liger_flce is not None:
@@ -247,13 +259,14 @@ def _measure(named_steps: list, repeat: int, device: str) -> dict:
     for name, (prepare, run) in named_steps:
         leaves = prepare()  # outside the measured window; their gradients are inside it
         release_cached_buffers()  # fastmask's recycled gradient blocks count as new allocations
-        peak = peak_extra_memory(lambda: run(leaves), device)
+        peak = peak_extra_memory(lambda leaves=leaves: run(leaves), device)
         tensors = leaves if isinstance(leaves, tuple) else (leaves,)
         inputs = {t.untyped_storage().data_ptr() for t in tensors}
         grads = sum(_own_grad_bytes(t, inputs) for t in tensors if t.is_leaf)
-        del leaves
-        out[name] = dict(seconds=statistics.median(times[name]), all_seconds=times[name], peak_extra_bytes=peak,
-                         grad_bytes=grads)
+        del leaves, tensors
+        out[name] = dict(
+            seconds=statistics.median(times[name]), all_seconds=times[name], peak_extra_bytes=peak, grad_bytes=grads
+        )
     return out
 
 
@@ -265,8 +278,16 @@ def _own_grad_bytes(leaf: torch.Tensor, input_storages: set) -> int:
     return grad.untyped_storage().nbytes()
 
 
-def run(*, quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32, repeat: Optional[int] = None,
-        width: int = 384, label_rate: float = 0.15, progress=True) -> dict:
+def run(
+    *,
+    quick: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    repeat: Optional[int] = None,
+    width: int = 384,
+    label_rate: float = 0.15,
+    progress=True,
+) -> dict:
     """Runs both groups; returns a JSON-able dict (see ``to_markdown``). ``progress``: see
     :class:`common.Progress`."""
     if device == "cpu":
@@ -278,10 +299,18 @@ def run(*, quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.
     element = torch.empty((), dtype=dtype).element_size()
     machine = common.machine_info()
     result = dict(
-        device=device, dtype=str(dtype).replace("torch.", ""), repeat=repeat, label_rate=label_rate, width=width,
-        torch=machine["torch"], threads=machine["torch_threads"], machine=machine,
+        device=device,
+        dtype=str(dtype).replace("torch.", ""),
+        repeat=repeat,
+        label_rate=label_rate,
+        width=width,
+        torch=machine["torch"],
+        threads=machine["torch_threads"],
+        machine=machine,
         device_name=machine["cuda"] if device == "cuda" else machine["cpu"],
-        device_gbps=common.copy_bandwidth(device), ce=[], head=[],
+        device_gbps=common.copy_bandwidth(device),
+        ce=[],
+        head=[],
         liger="importable" if _liger("LigerCrossEntropyLoss") is not None else "not importable",
     )
     bar = common.Progress(progress, "loss")
@@ -327,8 +356,15 @@ def _ratio_rows(results: dict, subject: str) -> list:
     rows = []
     for name, m in results.items():
         speed = m["seconds"] / mine["seconds"]
-        rows.append((name, m, speed, common.format_ratio(mine["peak_extra_bytes"], m["peak_extra_bytes"]),
-                     common.format_ratio(_excl(mine), _excl(m))))
+        rows.append(
+            (
+                name,
+                m,
+                speed,
+                common.format_ratio(mine["peak_extra_bytes"], m["peak_extra_bytes"]),
+                common.format_ratio(_excl(mine), _excl(m)),
+            )
+        )
     return rows
 
 
@@ -342,8 +378,12 @@ def targets(result: dict) -> list:
     for case in result["head"]:
         r = case["results"]
         mine = r[HEAD_SUBJECT]
-        for name, goal in ((HEAD_BASELINE, 8), ("F.linear_cross_entropy (reference path)", 5),
-                           ("F.linear_cross_entropy (chunked)", 5), ("gather + linear + F.cross_entropy", 1)):
+        for name, goal in (
+            (HEAD_BASELINE, 8),
+            ("F.linear_cross_entropy (reference path)", 5),
+            ("F.linear_cross_entropy (chunked)", 5),
+            ("gather + linear + F.cross_entropy", 1),
+        ):
             if name in r:
                 speed = r[name]["seconds"] / mine["seconds"]
                 rows.append((f"fused head speed-up vs {name}", case, speed, f">= {goal}x", speed >= goal))
@@ -358,15 +398,21 @@ def targets(result: dict) -> list:
 
 def _variant_table(case: dict, shape: str, subject: str, *, gbps: bool) -> list:
     """Markdown lines: one case's variants with time, rate, memory and ratios to ``subject``."""
-    lines = ["", f"{shape}, {case['labelled']} labelled", "",
-             "| variant | fwd+bwd (ms) | tokens/s |" + (" GB/s |" if gbps else "") + " peak extra (MiB) | excl. grads "
-             "(MiB) | fastmask speed-up | fastmask memory ratio | ratio excl. grads |",
-             "| --- |" + " ---: |" * (8 if gbps else 7)]
+    lines = [
+        "",
+        f"{shape}, {case['labelled']} labelled",
+        "",
+        "| variant | fwd+bwd (ms) | tokens/s |" + (" GB/s |" if gbps else "") + " peak extra (MiB) | excl. grads "
+        "(MiB) | fastmask speed-up | fastmask memory ratio | ratio excl. grads |",
+        "| --- |" + " ---: |" * (8 if gbps else 7),
+    ]
     for name, m, speed, mem, mem_excl in _ratio_rows(case["results"], subject):
-        lines.append(f"| {name} | {m['seconds'] * 1e3:.1f} | {m['tokens_per_s']:,.0f} |"
-                     + (f" {m['gbps']:.1f} |" if gbps else "")
-                     + f" {common.mib(m['peak_extra_bytes'])} | {common.mib(_excl(m))} | {speed:.2f}x | {mem} | "
-                     f"{mem_excl} |")
+        lines.append(
+            f"| {name} | {m['seconds'] * 1e3:.1f} | {m['tokens_per_s']:,.0f} |"
+            + (f" {m['gbps']:.1f} |" if gbps else "")
+            + f" {common.mib(m['peak_extra_bytes'])} | {common.mib(_excl(m))} | {speed:.2f}x | {mem} | "
+            f"{mem_excl} |"
+        )
     return lines
 
 
@@ -380,9 +426,13 @@ def to_markdown(result: dict) -> str:
         f"- machine: {common.machine_line(result['machine'])}",
         f"- {result['label_rate']:.0%} of rows labelled (the rest -100); forward + backward; median of "
         f"{result['repeat']} rounds after a warm-up, variants in turn each round, one process, same data",
-        "- peak extra memory: " + ("CUDA max_memory_allocated above the allocation before the call" if result["device"] == "cuda"
-                                   else "rise of peak RSS (VmHWM, reset via /proc/self/clear_refs) above RSS before the "
-                                        "call, glibc mmap threshold pinned at 64 KiB; includes the returned gradients"),
+        "- peak extra memory: "
+        + (
+            "CUDA max_memory_allocated above the allocation before the call"
+            if result["device"] == "cuda"
+            else "rise of peak RSS (VmHWM, reset via /proc/self/clear_refs) above RSS before the "
+            "call, glibc mmap threshold pinned at 64 KiB; includes the returned gradients"
+        ),
         "- fastmask recycles its last two freed CPU gradient blocks: timings are with that cache warm (as in a "
         "training loop); memory is measured from an empty cache",
         "- GB/s: the least traffic of a cross-entropy (read the labelled rows' logits, write the N x V gradient) / time",
@@ -401,11 +451,16 @@ def to_markdown(result: dict) -> str:
         lines += _variant_table(case, f"N = {case['n']}, V = {case['vocab']}", CE_SUBJECT, gbps=True)
     lines += ["", f"## MLM head (H = {result['width']})"]
     for case in result["head"]:
-        lines += _variant_table(case, f"N = {case['n']}, H = {case['width']}, V = {case['vocab']}", HEAD_SUBJECT,
-                                gbps=False)
-    lines += ["", "speed-up = variant time / fastmask time; memory ratio = fastmask peak / variant peak; "
-              "excl. grads = peak minus the gradients the call leaves in .grad (the same for every variant, "
-              "except in-place backward, whose gradient reuses the logits).", ""]
+        lines += _variant_table(
+            case, f"N = {case['n']}, H = {case['width']}, V = {case['vocab']}", HEAD_SUBJECT, gbps=False
+        )
+    lines += [
+        "",
+        "speed-up = variant time / fastmask time; memory ratio = fastmask peak / variant peak; "
+        "excl. grads = peak minus the gradients the call leaves in .grad (the same for every variant, "
+        "except in-place backward, whose gradient reuses the logits).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -418,10 +473,21 @@ def table_rows(result: dict) -> list:
             shape = f"N={case['n']} V={case['vocab']}" + (f" H={case['width']}" if group == "head" else "")
             base_ms = 1e3 * case["results"][baseline]["seconds"]
             for name, m in case["results"].items():
-                out.append(common.table_row(
-                    "loss", label, shape, name, ms=1e3 * m["seconds"], tokens=case["n"], device=result["device"],
-                    baseline=baseline, baseline_ms=base_ms, peak_bytes=m["peak_extra_bytes"], gbps=m.get("gbps"),
-                ))
+                out.append(
+                    common.table_row(
+                        "loss",
+                        label,
+                        shape,
+                        name,
+                        ms=1e3 * m["seconds"],
+                        tokens=case["n"],
+                        device=result["device"],
+                        baseline=baseline,
+                        baseline_ms=base_ms,
+                        peak_bytes=m["peak_extra_bytes"],
+                        gbps=m.get("gbps"),
+                    )
+                )
     return out
 
 
@@ -433,9 +499,11 @@ def headlines(result: dict) -> list:
         case = result["ce"][0]
         r = case["results"]
         mine = r[CE_SUBJECT]
-        line = (f"masked cross-entropy N={case['n']} V={case['vocab']}: "
-                f"{common.format_speedup(r[CE_BASELINE]['seconds'] / mine['seconds'])} F.cross_entropy, "
-                f"{mine['gbps']:.0f} GB/s ({100 * mine['gbps'] / result['device_gbps']:.0f}% of a device copy)")
+        line = (
+            f"masked cross-entropy N={case['n']} V={case['vocab']}: "
+            f"{common.format_speedup(r[CE_BASELINE]['seconds'] / mine['seconds'])} F.cross_entropy, "
+            f"{mine['gbps']:.0f} GB/s ({100 * mine['gbps'] / result['device_gbps']:.0f}% of a device copy)"
+        )
         if "Liger LigerCrossEntropyLoss" in r:
             line += f", {common.format_speedup(r['Liger LigerCrossEntropyLoss']['seconds'] / mine['seconds'])} Liger"
         lines.append(line)
@@ -444,9 +512,11 @@ def headlines(result: dict) -> list:
         r = case["results"]
         mine = r[HEAD_SUBJECT]
         gather = r["gather + linear + F.cross_entropy"]
-        line = (f"fused MLM head N={case['n']} V={case['vocab']}: "
-                f"{common.format_speedup(r[HEAD_BASELINE]['seconds'] / mine['seconds'])} naive linear + cross-entropy, "
-                f"{common.format_speedup(gather['seconds'] / mine['seconds'])} gather")
+        line = (
+            f"fused MLM head N={case['n']} V={case['vocab']}: "
+            f"{common.format_speedup(r[HEAD_BASELINE]['seconds'] / mine['seconds'])} naive linear + cross-entropy, "
+            f"{common.format_speedup(gather['seconds'] / mine['seconds'])} gather"
+        )
         if "Liger LigerFusedLinearCrossEntropyLoss" in r:
             liger = r["Liger LigerFusedLinearCrossEntropyLoss"]
             line += f", {common.format_speedup(liger['seconds'] / mine['seconds'])} Liger"
@@ -458,16 +528,23 @@ def headlines(result: dict) -> list:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="V = 30522 only, N = 2048 (cross-entropy) and 1024 (head), 2 rounds")
+    parser.add_argument(
+        "--quick", action="store_true", help="V = 30522 only, N = 2048 (cross-entropy) and 1024 (head), 2 rounds"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--repeat", type=int, default=None, help="timed rounds (default 5, quick 2)")
     parser.add_argument("--width", type=int, default=384, help="hidden size H of the head (default 384, MiniLM)")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, device=common.resolve_device(args.device), dtype=getattr(torch, args.dtype),
-                 repeat=args.repeat, width=args.width, progress=not args.no_progress)
+    result = run(
+        quick=args.quick,
+        device=common.resolve_device(args.device),
+        dtype=getattr(torch, args.dtype),
+        repeat=args.repeat,
+        width=args.width,
+        progress=not args.no_progress,
+    )
     common.emit(result, to_markdown(result), args)
     return 0
 

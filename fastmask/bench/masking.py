@@ -33,12 +33,14 @@ measured in the same process.
 
 Importable: ``SHAPES``, ``make_batch``, ``run``, ``to_markdown``, ``table_rows``, ``headlines``.
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import warnings
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -177,8 +179,12 @@ def run(
         def fastmask_call(strategy: str, words: str, backend: str, device) -> Callable[[], object]:
             on = {k: v.to(device) for k, v in data.items()}
             kwargs = dict(
-                mask_token_id=mask_id, vocab_size=vocab, mlm_probability=MLM_PROBABILITY,
-                special_tokens_mask=on["special_tokens_mask"], strategy=strategy, seed=seed,
+                mask_token_id=mask_id,
+                vocab_size=vocab,
+                mlm_probability=MLM_PROBABILITY,
+                special_tokens_mask=on["special_tokens_mask"],
+                strategy=strategy,
+                seed=seed,
             )
             if strategy == "whole_word":
                 kwargs.update(mask_replace_prob=1.0, random_replace_prob=0.0)  # as transformers does
@@ -197,8 +203,13 @@ def run(
 
         def core_call(strategy: str, words: str) -> Optional[Callable[[], object]]:
             kwargs = dict(
-                input_ids=ids, mask_token_id=mask_id, vocab_size=vocab, mlm_probability=MLM_PROBABILITY,
-                special_tokens_mask=special, strategy=strategy, seed=seed,
+                input_ids=ids,
+                mask_token_id=mask_id,
+                vocab_size=vocab,
+                mlm_probability=MLM_PROBABILITY,
+                special_tokens_mask=special,
+                strategy=strategy,
+                seed=seed,
             )
             if strategy == "whole_word":
                 kwargs.update(mask_replace_prob=1.0, random_replace_prob=0.0)
@@ -217,7 +228,8 @@ def run(
             if strategy == "token":
                 times = common.time_calls(
                     lambda: hf_token.torch_mask_tokens(ids.clone(), special_tokens_mask=special),
-                    min_time=min_time, min_reps=min_reps,
+                    min_time=min_time,
+                    min_reps=min_reps,
                 )
                 result = dict(ms=1e3 * statistics.median(times), rows_timed=batch_size, reps=len(times))
             elif strategy == "whole_word":
@@ -230,7 +242,8 @@ def run(
                         lambda: hf_words.torch_mask_tokens(
                             sub_ids.clone(), special_tokens_mask=sub_special, offset_mapping=sub_offsets
                         ),
-                        min_time=min_time, min_reps=min_reps if length <= 2048 else 2,
+                        min_time=min_time,
+                        min_reps=min_reps if length <= 2048 else 2,
                     )
                 result = dict(
                     ms=1e3 * statistics.median(times) * batch_size / rows_timed, rows_timed=rows_timed, reps=len(times)
@@ -243,11 +256,16 @@ def run(
             for backend in backends:
                 target = torch.device("cuda") if backend == "triton" else torch.device("cpu")
                 fast_min_time = min_time if backend != "reference" else min_time / 2
-                times = common.time_calls(fastmask_call(strategy, words, backend, target), min_time=fast_min_time,
-                                          min_reps=min_reps, sync=common.device_sync(target))
+                times = common.time_calls(
+                    fastmask_call(strategy, words, backend, target),
+                    min_time=fast_min_time,
+                    min_reps=min_reps,
+                    sync=common.device_sync(target),
+                )
                 ms = 1e3 * statistics.median(times)
-                row[backend] = dict(ms=ms, tokens_per_s=positions / (ms / 1e3), ns_per_token=1e6 * ms / positions,
-                                    reps=len(times))
+                row[backend] = dict(
+                    ms=ms, tokens_per_s=positions / (ms / 1e3), ns_per_token=1e6 * ms / positions, reps=len(times)
+                )
                 if target.type == "cuda":
                     row[backend]["gbps"] = BYTES_PER_POSITION * positions / (ms / 1e3) / 1e9
             if "cpp" in backends:
@@ -310,8 +328,10 @@ def to_markdown(result: dict) -> str:
         "the difference to `cpp`)",
     ]
     if result.get("device_gbps"):
-        lines.append(f"- triton GB/s: 24 bytes a position (read ids, write ids and labels) / time; a large device copy "
-                     f"ran at {result['device_gbps']:.0f} GB/s")
+        lines.append(
+            f"- triton GB/s: 24 bytes a position (read ids, write ids and labels) / time; a large device copy "
+            f"ran at {result['device_gbps']:.0f} GB/s"
+        )
     for name, reason in result.get("unavailable", {}).items():
         lines.append(f"- {name}: not timed ({reason})")
     lines.append("")
@@ -393,14 +413,33 @@ def table_rows(result: dict) -> list:
         keys = common.shape_keys(row, hf["ms"] if hf else None)
         for backend in result["backends"]:
             m = row[backend]
-            out.append(common.table_row("masking", impl=f"fastmask {backend}", ms=m["ms"], tokens=row["positions"],
-                                        device="cuda" if backend == "triton" else "cpu", gbps=m.get("gbps"), **keys))
+            out.append(
+                common.table_row(
+                    "masking",
+                    impl=f"fastmask {backend}",
+                    ms=m["ms"],
+                    tokens=row["positions"],
+                    device="cuda" if backend == "triton" else "cpu",
+                    gbps=m.get("gbps"),
+                    **keys,
+                )
+            )
         if "cpp_core" in row:
-            out.append(common.table_row("masking", impl="fastmask cpp core (no checks)", ms=row["cpp_core"]["ms"],
-                                        tokens=row["positions"], **keys))
+            out.append(
+                common.table_row(
+                    "masking",
+                    impl="fastmask cpp core (no checks)",
+                    ms=row["cpp_core"]["ms"],
+                    tokens=row["positions"],
+                    **keys,
+                )
+            )
         if hf:
-            out.append(common.table_row("masking", impl="transformers torch_mask_tokens", ms=hf["ms"],
-                                        tokens=row["positions"], **keys))
+            out.append(
+                common.table_row(
+                    "masking", impl="transformers torch_mask_tokens", ms=hf["ms"], tokens=row["positions"], **keys
+                )
+            )
     return out
 
 
@@ -413,8 +452,9 @@ def headlines(result: dict) -> list:
             row = common.headline_row(rows)
             shown = [b for b in result["backends"] if b != "reference"] or ["reference"]
             ratios = ", ".join(f"{b} {common.format_speedup(row[b]['speedup_vs_transformers'])}" for b in shown)
-            lines.append(f"masking {common.case_label(strategy, words)} {row['batch']}x{row['length']}: "
-                         f"{ratios} transformers")
+            lines.append(
+                f"masking {common.case_label(strategy, words)} {row['batch']}x{row['length']}: {ratios} transformers"
+            )
     return lines
 
 
@@ -427,8 +467,13 @@ def main(argv: Optional[Sequence[str]] = None, *, default_markdown: Optional[str
     parser.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="tokenizer (default: MiniLM's WordPiece)")
     common.add_output_arguments(parser, markdown_help="markdown output (default: none, or the script's results file)")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, lengths=common.check_lengths(args.lengths), device=common.resolve_device(args.device),
-                 tokenizer=args.tokenizer, progress=not args.no_progress)
+    result = run(
+        quick=args.quick,
+        lengths=common.check_lengths(args.lengths),
+        device=common.resolve_device(args.device),
+        tokenizer=args.tokenizer,
+        progress=not args.no_progress,
+    )
     common.emit(result, to_markdown(result), args, markdown=None if args.quick or args.lengths else default_markdown)
     return 0
 

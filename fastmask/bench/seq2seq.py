@@ -13,6 +13,7 @@ WordPiece with T5's sentinels added. Median time per batch, one process.
     fastmask bench --suite seq2seq [--quick]
     python -m fastmask.bench.seq2seq [--quick] [--json PATH] [--markdown PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,19 @@ class NumpyT5Collator:
     docstring): the baseline. ``first_sentinel_id``: the id of ``<extra_id_0>``; sentinel ``k``
     is ``first_sentinel_id - k``, as in the example (which uses ``len(tokenizer) - 1 - k``)."""
 
-    def __init__(self, *, noise_density, mean_noise_span_length, input_length, target_length, first_sentinel_id,
-                 eos_token_id, pad_token_id, decoder_start_token_id, seed=0):
+    def __init__(
+        self,
+        *,
+        noise_density,
+        mean_noise_span_length,
+        input_length,
+        target_length,
+        first_sentinel_id,
+        eos_token_id,
+        pad_token_id,
+        decoder_start_token_id,
+        seed=0,
+    ):
         self.noise_density, self.mean = noise_density, mean_noise_span_length
         self.input_length, self.target_length = input_length, target_length
         self.first_sentinel_id, self.eos, self.pad = first_sentinel_id, eos_token_id, pad_token_id
@@ -105,7 +117,7 @@ def make_features(tokenizer, batch: int, length: int, *, seed: int = 0) -> list:
     ids, _ = common.token_stream(tokenizer)
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(ids) - length, size=batch)
-    return [{"input_ids": ids[s: s + length].tolist()} for s in starts]
+    return [{"input_ids": ids[s : s + length].tolist()} for s in starts]
 
 
 def _check(batch: dict, first: int, eos: int, features: list) -> Optional[str]:
@@ -124,8 +136,16 @@ def _check(batch: dict, first: int, eos: int, features: list) -> Optional[str]:
     return None
 
 
-def run(*, quick: bool = False, batch: int = BATCH, input_length: int = INPUT_LENGTH, device: str = "cpu",
-        tokenizer: Optional[str] = None, seed: int = 0, progress=True) -> dict:
+def run(
+    *,
+    quick: bool = False,
+    batch: int = BATCH,
+    input_length: int = INPUT_LENGTH,
+    device: str = "cpu",
+    tokenizer: Optional[str] = None,
+    seed: int = 0,
+    progress=True,
+) -> dict:
     """Time both collators on the same features; ``device`` is accepted for the CLI (CPU only)."""
     import fastmask
     from fastmask import _backend
@@ -135,13 +155,29 @@ def run(*, quick: bool = False, batch: int = BATCH, input_length: int = INPUT_LE
     expanded, target = fastmask.span_corruption_lengths(input_length, NOISE_DENSITY, MEAN_NOISE_SPAN_LENGTH)
     features = make_features(tok, batch, expanded, seed=seed)
     first = tok.convert_tokens_to_ids("<extra_id_0>")
-    ours = {fmt: fastmask.DataCollatorForSpanCorruption(
-        tok, NOISE_DENSITY, MEAN_NOISE_SPAN_LENGTH, input_length, decoder_start_token_id=tok.pad_token_id, seed=seed,
-        return_tensors=fmt) for fmt in ("np", "pt")}
-    theirs = NumpyT5Collator(noise_density=NOISE_DENSITY, mean_noise_span_length=MEAN_NOISE_SPAN_LENGTH,
-                             input_length=input_length, target_length=target, first_sentinel_id=first,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                             decoder_start_token_id=tok.pad_token_id, seed=seed)
+    ours = {
+        fmt: fastmask.DataCollatorForSpanCorruption(
+            tok,
+            NOISE_DENSITY,
+            MEAN_NOISE_SPAN_LENGTH,
+            input_length,
+            decoder_start_token_id=tok.pad_token_id,
+            seed=seed,
+            return_tensors=fmt,
+        )
+        for fmt in ("np", "pt")
+    }
+    theirs = NumpyT5Collator(
+        noise_density=NOISE_DENSITY,
+        mean_noise_span_length=MEAN_NOISE_SPAN_LENGTH,
+        input_length=input_length,
+        target_length=target,
+        first_sentinel_id=first,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+        seed=seed,
+    )
     failures = []
     for name, collate in (("fastmask", ours["np"]), ("flax-numpy", theirs)):
         reason = _check(collate(features), first, tok.eos_token_id, features)
@@ -156,15 +192,30 @@ def run(*, quick: bool = False, batch: int = BATCH, input_length: int = INPUT_LE
         bar.step(f"{name} {1e3 * times[name]:.3f} ms")
     bar.close()
     tokens = batch * expanded
-    row = dict(strategy="span_corruption", words="", length=expanded, input_length=input_length, target_length=target,
-               batch=batch, tokens=tokens, fastmask_ms=1e3 * times["fastmask np"],
-               fastmask_pt_ms=1e3 * times["fastmask pt"], flax_numpy_ms=1e3 * times["flax numpy"])
+    row = dict(
+        strategy="span_corruption",
+        words="",
+        length=expanded,
+        input_length=input_length,
+        target_length=target,
+        batch=batch,
+        tokens=tokens,
+        fastmask_ms=1e3 * times["fastmask np"],
+        fastmask_pt_ms=1e3 * times["fastmask pt"],
+        flax_numpy_ms=1e3 * times["flax numpy"],
+    )
     row.update(fastmask_best_ms=1e3 * best["fastmask np"], flax_numpy_best_ms=1e3 * best["flax numpy"])
     row["speedup"] = row["flax_numpy_ms"] / row["fastmask_ms"]
     row["speedup_best"] = row["flax_numpy_best_ms"] / row["fastmask_best_ms"]
     row["speedup_pt"] = row["flax_numpy_ms"] / row["fastmask_pt_ms"]
-    return dict(rows=[row], tokenizer=source, failures=failures, quick=quick, machine=common.machine_info(),
-                backend=_backend.resolve_backend("auto", __import__("torch").device("cpu"), op="span_corruption"))
+    return dict(
+        rows=[row],
+        tokenizer=source,
+        failures=failures,
+        quick=quick,
+        machine=common.machine_info(),
+        backend=_backend.resolve_backend("auto", __import__("torch").device("cpu"), op="span_corruption"),
+    )
 
 
 def failures(result: dict) -> list:
@@ -183,19 +234,31 @@ def to_markdown(result: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
-        lines.append(f"| {r['batch']} x {r['length']} -> {r['input_length']}, {r['target_length']} | {r['fastmask_ms']:.3f} | "
-                     f"{r['fastmask_pt_ms']:.3f} | {r['flax_numpy_ms']:.2f} | {r['speedup']:.1f}x | {r['speedup_pt']:.1f}x | "
-                     f"{r['speedup_best']:.1f}x ({r['fastmask_best_ms']:.3f} vs {r['flax_numpy_best_ms']:.2f} ms) |")
-    lines += ["", "Speed-ups are ratios of median times; the last column compares the fastest calls (less sensitive "
-              "to other load on a small shared machine)."]
+        lines.append(
+            f"| {r['batch']} x {r['length']} -> {r['input_length']}, {r['target_length']} | {r['fastmask_ms']:.3f} | "
+            f"{r['fastmask_pt_ms']:.3f} | {r['flax_numpy_ms']:.2f} | {r['speedup']:.1f}x | {r['speedup_pt']:.1f}x | "
+            f"{r['speedup_best']:.1f}x ({r['fastmask_best_ms']:.3f} vs {r['flax_numpy_best_ms']:.2f} ms) |"
+        )
+    lines += [
+        "",
+        "Speed-ups are ratios of median times; the last column compares the fastest calls (less sensitive "
+        "to other load on a small shared machine).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def table_rows(result: dict) -> list:
     out = []
     for r in result["rows"]:
-        keys = dict(case="span corruption", shape=f"{r['batch']}x{r['length']}", length=r["length"], batch=r["batch"],
-                    tokens=r["tokens"], baseline="flax numpy", baseline_ms=r["flax_numpy_ms"])
+        keys = dict(
+            case="span corruption",
+            shape=f"{r['batch']}x{r['length']}",
+            length=r["length"],
+            batch=r["batch"],
+            tokens=r["tokens"],
+            baseline="flax numpy",
+            baseline_ms=r["flax_numpy_ms"],
+        )
         out.append(common.table_row("seq2seq", impl="fastmask collator (np)", ms=r["fastmask_ms"], **keys))
         out.append(common.table_row("seq2seq", impl="fastmask collator (pt)", ms=r["fastmask_pt_ms"], **keys))
         out.append(common.table_row("seq2seq", impl="Flax example collator (numpy)", ms=r["flax_numpy_ms"], **keys))
@@ -203,8 +266,11 @@ def table_rows(result: dict) -> list:
 
 
 def headlines(result: dict) -> list:
-    return [f"span corruption {r['batch']}x{r['length']}: {common.format_speedup(r['speedup'])} the Flax example's "
-            f"numpy collator (fastest calls: {common.format_speedup(r['speedup_best'])})" for r in result["rows"]]
+    return [
+        f"span corruption {r['batch']}x{r['length']}: {common.format_speedup(r['speedup'])} the Flax example's "
+        f"numpy collator (fastest calls: {common.format_speedup(r['speedup_best'])})"
+        for r in result["rows"]
+    ]
 
 
 def main(argv=None) -> int:

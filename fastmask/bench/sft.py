@@ -18,6 +18,7 @@ Targets of issue 13, reported as measured (pass or not): fused >= 3x faster than
     fastmask bench --suite sft [--quick] [--device cpu|cuda]
     python -m fastmask.bench.sft [--quick] [--device cpu|cuda] [--json PATH] [--markdown PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,9 @@ import torch
 from . import common
 from .loss import (
     HEAD_SUBJECT,
+    _excl,
     _head_step,
     _measure,
-    _excl,
     head_variants,
     make_head,
     make_labels,
@@ -43,9 +44,18 @@ LCE_NAMES = ("F.linear_cross_entropy (chunked)", "F.linear_cross_entropy (refere
 LABEL_RATE = 0.30
 
 
-def run(*, quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32, repeat: Optional[int] = None,
-        progress=True, width: Optional[int] = None, vocab: Optional[int] = None, n: Optional[int] = None,
-        skip: tuple = ()) -> dict:
+def run(
+    *,
+    quick: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    repeat: Optional[int] = None,
+    progress=True,
+    width: Optional[int] = None,
+    vocab: Optional[int] = None,
+    n: Optional[int] = None,
+    skip: tuple = (),
+) -> dict:
     """One case; ``skip``: variant names not to run (the chunked ``F.linear_cross_entropy`` takes
     about 14x the naive head's time on CPU)."""
     if device == "cpu":
@@ -61,19 +71,34 @@ def run(*, quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.
     bar.start(1)
     labels = make_labels(n, vocab, LABEL_RATE, device)
     hidden, weight = make_head(n, width, vocab, dtype, device)
-    steps = [(name, _head_step(fn, hidden, weight, labels, device)) for name, fn in head_variants(device)
-             if name not in skip]
+    steps = [
+        (name, _head_step(fn, hidden, weight, labels, device)) for name, fn in head_variants(device) if name not in skip
+    ]
     measured = _measure(steps, repeat, device)
     for m in measured.values():
         m["tokens_per_s"] = n / m["seconds"]
     del hidden, weight, steps
     gc.collect()
-    bar.step(f"SFT head N={n} H={width} V={vocab}: x{measured[NAIVE]['seconds'] / measured[HEAD_SUBJECT]['seconds']:.1f} naive")
+    bar.step(
+        f"SFT head N={n} H={width} V={vocab}: x{measured[NAIVE]['seconds'] / measured[HEAD_SUBJECT]['seconds']:.1f} naive"
+    )
     bar.close()
-    return dict(skipped=list(skip), device=device, dtype=str(dtype).replace("torch.", ""), repeat=repeat, label_rate=LABEL_RATE,
-                n=n, width=width, vocab=vocab, labelled=int((labels != -100).sum()), torch=machine["torch"],
-                threads=machine["torch_threads"], machine=machine,
-                device_name=machine["cuda"] if device == "cuda" else machine["cpu"], results=measured)
+    return dict(
+        skipped=list(skip),
+        device=device,
+        dtype=str(dtype).replace("torch.", ""),
+        repeat=repeat,
+        label_rate=LABEL_RATE,
+        n=n,
+        width=width,
+        vocab=vocab,
+        labelled=int((labels != -100).sum()),
+        torch=machine["torch"],
+        threads=machine["torch_threads"],
+        machine=machine,
+        device_name=machine["cuda"] if device == "cuda" else machine["cpu"],
+        results=measured,
+    )
 
 
 def targets(result: dict) -> list:
@@ -100,8 +125,18 @@ def _shape(result: dict) -> str:
 def table_rows(result: dict) -> list:
     base_ms = 1e3 * result["results"][NAIVE]["seconds"]
     return [
-        common.table_row("sft", "LM head", _shape(result), name, ms=1e3 * m["seconds"], tokens=result["n"],
-                         device=result["device"], baseline=NAIVE, baseline_ms=base_ms, peak_bytes=m["peak_extra_bytes"])
+        common.table_row(
+            "sft",
+            "LM head",
+            _shape(result),
+            name,
+            ms=1e3 * m["seconds"],
+            tokens=result["n"],
+            device=result["device"],
+            baseline=NAIVE,
+            baseline_ms=base_ms,
+            peak_bytes=m["peak_extra_bytes"],
+        )
         for name, m in result["results"].items()
     ]
 
@@ -109,8 +144,10 @@ def table_rows(result: dict) -> list:
 def headlines(result: dict) -> list:
     r = result["results"]
     mine = r[HEAD_SUBJECT]
-    line = (f"SFT head {_shape(result)}: {common.format_speedup(r[NAIVE]['seconds'] / mine['seconds'])} naive "
-            f"linear + cross-entropy")
+    line = (
+        f"SFT head {_shape(result)}: {common.format_speedup(r[NAIVE]['seconds'] / mine['seconds'])} naive "
+        f"linear + cross-entropy"
+    )
     for what, value, goal, met in targets(result):
         line += f"; {what} {value:.2f} (target {goal}: {'met' if met else 'NOT met'})"
     return [line]
@@ -118,10 +155,12 @@ def headlines(result: dict) -> list:
 
 def to_markdown(result: dict) -> str:
     lines = [
-        f"# SFT head: {_shape(result)}", "",
+        f"# SFT head: {_shape(result)}",
+        "",
         f"- device: {result['device']} ({result['device_name']}), dtype {result['dtype']}, torch {result['torch']}, "
         f"{result['threads']} threads, median of {result['repeat']} timed round(s) after a warm-up",
-        "- peak extra memory measured as in the loss suite (CPU: rise of peak RSS; CUDA: max_memory_allocated)", "",
+        "- peak extra memory measured as in the loss suite (CPU: rise of peak RSS; CUDA: max_memory_allocated)",
+        "",
         "| variant | fwd+bwd (ms) | tokens/s | peak extra (MiB) | excl. grads (MiB) | fastmask speed-up | "
         "fastmask memory ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -131,13 +170,16 @@ def to_markdown(result: dict) -> str:
         lines.append(
             f"| {name} | {1e3 * m['seconds']:.1f} | {m['tokens_per_s']:.0f} | {common.mib(m['peak_extra_bytes'])} | "
             f"{common.mib(_excl(m))} | {m['seconds'] / mine['seconds']:.2f}x | "
-            f"{common.format_ratio(mine['peak_extra_bytes'], m['peak_extra_bytes'])} |")
+            f"{common.format_ratio(mine['peak_extra_bytes'], m['peak_extra_bytes'])} |"
+        )
     if result.get("skipped"):
         lines += ["", f"Not run: {', '.join(result['skipped'])}."]
     checks = targets(result)
     if checks:
         lines += ["", "Targets (issue 13):", ""]
-        lines += [f"- {what}: {value:.2f} (target {goal}): {'met' if met else 'NOT met'}" for what, value, goal, met in checks]
+        lines += [
+            f"- {what}: {value:.2f} (target {goal}): {'met' if met else 'NOT met'}" for what, value, goal, met in checks
+        ]
     else:
         lines += ["", "F.linear_cross_entropy is not in this torch: the issue's targets cannot be checked here."]
     return "\n".join(lines) + "\n"
@@ -149,12 +191,19 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
     parser.add_argument("--repeat", type=int, default=None, help="timed rounds (default 2, quick 1)")
     parser.add_argument("--n", type=int, default=None, help="rows N (default 4096, quick 512)")
-    parser.add_argument("--no-chunked", action="store_true",
-                        help="skip F.linear_cross_entropy's chunked path (slow on CPU)")
+    parser.add_argument(
+        "--no-chunked", action="store_true", help="skip F.linear_cross_entropy's chunked path (slow on CPU)"
+    )
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, device=common.resolve_device(args.device), repeat=args.repeat,
-                 progress=not args.no_progress, n=args.n, skip=LCE_NAMES[:1] if args.no_chunked else ())
+    result = run(
+        quick=args.quick,
+        device=common.resolve_device(args.device),
+        repeat=args.repeat,
+        progress=not args.no_progress,
+        n=args.n,
+        skip=LCE_NAMES[:1] if args.no_chunked else (),
+    )
     common.emit(result, to_markdown(result), args)
     return 0
 

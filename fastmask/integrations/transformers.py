@@ -49,6 +49,7 @@ and pickles patched; ``state_dict``/``save_pretrained`` are unaffected. ``nn.Dat
 not supported (its replicas share the instance's forward, which holds the original model): use
 DistributedDataParallel.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,7 +57,8 @@ import dataclasses
 import functools
 import inspect
 import sys
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Optional
 
 import torch
 from torch import nn
@@ -111,26 +113,43 @@ class _HeadSpec:
 
 
 _BERT_ARGS = (
-    "input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds",
-    "encoder_hidden_states", "encoder_attention_mask",
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "inputs_embeds",
+    "encoder_hidden_states",
+    "encoder_attention_mask",
 )
 _SUPPORTED = {
-    "BertForMaskedLM": _HeadSpec(
-        "transformers.models.bert.modeling_bert", "bert", _BERT_ARGS, True, _bert_transform),
+    "BertForMaskedLM": _HeadSpec("transformers.models.bert.modeling_bert", "bert", _BERT_ARGS, True, _bert_transform),
     "RobertaForMaskedLM": _HeadSpec(
-        "transformers.models.roberta.modeling_roberta", "roberta", _BERT_ARGS, True, _roberta_transform),
+        "transformers.models.roberta.modeling_roberta", "roberta", _BERT_ARGS, True, _roberta_transform
+    ),
     "XLMRobertaForMaskedLM": _HeadSpec(
-        "transformers.models.xlm_roberta.modeling_xlm_roberta", "roberta", _BERT_ARGS, True, _roberta_transform),
+        "transformers.models.xlm_roberta.modeling_xlm_roberta", "roberta", _BERT_ARGS, True, _roberta_transform
+    ),
     "DistilBertForMaskedLM": _HeadSpec(
-        "transformers.models.distilbert.modeling_distilbert", "distilbert",
-        ("input_ids", "attention_mask", "inputs_embeds", "position_ids"), True, _distilbert_transform),
+        "transformers.models.distilbert.modeling_distilbert",
+        "distilbert",
+        ("input_ids", "attention_mask", "inputs_embeds", "position_ids"),
+        True,
+        _distilbert_transform,
+    ),
     "ElectraForMaskedLM": _HeadSpec(
-        "transformers.models.electra.modeling_electra", "electra",
-        ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds"), True,
-        _electra_transform),
+        "transformers.models.electra.modeling_electra",
+        "electra",
+        ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds"),
+        True,
+        _electra_transform,
+    ),
     "ModernBertForMaskedLM": _HeadSpec(
-        "transformers.models.modernbert.modeling_modernbert", "model",
-        ("input_ids", "attention_mask", "position_ids", "inputs_embeds"), False, _modernbert_transform),
+        "transformers.models.modernbert.modeling_modernbert",
+        "model",
+        ("input_ids", "attention_mask", "position_ids", "inputs_embeds"),
+        False,
+        _modernbert_transform,
+    ),
 }
 _MASKED_LM_CLASSES = tuple(_SUPPORTED)
 
@@ -177,7 +196,7 @@ def _find_base_class(model) -> tuple[type, _HeadSpec]:
     return cls, spec
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _signature(base_class: type) -> tuple[inspect.Signature, Optional[str]]:
     """The stock forward's signature and the name of its ``**kwargs`` parameter."""
     signature = inspect.signature(base_class.forward)
@@ -230,8 +249,9 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
         return None
 
 
-def _sparse_head_loss(model, state: _PatchState, sequence_output: torch.Tensor, labels: torch.Tensor,
-                      num_items_in_batch) -> torch.Tensor:
+def _sparse_head_loss(
+    model, state: _PatchState, sequence_output: torch.Tensor, labels: torch.Tensor, num_items_in_batch
+) -> torch.Tensor:
     """Loss of the MLM head on the labelled rows only. sequence_output: (B, L, H); labels: (B, L)."""
     hidden_size = sequence_output.shape[-1]
     positions = sequence_output.numel() // hidden_size if hidden_size else 0
@@ -262,9 +282,15 @@ def _sparse_head_loss(model, state: _PatchState, sequence_output: torch.Tensor, 
         loss = rows.float().sum() * 0.0 + weight.float().sum() * 0.0
         return loss if bias is None else loss + bias.float().sum() * 0.0
     return fused_masked_lm_loss(
-        rows, weight, targets, bias, ignore_index=IGNORE_INDEX, chunk_size=state.chunk_size,
+        rows,
+        weight,
+        targets,
+        bias,
+        ignore_index=IGNORE_INDEX,
+        chunk_size=state.chunk_size,
         num_items_in_batch=num_items_in_batch,  # divides the sum, as transformers' fixed_cross_entropy
-        global_normalization=state.global_normalization and num_items_in_batch is None, backend=state.backend,
+        global_normalization=state.global_normalization and num_items_in_batch is None,
+        backend=state.backend,
     )
 
 
@@ -280,7 +306,11 @@ def _forward(model, *args, **kwargs):
         raise ValueError("skip_logits=True needs labels: the fused loss is the only output it computes")
     if skip_logits is None:  # as Liger-Kernel: skip the logits only while training (eval metrics need them)
         skip_logits = labels is not None and model.training
-    if labels is None or not skip_logits or (state.spec.accepts is not None and not state.spec.accepts(model, bound.arguments)):
+    if (
+        labels is None
+        or not skip_logits
+        or (state.spec.accepts is not None and not state.spec.accepts(model, bound.arguments))
+    ):
         if state.previous_forward is not None:
             return state.previous_forward(*args, **kwargs)
         return state.base_class.forward(model, *args, **kwargs)
@@ -303,9 +333,7 @@ def _forward(model, *args, **kwargs):
 
     from transformers.modeling_outputs import MaskedLMOutput
 
-    output = MaskedLMOutput(
-        loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-    )
+    output = MaskedLMOutput(loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
     return output if return_dict else output.to_tuple()
 
 

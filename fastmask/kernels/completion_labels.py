@@ -5,6 +5,7 @@ count-based rule). Response template hits are evaluated at their *end* position
 (``l - len(response)``), so an inclusive cumulative sum gives "response ends <= l" directly; the
 block spans ``L + 1`` positions because a template may end at the row's end.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -18,9 +19,19 @@ MAX_BLOCK_L = 1 << 15
 
 @triton.jit
 def _completion_mask_kernel(
-    ids_ptr, resp_ptr, inst_ptr, attn_ptr, keep_ptr, missing_ptr,
-    length, resp_len, inst_len, row_stride,
-    HAS_INST: tl.constexpr, HAS_ATTENTION: tl.constexpr, BLOCK_L: tl.constexpr,
+    ids_ptr,
+    resp_ptr,
+    inst_ptr,
+    attn_ptr,
+    keep_ptr,
+    missing_ptr,
+    length,
+    resp_len,
+    inst_len,
+    row_stride,
+    HAS_INST: tl.constexpr,
+    HAS_ATTENTION: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     row = tl.program_id(0)
     row_off = row.to(tl.int64) * row_stride
@@ -67,7 +78,9 @@ def _completion_mask_kernel(
 
 def triton_call_reason(length: int) -> Optional[str]:
     if triton.next_power_of_2(length + 1) > MAX_BLOCK_L:
-        return f"rows of {length} tokens exceed the Triton completion-mask kernel's one-block limit of {MAX_BLOCK_L - 1}"
+        return (
+            f"rows of {length} tokens exceed the Triton completion-mask kernel's one-block limit of {MAX_BLOCK_L - 1}"
+        )
     return None
 
 
@@ -83,9 +96,19 @@ def triton_completion_mask(plan) -> tuple[torch.Tensor, torch.Tensor]:
     inst = plan.instruction_ids if plan.instruction_ids is not None else plan.response_ids
     attn = plan.attention_mask.view(torch.uint8) if plan.attention_mask is not None else keep
     _completion_mask_kernel[(batch,)](
-        ids, plan.response_ids, inst, attn, keep, missing,
-        length, plan.response_ids.numel(), 0 if plan.instruction_ids is None else inst.numel(), length,
-        HAS_INST=plan.instruction_ids is not None, HAS_ATTENTION=plan.attention_mask is not None, BLOCK_L=block,
+        ids,
+        plan.response_ids,
+        inst,
+        attn,
+        keep,
+        missing,
+        length,
+        plan.response_ids.numel(),
+        0 if plan.instruction_ids is None else inst.numel(),
+        length,
+        HAS_INST=plan.instruction_ids is not None,
+        HAS_ATTENTION=plan.attention_mask is not None,
+        BLOCK_L=block,
         num_warps=max(1, min(16, block // 256)),
     )
     return keep.view(torch.bool), missing

@@ -6,6 +6,7 @@ and rescaled sum ``s`` of ``exp(x - m)`` over blocks of ``BLOCK_V`` classes (plu
 for label smoothing); pass 2 writes the gradient (in place over the logits row, or into row
 ``i`` of a compact buffer). Ignored rows get no program at all. Row offsets are int64.
 """
+
 from __future__ import annotations
 
 from typing import Optional

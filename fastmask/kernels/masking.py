@@ -24,6 +24,7 @@ The exact budget (BERT's greedy rule, units in key order ``(draw >> 1, position)
 APIs relied on (all in Triton 3.1): ``tl.cumsum``, ``tl.associative_scan`` (with
 ``reverse=True``, tuple inputs), ``tl.sum`` / ``tl.min`` / ``tl.max``, uint32 arithmetic.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -33,7 +34,14 @@ import triton
 import triton.language as tl
 
 from .. import _rng
-from ..masking_plan import FLAG_SPECIAL, FLAG_WORD_START, STRATEGY_SPAN, STRATEGY_TOKEN, STRATEGY_WHOLE_WORD, MaskingPlan
+from ..masking_plan import (
+    FLAG_SPECIAL,
+    FLAG_WORD_START,
+    STRATEGY_SPAN,
+    STRATEGY_TOKEN,
+    STRATEGY_WHOLE_WORD,
+    MaskingPlan,
+)
 
 # Longest row one program handles (one block holds the whole row); the packed span keys
 # below need 31 + 2 * log2(BLOCK_L) + 1 <= 63 bits, i.e. BLOCK_L <= 2**15.
@@ -105,10 +113,21 @@ def _min2_combine(a1, b1, a2, b2):
 
 @triton.jit
 def _tokens_at(
-    ids_ptr, special_ptr, attention_ptr, word_starts_ptr, flags_ptr,
-    row_off, pos, length, n_flags, pad_token_id,
-    HAS_SPECIAL_MASK: tl.constexpr, HAS_ATTENTION: tl.constexpr, HAS_WORD_STARTS: tl.constexpr,
-    HAS_FLAGS: tl.constexpr, HAS_PAD: tl.constexpr,
+    ids_ptr,
+    special_ptr,
+    attention_ptr,
+    word_starts_ptr,
+    flags_ptr,
+    row_off,
+    pos,
+    length,
+    n_flags,
+    pad_token_id,
+    HAS_SPECIAL_MASK: tl.constexpr,
+    HAS_ATTENTION: tl.constexpr,
+    HAS_WORD_STARTS: tl.constexpr,
+    HAS_FLAGS: tl.constexpr,
+    HAS_PAD: tl.constexpr,
 ):
     """``(ids int64, eligible, starts_word)`` at positions ``pos`` (False outside the row)."""
     inside = (pos >= 0) & (pos < length)
@@ -146,23 +165,54 @@ def _spread_units(unit_start, decision, pos, eligible):
 # ----------------------------------------------------------------------------- kernel
 @triton.jit(
     do_not_specialize=[
-        "n_flags", "n_weights", "n_span_thresholds", "seed_mix1", "seed_mix2", "pad_token_id",
-        "select_threshold", "mask_token_id", "vocab_size", "replace_mask_threshold",
+        "n_flags",
+        "n_weights",
+        "n_span_thresholds",
+        "seed_mix1",
+        "seed_mix2",
+        "pad_token_id",
+        "select_threshold",
+        "mask_token_id",
+        "vocab_size",
+        "replace_mask_threshold",
         "replace_random_threshold",
     ]
 )
 def _mask_tokens_kernel(
-    ids_ptr, out_ids_ptr, labels_ptr,
-    special_ptr, attention_ptr, word_starts_ptr, flags_ptr, weights_ptr,
-    row_keys_ptr, span_thresholds_ptr, budget_table_ptr,
-    length, n_flags, n_weights, n_span_thresholds,
+    ids_ptr,
+    out_ids_ptr,
+    labels_ptr,
+    special_ptr,
+    attention_ptr,
+    word_starts_ptr,
+    flags_ptr,
+    weights_ptr,
+    row_keys_ptr,
+    span_thresholds_ptr,
+    budget_table_ptr,
+    length,
+    n_flags,
+    n_weights,
+    n_span_thresholds,
     stride_row,
-    seed_mix1, seed_mix2, pad_token_id, select_threshold,
-    mask_token_id, vocab_size, replace_mask_threshold, replace_random_threshold,
-    HAS_SPECIAL_MASK: tl.constexpr, HAS_ATTENTION: tl.constexpr, HAS_WORD_STARTS: tl.constexpr,
-    HAS_FLAGS: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_PAD: tl.constexpr,
-    STRATEGY: tl.constexpr, EXACT: tl.constexpr,
-    BLOCK_L: tl.constexpr, LOG2_BLOCK_L: tl.constexpr,
+    seed_mix1,
+    seed_mix2,
+    pad_token_id,
+    select_threshold,
+    mask_token_id,
+    vocab_size,
+    replace_mask_threshold,
+    replace_random_threshold,
+    HAS_SPECIAL_MASK: tl.constexpr,
+    HAS_ATTENTION: tl.constexpr,
+    HAS_WORD_STARTS: tl.constexpr,
+    HAS_FLAGS: tl.constexpr,
+    HAS_WEIGHTS: tl.constexpr,
+    HAS_PAD: tl.constexpr,
+    STRATEGY: tl.constexpr,
+    EXACT: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    LOG2_BLOCK_L: tl.constexpr,
 ):
     """One row per program. ids ``[B, L]`` int32/int64 -> masked ids (same dtype), labels int64.
     STRATEGY: a strategy code of :mod:`fastmask.masking_plan`."""
@@ -172,8 +222,21 @@ def _mask_tokens_kernel(
     in_row = pos < length
 
     ids, eligible, starts = _tokens_at(
-        ids_ptr, special_ptr, attention_ptr, word_starts_ptr, flags_ptr, row_off, pos, length, n_flags,
-        pad_token_id, HAS_SPECIAL_MASK, HAS_ATTENTION, HAS_WORD_STARTS, HAS_FLAGS, HAS_PAD,
+        ids_ptr,
+        special_ptr,
+        attention_ptr,
+        word_starts_ptr,
+        flags_ptr,
+        row_off,
+        pos,
+        length,
+        n_flags,
+        pad_token_id,
+        HAS_SPECIAL_MASK,
+        HAS_ATTENTION,
+        HAS_WORD_STARTS,
+        HAS_FLAGS,
+        HAS_PAD,
     )
 
     s1, s2 = _row_state(tl.load(row_keys_ptr + row), seed_mix1, seed_mix2)
@@ -183,8 +246,21 @@ def _mask_tokens_kernel(
         unit_start = eligible
     else:
         _, prev_eligible, _ = _tokens_at(
-            ids_ptr, special_ptr, attention_ptr, word_starts_ptr, flags_ptr, row_off, pos - 1, length,
-            n_flags, pad_token_id, HAS_SPECIAL_MASK, HAS_ATTENTION, HAS_WORD_STARTS, HAS_FLAGS, HAS_PAD,
+            ids_ptr,
+            special_ptr,
+            attention_ptr,
+            word_starts_ptr,
+            flags_ptr,
+            row_off,
+            pos - 1,
+            length,
+            n_flags,
+            pad_token_id,
+            HAS_SPECIAL_MASK,
+            HAS_ATTENTION,
+            HAS_WORD_STARTS,
+            HAS_FLAGS,
+            HAS_PAD,
         )
         unit_start = eligible & (starts | ~prev_eligible)
     if STRATEGY == _SPAN:
@@ -222,16 +298,30 @@ def _mask_tokens_kernel(
         else:
             # a word ends where the next position is ineligible or starts a word
             _, next_eligible, next_starts = _tokens_at(
-                ids_ptr, special_ptr, attention_ptr, word_starts_ptr, flags_ptr, row_off, pos + 1,
-                length, n_flags, pad_token_id, HAS_SPECIAL_MASK, HAS_ATTENTION, HAS_WORD_STARTS,
-                HAS_FLAGS, HAS_PAD,
+                ids_ptr,
+                special_ptr,
+                attention_ptr,
+                word_starts_ptr,
+                flags_ptr,
+                row_off,
+                pos + 1,
+                length,
+                n_flags,
+                pad_token_id,
+                HAS_SPECIAL_MASK,
+                HAS_ATTENTION,
+                HAS_WORD_STARTS,
+                HAS_FLAGS,
+                HAS_PAD,
             )
             word_last = eligible & (~next_eligible | next_starts)
             if STRATEGY == _SPAN:
                 segment_last = eligible & ~next_eligible
                 word_end, segment_last_unit = tl.associative_scan(
                     (tl.where(word_last, pos, BLOCK_L), tl.where(segment_last, unit_index, BLOCK_L)),
-                    0, _min2_combine, reverse=True,
+                    0,
+                    _min2_combine,
+                    reverse=True,
                 )
             else:
                 word_end = tl.associative_scan(tl.where(word_last, pos, BLOCK_L), 0, _min_combine, reverse=True)
@@ -293,10 +383,7 @@ def _mask_tokens_kernel(
 def triton_call_reason(length: int) -> Optional[str]:
     """None when the kernel can take rows of ``length`` tokens, else why not."""
     if triton.next_power_of_2(length) > MAX_BLOCK_L:
-        return (
-            f"rows of {length} tokens exceed the Triton masking kernel's one-block limit of "
-            f"{MAX_BLOCK_L} tokens"
-        )
+        return f"rows of {length} tokens exceed the Triton masking kernel's one-block limit of {MAX_BLOCK_L} tokens"
     return None
 
 
@@ -328,18 +415,30 @@ def triton_mask_tokens(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.empty((batch, length), dtype=torch.int64, device=input_ids.device)
     block_l = block_size(length)
     _mask_tokens_kernel[(batch,)](
-        input_ids, masked, labels,
-        _as_buffer(plan.special_mask, input_ids), _as_buffer(plan.attention_mask, input_ids),
-        _as_buffer(plan.word_starts, input_ids), _as_buffer(plan.vocab_flags, input_ids),
-        _as_buffer(plan.weights_q, input_ids), plan.row_keys,
-        _as_buffer(plan.span_thresholds, plan.row_keys), _as_buffer(plan.budget_table, plan.row_keys),
+        input_ids,
+        masked,
+        labels,
+        _as_buffer(plan.special_mask, input_ids),
+        _as_buffer(plan.attention_mask, input_ids),
+        _as_buffer(plan.word_starts, input_ids),
+        _as_buffer(plan.vocab_flags, input_ids),
+        _as_buffer(plan.weights_q, input_ids),
+        plan.row_keys,
+        _as_buffer(plan.span_thresholds, plan.row_keys),
+        _as_buffer(plan.budget_table, plan.row_keys),
         length,
         0 if plan.vocab_flags is None else plan.vocab_flags.numel(),
         0 if plan.weights_q is None else plan.weights_q.numel(),
         plan.span_thresholds.numel(),
         input_ids.stride(0),
-        plan.seed_mix1, plan.seed_mix2, plan.pad_token_id, plan.select_threshold,
-        plan.mask_token_id, plan.vocab_size, plan.replace_mask_threshold, plan.replace_random_threshold,
+        plan.seed_mix1,
+        plan.seed_mix2,
+        plan.pad_token_id,
+        plan.select_threshold,
+        plan.mask_token_id,
+        plan.vocab_size,
+        plan.replace_mask_threshold,
+        plan.replace_random_threshold,
         HAS_SPECIAL_MASK=plan.special_mask is not None,
         HAS_ATTENTION=plan.attention_mask is not None,
         HAS_WORD_STARTS=plan.word_starts is not None,

@@ -21,6 +21,7 @@ Not checked here: speed, and the integer specialisations Triton makes at launch 
 arguments divisible by 16 (pointers are compiled as 16-byte aligned, as torch allocates them;
 integers as not divisible by 16, the general case).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
 # Capabilities the tests compile for: A100 (sm_80) and H100 / H200 (sm_90, assembled as sm_90a).
 TARGETS = (80, 90)
@@ -116,39 +118,65 @@ def masking_variants(block: int) -> list:
         ((STRATEGY_TOKEN, "token"), (STRATEGY_WHOLE_WORD, "whole_word"), (STRATEGY_SPAN, "span")), (False, True), (0, 1)
     ):
         constexprs = dict(
-            HAS_SPECIAL_MASK=variant == 0, HAS_ATTENTION=variant == 1, HAS_WORD_STARTS=variant == 0,
-            HAS_FLAGS=variant == 1, HAS_WEIGHTS=not exact and variant == 1, HAS_PAD=variant == 1,
-            STRATEGY=strategy, EXACT=exact, BLOCK_L=block, LOG2_BLOCK_L=block.bit_length() - 1,
+            HAS_SPECIAL_MASK=variant == 0,
+            HAS_ATTENTION=variant == 1,
+            HAS_WORD_STARTS=variant == 0,
+            HAS_FLAGS=variant == 1,
+            HAS_WEIGHTS=not exact and variant == 1,
+            HAS_PAD=variant == 1,
+            STRATEGY=strategy,
+            EXACT=exact,
+            BLOCK_L=block,
+            LOG2_BLOCK_L=block.bit_length() - 1,
         )
         ids = "*i64" if variant == 0 else "*i32"
-        pointers = {"special_ptr": "*u8", "attention_ptr": "*u8", "word_starts_ptr": "*u8", "flags_ptr": "*u8",
-                    "weights_ptr": "*i32", "row_keys_ptr": "*i64", "span_thresholds_ptr": "*i32",
-                    "budget_table_ptr": "*i32", "ids_ptr": ids, "out_ids_ptr": ids, "labels_ptr": "*i64"}
+        pointers = {
+            "special_ptr": "*u8",
+            "attention_ptr": "*u8",
+            "word_starts_ptr": "*u8",
+            "flags_ptr": "*u8",
+            "weights_ptr": "*i32",
+            "row_keys_ptr": "*i64",
+            "span_thresholds_ptr": "*i32",
+            "budget_table_ptr": "*i32",
+            "ids_ptr": ids,
+            "out_ids_ptr": ids,
+            "labels_ptr": "*i64",
+        }
         seed = "i64" if variant == 0 else "i32"  # seed mixes >= 2**31 arrive as i64
         signature = {
             name: "constexpr" if name in constexprs else pointers.get(name, seed if name.startswith("seed") else "i32")
             for name in names
         }
-        label = (f"{strategy_name} {'exact' if exact else 'bernoulli'} "
-                 + ("i64 ids, special mask, word starts" if variant == 0 else
-                    "i32 ids, attention, flags" + (", weights" if not exact else "") + ", pad"))
+        label = f"{strategy_name} {'exact' if exact else 'bernoulli'} " + (
+            "i64 ids, special mask, word starts"
+            if variant == 0
+            else "i32 ids, attention, flags" + (", weights" if not exact else "") + ", pad"
+        )
         out.append(Variant("masking", label, block, _num_warps(block), signature, constexprs))
     # the most registers first (measured): span, then whole word, then token; the int32-id
     # argument set (flags, weights, attention, pad) before the other; Bernoulli before exact
     rank = {STRATEGY_SPAN: 0, STRATEGY_WHOLE_WORD: 1, STRATEGY_TOKEN: 2}
-    return sorted(out, key=lambda v: (rank[v.constexprs["STRATEGY"]], v.signature["ids_ptr"] != "*i32",
-                                      v.constexprs["EXACT"]))
+    return sorted(
+        out, key=lambda v: (rank[v.constexprs["STRATEGY"]], v.signature["ids_ptr"] != "*i32", v.constexprs["EXACT"])
+    )
 
 
 # the row-level launcher's constexpr branches, as its callers use them (fastmask.cross_entropy,
 # fastmask.fused_linear_cross_entropy); between them every branch takes both values
 _CE_BRANCHES = (
-    ("rows, compact grad, smoothing", dict(HAS_ROWS=True, HAS_GRAD=True, GRAD_AT_ROW=False, HAS_ROW_SCALE=False,
-                                           HAS_SMOOTHING=True)),
-    ("fused chunk, in-place grad, row scale", dict(HAS_ROWS=False, HAS_GRAD=True, GRAD_AT_ROW=True,
-                                                   HAS_ROW_SCALE=True, HAS_SMOOTHING=False)),
-    ("rows, loss only", dict(HAS_ROWS=True, HAS_GRAD=False, GRAD_AT_ROW=False, HAS_ROW_SCALE=False,
-                             HAS_SMOOTHING=False)),
+    (
+        "rows, compact grad, smoothing",
+        dict(HAS_ROWS=True, HAS_GRAD=True, GRAD_AT_ROW=False, HAS_ROW_SCALE=False, HAS_SMOOTHING=True),
+    ),
+    (
+        "fused chunk, in-place grad, row scale",
+        dict(HAS_ROWS=False, HAS_GRAD=True, GRAD_AT_ROW=True, HAS_ROW_SCALE=True, HAS_SMOOTHING=False),
+    ),
+    (
+        "rows, loss only",
+        dict(HAS_ROWS=True, HAS_GRAD=False, GRAD_AT_ROW=False, HAS_ROW_SCALE=False, HAS_SMOOTHING=False),
+    ),
 )
 _CE_DTYPES = (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"))
 
@@ -162,9 +190,20 @@ def cross_entropy_variants(block: int) -> list:
     out = []
     for (branches, flags), (dtype_name, dtype) in itertools.product(_CE_BRANCHES, _CE_DTYPES):
         constexprs = dict(BLOCK_V=block, **flags)
-        types = {"logits_ptr": f"*{dtype}", "grad_ptr": f"*{dtype}", "loss_ptr": "*fp32", "rows_ptr": "*i64",
-                 "targets_ptr": "*i64", "row_scale_ptr": "*fp32", "V": "i32", "logits_row_stride": "i32",
-                 "grad_row_stride": "i32", "grad_scale": "fp32", "label_smoothing": "fp32", "z_loss": "fp32"}
+        types = {
+            "logits_ptr": f"*{dtype}",
+            "grad_ptr": f"*{dtype}",
+            "loss_ptr": "*fp32",
+            "rows_ptr": "*i64",
+            "targets_ptr": "*i64",
+            "row_scale_ptr": "*fp32",
+            "V": "i32",
+            "logits_row_stride": "i32",
+            "grad_row_stride": "i32",
+            "grad_scale": "fp32",
+            "label_smoothing": "fp32",
+            "z_loss": "fp32",
+        }
         signature = {name: "constexpr" if name in constexprs else types[name] for name in names}
         out.append(Variant("cross_entropy", f"{dtype_name} {branches}", block, num_warps(block), signature, constexprs))
     return out
@@ -208,7 +247,8 @@ def unavailable_reason() -> Optional[str]:
 
 
 _FUNCTION_PROPERTIES = re.compile(
-    r"(?P<stack>\d+) bytes stack frame, (?P<stores>\d+) bytes spill stores, (?P<loads>\d+) bytes spill loads")
+    r"(?P<stack>\d+) bytes stack frame, (?P<stores>\d+) bytes spill stores, (?P<loads>\d+) bytes spill loads"
+)
 _REGISTERS = re.compile(r"Used (?P<regs>\d+) registers")
 
 
@@ -218,8 +258,9 @@ def parse_ptxas_log(text: str) -> dict:
     if props is None or regs is None:
         raise RuntimeError(f"no register / spill lines in the ptxas log: {text.strip()[:500]!r}")
     stack = int(props["stack"])
-    return dict(n_regs=int(regs["regs"]), stack_frame=stack, spill_stores=int(props["stores"]),
-                spill_loads=int(props["loads"]))
+    return dict(
+        n_regs=int(regs["regs"]), stack_frame=stack, spill_stores=int(props["stores"]), spill_loads=int(props["loads"])
+    )
 
 
 def compile_variant(variant: Variant, capability: int, *, load: bool = False) -> dict:
@@ -237,8 +278,11 @@ def compile_variant(variant: Variant, capability: int, *, load: bool = False) ->
     fn = _masking_function() if variant.kernel == "masking" else _cross_entropy_function()
     target = GPUTarget("cuda", capability, 32)
     options = triton.compiler.make_backend(target).parse_options({"num_warps": variant.num_warps}).__dict__
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if variant.signature[name].startswith("*")}
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(fn.arg_names)
+        if variant.signature[name].startswith("*")
+    }
     source = triton.compiler.ASTSource(fn=fn, signature=variant.signature, constexprs=variant.constexprs, attrs=attrs)
     log = io.StringIO()
     start = time.perf_counter()
@@ -248,16 +292,23 @@ def compile_variant(variant: Variant, capability: int, *, load: bool = False) ->
         knobs.compilation.always_compile = True
         compiled = triton.compile(source, target=target, options=options)
     seconds = time.perf_counter() - start
-    row = dict(kernel=variant.kernel, variant=variant.label, block=variant.block, num_warps=variant.num_warps,
-               target=f"sm_{capability}", **parse_ptxas_log(log.getvalue()))
+    row = dict(
+        kernel=variant.kernel,
+        variant=variant.label,
+        block=variant.block,
+        num_warps=variant.num_warps,
+        target=f"sm_{capability}",
+        **parse_ptxas_log(log.getvalue()),
+    )
     row["n_spills"] = row["stack_frame"] // 4
     row["shared"] = int(compiled.metadata.shared)
     row["seconds"] = round(seconds, 2)
     if load:
         try:
             compiled._init_handles()  # the driver's numbers for the loaded cubin
-            row.update(driver_n_regs=compiled.n_regs, driver_n_spills=compiled.n_spills,
-                       max_threads=compiled.n_max_threads)
+            row.update(
+                driver_n_regs=compiled.n_regs, driver_n_spills=compiled.n_spills, max_threads=compiled.n_max_threads
+            )
         except Exception as exc:
             row["load_error"] = f"{type(exc).__name__}: {exc}"
     return row
@@ -266,9 +317,15 @@ def compile_variant(variant: Variant, capability: int, *, load: bool = False) ->
 def spilled(rows: Sequence[dict], *, known: bool = True) -> list:
     """The rows that spill (a stack frame, spill stores or loads, or the driver's count) or did
     not compile; ``known=False`` leaves out the spills at :data:`KNOWN_SPILLS` blocks."""
-    return [r for r in rows if r.get("error") or (
-        (r["n_spills"] or r["spill_stores"] or r["spill_loads"] or r.get("driver_n_spills"))
-        and (known or not known_spill(r)))]
+    return [
+        r
+        for r in rows
+        if r.get("error")
+        or (
+            (r["n_spills"] or r["spill_stores"] or r["spill_loads"] or r.get("driver_n_spills"))
+            and (known or not known_spill(r))
+        )
+    ]
 
 
 def known_spill(row: dict) -> bool:
@@ -289,9 +346,14 @@ def _worker(args) -> int:
         try:
             row = compile_variant(variant, job["capability"], load=job.get("load", False))
         except Exception as exc:  # a compile error is a result too (the tests fail on it)
-            row = dict(kernel=variant.kernel, variant=variant.label, block=variant.block,
-                       num_warps=variant.num_warps, target=f"sm_{job['capability']}",
-                       error=f"{type(exc).__name__}: {str(exc).strip()[:2000]}")
+            row = dict(
+                kernel=variant.kernel,
+                variant=variant.label,
+                block=variant.block,
+                num_warps=variant.num_warps,
+                target=f"sm_{job['capability']}",
+                error=f"{type(exc).__name__}: {str(exc).strip()[:2000]}",
+            )
         print("ROW " + json.dumps(row), flush=True)
     return 0
 
@@ -300,8 +362,14 @@ class OfflineCompileUnavailable(RuntimeError):
     """This triton cannot compile for CUDA here (no NVIDIA backend, or too old)."""
 
 
-def compile_report(variant_list: Sequence[Variant], capabilities: Sequence[int] = TARGETS, *, jobs: int = 1,
-                   load: bool = False, timeout: float = 900) -> list:
+def compile_report(
+    variant_list: Sequence[Variant],
+    capabilities: Sequence[int] = TARGETS,
+    *,
+    jobs: int = 1,
+    load: bool = False,
+    timeout: float = 900,
+) -> list:
     """Compile every variant for every capability, in ``jobs`` worker processes without
     ``TRITON_INTERPRET``; returns one row per (variant, capability) in that order (a row with
     ``error`` when it did not compile). Raises :class:`OfflineCompileUnavailable` when triton
@@ -323,9 +391,16 @@ def compile_report(variant_list: Sequence[Variant], capabilities: Sequence[int] 
                 path = os.path.join(folder, f"jobs-{i}.json")
                 with open(path, "w", encoding="utf-8") as handle:
                     json.dump(shard, handle)
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "fastmask.kernels.offline", "--worker", path], env=env, text=True,
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "fastmask.kernels.offline", "--worker", path],
+                        env=env,
+                        text=True,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                    )
+                )
             deadline = time.monotonic() + timeout
             for proc in procs:
                 stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
@@ -362,11 +437,15 @@ def markdown_table(rows: Sequence[dict]) -> str:
     lines = [head, rule]
     for r in rows:
         if r.get("error"):
-            lines.append(f"| {r['kernel']} | {r['variant']} | {r['block']} | {r['num_warps']} | {r['target']} | "
-                         f"FAILED: {r['error'].splitlines()[0][:200]} | | | |" + (" | |" if driver else ""))
+            lines.append(
+                f"| {r['kernel']} | {r['variant']} | {r['block']} | {r['num_warps']} | {r['target']} | "
+                f"FAILED: {r['error'].splitlines()[0][:200]} | | | |" + (" | |" if driver else "")
+            )
             continue
-        line = (f"| {r['kernel']} | {r['variant']} | {r['block']} | {r['num_warps']} | {r['target']} | {r['n_regs']} | "
-                f"{r['n_spills']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared']} |")
+        line = (
+            f"| {r['kernel']} | {r['variant']} | {r['block']} | {r['num_warps']} | {r['target']} | {r['n_regs']} | "
+            f"{r['n_spills']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared']} |"
+        )
         if driver:
             line += f" {r.get('driver_n_regs', '-')} | {r.get('driver_n_spills', '-')} |"
         lines.append(line)
@@ -376,18 +455,25 @@ def markdown_table(rows: Sequence[dict]) -> str:
 def summary_lines(rows: Sequence[dict]) -> list:
     """One line per (kernel, target): variants compiled, the most registers, spills, shared memory."""
     lines = []
-    for (kernel, target), group in itertools.groupby(sorted(rows, key=lambda r: (r["kernel"], r["target"])),
-                                                     key=lambda r: (r["kernel"], r["target"])):
+    for (kernel, target), group in itertools.groupby(
+        sorted(rows, key=lambda r: (r["kernel"], r["target"])), key=lambda r: (r["kernel"], r["target"])
+    ):
         group = list(group)
         ok = [r for r in group if not r.get("error")]
         bad = spilled(group, known=False)
         known = [r for r in spilled(group) if r not in bad]
-        line = (f"triton {kernel} {target}: {len(ok)}/{len(group)} variants compiled; registers "
-                f"{min((r['n_regs'] for r in ok), default=0)}..{max((r['n_regs'] for r in ok), default=0)}, "
-                f"shared <= {max((r['shared'] for r in ok), default=0)} bytes, "
-                + (f"{len(bad)} spill or fail" if bad else "0 spills")
-                + (f" (and {len(known)} known spills at BLOCK "
-                   f"{', '.join(str(b) for b in sorted({r['block'] for r in known}))})" if known else ""))
+        line = (
+            f"triton {kernel} {target}: {len(ok)}/{len(group)} variants compiled; registers "
+            f"{min((r['n_regs'] for r in ok), default=0)}..{max((r['n_regs'] for r in ok), default=0)}, "
+            f"shared <= {max((r['shared'] for r in ok), default=0)} bytes, "
+            + (f"{len(bad)} spill or fail" if bad else "0 spills")
+            + (
+                f" (and {len(known)} known spills at BLOCK "
+                f"{', '.join(str(b) for b in sorted({r['block'] for r in known}))})"
+                if known
+                else ""
+            )
+        )
         lines.append(line)
     return lines
 
@@ -396,10 +482,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fastmask.kernels.offline",
         description="Compile fastmask's Triton kernels for CUDA targets (no GPU needed) and report registers, "
-                    "spills and shared memory per variant.")
+        "spills and shared memory per variant.",
+    )
     parser.add_argument("--kernel", nargs="+", choices=KERNELS, default=list(KERNELS), help="kernels (default: both)")
-    parser.add_argument("--capability", nargs="+", type=int, default=list(TARGETS),
-                        help="compute capabilities as 80, 90, ... (default: 80 90)")
+    parser.add_argument(
+        "--capability",
+        nargs="+",
+        type=int,
+        default=list(TARGETS),
+        help="compute capabilities as 80, 90, ... (default: 80 90)",
+    )
     parser.add_argument("--blocks", nargs="+", type=int, help="block sizes (default: the tests' block sizes)")
     parser.add_argument("--all-variants", action="store_true", help="every variant at every block size")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")

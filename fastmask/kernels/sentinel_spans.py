@@ -15,6 +15,7 @@ One program handles one row, the whole row in one block of ``BLOCK_L`` (a power 
 
 The scratch round trips are ordered by ``tl.debug_barrier()`` (one CTA per row).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -49,12 +50,28 @@ def _smallest(valid, key, count, KEY_BITS: tl.constexpr):
 
 @triton.jit
 def _span_corruption_kernel(
-    ids_ptr, attention_ptr, word_starts_ptr, row_keys_ptr, noise_table_ptr, spans_table_ptr,
-    inputs_ptr, targets_ptr, scratch_ptr,
-    length, inputs_length, targets_length,
-    seed_mix1, seed_mix2, first_sentinel_id, eos_token_id, pad_token_id,
-    HAS_ATTENTION: tl.constexpr, HAS_WORD_STARTS: tl.constexpr,
-    BLOCK_L: tl.constexpr, LOG2_BLOCK_L: tl.constexpr, BLOCK_OUT: tl.constexpr,
+    ids_ptr,
+    attention_ptr,
+    word_starts_ptr,
+    row_keys_ptr,
+    noise_table_ptr,
+    spans_table_ptr,
+    inputs_ptr,
+    targets_ptr,
+    scratch_ptr,
+    length,
+    inputs_length,
+    targets_length,
+    seed_mix1,
+    seed_mix2,
+    first_sentinel_id,
+    eos_token_id,
+    pad_token_id,
+    HAS_ATTENTION: tl.constexpr,
+    HAS_WORD_STARTS: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    LOG2_BLOCK_L: tl.constexpr,
+    BLOCK_OUT: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     pos = tl.arange(0, BLOCK_L)
@@ -152,13 +169,28 @@ def triton_span_corruption(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torc
     block_out = max(16, triton.next_power_of_2(max(plan.inputs_length, plan.targets_length)))
     scratch = torch.zeros((batch, 3 * (block_l + 1)), dtype=torch.int32, device=device)
     _span_corruption_kernel[(batch,)](
-        input_ids, _as_buffer(plan.attention_mask, input_ids), _as_buffer(plan.word_starts, input_ids),
-        plan.row_keys, plan.noise_table, plan.spans_table, inputs, targets, scratch,
-        length, plan.inputs_length, plan.targets_length,
-        plan.seed_mix1, plan.seed_mix2, plan.first_sentinel_id, plan.eos_token_id, plan.pad_token_id,
+        input_ids,
+        _as_buffer(plan.attention_mask, input_ids),
+        _as_buffer(plan.word_starts, input_ids),
+        plan.row_keys,
+        plan.noise_table,
+        plan.spans_table,
+        inputs,
+        targets,
+        scratch,
+        length,
+        plan.inputs_length,
+        plan.targets_length,
+        plan.seed_mix1,
+        plan.seed_mix2,
+        plan.first_sentinel_id,
+        plan.eos_token_id,
+        plan.pad_token_id,
         HAS_ATTENTION=plan.attention_mask is not None,
         HAS_WORD_STARTS=plan.word_starts is not None,
-        BLOCK_L=block_l, LOG2_BLOCK_L=block_l.bit_length() - 1, BLOCK_OUT=block_out,
+        BLOCK_L=block_l,
+        LOG2_BLOCK_L=block_l.bit_length() - 1,
+        BLOCK_OUT=block_out,
         num_warps=max(1, min(32, block_l // 256)),
     )
     return inputs, targets

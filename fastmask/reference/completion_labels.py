@@ -23,6 +23,7 @@ loop over tokens):
 
 Output ``(keep [B, L] bool, missing [B] int32)``.
 """
+
 from __future__ import annotations
 
 import torch

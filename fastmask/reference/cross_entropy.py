@@ -12,6 +12,7 @@ which is ``F.cross_entropy(x, y, label_smoothing=eps)`` plus PaLM's z-loss. The 
 multiplied by ``grad_scale`` (times ``row_scale[i]`` when given) and either returned as a
 compact ``[M, V]`` tensor or written over the logits rows in place.
 """
+
 from __future__ import annotations
 
 from typing import Optional

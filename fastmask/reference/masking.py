@@ -27,16 +27,17 @@ Inputs arrive as a :class:`~fastmask.masking_plan.MaskingPlan`, validated and no
    id, else ``r < t_mask_or_random`` gives the random id ``(draw(i, 2) * vocab_size) >> 32``,
    else the token is kept. ``labels`` hold the original id where selected, -100 elsewhere.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
 from .. import _rng
 from .._constants import IGNORE_INDEX
 from ..masking_plan import DEFAULT_FLAGS, FLAG_SPECIAL, FLAG_WORD_START, MaskingPlan
-
 
 
 def _lookup(table: torch.Tensor, ids: torch.Tensor, default: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ Inputs arrive as a :class:`~fastmask.sentinel_spans_plan.SpanCorruptionPlan`, va
 Interleaving a row's ``inputs`` and ``targets`` (each sentinel of ``inputs`` replaced by what
 follows the same sentinel in ``targets``) gives back the row's real tokens exactly.
 """
+
 from __future__ import annotations
 
 import torch
