@@ -214,15 +214,40 @@ def availability(device: torch.device) -> dict[str, Optional[str]]:
     return {name: unavailable_reason(name, device) for name in BACKENDS}
 
 
+def triton_limits(kernels_module: str, device_type: str, length: int) -> tuple:
+    """``(("triton", reason),)`` when ``fastmask.kernels.<kernels_module>``'s kernel cannot take
+    rows of ``length`` (its ``triton_call_reason``), else ``()``; Triton is imported only where
+    it could run (CUDA tensors, or the interpreter)."""
+    if device_type == "cpu" and not triton_interpreting():
+        return ()
+    try:
+        module = importlib.import_module(f"fastmask.kernels.{kernels_module}")
+    except ImportError:
+        return ()
+    reason = module.triton_call_reason(length)
+    return (("triton", reason),) if reason else ()
+
+
 @torch.compiler.assume_constant_result
-def choose_backend(op: str, backend: str, device_type: str, cpp_symbol: str, limits: tuple = ()) -> str:
+def choose_backend(
+    op: str,
+    backend: str,
+    device_type: str,
+    cpp_symbol: str,
+    limits: tuple = (),
+    triton_kernels: str = "",
+    length: int = 0,
+) -> str:
     """The concrete backend for one call of ``op`` (a constant under ``torch.compile``).
 
     ``cpp_symbol``: the extension function the op calls (a stale build may lack it);
     ``limits``: ``((backend, reason), ...)`` for backends that cannot take this call's shape
-    or dtype. Every op dispatches through here.
+    or dtype; ``triton_kernels``, ``length``: the op's Triton kernel module and row length, for
+    its :func:`triton_limits`. Every op dispatches through here.
     """
     call_reasons = {"cpp": cpp_symbol_reason(cpp_symbol)}
+    if triton_kernels:
+        limits = tuple(limits) + triton_limits(triton_kernels, device_type, length)
     for name, reason in limits:
         call_reasons[name] = call_reasons.get(name) or reason
     return resolve_backend(backend, torch.device(device_type), op=op, call_reasons=call_reasons)

@@ -14,13 +14,13 @@ return identical outputs.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Optional, Union
 
 import torch
 
 from . import _backend
+from ._plan import OpPlan, op_plan
 from ._validation import check_tensor
 from .reference.completion_labels import MISSING_INSTRUCTION, MISSING_RESPONSE, reference_completion_mask
 
@@ -29,8 +29,8 @@ __all__ = ["completion_mask", "CompletionPlan", "MISSING_RESPONSE", "MISSING_INS
 _ID_DTYPES = (torch.int32, torch.int64)
 
 
-@dataclasses.dataclass(frozen=True)
-class CompletionPlan:
+@op_plan
+class CompletionPlan(OpPlan):
     """One validated call: ``input_ids [B, L]`` int32/int64 contiguous; ``response_ids [R]`` and
     ``instruction_ids [I]`` (or None) int64 contiguous, on the same device; ``attention_mask``
     None or ``[B, L]`` bool."""
@@ -40,25 +40,12 @@ class CompletionPlan:
     instruction_ids: Optional[torch.Tensor]
     attention_mask: Optional[torch.Tensor]
 
-    def to_op_args(self) -> tuple[list[Optional[torch.Tensor]], list[int]]:
-        return [self.input_ids, self.response_ids, self.instruction_ids, self.attention_mask], []
-
-    @classmethod
-    def from_op_args(cls, buffers: list, scalars: list) -> CompletionPlan:
-        return cls(*buffers)
-
 
 def _cpp_impl(plan: CompletionPlan) -> tuple[torch.Tensor, torch.Tensor]:
     batch, length = plan.input_ids.shape
     keep = torch.empty((batch, length), dtype=torch.bool)
     missing = torch.empty(batch, dtype=torch.int32)
-    fields = {
-        "input_ids": plan.input_ids.numpy(),
-        "response_ids": plan.response_ids.numpy(),
-        "instruction_ids": None if plan.instruction_ids is None else plan.instruction_ids.numpy(),
-        "attention_mask": None if plan.attention_mask is None else plan.attention_mask.view(torch.uint8).numpy(),
-    }
-    _backend.cpp_kernels().completion_mask(fields, keep.view(torch.uint8).numpy(), missing.numpy())
+    _backend.cpp_kernels().completion_mask(plan.cpp_fields(), keep.view(torch.uint8).numpy(), missing.numpy())
     return keep, missing
 
 
@@ -101,17 +88,6 @@ def _template(name: str, value, device) -> torch.Tensor:
     return ids.contiguous()
 
 
-def _triton_limits(device_type: str, length: int) -> tuple:
-    if device_type == "cpu" and not _backend.triton_interpreting():
-        return ()
-    try:
-        from .kernels.completion_labels import triton_call_reason
-    except ImportError:
-        return ()
-    reason = triton_call_reason(length)
-    return (("triton", reason),) if reason else ()
-
-
 def completion_mask(
     input_ids: torch.Tensor,
     response_ids: Union[Sequence[int], torch.Tensor],
@@ -143,6 +119,12 @@ def completion_mask(
         mask = (attention_mask.to(device) != 0).contiguous()
     plan = CompletionPlan(input_ids.contiguous(), response, instruction, mask)
     chosen = _backend.choose_backend(
-        "completion_mask", backend, device.type, "completion_mask", _triton_limits(device.type, input_ids.shape[1])
+        "completion_mask",
+        backend,
+        device.type,
+        "completion_mask",
+        (),
+        "completion_labels",
+        input_ids.shape[1],
     )
     return _backend.call_op(_completion_mask_op, _IMPLS, chosen, plan)

@@ -41,12 +41,7 @@ __all__ = ["mask_tokens", "plan_masking", "run_masking", "STRATEGIES", "BUDGETS"
 def _cpp_impl(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
     masked = torch.empty_like(plan.input_ids)
     labels = torch.empty(plan.input_ids.shape, dtype=torch.int64)
-    fields = {
-        name: None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
-        for name, t in plan.buffers().items()
-    }
-    fields.update(plan.scalars())
-    _backend.cpp_kernels().mask_tokens(fields, masked.numpy(), labels.numpy())
+    _backend.cpp_kernels().mask_tokens(plan.cpp_fields(), masked.numpy(), labels.numpy())
     return masked, labels
 
 
@@ -228,25 +223,19 @@ def _row_keys(row_keys, batch: int, device) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- plan / run
-def _triton_limits(device_type: str, length: int) -> tuple:
-    """``(("triton", reason),)`` when the Triton kernel cannot take rows of ``length``."""
-    if device_type == "cpu" and not _backend.triton_interpreting():
-        return ()
-    try:
-        from .kernels.masking import triton_call_reason
-    except ImportError:
-        return ()
-    reason = triton_call_reason(length)
-    return (("triton", reason),) if reason else ()
-
-
 def run_masking(plan: MaskingPlan, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``(masked_input_ids, labels)`` for a plan from :func:`plan_masking`, on ``backend``
     (``"auto"``, ``"reference"``, ``"cpp"`` or ``"triton"``)."""
     _backend.check_backend_name(backend)
     device_type = plan.input_ids.device.type
     chosen = _backend.choose_backend(
-        "mask_tokens", backend, device_type, "mask_tokens", _triton_limits(device_type, plan.input_ids.shape[1])
+        "mask_tokens",
+        backend,
+        device_type,
+        "mask_tokens",
+        (),
+        "masking",
+        plan.input_ids.shape[1],
     )
     return _backend.call_op(_mask_tokens_op, _IMPLS, chosen, plan)
 

@@ -9,10 +9,11 @@ A new option is a new field here, read by those three and set by ``plan_masking`
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import torch
+
+from ._plan import OpPlan, op_plan
 
 __all__ = [
     "MaskingPlan",
@@ -37,8 +38,8 @@ FLAG_WORD_START = 2
 DEFAULT_FLAGS = FLAG_WORD_START
 
 
-@dataclasses.dataclass(frozen=True)
-class MaskingPlan:
+@op_plan
+class MaskingPlan(OpPlan):
     """One validated ``mask_tokens`` call. Tensors are contiguous, on ``input_ids``' device.
 
     Buffers: ``input_ids`` ``[B, L]`` int32/int64; ``row_keys`` ``[B]`` int64;
@@ -80,29 +81,3 @@ class MaskingPlan:
     @property
     def budget_name(self) -> str:
         return BUDGETS[int(self.exact)]
-
-    def buffers(self) -> dict[str, Optional[torch.Tensor]]:
-        """The tensor fields by name, in declaration order."""
-        return {name: getattr(self, name) for name in _BUFFER_FIELDS}
-
-    def scalars(self) -> dict[str, int]:
-        """The scalar fields by name (``exact`` as 0/1), in declaration order."""
-        return {name: int(getattr(self, name)) for name in _SCALAR_FIELDS}
-
-    # torch.library custom ops take tensors and ints, not dataclasses: a plan travels through
-    # the op as two lists and is rebuilt on the other side.
-    def to_op_args(self) -> tuple[list[Optional[torch.Tensor]], list[int]]:
-        return list(self.buffers().values()), list(self.scalars().values())
-
-    @classmethod
-    def from_op_args(cls, buffers: list, scalars: list) -> MaskingPlan:
-        values = dict(zip(_BUFFER_FIELDS, buffers))
-        values.update(zip(_SCALAR_FIELDS, scalars))
-        values["exact"] = bool(values["exact"])
-        return cls(**values)
-
-
-_BUFFER_FIELDS = tuple(
-    f.name for f in dataclasses.fields(MaskingPlan) if f.type in ("torch.Tensor", "Optional[torch.Tensor]")
-)
-_SCALAR_FIELDS = tuple(f.name for f in dataclasses.fields(MaskingPlan) if f.name not in _BUFFER_FIELDS)

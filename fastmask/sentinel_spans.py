@@ -122,12 +122,7 @@ def _cpp_impl(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
     B = plan.input_ids.shape[0]
     inputs = torch.empty((B, plan.inputs_length), dtype=plan.input_ids.dtype)
     targets = torch.empty((B, plan.targets_length), dtype=plan.input_ids.dtype)
-    fields = {
-        name: None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
-        for name, t in plan.buffers().items()
-    }
-    fields.update(plan.scalars())
-    _backend.cpp_kernels().span_corruption(fields, inputs.numpy(), targets.numpy())
+    _backend.cpp_kernels().span_corruption(plan.cpp_fields(), inputs.numpy(), targets.numpy())
     return inputs, targets
 
 
@@ -155,17 +150,6 @@ def _span_corruption_fake(buffers, scalars, backend):
     return (ids.new_empty((B, plan.inputs_length)), ids.new_empty((B, plan.targets_length)))
 
 
-def _triton_limits(device_type: str, length: int) -> tuple:
-    if device_type == "cpu" and not _backend.triton_interpreting():
-        return ()
-    try:
-        from .kernels.sentinel_spans import triton_call_reason
-    except ImportError:
-        return ()
-    reason = triton_call_reason(length)
-    return (("triton", reason),) if reason else ()
-
-
 def run_span_corruption(plan: SpanCorruptionPlan, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, targets)`` for a plan from :func:`plan_span_corruption`, on ``backend``."""
     _backend.check_backend_name(backend)
@@ -175,7 +159,9 @@ def run_span_corruption(plan: SpanCorruptionPlan, backend: str = "auto") -> tupl
         backend,
         device_type,
         "span_corruption",
-        _triton_limits(device_type, plan.input_ids.shape[1]),
+        (),
+        "sentinel_spans",
+        plan.input_ids.shape[1],
     )
     return _backend.call_op(_span_corruption_op, _IMPLS, chosen, plan)
 

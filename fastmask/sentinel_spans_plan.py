@@ -9,16 +9,17 @@ kernel (:mod:`fastmask.kernels.sentinel_spans`) all take the plan.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import torch
 
+from ._plan import OpPlan, op_plan
+
 __all__ = ["SpanCorruptionPlan"]
 
 
-@dataclasses.dataclass(frozen=True)
-class SpanCorruptionPlan:
+@op_plan
+class SpanCorruptionPlan(OpPlan):
     """One validated ``span_corruption`` call. Tensors are contiguous, on ``input_ids``' device.
 
     Buffers: ``input_ids`` ``[B, L]`` int32/int64; ``row_keys`` ``[B]`` int64; optional
@@ -44,26 +45,3 @@ class SpanCorruptionPlan:
     pad_token_id: int
     inputs_length: int
     targets_length: int
-
-    def buffers(self) -> dict[str, Optional[torch.Tensor]]:
-        """The tensor fields by name, in declaration order."""
-        return {name: getattr(self, name) for name in _BUFFER_FIELDS}
-
-    def scalars(self) -> dict[str, int]:
-        """The scalar fields by name, in declaration order."""
-        return {name: int(getattr(self, name)) for name in _SCALAR_FIELDS}
-
-    def to_op_args(self) -> tuple[list[Optional[torch.Tensor]], list[int]]:
-        return list(self.buffers().values()), list(self.scalars().values())
-
-    @classmethod
-    def from_op_args(cls, buffers: list, scalars: list) -> SpanCorruptionPlan:
-        values = dict(zip(_BUFFER_FIELDS, buffers))
-        values.update(zip(_SCALAR_FIELDS, scalars))
-        return cls(**values)
-
-
-_BUFFER_FIELDS = tuple(
-    f.name for f in dataclasses.fields(SpanCorruptionPlan) if f.type in ("torch.Tensor", "Optional[torch.Tensor]")
-)
-_SCALAR_FIELDS = tuple(f.name for f in dataclasses.fields(SpanCorruptionPlan) if f.name not in _BUFFER_FIELDS)
