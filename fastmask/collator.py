@@ -44,6 +44,8 @@ from .schedules import MaskingSchedule, MaskingScheduleCallback, is_schedule, pr
 from .token_weights import count_token_frequencies, token_weights_from_counts
 from .words import word_start_table, word_starts_from_offsets, word_starts_from_word_ids
 
+RETURN_TENSORS = ("pt", "np")  # transformers 5 dropped "tf"; fastmask collates to torch or numpy
+
 __all__ = [
     "DataCollatorForLanguageModeling",
     "DataCollatorForWholeWordMask",
@@ -67,31 +69,29 @@ class _TokenizerTables:
     def __init__(self):
         self._word_table = None  # (len(tokenizer), tensor)
 
-    def word_table(self, tokenizer, max_id: int) -> torch.Tensor:
-        """Bool ``[>= max_id + 1]`` word-start table; ids past the vocabulary start words."""
+    def word_table(self, tokenizer) -> torch.Tensor:
+        """Bool ``[len(tokenizer)]`` word-start table, built once per vocabulary size."""
         size = len(tokenizer)
         cached = self._word_table
         if cached is None or cached[0] != size:
             cached = self._word_table = (size, word_start_table(tokenizer))
-        table = cached[1]
-        if max_id >= table.numel():
-            table = torch.cat([table, torch.ones(max_id + 1 - table.numel(), dtype=torch.bool)])
-            self._word_table = (size, table)
-        return table
+        return cached[1]
 
     def word_starts(self, tokenizer, ids: torch.Tensor) -> dict:
-        """Word boundaries of ``ids`` by the table, as :func:`fastmask.mask_tokens` keywords.
+        """Word boundaries of ``ids`` by the table, as :func:`fastmask.mask_tokens` keywords; an
+        id past the table starts a word (like transformers' collators, which accept such ids).
 
-        CPU: per-position ``word_starts`` looked up with numpy (one pass, no torch intra-op
-        threads); other devices: the table itself, looked up by the kernel.
+        CPU: looked up with numpy (one pass, no torch intra-op threads); other devices: on the device.
         """
+        table = self.word_table(tokenizer)
+        last = table.numel() - 1
         if ids.device.type != "cpu":
-            top = int(ids.max()) if ids.numel() else 0
-            return {"word_start_table": self.word_table(tokenizer, top)}
+            table = table.to(ids.device)
+            return {"word_starts": torch.where(ids > last, True, table[ids.clamp(0, last)])}
         ids_np = ids.numpy()
-        top = int(ids_np.max()) if ids_np.size else 0
-        table = self.word_table(tokenizer, top).numpy()
-        return {"word_starts": torch.from_numpy(np.take(table, ids_np, mode="clip"))}
+        starts = np.take(table.numpy(), ids_np, mode="clip")
+        starts[ids_np > last] = True
+        return {"word_starts": torch.from_numpy(starts)}
 
     @staticmethod
     def special_ids(tokenizer) -> tuple:
@@ -181,17 +181,26 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
             check_int("seed", self.seed)
         if self.pad_to_multiple_of is not None:
             check_int("pad_to_multiple_of", self.pad_to_multiple_of, minimum=1)
+        check_choice("return_tensors", self.return_tensors, RETURN_TENSORS)
         if not self.mlm and self.strategy != "token":
             raise ValueError(f"strategy={self.strategy!r} needs mlm=True (causal LM has no masking)")
         if self.token_weights is not None:
             if not isinstance(self.token_weights, torch.Tensor):
-                self.token_weights = torch.as_tensor(np.asarray(self.token_weights, dtype=np.float32))
+                try:
+                    self.token_weights = torch.as_tensor(np.asarray(self.token_weights, dtype=np.float32))
+                except (TypeError, ValueError) as exc:
+                    raise TypeError(f"token_weights must be a [V] tensor or sequence of numbers ({exc})") from None
             if self.budget != "bernoulli":
                 raise ValueError("token_weights works with budget='bernoulli' only; drop one of them")
         if self.row_key_column is not None and not isinstance(self.row_key_column, str):
             raise TypeError(f"row_key_column must be a feature name (str), got {self.row_key_column!r}")
         if self.device is not None:
-            device = torch.device(self.device)
+            try:
+                device = torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(
+                    f"device={self.device!r} is not a torch device ({exc}); pass e.g. 'cpu' or 'cuda'"
+                ) from None
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise ValueError(
                     f"device={self.device!r} but CUDA is not available (torch.cuda.is_available() is False); "
@@ -406,6 +415,15 @@ class DataCollatorForWholeWordMask(DataCollatorForLanguageModeling):
             if "chinese_ref" in examples[0]:
                 chinese_ref = [e["chinese_ref"] for e in examples]
             columns = ["input_ids"] + ([self.row_key_column] if self.row_key_column else [])
+            for row, example in enumerate(examples):
+                if not isinstance(example, Mapping):
+                    raise TypeError(
+                        f"features mixes kinds: row 0 is a dict but row {row} is {type(example).__name__}; "
+                        "pass all rows as dicts or all as sequences of ids"
+                    )
+                missing = [k for k in columns if k not in example]
+                if missing:
+                    raise ValueError(f"row {row} of features has no {missing[0]!r} (row_key_column / input_ids)")
             examples = [{k: e[k] for k in columns} for e in examples]
         padded = pad_features(
             examples,
@@ -492,6 +510,7 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
             check_int("max_length", self.max_length, minimum=1)
         if self.pad_to_multiple_of is not None:
             check_int("pad_to_multiple_of", self.pad_to_multiple_of, minimum=1)
+        check_choice("return_tensors", self.return_tensors, RETURN_TENSORS)
         total = 0.0
         for name in ("mask_probability", "random_replace_probability", "delete_probability"):
             total += check_probability(name, getattr(self, name))

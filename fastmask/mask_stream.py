@@ -166,9 +166,12 @@ class MaskStream:
         return start
 
     def _column_row_keys(self, values, batch: int) -> torch.Tensor:
-        if isinstance(values, list):
+        if isinstance(values, (list, np.ndarray)):
+            array = np.asarray(values)
+            if array.dtype.kind not in "iu":
+                raise TypeError(f"row_key_column {self.row_key_column!r} must hold integers, got {array.dtype} values")
             try:
-                values = np.asarray(values, dtype=np.int64)
+                values = array.astype(np.int64)
             except (TypeError, ValueError, OverflowError):
                 raise TypeError(f"row_key_column {self.row_key_column!r} must hold integers") from None
         keys = torch.as_tensor(values)

@@ -294,7 +294,7 @@ def plan_masking(
         raise ValueError("span_p=0 gives no geometric span length; pass span_p in (0, 1]")
     seed = check_int("seed", seed)
     if pad_token_id is not None:
-        pad_token_id = check_int("pad_token_id", pad_token_id)
+        pad_token_id = check_int("pad_token_id", pad_token_id, minimum=-(1 << 63), maximum=(1 << 63) - 1)
     if special_token_ids is not None:
         special_token_ids = tuple(
             check_int("special_token_ids[]", i, minimum=0, maximum=vocab_size - 1) for i in special_token_ids

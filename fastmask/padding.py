@@ -313,6 +313,6 @@ def _feature(feature, key, row):
 
 
 def to_torch(value):
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         return torch.from_numpy(value)
     return value

@@ -26,9 +26,11 @@ def count_token_frequencies(data, *, vocab_size: Optional[int] = None, key: str 
 
     def add(rows):
         nonlocal counts
-        flat = np.fromiter(
-            itertools.chain.from_iterable(r.tolist() if hasattr(r, "tolist") else r for r in rows), dtype=np.int64
-        )
+        items = list(itertools.chain.from_iterable(r.tolist() if hasattr(r, "tolist") else r for r in rows))
+        flat = np.asarray(items) if items else np.zeros(0, dtype=np.int64)
+        if flat.dtype.kind not in "iu" or flat.ndim != 1:
+            raise TypeError(f"{key} must hold sequences of integer ids, got {flat.dtype} values")
+        flat = flat.astype(np.int64)
         if flat.size == 0:
             return
         if flat.min() < 0:

@@ -145,9 +145,13 @@ def word_starts_from_offsets(offset_mapping, special_tokens_mask=None) -> torch.
 
 def word_starts_from_word_ids(word_ids) -> torch.Tensor:
     """Bool ``[B, L]`` word starts from per-token word indices (``None`` or -1 for special tokens)."""
+    if isinstance(word_ids, (str, bytes)) or not hasattr(word_ids, "__iter__"):
+        raise TypeError(f"word_ids must be [B, L] (or [L]) word indices, got {type(word_ids).__name__}")
     if isinstance(word_ids, (torch.Tensor, np.ndarray)):
         ids = _as_numpy(word_ids, "word_ids")
-        if ids.dtype.kind not in "iub":
+        if ids.ndim > 2:
+            raise ValueError(f"word_ids must be [B, L] or [L], got shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
             raise TypeError(f"word_ids must hold integer word indices (or None / -1), got dtype {ids.dtype}")
         ids = ids.astype(np.int64)
         if ids.ndim == 1:
