@@ -462,7 +462,8 @@ def _corrupt_mask_call(kw: dict, data, kind: str) -> tuple[dict, tuple, bool]:
         kw.pop("word_starts", None)
         if kw["strategy"] == "span":
             kw["span_p"] = max(kw.get("span_p", 0.2), 0.01)
-        size = int(_ids_tensor(kw).max()) if how == "short" else vocab
+        # "short": a table without the largest id (at most 2**20 entries: ids reach 2**31)
+        size = min(int(_ids_tensor(kw).max()), 2**20) if how == "short" else vocab
         bad = {
             "short": torch.ones(max(size, 0), dtype=torch.bool),
             "2d": torch.ones(1, min(vocab, 2**20), dtype=torch.bool),
@@ -490,7 +491,7 @@ def _corrupt_mask_call(kw: dict, data, kind: str) -> tuple[dict, tuple, bool]:
         size = min(vocab, 2**20)
         weights = torch.ones(size)
         if how == "short":
-            weights = torch.ones(max(int(_ids_tensor(kw).max()), 0))
+            weights = torch.ones(max(min(int(_ids_tensor(kw).max()), 2**20), 0))  # misses the largest id
         elif how == "negative":
             weights[data.draw(st.integers(0, size - 1))] = -1.0
         elif how == "nan":
