@@ -1425,7 +1425,8 @@ def check_augmentation_batch(collator, rows, out) -> None:
             assert int(labels[b]) == row["label"]
             kept = list(range(n)) if collator.delete_probability == 0 or not corrupting else None
         if kept is None:  # deletions without token labels: the special tokens all remain, in order
-            if collator.random_replace_probability == 0:  # (a random id may be a special one)
+            flagged_by_id = special == [i in special_ids for i in source]  # (else the flags decide what may go)
+            if collator.random_replace_probability == 0 and flagged_by_id:  # (a random id may be a special one)
                 marks = special_ids - {tok.mask_token_id}
                 remaining = [i for i in ids[b][real].tolist() if i in marks]
                 assert remaining == [i for i, s in zip(source, special) if s and i in marks], "special tokens lost"
