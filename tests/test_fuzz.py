@@ -1538,7 +1538,7 @@ def _corrupt_rows(rows: list, data, which: str, options: dict, kind: str) -> tup
         rows[b] = list(ids)
         if len(rows) == 1:
             rows.append(copy.deepcopy(row))
-        return rows, options, feature_names, which != "wwm" or True
+        return rows, options, feature_names, True
     if kind == "missing_ids":
         row["ids"] = row.pop("input_ids")
         return rows, options, ("input_ids",), True
