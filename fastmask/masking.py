@@ -438,7 +438,8 @@ def mask_tokens(
     if squeeze:
         input_ids = input_ids.unsqueeze(0)
         special_tokens_mask, attention_mask, word_starts = (
-            None if t is None else t.reshape(1, -1) for t in (special_tokens_mask, attention_mask, word_starts)
+            t.reshape(1, -1) if isinstance(t, torch.Tensor) else t
+            for t in (special_tokens_mask, attention_mask, word_starts)
         )
     plan = plan_masking(
         input_ids,
