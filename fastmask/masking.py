@@ -320,10 +320,11 @@ def plan_masking(
     if token_weights is not None:
         _check_token_weights(token_weights, budget, length, id_range)
 
-    span_thresholds, _ = _span_tables(span_distribution, span_p, max_span_words)
-    if strategy == "span":
+    if strategy == "span":  # span lengths matter only for spans
+        span_thresholds, _ = _span_tables(span_distribution, span_p, max_span_words)
         select_threshold = _span_anchor_threshold(mlm_probability, span_distribution, span_p, max_span_words)
     else:
+        span_thresholds = ()
         select_threshold = _rng.probability_threshold(mlm_probability)
     exact = budget == "exact"
     mix1, mix2 = _rng.seed_mix(seed)
@@ -437,9 +438,16 @@ def mask_tokens(
     squeeze = input_ids.dim() == 1
     if squeeze:
         input_ids = input_ids.unsqueeze(0)
+        masks = {
+            "special_tokens_mask": special_tokens_mask,
+            "attention_mask": attention_mask,
+            "word_starts": word_starts,
+        }
+        for name, t in masks.items():
+            if isinstance(t, torch.Tensor) and t.dim() != 1:
+                raise ValueError(f"{name} has shape {tuple(t.shape)} but input_ids is 1-D; pass [L] masks with [L] ids")
         special_tokens_mask, attention_mask, word_starts = (
-            t.reshape(1, -1) if isinstance(t, torch.Tensor) else t
-            for t in (special_tokens_mask, attention_mask, word_starts)
+            t.reshape(1, -1) if isinstance(t, torch.Tensor) else t for t in masks.values()
         )
     plan = plan_masking(
         input_ids,

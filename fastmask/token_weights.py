@@ -67,8 +67,8 @@ def token_weights_from_counts(
     check_choice("mode", mode, ("rare", "frequent"))
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha) or alpha < 0:
         raise ValueError(f"alpha={alpha!r} must be a finite number >= 0")
-    if isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Real) or not smoothing > 0:
-        raise ValueError(f"smoothing={smoothing!r} must be > 0 (it keeps unseen ids finite)")
+    if isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Real) or not 0 < smoothing < float("inf"):
+        raise ValueError(f"smoothing={smoothing!r} must be a finite number > 0 (it keeps unseen ids finite)")
     values = counts.detach().cpu().numpy() if isinstance(counts, torch.Tensor) else np.asarray(counts)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"counts must be a non-empty 1-D sequence, got shape {values.shape}")
