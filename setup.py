@@ -9,6 +9,8 @@ Build switches (environment variables):
     Compile with ``-march=native`` (faster on the build machine, not portable).
 ``FASTMASK_DEBUG=1``
     Compile with ``-O0 -g`` and assertions.
+``FASTMASK_BUILD_JOBS=N``
+    Compile N sources at once (default: one per CPU).
 
 The extension links only against the C++ standard library and pybind11; it never needs torch
 at build time, so ``pip install`` builds it in seconds in an isolated environment.
@@ -27,7 +29,9 @@ def _flag(name):
 ext_modules = []
 cmdclass = {}
 if not _flag("FASTMASK_NO_EXT"):
-    from pybind11.setup_helpers import Pybind11Extension, build_ext
+    from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
+
+    ParallelCompile("FASTMASK_BUILD_JOBS", default=0).install()
 
     sources = sorted(os.path.join("csrc", name) for name in os.listdir("csrc") if name.endswith(".cpp"))
     extra_compile_args = []
