@@ -110,7 +110,7 @@ class DataCollatorForSeq2Seq(MaskStream, _HFDataCollatorForSeq2Seq):
         return padding is False or padding == "do_not_pad"
 
     @property
-    def noises(self) -> bool:
+    def adds_noise(self) -> bool:
         """Whether the next batch gets noise: training mode and a non-zero probability."""
         total = self.source_mask_probability + self.source_random_probability + self.source_delete_probability
         return self.training and total > 0
@@ -135,7 +135,7 @@ class DataCollatorForSeq2Seq(MaskStream, _HFDataCollatorForSeq2Seq):
             key_values = [f[self.row_key_column] for f in features]
             features = [{k: v for k, v in f.items() if k != self.row_key_column} for f in features]
         batch = super().__call__(features, return_tensors)
-        if self.noises:
+        if self.adds_noise:
             self._noise(batch, key_values, return_tensors or self.return_tensors)
         return batch
 

@@ -119,7 +119,9 @@ def test_noise_off_gives_transformers_batches(kwargs):
     if "model" in kwargs:
         assert "decoder_input_ids" in expected
     noisy = Seq2Seq(tok, **kwargs, **NOISE, seed=0)
+    assert noisy.adds_noise and not Seq2Seq(tok, **kwargs).adds_noise
     _same(noisy.eval()(features), expected)  # eval: no noise
+    assert not noisy.adds_noise
     got = noisy.train()(features)
     assert not np.array_equal(as_numpy(got["input_ids"]), as_numpy(expected["input_ids"]))
     for key in ("labels", "decoder_input_ids"):  # never touched
