@@ -21,6 +21,7 @@ _EXPORTS = {
     "span_corruption": "fastmask.sentinel_spans",
     "span_corruption_lengths": "fastmask.sentinel_spans",
     "DataCollatorForSpanCorruption": "fastmask.seq2seq",
+    "DataCollatorForSeq2Seq": "fastmask.source_noise",
     # loss
     "masked_cross_entropy": "fastmask.cross_entropy",
     "MaskedLMLoss": "fastmask.loss",
