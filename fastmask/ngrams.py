@@ -583,6 +583,16 @@ def ngram_unit_starts(plan: MaskingPlan, vocabulary: NgramVocabulary, backend: s
     return _IMPLS[chosen](plan, table, vocabulary.max_n)
 
 
+def check_vocabulary(vocabulary, tokenizer) -> None:
+    """Raises TypeError for a non-vocabulary, ValueError for one built with another tokenizer."""
+    if not isinstance(vocabulary, NgramVocabulary):
+        raise TypeError(
+            f"ngram_vocabulary must be a fastmask.NgramVocabulary (build_ngram_vocabulary / NgramVocabulary.load), "
+            f"got {type(vocabulary).__name__}"
+        )
+    vocabulary.check_tokenizer(tokenizer)
+
+
 def pmi_plan(plan: MaskingPlan, vocabulary, backend: str = "auto") -> MaskingPlan:
     """A whole-word plan whose words are the vocabulary's units (what ``strategy="pmi"`` runs)."""
     if not isinstance(vocabulary, NgramVocabulary):
