@@ -213,3 +213,21 @@ def test_flags_mark_specials_and_word_starts(tokenizer):
     assert flags[tokenizer.convert_tokens_to_ids("##s")] == 0
     assert flags[tokenizer.convert_tokens_to_ids("york")] == 2
     assert torch.equal(torch.from_numpy(flags & 2 != 0)[:10], torch.ones(10, dtype=torch.bool))
+
+
+def test_cli_ngrams(tmp_path, capsys):
+    from fastmask.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(text_fixtures.data.corpus_texts(max_chars=40_000)))
+    out = tmp_path / "vocab.json"
+    assert (
+        main(["ngrams", "--text", str(corpus), "-o", str(out), "--min-count", "3", "--max-n", "3", "--no-progress"])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    vocabulary = NgramVocabulary.load(out)
+    assert len(vocabulary) > 0 and set(vocabulary.ngrams) == {2, 3}
+    assert "top 2-grams" in printed and vocabulary.ngrams[2][0]["text"] in printed
+    assert main(["ngrams", "--text", str(corpus), "-o", str(out), "--max-n", "9", "--no-progress"]) == 2
+    assert "max_n=9" in capsys.readouterr().err
