@@ -16,7 +16,9 @@
 //
 // Segmentation (ngram_units): per row, the words of the masking plan (eligible positions, word
 // starts) are grouped left to right into units: at each word the longest n-gram of 2..max_n
-// words (inside the segment) whose key is in the plan's probe table, else the word alone.
+// words (inside the segment) whose key is in the plan's probe table, else the word alone. The
+// table also holds every prefix of a vocabulary n-gram (marked), so the search at a word stops
+// at the first run of words that no vocabulary n-gram starts with.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -402,59 +404,79 @@ struct UnitParams {
   int max_n = 2;
 };
 
-inline bool in_table(const UnitParams& p, uint64_t key) {
-  uint64_t s = slot_of(key, static_cast<uint64_t>(p.table_mask));
+// 0: key absent; 1: a prefix of vocabulary n-grams only; 2: a vocabulary n-gram. A slot holds the
+// key of an n-gram (odd) or the key - 1 of a prefix (even), 0 when empty.
+inline int lookup(const UnitParams& p, uint64_t key) {
+  const uint64_t mask = static_cast<uint64_t>(p.table_mask);
+  uint64_t s = slot_of(key, mask);
   while (true) {
-    const uint64_t k = static_cast<uint64_t>(p.table[s]);
-    if (k == key) return true;
-    if (k == 0) return false;
-    s = (s + 1) & static_cast<uint64_t>(p.table_mask);
+    const uint64_t v = static_cast<uint64_t>(p.table[s]);
+    if (v == 0) return 0;
+    if ((v | 1) == key) return 1 + static_cast<int>(v & 1);
+    s = (s + 1) & mask;
   }
 }
 
 template <typename Id>
 void units_rows(const UnitParams& p, const Id* ids_all, uint8_t* out_all, int64_t b0, int64_t b1) {
   const int64_t L = p.length;
-  std::vector<uint64_t> hash(L);
-  std::vector<int64_t> pos(L), seg(L);
+  // per word (one spare slot: stores for a non-starting token land there or are overwritten)
+  std::vector<uint64_t> hash(L + 1), pair(L + 1);
+  std::vector<int64_t> pos(L + 1), seg(L + 1);
+  const uint64_t table_mask = static_cast<uint64_t>(p.table_mask);
   for (int64_t b = b0; b < b1; ++b) {
     const Id* ids = ids_all + b * L;
     uint8_t* out = out_all + b * L;
+    std::fill(out, out + L, uint8_t{0});
+    // pass 1, branch-free: words (first position, segment, hash); the plan's fields in locals,
+    // so the stores below cannot make the compiler reload them
+    const uint8_t* special = p.special ? p.special + b * L : nullptr;
+    const uint8_t* attention = p.attention ? p.attention + b * L : nullptr;
+    const uint8_t* word_starts = p.word_starts ? p.word_starts + b * L : nullptr;
+    const uint8_t* flags = p.flags;
+    const int64_t n_flags = p.n_flags, pad = p.pad;
+    uint64_t* hash_out = hash.data();
+    int64_t* pos_out = pos.data();
+    int64_t* seg_out = seg.data();
     int64_t words = 0, segment = 0;
-    bool previous_eligible = false;
+    int64_t previous = 0;  // the previous position was eligible
     uint64_t h = 0;
     for (int64_t i = 0; i < L; ++i) {
-      out[i] = 0;
       const int64_t id = static_cast<int64_t>(ids[i]);
-      const uint8_t f = p.flags ? ((id >= 0 && id < p.n_flags) ? p.flags[id] : kDefaultFlags) : kDefaultFlags;
-      const bool special = p.special ? p.special[b * L + i] != 0 : (f & kFlagSpecial) != 0;
-      bool eligible = !special;
-      if (p.attention) eligible = eligible && p.attention[b * L + i] != 0;
-      if (p.pad >= 0) eligible = eligible && id != p.pad;
-      if (!eligible) {
-        previous_eligible = false;
-        continue;
-      }
-      const bool starts = p.word_starts ? p.word_starts[b * L + i] != 0 : (f & kFlagWordStart) != 0;
-      if (!previous_eligible) ++segment;
-      if (starts || !previous_eligible) {
-        if (words) hash[words - 1] = h;
-        h = kWordSeed;
-        pos[words] = i;
-        seg[words] = segment;
-        ++words;
-      }
-      h = mix64(h ^ static_cast<uint64_t>(id));
-      previous_eligible = true;
+      const uint8_t f = flags ? ((id >= 0 && id < n_flags) ? flags[id] : kDefaultFlags) : kDefaultFlags;
+      int64_t eligible = special ? special[i] == 0 : (f & kFlagSpecial) == 0;
+      if (attention) eligible &= attention[i] != 0;
+      if (pad >= 0) eligible &= id != pad;
+      const int64_t starts = word_starts ? word_starts[i] != 0 : (f & kFlagWordStart) != 0;
+      const int64_t new_segment = eligible & (previous ^ 1);
+      const int64_t new_word = eligible & (starts | new_segment);
+      segment += new_segment;
+      pos_out[words] = i;
+      seg_out[words] = segment;
+      words += new_word;
+      const uint64_t next = mix64((new_word ? kWordSeed : h) ^ static_cast<uint64_t>(id));
+      h = eligible ? next : h;
+      hash_out[eligible ? words - 1 : L] = h;
+      previous = eligible;
     }
-    if (words) hash[words - 1] = h;
+    // the two-word keys, prefetching their slots: the walk below then finds them in cache
+    for (int64_t v = 0; v + 1 < words; ++v) {
+      pair[v] = extend_key(hash[v], hash[v + 1]);
+      if (seg[v + 1] == seg[v]) __builtin_prefetch(&p.table[slot_of(pair[v] | 1, table_mask)], 0, 1);
+    }
+    // pass 2: greedy longest match, left to right
     int64_t w = 0;
     while (w < words) {
       int best = 1;
-      uint64_t g = hash[w];
-      for (int k = 1; k < p.max_n && w + k < words && seg[w + k] == seg[w]; ++k) {
-        g = extend_key(g, hash[w + k]);
-        if (in_table(p, g | 1)) best = k + 1;
+      if (w + 1 < words && seg[w + 1] == seg[w]) {
+        uint64_t g = pair[w];
+        int found = lookup(p, g | 1);  // 0: no vocabulary n-gram starts with these words
+        if (found == 2) best = 2;
+        for (int k = 2; found && k < p.max_n && w + k < words && seg[w + k] == seg[w]; ++k) {
+          g = extend_key(g, hash[w + k]);
+          found = lookup(p, g | 1);
+          if (found == 2) best = k + 1;
+        }
       }
       out[pos[w]] = 1;
       w += best;
@@ -489,7 +511,7 @@ void ngram_units_binding(const py::dict& plan, const py::object& table_obj, int 
   uint8_t* out_data = static_cast<uint8_t*>(out.mutable_data());
   const void* ids = input_ids.data();
   py::gil_scoped_release release;
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(L, 1));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 13) / std::max<int64_t>(L, 1));
   parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
     if (is64)
       units_rows<int64_t>(p, static_cast<const int64_t*>(ids), out_data, b0, b1);
@@ -523,7 +545,8 @@ void register_ngrams(py::module_& m) {
 
 plan: a dict of fastmask.masking_plan.MaskingPlan's fields (input_ids, special_mask,
 attention_mask, word_starts, vocab_flags, pad_token_id are read). table: int64 [C], C a power of
-two, the probe table of the vocabulary's n-gram keys (0 = empty). max_n in [2, 8].)doc");
+two, the probe table of the vocabulary's n-gram keys and prefixes (fastmask.reference.ngrams.
+probe_table). max_n in [2, 8].)doc");
 }
 
 }  // namespace fastmask

@@ -138,9 +138,10 @@ class NgramVocabulary:
         return [_ref.ngram_key(e["words"]) for entries in self.ngrams.values() for e in entries]
 
     def probe_table(self, device="cpu") -> torch.Tensor:
-        """int64 open-addressing table of :meth:`keys` (built once, cached per device)."""
+        """int64 open-addressing table of the n-grams' keys and prefixes
+        (:func:`fastmask.reference.ngrams.probe_table`; built once, cached per device)."""
         if self._table is None:
-            self._table = _ref.probe_table(self.keys())
+            self._table = _ref.probe_table([e["words"] for entries in self.ngrams.values() for e in entries])
         key = str(torch.device(device))
         if key not in self._tables_on:
             self._tables_on[key] = self._table.to(device)

@@ -187,3 +187,42 @@ def test_triton_kernel_compiles_offline_without_spills():
     bad = offline.spilled(rows)
     assert len(rows) == len(chosen) * len(offline.TARGETS)
     assert not bad, "spills or compile errors:\n" + offline.markdown_table(bad)
+
+
+def test_prefix_stop_gives_the_longest_match():
+    """The table's prefix marks only shorten the search: the reference equals a brute-force
+    longest match over every length (no early stop) on real rows."""
+    from fastmask.reference import ngrams as ref
+
+    tok, vocabulary = _setup()
+    plan = _plans(tok, 128, 4)[0]
+    full = {ref.ngram_key(e["words"]) for entries in vocabulary.ngrams.values() for e in entries}
+    _, starts = eligibility_and_units(
+        plan.input_ids,
+        special_mask=plan.special_mask,
+        attention_mask=plan.attention_mask,
+        word_starts=plan.word_starts,
+        vocab_flags=plan.vocab_flags,
+        pad_token_id=plan.pad_token_id,
+        strategy="whole_word",
+    )
+    expected = torch.zeros_like(starts)
+    for b in range(plan.input_ids.shape[0]):
+        positions = starts[b].nonzero().flatten().tolist() + [None]
+        row = plan.input_ids[b].tolist()
+        eligible = ~torch.isin(plan.input_ids[b], torch.tensor(tok.all_special_ids))
+        words = []
+        for a, z in zip(positions, positions[1:]):
+            end = z if z is not None else int(eligible.nonzero().max()) + 1
+            words.append((a, tuple(t for i, t in enumerate(row[a:end], a) if eligible[i])))
+        w = 0
+        while w < len(words):
+            best = 1
+            for n in range(2, vocabulary.max_n + 1):
+                chunk = words[w : w + n]
+                contiguous = all(eligible[chunk[0][0] : chunk[-1][0] + 1])
+                if len(chunk) == n and contiguous and ref.ngram_key([t for _, t in chunk]) in full:
+                    best = n
+            expected[b, words[w][0]] = True
+            w += best
+    assert torch.equal(ngram_unit_starts(plan, vocabulary, "reference"), expected)

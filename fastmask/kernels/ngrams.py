@@ -8,8 +8,8 @@ tokens and the greedy match chases words left to right, neither of which is a pa
    first position, segment and hash go to per-row scratch (indexed by word), the output row is
    cleared;
 2. walk the words: at word ``w`` extend the n-gram key over the next ``max_n - 1`` words of the
-   segment, probe the vocabulary's open-addressing table for each, mark ``w``'s first token as
-   a unit start and jump past the longest match.
+   segment while the table holds it (an n-gram, or a prefix of one), mark ``w``'s first token
+   as a unit start and jump past the longest n-gram found.
 
 The passes are ordered by ``tl.debug_barrier()``. Speed on a GPU is bounded by the serial walk
 (about ``L`` dependent loads per row, all rows in parallel); it has not been tuned.
@@ -106,7 +106,7 @@ def _ngram_units_kernel(
         g = tl.load(word_hash_ptr + base + w).to(tl.uint64, bitcast=True)
         seg = tl.load(word_seg_ptr + base + w)
         best = tl.full((), 1, tl.int32)
-        alive = w >= 0
+        alive = w >= 0  # the words so far start some vocabulary n-gram
         for k in tl.static_range(1, MAX_N):
             alive = alive & (w + k < words)
             hk = tl.load(word_hash_ptr + base + w + k, mask=alive, other=0).to(tl.uint64, bitcast=True)
@@ -116,10 +116,11 @@ def _ngram_units_kernel(
             key = g | 1
             slot = (key >> 1) & mask
             at = tl.load(table_ptr + slot.to(tl.int64), mask=alive, other=0).to(tl.uint64, bitcast=True)
-            while (at != 0) & (at != key):
+            while (at != 0) & ((at | 1) != key):
                 slot = (slot + 1) & mask
                 at = tl.load(table_ptr + slot.to(tl.int64)).to(tl.uint64, bitcast=True)
-            best = tl.where(alive & (at == key), k + 1, best)
+            alive = alive & (at != 0)
+            best = tl.where(alive & ((at & 1) == 1), k + 1, best)
         position = tl.load(word_pos_ptr + base + w)
         tl.store(out_ptr + base + position, tl.full((), 1, tl.uint8))
         w += best
