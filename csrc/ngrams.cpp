@@ -511,7 +511,7 @@ void ngram_units_binding(const py::dict& plan, const py::object& table_obj, int 
   uint8_t* out_data = static_cast<uint8_t*>(out.mutable_data());
   const void* ids = input_ids.data();
   py::gil_scoped_release release;
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 13) / std::max<int64_t>(L, 1));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(L, 1));  // as masking.cpp
   parallel_for(B, grain, [&](int64_t b0, int64_t b1) {
     if (is64)
       units_rows<int64_t>(p, static_cast<const int64_t*>(ids), out_data, b0, b1);

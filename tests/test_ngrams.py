@@ -231,3 +231,17 @@ def test_cli_ngrams(tmp_path, capsys):
     assert "top 2-grams" in printed and vocabulary.ngrams[2][0]["text"] in printed
     assert main(["ngrams", "--text", str(corpus), "-o", str(out), "--max-n", "9", "--no-progress"]) == 2
     assert "max_n=9" in capsys.readouterr().err
+
+
+def test_embedded_vocabulary_is_built_once_and_cached(tokenizer, tmp_path, monkeypatch):
+    from fastmask import data
+    from fastmask.ngrams import embedded_ngram_vocabulary
+
+    small = data.corpus_texts(max_chars=30_000)
+    calls = []
+    monkeypatch.setenv("FASTMASK_CACHE", str(tmp_path))
+    monkeypatch.setattr(data, "corpus_texts", lambda: calls.append(1) or small)
+    first = embedded_ngram_vocabulary(tokenizer, min_count=2, size=500)
+    assert len(first) > 0 and calls == [1] and len(list(tmp_path.glob("ngrams-*.json"))) == 1
+    second = embedded_ngram_vocabulary(tokenizer, min_count=2, size=500)
+    assert calls == [1] and second.to_json() == first.to_json()
