@@ -226,3 +226,35 @@ def test_prefix_stop_gives_the_longest_match():
             expected[b, words[w][0]] = True
             w += best
     assert torch.equal(ngram_unit_starts(plan, vocabulary, "reference"), expected)
+
+
+def test_collator_pmi_in_dataloader_workers():
+    """The vocabulary travels to forked DataLoader workers; every batch masks whole units."""
+    tok, vocabulary = _setup()
+    ids = text_fixtures.packed_batch("minilm", 64, 8 * 62)["input_ids"][:8]
+    collator = DataCollatorForLanguageModeling(
+        tok, strategy="pmi", ngram_vocabulary=vocabulary, seed=1, mlm_probability=0.3
+    )
+    loader = torch.utils.data.DataLoader(
+        [{"input_ids": row.tolist()} for row in ids], batch_size=4, num_workers=2, collate_fn=collator
+    )
+    plan = plan_masking(
+        ids,
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        strategy="whole_word",
+        word_start_table=word_start_table(tok),
+        special_token_ids=tok.all_special_ids,
+    )
+    units = ngram_unit_starts(plan, vocabulary, "cpp")
+    unit_of = torch.cumsum(units.long(), dim=1)
+    batches = list(loader)
+    assert len(batches) == 2
+    for i, batch in enumerate(batches):
+        selected = batch["labels"] != -100
+        assert selected.any()
+        for row in range(4):
+            b = 4 * i + row
+            for unit in unit_of[b][selected[row]].unique().tolist():
+                members = (unit_of[b] == unit) & ~torch.isin(ids[b], torch.tensor(tok.all_special_ids))
+                assert selected[row][members].all()  # a selected unit is selected whole
