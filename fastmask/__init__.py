@@ -17,6 +17,9 @@ _EXPORTS = {
     "word_starts_from_offsets": "fastmask.words",
     "word_starts_from_word_ids": "fastmask.words",
     "detect_word_boundary_scheme": "fastmask.words",
+    # PMI n-gram masking
+    "build_ngram_vocabulary": "fastmask.ngrams",
+    "NgramVocabulary": "fastmask.ngrams",
     # seq2seq noise
     "span_corruption": "fastmask.sentinel_spans",
     "span_corruption_lengths": "fastmask.sentinel_spans",

@@ -1,4 +1,4 @@
-"""The ``fastmask`` command: ``info``, ``bench`` and ``train``.
+"""The ``fastmask`` command: ``info``, ``bench``, ``train`` and ``ngrams``.
 
 Error policy. *Usage errors* print one line, ``fastmask: error: …``, and exit with status 2:
 argparse errors (an unknown option, a bad choice), a ``ValueError`` / ``TypeError`` raised by
@@ -65,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="fastmask",
-        description="fastmask: fast masked-language-model data and loss. Subcommands: info, bench, train.",
+        description="fastmask: fast masked-language-model data and loss. Subcommands: info, bench, train, ngrams.",
         epilog=_EPILOG,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{info,bench,train}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{info,bench,train,ngrams}", parser_class=_Parser)
 
     sub.add_parser(
         "info",
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-save", action="store_true", help="do not write the model, metrics or plot")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_data_arguments(train)
+    _add_ngrams_parser(sub)
     return parser
 
 
@@ -180,6 +181,90 @@ def _run_train(args) -> int:
         progress=not args.no_progress,
     )
     train(config)
+    return 0
+
+
+# ----------------------------------------------------------------------------- ngrams
+def _add_ngrams_parser(sub) -> None:
+    ngrams = sub.add_parser(
+        "ngrams",
+        help="build a PMI n-gram vocabulary (for strategy='pmi')",
+        epilog=_EPILOG,
+        description=(
+            "Count every n-gram of 1..--max-n words of a corpus (words from the tokenizer's word boundaries), score "
+            "those seen at least --min-count times by PMI against their least surprising segmentation, keep the "
+            "--size best (split across lengths) and write them as JSON for fastmask.NgramVocabulary.load."
+        ),
+    )
+    ngrams.add_argument("-o", "--output", required=True, metavar="PATH", help="the vocabulary file to write (JSON)")
+    ngrams.add_argument("--max-n", type=int, default=5, help="longest n-gram in words, 2..8 (default: 5)")
+    ngrams.add_argument("--min-count", type=int, default=10, help="fewest occurrences to be scored (default: 10)")
+    ngrams.add_argument("--size", type=int, default=50_000, help="n-grams kept in all (default: 50000)")
+    ngrams.add_argument("--num-proc", type=int, help="count shards in this many processes (datasets.map)")
+    ngrams.add_argument("--top", type=int, default=10, help="n-grams per length in the summary (default: 10)")
+    ngrams.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_data_arguments(ngrams)
+
+
+def _ngrams_source(args):
+    from . import data
+
+    if args.text and args.dataset:
+        raise ValueError("pass --text or --dataset, not both")
+    if args.text:
+        return data.read_texts(args.text), f"{len(args.text)} file(s)"
+    if not args.dataset:
+        return data.corpus_texts(), "the embedded corpus"
+    import datasets
+
+    try:
+        if os.path.isdir(args.dataset):
+            ds = datasets.load_from_disk(args.dataset)
+        else:
+            ds = datasets.load_dataset(args.dataset, split=args.dataset_split)
+    except Exception as exc:
+        raise ValueError(f"--dataset {args.dataset!r} could not be loaded ({type(exc).__name__}: {exc})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds[args.dataset_split]
+    if args.text_column not in ds.column_names:
+        raise ValueError(f"--dataset {args.dataset!r} has no column {args.text_column!r}; pass --text-column")
+    ds = ds.select_columns([args.text_column])
+    if args.text_column != "text":
+        ds = ds.rename_column(args.text_column, "text")
+    if args.max_texts is not None:
+        ds = ds.select(range(min(args.max_texts, len(ds))))
+    return ds, f"dataset {args.dataset}"
+
+
+def _run_ngrams(args) -> int:
+    import time
+
+    from .data import default_tokenizer
+    from .ngrams import build_ngram_vocabulary
+
+    tokenizer = default_tokenizer(args.tokenizer)
+    source, what = _ngrams_source(args)
+    start = time.perf_counter()
+    vocabulary = build_ngram_vocabulary(
+        source,
+        tokenizer,
+        max_n=args.max_n,
+        min_count=args.min_count,
+        size=args.size,
+        num_proc=args.num_proc,
+        progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - start
+    vocabulary.save(args.output)
+    words = vocabulary.positions[0]
+    print(
+        f"{what}: {words} words counted in {seconds:.1f} s; {len(vocabulary)} n-grams kept "
+        f"({', '.join(f'{n}: {len(e)}' for n, e in sorted(vocabulary.ngrams.items()))}) -> {args.output}"
+    )
+    for n in sorted(vocabulary.ngrams):
+        print(f"\ntop {n}-grams (PMI, count):")
+        for text, score, count in vocabulary.top(n, args.top):
+            print(f"  {score:7.3f} {count:8d}  {text}")
     return 0
 
 
@@ -234,7 +319,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    runners = {"info": _run_info, "bench": _run_bench, "train": _run_train}
+    runners = {"info": _run_info, "bench": _run_bench, "train": _run_train, "ngrams": _run_ngrams}
     try:
         return runners[args.command](args)
     except KeyboardInterrupt:

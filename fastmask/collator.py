@@ -32,9 +32,9 @@ from .mask_stream import MaskStream
 from .masking import (
     BUDGETS,
     IGNORE_INDEX,
+    MASK_STRATEGIES,
     MAX_SPAN_WORDS,
     SPAN_DISTRIBUTIONS,
-    STRATEGIES,
     _check_ids,
     plan_masking,
     run_masking,
@@ -118,8 +118,9 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
     also be a schedule (a callable of the step or a :class:`MaskingSchedule`).
 
     Keyword-only extensions (defaults reproduce transformers):
-        strategy: ``"token"``, ``"whole_word"`` (same as ``whole_word_mask=True``) or
-            ``"span"`` (SpanBERT spans of whole words).
+        strategy: ``"token"``, ``"whole_word"`` (same as ``whole_word_mask=True``),
+            ``"span"`` (SpanBERT spans of whole words) or ``"pmi"`` (PMI masking: the n-grams of
+            ``ngram_vocabulary`` as units, see :mod:`fastmask.ngrams`).
         budget: ``"bernoulli"`` (each unit independently) or ``"exact"`` (round(p * eligible)
             tokens per row).
         span_distribution, span_p, max_span_words: span lengths in words (geometric / uniform).
@@ -133,6 +134,8 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
             ``mask_replace_prob=1, random_replace_prob=0`` (with a warning); True keeps the
             given split (BERT's original whole-word masking).
         backend: the masking op's backend (``"auto"``, ``"cpp"``, ``"triton"``, ``"reference"``).
+        ngram_vocabulary: with ``strategy="pmi"``, the :class:`fastmask.NgramVocabulary` whose
+            n-grams are masked as units (PMI masking); built with this collator's tokenizer.
 
     Word boundaries (whole words and spans) come from ``offset_mapping`` when the features
     carry it, else ``word_ids``, else a word-start table built once from the tokenizer's
@@ -152,6 +155,7 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
     device: Optional[Union[str, torch.device]] = None
     keep_replace_probs: bool = False
     backend: str = "auto"
+    ngram_vocabulary: Optional[Any] = None
 
     def __post_init__(self):
         schedule = self.mlm_probability if is_schedule(self.mlm_probability) else None
@@ -172,7 +176,16 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
         self._tables = _TokenizerTables()
 
     def _check_extensions(self) -> None:
-        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("strategy", self.strategy, MASK_STRATEGIES)
+        if (self.strategy == "pmi") != (self.ngram_vocabulary is not None):
+            raise ValueError(
+                "strategy='pmi' needs ngram_vocabulary= (fastmask.build_ngram_vocabulary), and ngram_vocabulary is "
+                f"used by strategy='pmi' only (got strategy={self.strategy!r})"
+            )
+        if self.ngram_vocabulary is not None:
+            from .ngrams import check_vocabulary
+
+            check_vocabulary(self.ngram_vocabulary, self.tokenizer)
         check_choice("budget", self.budget, BUDGETS)
         check_choice("span_distribution", self.span_distribution, SPAN_DISTRIBUTIONS)
         check_probability("span_p", self.span_p)
@@ -341,7 +354,7 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
             mask_replace_prob=self.mask_replace_prob,
             random_replace_prob=self.random_replace_prob,
             pad_token_id=tokenizer.pad_token_id,
-            strategy=strategy,
+            strategy="whole_word" if strategy == "pmi" else strategy,
             budget=self.budget,
             span_distribution=self.span_distribution,
             span_p=self.span_p,
@@ -352,6 +365,10 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
             ids_beyond_vocab=True,  # like transformers' collator (such ids start words)
             **kwargs,
         )
+        if strategy == "pmi":
+            from .ngrams import pmi_plan
+
+            plan = pmi_plan(plan, self.ngram_vocabulary, self.backend)
         masked, labels = run_masking(plan, self.backend)
         if masked.dtype != ids.dtype:
             masked = masked.to(ids.dtype)

@@ -26,6 +26,9 @@ from .masking_plan import BUDGETS, FLAG_SPECIAL, FLAG_WORD_START, STRATEGIES, Ma
 from .reference.masking import reference_mask_tokens
 
 SPAN_DISTRIBUTIONS = ("geometric", "uniform")
+# what mask_tokens accepts: the kernels' strategies and "pmi" (whole-word masking over the units
+# of an n-gram vocabulary, fastmask.ngrams)
+MASK_STRATEGIES = STRATEGIES + ("pmi",)
 MAX_SPAN_WORDS = 256
 WEIGHT_BITS = 16
 # Integer thresholds with token weights stay below 2**63: 2**24 * 2**16 * units.
@@ -417,6 +420,7 @@ def mask_tokens(
     seed: int = 0,
     row_keys: Union[torch.Tensor, Sequence[int], None] = None,
     backend: str = "auto",
+    ngram_vocabulary=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Select tokens for masked-language modelling and corrupt them (80/10/10).
 
@@ -434,7 +438,9 @@ def mask_tokens(
             used when ``word_starts`` is None. Every id must lie inside it.
         special_token_ids: ids treated as special when ``special_tokens_mask`` is None.
         pad_token_id: id never selected.
-        strategy: ``"token"``, ``"whole_word"`` or ``"span"`` (spans of whole words).
+        strategy: ``"token"``, ``"whole_word"``, ``"span"`` (spans of whole words) or ``"pmi"``
+            (whole-word masking whose units are ``ngram_vocabulary``'s n-grams, greedy longest
+            match left to right, and single words elsewhere; :mod:`fastmask.ngrams`).
         budget: ``"bernoulli"`` (each unit independently) or ``"exact"``
             (``floor(p * eligible + 0.5)`` tokens per row, BERT's greedy rule for words).
         span_distribution, span_p, max_span_words: span lengths in words, geometric(span_p)
@@ -444,12 +450,22 @@ def mask_tokens(
             ``mlm_probability`` of them; ``bernoulli`` budget only.
         seed, row_keys: the generator's key; ``row_keys`` (``[B]`` ints) default to 0..B-1.
         backend: ``"auto"``, ``"reference"``, ``"cpp"`` or ``"triton"``.
+        ngram_vocabulary: a :class:`fastmask.NgramVocabulary` (``strategy="pmi"`` only), built
+            with the tokenizer of ``input_ids``.
 
     Returns:
         ``(masked_input_ids, labels)``: ids with ``input_ids``' shape, dtype and device, and
         int64 labels holding the original id at selected positions and -100 elsewhere.
     """
     _backend.check_backend_name(backend)
+    check_choice("strategy", strategy, MASK_STRATEGIES)
+    pmi = strategy == "pmi"
+    if pmi and ngram_vocabulary is None:
+        raise ValueError(
+            "strategy='pmi' needs ngram_vocabulary= (fastmask.build_ngram_vocabulary or NgramVocabulary.load)"
+        )
+    if ngram_vocabulary is not None and not pmi:
+        raise ValueError(f"ngram_vocabulary is used by strategy='pmi' only, got strategy={strategy!r}")
     check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
     squeeze = input_ids.dim() == 1
     if squeeze:
@@ -478,7 +494,7 @@ def mask_tokens(
         word_start_table=word_start_table,
         special_token_ids=special_token_ids,
         pad_token_id=pad_token_id,
-        strategy=strategy,
+        strategy="whole_word" if pmi else strategy,
         budget=budget,
         span_distribution=span_distribution,
         span_p=span_p,
@@ -487,6 +503,10 @@ def mask_tokens(
         seed=seed,
         row_keys=row_keys,
     )
+    if pmi:
+        from .ngrams import pmi_plan
+
+        plan = pmi_plan(plan, ngram_vocabulary, backend)
     masked, labels = run_masking(plan, backend)
     if squeeze:
         return masked[0], labels[0]

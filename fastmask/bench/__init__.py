@@ -64,6 +64,9 @@ SUITES = {
         False,
         ("tokenizer",),
     ),
+    "ngrams": Suite(
+        "ngrams", "ngrams", "PMI n-grams: vocabulary counting words/s, PMI vs whole-word masking", False, ("tokenizer",)
+    ),
     "kernels": Suite(
         "kernels", "kernels", "Triton kernels: registers, spills and shared memory per compiled variant", False, ()
     ),

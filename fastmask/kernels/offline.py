@@ -41,15 +41,15 @@ from typing import Optional
 
 # Capabilities the tests compile for: A100 (sm_80) and H100 / H200 (sm_90, assembled as sm_90a).
 TARGETS = (80, 90)
-KERNELS = ("masking", "cross_entropy")
+KERNELS = ("masking", "cross_entropy", "ngrams")
 # The block sizes the tests compile (the launchers pick BLOCK from the row length / vocabulary),
 # each with the launcher's num_warps: masking: a BERT-length row (512, 2 warps) and the largest
 # block without spills (2048, 8 warps); cross-entropy: the block every vocabulary above 8192
 # classes gets (16384, 16 warps) and the largest block at 8 warps (8192: as many classes per
 # thread). Every variant at the first block; at the others only the first
 # EXTRA_BLOCK_VARIANTS of the list (the variants with the most registers come first).
-TEST_BLOCKS = {"masking": (512, 2048), "cross_entropy": (16384, 8192)}
-EXTRA_BLOCK_VARIANTS = {"masking": 2, "cross_entropy": 1}
+TEST_BLOCKS = {"masking": (512, 2048), "cross_entropy": (16384, 8192), "ngrams": (1,)}
+EXTRA_BLOCK_VARIANTS = {"masking": 2, "cross_entropy": 1, "ngrams": 0}
 # Blocks at which some variants spill and no num_warps avoids it (measured with Triton 3.9's
 # ptxas, docs/kernels.md). The masking kernel holds a whole row in one block: at BLOCK_L 4096 a
 # few variants spill 4-56 bytes per thread with 8, 16 or 32 warps; at 8192 and 16384 even 32
@@ -62,6 +62,8 @@ KNOWN_SPILLS = {"masking": (128, 4096, 8192, 16384)}
 # What ``fastmask bench --suite kernels`` (and gpu_check) compiles: the tests' blocks, then the
 # known-spill blocks up to 8192 (so that a GPU run records the driver's count of a spill too).
 REPORT_BLOCKS = {"masking": TEST_BLOCKS["masking"] + (128, 4096, 8192), "cross_entropy": TEST_BLOCKS["cross_entropy"]}
+# the n-gram unit kernel (fastmask.kernels.ngrams) walks a row serially: no block, "block" 1
+REPORT_BLOCKS["ngrams"] = TEST_BLOCKS["ngrams"]
 
 EXIT_UNAVAILABLE = 77  # exit status of the worker when this triton cannot compile offline
 
@@ -70,7 +72,7 @@ EXIT_UNAVAILABLE = 77  # exit status of the worker when this triton cannot compi
 class Variant:
     """One compilation of one kernel: the launcher's signature, constexprs and ``num_warps``."""
 
-    kernel: str  # "masking" or "cross_entropy"
+    kernel: str  # one of KERNELS
     label: str  # the variant within the kernel (dtypes and constexpr branches), for reports
     block: int
     num_warps: int
@@ -98,9 +100,20 @@ def _cross_entropy_function():
     return _cross_entropy_rows_kernel
 
 
+def _ngrams_function():
+    from .ngrams import _ngram_units_kernel
+
+    return _ngram_units_kernel
+
+
+def _kernel_function(kernel: str):
+    return {"masking": _masking_function, "cross_entropy": _cross_entropy_function, "ngrams": _ngrams_function}[
+        kernel
+    ]()
+
+
 def _arg_names(kernel: str) -> list:
-    fn = _masking_function() if kernel == "masking" else _cross_entropy_function()
-    return list(fn.arg_names)  # also on the interpreter's functions
+    return list(_kernel_function(kernel).arg_names)  # also on the interpreter's functions
 
 
 def masking_variants(block: int) -> list:
@@ -209,7 +222,48 @@ def cross_entropy_variants(block: int) -> list:
     return out
 
 
-_VARIANTS = {"masking": masking_variants, "cross_entropy": cross_entropy_variants}
+def ngrams_variants(block: int) -> list:
+    """The n-gram unit kernel (one warp, ``block`` unused) in two argument sets that between them
+    take every constexpr branch, at ``MAX_N`` 8 (the most unrolled probes, the most registers):
+    (a) int64 ids, special-tokens mask, word starts; (b) int32 ids, attention mask, the
+    vocabulary flag table, a pad id."""
+    names = _arg_names("ngrams")
+    out = []
+    for variant, max_n in itertools.product((0, 1), (8,)):
+        constexprs = dict(
+            HAS_SPECIAL_MASK=variant == 0,
+            HAS_ATTENTION=variant == 1,
+            HAS_WORD_STARTS=variant == 0,
+            HAS_FLAGS=variant == 1,
+            HAS_PAD=variant == 1,
+            MAX_N=max_n,
+        )
+        ids = "*i64" if variant == 0 else "*i32"
+        types = {
+            "ids_ptr": ids,
+            "special_ptr": "*u8",
+            "attention_ptr": "*u8",
+            "word_starts_ptr": "*u8",
+            "flags_ptr": "*u8",
+            "table_ptr": "*i64",
+            "out_ptr": "*u8",
+            "word_hash_ptr": "*i64",
+            "word_pos_ptr": "*i32",
+            "word_seg_ptr": "*i32",
+            "L": "i32",
+            "n_flags": "i32",
+            "pad_token_id": "i64",
+            "table_mask": "i64",
+        }
+        signature = {name: "constexpr" if name in constexprs else types[name] for name in names}
+        label = f"max_n {max_n} " + (
+            "i64 ids, special mask, word starts" if variant == 0 else "i32 ids, attention, flags, pad"
+        )
+        out.append(Variant("ngrams", label, block, 1, signature, constexprs))
+    return out
+
+
+_VARIANTS = {"masking": masking_variants, "cross_entropy": cross_entropy_variants, "ngrams": ngrams_variants}
 
 
 def variants(kernel: str, blocks: Optional[Iterable[int]] = None, *, extra_limit: Optional[int] = None) -> list:
@@ -275,7 +329,7 @@ def compile_variant(variant: Variant, capability: int, *, load: bool = False) ->
     from triton import knobs
     from triton.backends.compiler import GPUTarget
 
-    fn = _masking_function() if variant.kernel == "masking" else _cross_entropy_function()
+    fn = _kernel_function(variant.kernel)
     target = GPUTarget("cuda", capability, 32)
     options = triton.compiler.make_backend(target).parse_options({"num_warps": variant.num_warps}).__dict__
     attrs = {
@@ -484,7 +538,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Compile fastmask's Triton kernels for CUDA targets (no GPU needed) and report registers, "
         "spills and shared memory per variant.",
     )
-    parser.add_argument("--kernel", nargs="+", choices=KERNELS, default=list(KERNELS), help="kernels (default: both)")
+    parser.add_argument("--kernel", nargs="+", choices=KERNELS, default=list(KERNELS), help="kernels (default: all)")
     parser.add_argument(
         "--capability",
         nargs="+",

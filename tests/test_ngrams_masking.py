@@ -1,0 +1,260 @@
+"""PMI masking: the unit kernel bit-identical across backends, units never split, the rate and the
+exact budget on real text, the collator."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import text_fixtures
+import torch
+from test_ngrams import _planted_corpus, needs_cpp
+
+from fastmask import DataCollatorForLanguageModeling, mask_tokens, word_start_table
+from fastmask.masking import plan_masking
+from fastmask.ngrams import build_ngram_vocabulary, ngram_unit_starts
+from fastmask.reference.masking import eligibility_and_units
+
+pytestmark = needs_cpp
+
+
+@functools.cache
+def _setup():
+    tok = text_fixtures.tokenizer("minilm")
+    texts = text_fixtures.data.corpus_texts(max_chars=200_000)
+    vocabulary = build_ngram_vocabulary(texts, tok, max_n=4, min_count=3, size=5000)
+    return tok, vocabulary
+
+
+def _plans(tok, length: int, rows: int):
+    """Two argument sets: (a) int64 ids, the vocabulary table, special ids, a pad id;
+    (b) int32 ids, word_starts, special_tokens_mask, attention_mask with padding."""
+    batch = text_fixtures.packed_batch("minilm", length, rows * (length - 2))
+    ids = batch["input_ids"][:rows]
+    table = word_start_table(tok)
+    a = plan_masking(
+        ids,
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        strategy="whole_word",
+        word_start_table=table,
+        special_token_ids=tok.all_special_ids,
+        pad_token_id=tok.pad_token_id,
+    )
+    attention = torch.ones_like(ids, dtype=torch.bool)
+    attention[0, length // 2 :] = False
+    b = plan_masking(
+        ids.to(torch.int32),
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        strategy="whole_word",
+        word_starts=table[ids],
+        special_tokens_mask=batch["special_tokens_mask"][:rows],
+        attention_mask=attention,
+    )
+    return a, b
+
+
+def test_unit_starts_bit_identical_cpp_reference():
+    tok, vocabulary = _setup()
+    for plan in _plans(tok, 128, 8):
+        expected = ngram_unit_starts(plan, vocabulary, "reference")
+        assert torch.equal(ngram_unit_starts(plan, vocabulary, "cpp"), expected)
+        _, words = eligibility_and_units(
+            plan.input_ids,
+            special_mask=plan.special_mask,
+            attention_mask=plan.attention_mask,
+            word_starts=plan.word_starts,
+            vocab_flags=plan.vocab_flags,
+            pad_token_id=plan.pad_token_id,
+            strategy="whole_word",
+        )
+        assert not (expected & ~words).any()  # units start at words
+        assert expected.sum() < 0.9 * words.sum()  # and n-grams merge some of them
+
+
+def test_unit_starts_bit_identical_triton():
+    pytest.importorskip("triton")
+    tok, vocabulary = _setup()
+    for plan in _plans(tok, 24, 2):
+        expected = ngram_unit_starts(plan, vocabulary, "reference")
+        assert torch.equal(ngram_unit_starts(plan, vocabulary, "triton").cpu(), expected)
+
+
+@pytest.mark.parametrize("budget", ["bernoulli", "exact"])
+def test_mask_tokens_pmi_backends_agree(budget):
+    tok, vocabulary = _setup()
+    ids = text_fixtures.packed_batch("minilm", 128, 16 * 126)["input_ids"][:16]
+    kwargs = dict(
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        strategy="pmi",
+        ngram_vocabulary=vocabulary,
+        word_start_table=word_start_table(tok),
+        special_token_ids=tok.all_special_ids,
+        budget=budget,
+        seed=7,
+    )
+    expected = mask_tokens(ids, backend="reference", **kwargs)
+    got = mask_tokens(ids, backend="cpp", **kwargs)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert (expected[1] != -100).any()
+
+
+def test_masked_planted_ngram_is_never_split():
+    tok = text_fixtures.tokenizer("minilm")
+    rows, planted = _planted_corpus(tok, rows=200)
+    vocabulary = build_ngram_vocabulary(rows, tok, max_n=5, min_count=5, size=10**6)
+    length = max(len(r) for r in rows) + 2
+    ids = torch.full((len(rows), length), tok.pad_token_id)
+    for b, row in enumerate(rows):
+        ids[b, : len(row) + 2] = torch.tensor([tok.cls_token_id] + row + [tok.sep_token_id])
+    _, labels = mask_tokens(
+        ids,
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        mlm_probability=0.3,
+        strategy="pmi",
+        ngram_vocabulary=vocabulary,
+        word_start_table=word_start_table(tok),
+        special_token_ids=tok.all_special_ids,
+        pad_token_id=tok.pad_token_id,
+    )
+    selected = labels != -100
+    whole, partial = 0, 0
+    for b, row in enumerate(rows):
+        for ngram in planted:
+            n = len(ngram)
+            for i in range(len(row) - n + 1):
+                if tuple(row[i : i + n]) == ngram:
+                    hits = int(selected[b, i + 1 : i + 1 + n].sum())
+                    whole += hits == n
+                    partial += 0 < hits < n
+    assert whole > 20
+    assert partial == 0
+
+
+def test_rate_and_exact_budget_on_real_text():
+    tok, vocabulary = _setup()
+    batch = text_fixtures.packed_batch("minilm", 512, 64 * 510)
+    ids, special = batch["input_ids"][:64], batch["special_tokens_mask"][:64]
+    kwargs = dict(
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        strategy="pmi",
+        ngram_vocabulary=vocabulary,
+        word_start_table=word_start_table(tok),
+        special_tokens_mask=special,
+        mlm_probability=0.15,
+    )
+    eligible = ~special
+    _, labels = mask_tokens(ids, **kwargs)
+    rate = float((labels != -100).sum()) / float(eligible.sum())
+    assert abs(rate - 0.15) < 0.01, rate
+    _, labels = mask_tokens(ids, budget="exact", **kwargs)
+    want = torch.floor(eligible.sum(dim=1) * 0.15 + 0.5)
+    exact = ((labels != -100).sum(dim=1) == want).float().mean()
+    assert exact >= 0.98, exact
+
+
+def test_collator_pmi_and_its_bad_input():
+    tok, vocabulary = _setup()
+    ids = text_fixtures.packed_batch("minilm", 64, 4 * 62)["input_ids"][:4]
+    collator = DataCollatorForLanguageModeling(tok, strategy="pmi", ngram_vocabulary=vocabulary, seed=3)
+    out = collator([{"input_ids": row.tolist()} for row in ids])
+    assert (out["labels"] != -100).any()
+    with pytest.raises(ValueError, match="needs ngram_vocabulary"):
+        DataCollatorForLanguageModeling(tok, strategy="pmi")
+    with pytest.raises(ValueError, match="strategy='pmi' only"):
+        DataCollatorForLanguageModeling(tok, ngram_vocabulary=vocabulary)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        DataCollatorForLanguageModeling(text_fixtures.tokenizer("bpe"), strategy="pmi", ngram_vocabulary=vocabulary)
+    with pytest.raises(ValueError, match="needs ngram_vocabulary"):
+        mask_tokens(ids, mask_token_id=1, vocab_size=len(tok), strategy="pmi")
+
+
+def test_triton_kernel_compiles_offline_without_spills():
+    """Every variant of the unit kernel compiles for sm_80 and sm_90 with 0 spills."""
+    import os
+
+    from fastmask.kernels import offline
+
+    chosen = offline.variants("ngrams")
+    try:
+        rows = offline.compile_report(chosen, offline.TARGETS, jobs=min(2, os.cpu_count() or 1))
+    except offline.OfflineCompileUnavailable as exc:
+        pytest.skip(str(exc))
+    bad = offline.spilled(rows)
+    assert len(rows) == len(chosen) * len(offline.TARGETS)
+    assert not bad, "spills or compile errors:\n" + offline.markdown_table(bad)
+
+
+def test_prefix_stop_gives_the_longest_match():
+    """The table's prefix marks only shorten the search: the reference equals a brute-force
+    longest match over every length (no early stop) on real rows."""
+    from fastmask.reference import ngrams as ref
+
+    tok, vocabulary = _setup()
+    plan = _plans(tok, 128, 4)[0]
+    full = {ref.ngram_key(e["words"]) for entries in vocabulary.ngrams.values() for e in entries}
+    _, starts = eligibility_and_units(
+        plan.input_ids,
+        special_mask=plan.special_mask,
+        attention_mask=plan.attention_mask,
+        word_starts=plan.word_starts,
+        vocab_flags=plan.vocab_flags,
+        pad_token_id=plan.pad_token_id,
+        strategy="whole_word",
+    )
+    expected = torch.zeros_like(starts)
+    for b in range(plan.input_ids.shape[0]):
+        positions = starts[b].nonzero().flatten().tolist() + [None]
+        row = plan.input_ids[b].tolist()
+        eligible = ~torch.isin(plan.input_ids[b], torch.tensor(tok.all_special_ids))
+        words = []
+        for a, z in zip(positions, positions[1:]):
+            end = z if z is not None else int(eligible.nonzero().max()) + 1
+            words.append((a, tuple(t for i, t in enumerate(row[a:end], a) if eligible[i])))
+        w = 0
+        while w < len(words):
+            best = 1
+            for n in range(2, vocabulary.max_n + 1):
+                chunk = words[w : w + n]
+                contiguous = all(eligible[chunk[0][0] : chunk[-1][0] + 1])
+                if len(chunk) == n and contiguous and ref.ngram_key([t for _, t in chunk]) in full:
+                    best = n
+            expected[b, words[w][0]] = True
+            w += best
+    assert torch.equal(ngram_unit_starts(plan, vocabulary, "reference"), expected)
+
+
+def test_collator_pmi_in_dataloader_workers():
+    """The vocabulary travels to forked DataLoader workers; every batch masks whole units."""
+    tok, vocabulary = _setup()
+    ids = text_fixtures.packed_batch("minilm", 64, 8 * 62)["input_ids"][:8]
+    collator = DataCollatorForLanguageModeling(
+        tok, strategy="pmi", ngram_vocabulary=vocabulary, seed=1, mlm_probability=0.3
+    )
+    loader = torch.utils.data.DataLoader(
+        [{"input_ids": row.tolist()} for row in ids], batch_size=4, num_workers=2, collate_fn=collator
+    )
+    plan = plan_masking(
+        ids,
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        strategy="whole_word",
+        word_start_table=word_start_table(tok),
+        special_token_ids=tok.all_special_ids,
+    )
+    units = ngram_unit_starts(plan, vocabulary, "cpp")
+    unit_of = torch.cumsum(units.long(), dim=1)
+    batches = list(loader)
+    assert len(batches) == 2
+    for i, batch in enumerate(batches):
+        selected = batch["labels"] != -100
+        assert selected.any()
+        for row in range(4):
+            b = 4 * i + row
+            for unit in unit_of[b][selected[row]].unique().tolist():
+                members = (unit_of[b] == unit) & ~torch.isin(ids[b], torch.tensor(tok.all_special_ids))
+                assert selected[row][members].all()  # a selected unit is selected whole
