@@ -12,7 +12,7 @@ void register_cross_entropy(py::module_& m);  // cross_entropy.cpp
 void register_collate(py::module_& m);        // collate.cpp
 void register_completion_mask(py::module_& m);  // completion_labels.cpp
 void register_span_corruption(py::module_& m);  // sentinel_spans.cpp
-void register_text_infilling(py::module_& m);  // text_infilling.cpp
+void register_text_infilling(py::module_& m);  // infilling.cpp
 }  // namespace fastmask
 
 PYBIND11_MODULE(_C, m) {

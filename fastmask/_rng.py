@@ -47,7 +47,7 @@ NUM_STREAMS = 4
 # span corruption (a different op: its draws may share counters with the masking op's)
 STREAM_NOISE_CUT = 0
 STREAM_KEEP_CUT = 1
-# text infilling (fastmask.reference.text_infilling): per token position, a start word's rank
+# text infilling (fastmask.reference.infilling): per token position, a start word's rank
 # key, its span's mask-or-random choice and random ids (STREAM_RANDOM_ID); span k's Poisson
 # length draws (k, STREAM_SPAN_LENGTH). Insertion slot p draws at position INFILL_INSERT_OFFSET + p
 # (its rank key, its mask-or-random choice, its random id); the span-length rotation draws

@@ -3,12 +3,16 @@ mask per token, or nothing), zero-length spans and ``insert_ratio`` insert masks
 ``DenoisingDataset`` noise, as a kernel.
 
 ``text_infilling`` is two steps, each public: :func:`plan_text_infilling` validates the
-arguments into a :class:`~fastmask.text_infilling_plan.TextInfillingPlan` (word counts, the
+arguments into a :class:`~fastmask.infilling_plan.TextInfillingPlan` (word counts, the
 span lengths drawn on the host from the counter-based generator, tables, the output width), and
 :func:`run_text_infilling` hands the plan to one of three implementations that return
-bit-identical results: the pure-torch reference (:mod:`fastmask.reference.text_infilling`,
-which documents the exact semantics), the C++ kernel (``csrc/text_infilling.cpp``) and the
-Triton kernel (:mod:`fastmask.kernels.text_infilling`).
+bit-identical results: the pure-torch reference (:mod:`fastmask.reference.infilling`,
+which documents the exact semantics), the C++ kernel (``csrc/infilling.cpp``) and the
+Triton kernel (:mod:`fastmask.kernels.infilling`).
+
+The op's files share the stem ``infilling`` rather than ``text_infilling``: a submodule named
+like the exported function would replace ``fastmask.text_infilling`` (the function) by the
+module as soon as it is imported.
 """
 
 from __future__ import annotations
@@ -24,14 +28,14 @@ import torch
 
 from . import _backend, _rng
 from ._validation import check_int, check_probability, check_tensor
+from .infilling_plan import TextInfillingPlan
 from .masking import _as_mask, _check_ids, _row_keys
-from .reference.text_infilling import (
+from .reference.infilling import (
     ceil_ratio,
     draw_spans,
     poisson_thresholds,
     reference_text_infilling,
 )
-from .text_infilling_plan import TextInfillingPlan
 
 __all__ = ["text_infilling", "plan_text_infilling", "run_text_infilling"]
 
@@ -98,7 +102,7 @@ def _cpp_impl(plan: TextInfillingPlan) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _triton_impl(plan: TextInfillingPlan) -> tuple[torch.Tensor, torch.Tensor]:
-    from .kernels.text_infilling import triton_text_infilling
+    from .kernels.infilling import triton_text_infilling
 
     return triton_text_infilling(plan)
 
@@ -133,7 +137,7 @@ def run_text_infilling(plan: TextInfillingPlan, backend: str = "auto") -> tuple[
             plan.input_ids.device.type,
             "text_infilling",
             (),
-            "text_infilling",
+            "infilling",
             max(plan.input_ids.shape[1], plan.width),
         ),
         plan,
@@ -248,7 +252,7 @@ def text_infilling(
     row_keys: Union[torch.Tensor, Sequence[int], None] = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BART text infilling of every row (semantics: :mod:`fastmask.reference.text_infilling`).
+    """BART text infilling of every row (semantics: :mod:`fastmask.reference.infilling`).
 
     Per row of ``W`` eligible words (real, non-special tokens), spans of Poisson(``poisson_lambda``)
     words cover ``ceil(W * mask_ratio)`` words from uniformly chosen distinct start words;

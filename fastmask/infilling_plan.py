@@ -1,10 +1,10 @@
 """``TextInfillingPlan``: the text-infilling contract, validated once and handed whole to every
 backend.
 
-:func:`fastmask.text_infilling.plan_text_infilling` builds a plan from the public keywords
+:func:`fastmask.infilling.plan_text_infilling` builds a plan from the public keywords
 (checks, the host-side span lengths, tables, the output width); the reference
-(:mod:`fastmask.reference.text_infilling`), the C++ kernel (``csrc/text_infilling.cpp``, which
-reads the fields by name) and the Triton kernel (:mod:`fastmask.kernels.text_infilling`) all take
+(:mod:`fastmask.reference.infilling`), the C++ kernel (``csrc/infilling.cpp``, which
+reads the fields by name) and the Triton kernel (:mod:`fastmask.kernels.infilling`) all take
 the plan.
 """
 

@@ -1,4 +1,4 @@
-// The C++ BART text-infilling kernel, bit-identical to fastmask/reference/text_infilling.py
+// The C++ BART text-infilling kernel, bit-identical to fastmask/reference/infilling.py
 // (which documents the semantics) through the generator in common.h.
 //
 // Rows are independent: one thread takes a row and (1) marks its eligible tokens, word starts,
@@ -251,9 +251,9 @@ void text_infilling_binding(const py::dict& plan, const py::object& out_obj, con
 void register_text_infilling(py::module_& m) {
   m.def("text_infilling", &text_infilling_binding, py::arg("plan"), py::arg("out"), py::arg("attention_out"),
         R"doc(BART text infilling of a [B, L] batch into out / attention_out (see
-fastmask/reference/text_infilling.py).
+fastmask/reference/infilling.py).
 
-plan: a dict of fastmask.text_infilling_plan.TextInfillingPlan's fields by name (buffers as numpy
+plan: a dict of fastmask.infilling_plan.TextInfillingPlan's fields by name (buffers as numpy
 arrays, bool as uint8; scalars as ints). input_ids: int32 or int64 [B, L]; out [B, width]:
 input_ids' dtype; attention_out: int64 [B, width]. attention_mask, special_tokens_mask,
 word_starts: None or uint8 [B, L]. row_keys: int64 [B]. span_lengths: int32 [B, n]; span_count,

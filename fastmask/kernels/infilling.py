@@ -1,4 +1,4 @@
-"""Triton BART text-infilling kernel, bit-identical to :mod:`fastmask.reference.text_infilling`
+"""Triton BART text-infilling kernel, bit-identical to :mod:`fastmask.reference.infilling`
 (which defines the semantics) with the generator of :mod:`fastmask._rng`.
 
 One program handles one row: the row in one block of ``BLOCK_L`` positions, its output in one
@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .. import _rng
-from ..text_infilling_plan import TextInfillingPlan
+from ..infilling_plan import TextInfillingPlan
 from .masking import _draw, _max_combine, _row_state
 from .sentinel_spans import _smallest
 

@@ -5,7 +5,7 @@ fairseq's ``DenoisingDataset.add_whole_word_mask`` / ``add_insertion_noise`` dra
 one after another and place spans with a random permutation; this op keeps their distribution
 (the masked-word budget, Poisson span lengths, uniformly placed distinct start words, inserted
 masks) with a rule that a parallel kernel can follow. Inputs arrive as a
-:class:`~fastmask.text_infilling_plan.TextInfillingPlan`; every random decision is a draw of
+:class:`~fastmask.infilling_plan.TextInfillingPlan`; every random decision is a draw of
 :mod:`fastmask._rng` (``draw(position, stream)`` of the row's key). Per row:
 
 1. *Real* tokens: ``attention_mask != 0`` when given, else ``id != pad_token_id``. *Eligible*:
@@ -66,7 +66,7 @@ import math
 import torch
 
 from .. import _rng
-from ..text_infilling_plan import TextInfillingPlan
+from ..infilling_plan import TextInfillingPlan
 
 __all__ = ["reference_text_infilling", "row_words", "draw_spans", "poisson_thresholds", "ceil_ratio"]
 
