@@ -46,7 +46,7 @@ struct Params {
 
 struct Workspace {
   std::vector<uint8_t> eligible, start, chosen;
-  std::vector<int64_t> word, segment, tokens;
+  std::vector<int64_t> word, segment, tokens, start_position;
   std::vector<uint64_t> keys;
 };
 
@@ -79,6 +79,7 @@ bool infill_row(const Params& p, const Id* ids_all, Id* out_all, int64_t* attent
   w.word.resize(L);
   w.segment.resize(L);
   w.keys.resize(L);
+  w.start_position.resize(L);
   int64_t words = 0, segment = 0;
   bool previous = false;
   for (int64_t i = 0; i < L; ++i) {
@@ -87,7 +88,10 @@ bool infill_row(const Params& p, const Id* ids_all, Id* out_all, int64_t* attent
     const bool s = e && (!previous || !ws || ws[i]);
     w.eligible[i] = e;
     w.start[i] = s;
-    if (s) w.keys[words++] = rank_key(rng.draw(i, kStreamInfillStart), static_cast<uint64_t>(i));
+    if (s) {
+      w.keys[words] = rank_key(rng.draw(words, kStreamInfillStart), static_cast<uint64_t>(words));
+      w.start_position[words++] = i;
+    }
     w.word[i] = words - 1;
     w.segment[i] = segment;
     previous = e;
@@ -95,17 +99,18 @@ bool infill_row(const Params& p, const Id* ids_all, Id* out_all, int64_t* attent
   // (2) the S start words with the smallest keys
   const int64_t spans = std::min<int64_t>(p.span_count[row], words);
   smallest(w.keys, words, spans);
-  for (int64_t j = 0; j < spans; ++j) w.chosen[w.keys[j] & 0xFFFFFFFFull] = 1;
+  for (int64_t j = 0; j < spans; ++j) w.chosen[w.start_position[w.keys[j] & 0xFFFFFFFFull]] = 1;
 
   // (3) coverage, heads, replacement; surviving tokens at running offsets
   const int32_t* lengths = p.span_lengths + row * p.max_spans;
   w.tokens.resize(L);
   uint64_t reach = 0;
-  int64_t rank = 0, m = 0;
+  int64_t rank = 0, m = 0, real_index = -1;
   bool group_random = false;
   const Id mask = static_cast<Id>(p.mask_token_id);
   for (int64_t i = 0; i < L; ++i) {
     if (!real(i)) continue;
+    ++real_index;
     const uint64_t seg = static_cast<uint64_t>(w.segment[i]);
     const uint64_t word = static_cast<uint64_t>(w.word[i]);
     auto covers = [&](uint64_t packed) { return (packed >> 32) == seg && (packed & 0xFFFFFFFFull) > word; };
@@ -122,12 +127,12 @@ bool infill_row(const Params& p, const Id* ids_all, Id* out_all, int64_t* attent
     }
     bool random = false;
     if (head) {
-      random = prob_draw(rng.draw(i, kStreamInfillRandom)) < p.random_threshold;
+      random = prob_draw(rng.draw(w.word[i], kStreamInfillRandom)) < p.random_threshold;
       group_random = random;
     }
     if (p.replace_length == -1) random = group_random;
     if (p.replace_length == 0 || (p.replace_length == 1 && !head)) continue;
-    w.tokens[m++] = random ? static_cast<Id>(random_id(rng.draw(i, kStreamRandomId), p.vocab_size)) : mask;
+    w.tokens[m++] = random ? static_cast<Id>(random_id(rng.draw(real_index, kStreamRandomId), p.vocab_size)) : mask;
   }
 
   // (4) insertion slots and the output row

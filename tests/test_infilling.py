@@ -283,7 +283,7 @@ def test_poisson_table_matches_fairseq():
         ps, k = [], 0
         while True:  # fairseq's loop: append, stop after the first pmf below 1e-7
             ps.append(math.exp(-lam) * lam**k / math.factorial(k))
-            if ps[-1] < 1e-7 or k == 127:
+            if (ps[-1] < 1e-7 and k >= lam) or k == 127:  # (fairseq: not only past the mean)
                 break
             k += 1
         thresholds = poisson_thresholds(lam)

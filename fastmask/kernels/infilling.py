@@ -110,8 +110,8 @@ def _text_infilling_kernel(
     spans = tl.minimum(tl.load(span_count_ptr + row), words)
     s1, s2 = _row_state(tl.load(row_keys_ptr + row), seed_mix1, seed_mix2)
 
-    # start words: the S smallest keys (draw >> 1, position); the r-th takes span_lengths[r]
-    start_key = ((_draw(s1, s2, pos, _STREAM_START) >> 1).to(tl.int64) << LOG2_BLOCK_L) | pos
+    # start words: the S smallest keys (draw >> 1, word); the r-th takes span_lengths[r]
+    start_key = ((_draw(s1, s2, word, _STREAM_START) >> 1).to(tl.int64) << LOG2_BLOCK_L) | word
     chosen = _smallest(word_start, start_key, spans, 32 + LOG2_BLOCK_L)
     rank = tl.cumsum(chosen.to(tl.int32), 0) - 1
     span_length = tl.load(span_lengths_ptr + row * max_spans + rank, mask=chosen, other=0).to(tl.int64)
@@ -125,7 +125,7 @@ def _text_infilling_kernel(
     head = chosen & ~(((earlier >> 32) == segment) & ((earlier & 0xFFFFFFFF) > word))
 
     # replacement: a head's span is random by its draw; with -1, covered tokens take their head's
-    random_head = head & ((_draw(s1, s2, pos, _STREAM_RANDOM) >> _PROB_SHIFT).to(tl.int32) < random_threshold)
+    random_head = head & ((_draw(s1, s2, word, _STREAM_RANDOM) >> _PROB_SHIFT).to(tl.int32) < random_threshold)
     if REPLACE_LENGTH == -1:
         group = tl.associative_scan(tl.where(head, (pos << 1) | random_head.to(tl.int32), 0), 0, _max_combine)
         random_token = covered & ((group & 1) == 1)
@@ -137,7 +137,8 @@ def _text_infilling_kernel(
         random_token = random_head
         keep = real & ~covered
     mask_id = tl.full([BLOCK_L], 0, tl.int64) + mask_token_id
-    value = tl.where(covered, tl.where(random_token, _random_id(s1, s2, pos, vocab_size), mask_id), ids)
+    real_index = tl.cumsum(real.to(tl.int32), 0) - 1
+    value = tl.where(covered, tl.where(random_token, _random_id(s1, s2, real_index, vocab_size), mask_id), ids)
     at = tl.cumsum(keep.to(tl.int32), 0) - 1
     m = tl.sum(keep.to(tl.int32), 0)
     tokens_row = tokens_ptr + row * BLOCK_W

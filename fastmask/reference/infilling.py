@@ -18,23 +18,23 @@ masks) with a rule that a parallel kernel can follow. Inputs arrive as a
    ``N = ceil(W * mask_ratio)`` (the product rounded to 9 decimals first, so ``10 * 0.3`` is
    3). Span ``k = 0, 1, ...`` has length ``#{j : draw(k, STREAM_SPAN_LENGTH) >> 8 >=
    thresholds[j]}``, the 24-bit inverse CDF of Poisson(``poisson_lambda``) truncated where the
-   probability falls below 1e-7 (and at 127), as fairseq's table. Spans are drawn until their
+   probability falls below 1e-7 past the mean (and at 127), as fairseq's table. Spans are drawn until their
    lengths sum to ``>= N`` (at most ``4 L + 64`` spans, a limit only a ``poisson_lambda`` far
    below ``mask_ratio`` reaches), the last one is cut so they sum to ``N`` exactly. The
    ``I`` zero-length spans among them become inserted masks (step 7); the ``S`` others keep
    their draw order, rotated by ``draw(INFILL_INSERT_OFFSET, STREAM_SPAN_LENGTH) % S`` (so the
    cut span lands on a uniformly chosen start): ``span_lengths[r]``, ``r < S``.
-4. Start words: the ``S`` words whose first tokens ``t`` have the smallest keys
-   ``(draw(t, STREAM_INFILL_START) >> 1, t)`` (a uniformly random set of distinct words, as
-   fairseq's ``randperm``); the ``r``-th of them in row order starts a span of
+4. Start words: the ``S`` words ``w`` with the smallest keys ``(draw(w, STREAM_INFILL_START) >>
+   1, w)`` (a uniformly random set of distinct words, as fairseq's ``randperm``); the ``r``-th of them in row order starts a span of
    ``span_lengths[r]`` words: words ``w .. w + span_lengths[r] - 1``, cut at the segment's end.
 5. Coverage: an eligible token is *covered* when a span covers its word; a start word's first
    token is a *head* when no span from an earlier start covers it (overlapping spans merge,
-   as in fairseq; adjacent ones do not). A head draws ``draw(t, STREAM_INFILL_RANDOM) >> 8 <
-   random_threshold``: its span is *random*. With ``replace_length=-1`` every covered token
+   as in fairseq; adjacent ones do not). A head of word ``w`` draws ``draw(w,
+   STREAM_INFILL_RANDOM) >> 8 < random_threshold``: its span is *random*. With ``replace_length=-1`` every covered token
    takes the choice of the last head at or before it.
 6. Replacement, by ``replace_length``: ``1``: a head becomes one token (``mask_token_id``, or
-   when random the id ``(draw(t, STREAM_RANDOM_ID) * vocab_size) >> 32``), its other covered
+   when random the id ``(draw(i, STREAM_RANDOM_ID) * vocab_size) >> 32``, ``i`` the token's
+   index among the row's real tokens), its other covered
    tokens are deleted; ``-1``: each covered token becomes a mask (or, random, its own random
    id); ``0``: covered tokens are deleted. Uncovered real tokens (specials too) stay. The
    surviving ``m`` tokens, in order, are the row ``T``.
@@ -49,6 +49,9 @@ masks) with a rule that a parallel kernel can follow. Inputs arrive as a
    else ``mask_token_id``.
 8. Output: the row left-aligned, padded with ``pad_token_id`` to the plan's ``width``;
    ``attention_mask`` is 1 on the row's tokens.
+
+Every draw is keyed by a word, a real-token index, a span or a slot number, never by a padded
+position: a row gets the same noise wherever its padding sits (left, right, batch width).
 
 Deviations from fairseq (documented, distribution kept): spans are paired with start words by
 row order after a random rotation rather than by a second permutation; with
@@ -81,11 +84,13 @@ def ceil_ratio(count: int, ratio: float) -> int:
 
 def poisson_thresholds(poisson_lambda: float) -> list[int]:
     """24-bit CDF thresholds of Poisson(``poisson_lambda``) span lengths: a draw ``d`` gives the
-    length ``#{j : d >> 8 >= thresholds[j]}`` (fairseq's truncated, renormalised table)."""
+    length ``#{j : d >> 8 >= thresholds[j]}`` (fairseq's truncated, renormalised table; fairseq
+    stops at the first probability below 1e-7 even before the mode, which leaves only length 0
+    for ``poisson_lambda`` above ~16: here the cut comes past the mean)."""
     probs, log_p = [], -poisson_lambda
     for k in range(MAX_SPAN_LENGTH + 1):
         probs.append(math.exp(log_p))
-        if probs[-1] < POISSON_CUTOFF:
+        if probs[-1] < POISSON_CUTOFF and k >= poisson_lambda:
             break
         log_p += math.log(poisson_lambda) - math.log(k + 1)
     return _rng.span_length_thresholds([p / math.fsum(probs) for p in probs])
@@ -200,7 +205,8 @@ def reference_text_infilling(plan: TextInfillingPlan) -> tuple[torch.Tensor, tor
         # step 4: start words and their spans' ends (packed with the segment, for a running max)
         chosen = torch.zeros(L, dtype=torch.bool)
         start_positions = positions[starts[b]]
-        chosen[start_positions[_smallest(s1, s2, start_positions, _rng.STREAM_INFILL_START, span_count[b])]] = True
+        word_numbers = torch.arange(start_positions.numel(), dtype=torch.int64)
+        chosen[start_positions[_smallest(s1, s2, word_numbers, _rng.STREAM_INFILL_START, span_count[b])]] = True
         rank = torch.cumsum(chosen.to(torch.int64), dim=0) - 1
         end = word + lengths_all[b][rank.clamp(min=0, max=lengths_all.shape[1] - 1)]
         value = torch.where(chosen, (segment[b] << 32) | end, torch.zeros_like(end))
@@ -213,7 +219,7 @@ def reference_text_infilling(plan: TextInfillingPlan) -> tuple[torch.Tensor, tor
         # step 5: coverage, heads and their random choice
         covered = eligible[b] & covers(reach)
         head = chosen & ~covers(earlier)
-        random_head = head & _below(s1, s2, positions, _rng.STREAM_INFILL_RANDOM, plan.random_threshold)
+        random_head = head & _below(s1, s2, word, _rng.STREAM_INFILL_RANDOM, plan.random_threshold)
         if plan.replace_length == -1:
             group = torch.cummax(torch.where(head, (positions << 1) | random_head.to(torch.int64), 0), dim=0).values
             random_token = covered & ((group & 1) == 1)
@@ -222,7 +228,7 @@ def reference_text_infilling(plan: TextInfillingPlan) -> tuple[torch.Tensor, tor
         # step 6: replacement and deletion
         replaced = torch.where(
             random_token,
-            _random_ids(s1, s2, positions, plan.vocab_size),
+            _random_ids(s1, s2, torch.cumsum(real[b].to(torch.int64), dim=0) - 1, plan.vocab_size),
             torch.full_like(positions, plan.mask_token_id),
         )
         row = torch.where(covered, replaced, ids_cpu[b])
