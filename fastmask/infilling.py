@@ -87,8 +87,13 @@ def _budget_table(size: int, mask_ratio: float) -> np.ndarray:
     return np.array([ceil_ratio(w, mask_ratio) for w in range(size + 1)], dtype=np.int64)
 
 
-@functools.lru_cache(maxsize=64)
 def _insert_table(size: int, insert_ratio: float) -> torch.Tensor:
+    """``[size + 1]`` int32: ``ceil_ratio(x, insert_ratio)`` (a slice of a table cached per power of two)."""
+    return _insert_table_pow2(1 << max(4, size.bit_length()), insert_ratio)[: size + 1]
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_table_pow2(size: int, insert_ratio: float) -> torch.Tensor:
     return torch.tensor([ceil_ratio(x, insert_ratio) for x in range(size + 1)], dtype=torch.int32)
 
 

@@ -196,7 +196,9 @@ class DataCollatorForTextInfilling(MaskStream, DataCollatorMixin):
         _backend.check_backend_name(self.backend)
         self.vocab_size = len(self.tokenizer)
         self._tables = _TokenizerTables()
-        self._special_ids = np.asarray(_TokenizerTables.special_ids(self.tokenizer), dtype=np.int64)
+        special_ids = _TokenizerTables.special_ids(self.tokenizer)
+        self._special_table = np.zeros(max(special_ids, default=0) + 2, dtype=bool)  # the last entry: ids past it
+        self._special_table[list(special_ids)] = True
         self._init_stream()
 
     def torch_call(self, features):
@@ -219,7 +221,7 @@ class DataCollatorForTextInfilling(MaskStream, DataCollatorMixin):
         columns = np.arange(length)[None, :]
         lengths = padded.lengths[:, None]
         real = columns >= length - lengths if left else columns < lengths
-        special = np.isin(ids_np, self._special_ids)
+        special = np.take(self._special_table, ids_np, mode="clip")  # ids past the table clip to False
         if "special_tokens_mask" in data:
             special |= np.asarray(data["special_tokens_mask"]).astype(bool)
         special &= real

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .. import _rng
@@ -110,52 +111,83 @@ def row_words(
     return eligible, starts, segment
 
 
+def _lowbias32_np(x: np.ndarray) -> np.ndarray:
+    """``lowbias32`` on a uint32 numpy array (:mod:`fastmask._rng`, with numpy's wrapping uint32)."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(_rng.HASH_MUL1)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(_rng.HASH_MUL2)
+    return x ^ (x >> np.uint32(16))
+
+
+def _draw_np(s1: np.ndarray, s2: np.ndarray, positions: np.ndarray, stream: int) -> np.ndarray:
+    """:func:`fastmask._rng.draw` in numpy: uint32 ``[B, n]`` for uint32 ``[B, 1]`` states."""
+    counter = (positions.astype(np.uint64) * np.uint64(_rng.NUM_STREAMS) + np.uint64(stream)).astype(np.uint32)
+    return _lowbias32_np(_lowbias32_np(counter ^ s1) ^ s2)
+
+
+def _row_states_np(row_keys: np.ndarray, mix1: int, mix2: int) -> tuple[np.ndarray, np.ndarray]:
+    keys = row_keys.astype(np.int64).view(np.uint64)
+    lo = (keys & np.uint64(_rng.MASK32)).astype(np.uint32)
+    hi = (keys >> np.uint64(32)).astype(np.uint32)
+    s1 = _lowbias32_np(_lowbias32_np(lo ^ np.uint32(mix1)) ^ hi)
+    s2 = _lowbias32_np(_lowbias32_np(hi ^ np.uint32(mix2)) ^ lo)
+    return s1[:, None], s2[:, None]
+
+
 def draw_spans(
     row_keys: torch.Tensor, seed_mix1: int, seed_mix2: int, budgets: torch.Tensor, thresholds: list[int], cap: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step 3 for rows with masked-word ``budgets`` ``[B]``: ``(span_lengths [B, max(1, max S)]
-    int32, span_count [B] int32, insert_count [B] int32)``; at most ``cap`` spans per row."""
-    s1, s2 = _rng.row_states(row_keys.cpu(), seed_mix1, seed_mix2)
-    s1, s2 = s1[:, None], s2[:, None]
-    budgets = budgets.to(torch.int64)
-    batch = budgets.numel()
-    bounds = torch.tensor(thresholds, dtype=torch.int64)
+    int32, span_count [B] int32, insert_count [B] int32)``; at most ``cap`` spans per row.
+
+    Host side, in numpy (the generator's arithmetic, as :mod:`fastmask._rng`): the plan calls it
+    once per batch, and torch's small CPU ops would cost more than the kernels."""
+    s1, s2 = _row_states_np(row_keys.cpu().numpy(), seed_mix1, seed_mix2)
+    budgets = budgets.cpu().numpy().astype(np.int64)
+    batch = budgets.size
+    bounds = np.asarray(thresholds, dtype=np.int64)
     mean = max(0.5, _mean_length(thresholds))
-    chunk = min(cap, max(16, int(int(budgets.max()) / mean * 1.25) + 16)) if batch else 16
-    lengths = torch.zeros((batch, 0), dtype=torch.int64)
+    chunk = min(cap, max(16, int(int(budgets.max(initial=0)) / mean * 1.25) + 16))
+    lengths = np.zeros((batch, 0), dtype=np.int64)
     while True:
         k0 = lengths.shape[1]
-        positions = torch.arange(k0, min(cap, k0 + chunk), dtype=torch.int64)
-        draws = _rng.draw(s1, s2, positions, _rng.STREAM_SPAN_LENGTH) >> (32 - _rng.PROB_BITS)
-        lengths = torch.cat([lengths, torch.bucketize(draws, bounds, right=True)], dim=1)
-        total = lengths.sum(dim=1)
-        if bool((total >= budgets).all()) or lengths.shape[1] >= cap:
+        positions = np.arange(k0, min(cap, k0 + chunk), dtype=np.int64)[None, :]
+        draws = (_draw_np(s1, s2, positions, _rng.STREAM_SPAN_LENGTH) >> np.uint32(32 - _rng.PROB_BITS)).astype(
+            np.int64
+        )
+        lengths = np.concatenate([lengths, np.searchsorted(bounds, draws, side="right")], axis=1)
+        if bool((lengths.sum(axis=1) >= budgets).all()) or lengths.shape[1] >= cap:
             break
         chunk *= 2
-    cum = torch.cumsum(lengths, dim=1)
+    cum = np.cumsum(lengths, axis=1)
     reached = cum >= budgets[:, None]
     # spans used: up to the first that reaches the budget (all drawn when none does); none for N = 0
-    first = torch.where(reached.any(dim=1), reached.to(torch.int64).argmax(dim=1) + 1, lengths.shape[1])
-    used = torch.where(budgets > 0, first, 0)
-    k = torch.arange(lengths.shape[1])[None, :]
+    first = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, lengths.shape[1])
+    used = np.where(budgets > 0, first, 0)
+    k = np.arange(lengths.shape[1])[None, :]
     in_use = k < used[:, None]
     last = k == (used[:, None] - 1)
-    before = cum - lengths
-    lengths = torch.where(last & reached, budgets[:, None] - before, lengths) * in_use
+    lengths = np.where(last & reached, budgets[:, None] - (cum - lengths), lengths) * in_use
     nonzero = in_use & (lengths > 0)
-    span_count = nonzero.sum(dim=1)
-    insert_count = (in_use & (lengths == 0)).sum(dim=1)
-    width = max(1, int(span_count.max()) if batch else 1)
-    packed = torch.zeros((batch, width), dtype=torch.int64)
-    rank = torch.cumsum(nonzero.to(torch.int64), dim=1) - 1
-    rows = torch.arange(batch)[:, None].expand_as(rank)
+    span_count = nonzero.sum(axis=1)
+    insert_count = (in_use & (lengths == 0)).sum(axis=1)
+    width = max(1, int(span_count.max(initial=0)))
+    packed = np.zeros((batch, width), dtype=np.int64)
+    rank = np.cumsum(nonzero, axis=1) - 1
+    rows = np.broadcast_to(np.arange(batch)[:, None], rank.shape)
     packed[rows[nonzero], rank[nonzero]] = lengths[nonzero]
     # rotate: chosen start r takes span (r + offset) % S
-    rotation = _rng.draw(s1, s2, torch.tensor([_rng.INFILL_INSERT_OFFSET]), _rng.STREAM_SPAN_LENGTH)[:, 0]
-    offset = rotation % span_count.clamp(min=1)
-    source = (torch.arange(width)[None, :] + offset[:, None]) % span_count.clamp(min=1)[:, None]
-    rotated = torch.gather(packed, 1, source) * (torch.arange(width)[None, :] < span_count[:, None])
-    return rotated.to(torch.int32), span_count.to(torch.int32), insert_count.to(torch.int32)
+    rotation = _draw_np(s1, s2, np.array([[_rng.INFILL_INSERT_OFFSET]]), _rng.STREAM_SPAN_LENGTH)[:, 0]
+    spans = np.maximum(span_count, 1)
+    offset = rotation.astype(np.int64) % spans
+    r = np.arange(width)[None, :]
+    rotated = np.take_along_axis(packed, (r + offset[:, None]) % spans[:, None], axis=1) * (r < span_count[:, None])
+    return (
+        torch.from_numpy(rotated.astype(np.int32)),
+        torch.from_numpy(span_count.astype(np.int32)),
+        torch.from_numpy(insert_count.astype(np.int32)),
+    )
 
 
 def _mean_length(thresholds: list[int]) -> float:
