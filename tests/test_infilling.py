@@ -404,3 +404,47 @@ def test_inputs_are_not_modified():
     special = torch.zeros(3, 30, dtype=torch.bool)
     text_infilling(ids, mask_token_id=MASK, pad_token_id=PAD, vocab_size=VOCAB, special_tokens_mask=special, seed=0)
     assert torch.equal(ids, before) and not bool(special.any())
+
+
+def _compile_offline(chosen):
+    import os
+
+    from fastmask.kernels import offline
+
+    try:
+        rows = offline.compile_report(chosen, offline.TARGETS, jobs=min(2, os.cpu_count() or 1))
+    except offline.OfflineCompileUnavailable as exc:
+        pytest.skip(str(exc))
+    assert [(r["variant"], r["target"]) for r in rows] == [
+        (v.label, f"sm_{c}") for c in offline.TARGETS for v in chosen
+    ]
+    bad = offline.spilled(rows)
+    assert not bad, "spills or compile errors:\n" + offline.markdown_table(bad)
+    assert all(0 < r["n_regs"] <= 65536 // (32 * r["num_warps"]) for r in rows)
+
+
+_ON_GPU = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="a GPU is present: the other tests compile and run the kernel on it"
+)
+
+
+@_ON_GPU
+def test_triton_kernel_compiles_offline_without_spills():
+    """The Triton kernel compiles for sm_80 and sm_90 at rows of 512 tokens (outputs up to 1024)
+    with 0 spills, at the launcher's num_warps (:mod:`fastmask.kernels.offline`, worker processes
+    without the interpreter): the variants with the most registers of each argument set (measured
+    with Triton 3.x: 56-80 registers); every variant in the slow test below."""
+    from fastmask.kernels import offline
+    from fastmask.kernels.infilling import num_warps
+
+    chosen = offline.variants("infilling")
+    assert len(chosen) == 6 and all(v.num_warps == num_warps(2 * v.block) for v in chosen)
+    _compile_offline([chosen[0], chosen[3]])  # replace_length 1 (i64, masks), -1 (i32, none)
+
+
+@_ON_GPU
+@pytest.mark.slow
+def test_every_triton_variant_compiles_offline_without_spills():
+    from fastmask.kernels import offline
+
+    _compile_offline(offline.variants("infilling"))
