@@ -43,8 +43,8 @@ _PROB_SHIFT = tl.constexpr(32 - _rng.PROB_BITS)
 
 @triton.jit
 def _random_id(s1, s2, pos, vocab_size):
-    draw = _draw(s1, s2, pos, _STREAM_RANDOM_ID)
-    return ((draw.to(tl.uint64) * vocab_size.to(tl.int64).to(tl.uint64)) >> 32).to(tl.int64)
+    # as the masking kernel: a draw < 2**32 times vocab_size <= 2**31 fits in int64
+    return (_draw(s1, s2, pos, _STREAM_RANDOM_ID).to(tl.int64) * vocab_size) >> 32
 
 
 @triton.jit
