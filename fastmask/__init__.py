@@ -23,6 +23,7 @@ _EXPORTS = {
     "DataCollatorForSpanCorruption": "fastmask.seq2seq",
     "text_infilling": "fastmask.infilling",
     "DataCollatorForTextInfilling": "fastmask.infilling_collator",
+    "DataCollatorForSeq2Seq": "fastmask.source_noise",
     # loss
     "masked_cross_entropy": "fastmask.cross_entropy",
     "MaskedLMLoss": "fastmask.loss",

@@ -245,9 +245,21 @@ def choose_backend(
     or dtype; ``triton_kernels``, ``length``: the op's Triton kernel module and row length, for
     its :func:`triton_limits`. Every op dispatches through here.
     """
+    environment = (os.environ.get("FASTMASK_BACKEND", ""), triton_interpreting())
+    if device_type == "cpu" and not environment[1]:
+        length = 0  # Triton cannot run here, so its length limits do not matter
+    return _choose_backend_cached(
+        op, backend, device_type, cpp_symbol, tuple(limits), triton_kernels, length, environment
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _choose_backend_cached(op, backend, device_type, cpp_symbol, limits, triton_kernels, length, environment) -> str:
+    # one decision per distinct call signature and environment: every argument above is in the
+    # key (errors are raised, never cached), so eager calls skip the environment and import checks
     call_reasons = {"cpp": cpp_symbol_reason(cpp_symbol)}
     if triton_kernels:
-        limits = tuple(limits) + triton_limits(triton_kernels, device_type, length)
+        limits = limits + triton_limits(triton_kernels, device_type, length)
     for name, reason in limits:
         call_reasons[name] = call_reasons.get(name) or reason
     return resolve_backend(backend, torch.device(device_type), op=op, call_reasons=call_reasons)

@@ -65,3 +65,73 @@ def value_range(values: torch.Tensor) -> tuple[int, int]:
         return int(array.min()), int(array.max())
     lo, hi = torch.aminmax(values)
     return int(lo), int(hi)
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_nonnegative_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not (value >= 0.0 and value != float("inf")):
+        raise ValueError(f"{name}={value} must be finite and >= 0")
+    return value
+
+
+# ----------------------------------------------------------------------------- loss arguments
+def check_ignore_index(value) -> int:
+    """An int in int64's range (labels are compared as int64)."""
+    return check_int("ignore_index", value, minimum=-(2**63), maximum=2**63 - 1)
+
+
+def check_label_smoothing(value) -> float:
+    """A probability, as torch's ``label_smoothing``."""
+    return check_probability("label_smoothing", value)
+
+
+def check_items_value(value) -> float:
+    """``num_items_in_batch`` as a float: finite and >= 0 (0 only works for a batch without
+    labels; :func:`fastmask._loss_common.normalization` checks that), else ValueError naming it."""
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float range
+        value = float("inf")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"num_items_in_batch={value:g}: the summed loss is divided by it, so it must be a finite "
+            "number > 0 (the number of labelled tokens the loss is averaged over, e.g. over all "
+            "gradient-accumulation steps); pass that count, or None to average over this batch's labels"
+        )
+    return value
+
+
+def check_label_range(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """ValueError naming an offending label (the smallest or largest) outside ``[0, vocab)``."""
+    if targets.numel() == 0:
+        return
+    lo, hi = value_range(targets)
+    if lo < 0 or hi >= vocab:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"labels contains {bad}, outside the {vocab} classes [0, {vocab}) of the logits and not "
+            f"ignore_index={ignore_index}; every label must be a class id or ignore_index "
+            "(check the vocabulary size of the head and the collator's ignore value)"
+        )
+
+
+def check_not_leaf_for_inplace(logits: torch.Tensor) -> None:
+    """``inplace_backward=True`` overwrites the logits: torch forbids that for a leaf that
+    requires grad (a parameter, or an input created with ``requires_grad=True``) and its views."""
+    base = logits if logits._base is None else logits._base
+    if base.is_leaf and base.requires_grad:
+        what = "a leaf tensor that requires grad" if base is logits else "a view of a leaf tensor that requires grad"
+        raise ValueError(
+            f"inplace_backward=True would overwrite logits with its gradient, but logits is {what} "
+            "(torch forbids in-place changes to such tensors, and its .grad would alias the "
+            "destroyed values); pass the output of an operation (a non-leaf, e.g. a model's "
+            "logits) or use inplace_backward=False"
+        )

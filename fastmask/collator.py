@@ -41,6 +41,7 @@ from .masking import (
 )
 from .padding import PaddedBatch, pad_features, pad_value, round_up, to_torch
 from .schedules import MaskingSchedule, MaskingScheduleCallback, is_schedule, probability_at
+from .token_noise import check_noise_probabilities, compact_rows, noise_tokens
 from .token_weights import count_token_frequencies, token_weights_from_counts
 from .words import word_start_table, word_starts_from_offsets, word_starts_from_word_ids
 
@@ -511,13 +512,11 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
         if self.pad_to_multiple_of is not None:
             check_int("pad_to_multiple_of", self.pad_to_multiple_of, minimum=1)
         check_choice("return_tensors", self.return_tensors, RETURN_TENSORS)
-        total = 0.0
-        for name in ("mask_probability", "random_replace_probability", "delete_probability"):
-            total += check_probability(name, getattr(self, name))
-        if total > 1.0 + 1e-12:
-            raise ValueError(
-                f"mask_probability + random_replace_probability + delete_probability = {total} exceeds 1; lower them"
-            )
+        check_noise_probabilities(
+            mask_probability=self.mask_probability,
+            random_replace_probability=self.random_replace_probability,
+            delete_probability=self.delete_probability,
+        )
         if self.mask_probability > 0 and self.tokenizer.mask_token_id is None:
             raise ValueError(
                 "mask_probability > 0 needs a tokenizer with a mask token; set mask_probability=0 "
@@ -590,62 +589,29 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
         ineligible = ineligible | ~inside
         if tokenizer.pad_token_id is not None:
             ineligible |= ids == tokenizer.pad_token_id
-        eligible = ~ineligible
         word_starts = None
         if self.whole_word:
             if "offset_mapping" in data:
                 word_starts = word_starts_from_offsets(data["offset_mapping"], ineligible)
             else:
                 word_starts = self._tables.word_starts(tokenizer, ids)["word_starts"]
-        total = self.mask_probability + self.random_replace_probability + self.delete_probability
         keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
-        common = dict(
+        out, to_delete = noise_tokens(
+            ids,
+            ineligible,
             vocab_size=vocab,
-            special_tokens_mask=ineligible,
+            mask_token_id=tokenizer.mask_token_id,
+            mask_probability=self.mask_probability,
+            random_probability=self.random_replace_probability,
+            delete_probability=self.delete_probability,
+            word_starts=word_starts,
             seed=self._effective_seed(),
             row_keys=keys,
-            ids_beyond_vocab=True,
+            backend=self.backend,
         )
-        # Ids are shifted past the vocabulary, so the selected tokens that mask_tokens leaves
-        # unchanged (its "keep" share, here the deletion share) are the ones still >= vocab.
-        masked, labels = self._run(
-            ids + vocab,
-            mask_token_id=tokenizer.mask_token_id if tokenizer.mask_token_id is not None else 0,
-            mlm_probability=min(1.0, total),
-            mask_replace_prob=min(1.0, self.mask_probability / total),
-            random_replace_prob=min(1.0, self.random_replace_probability / total),
-            strategy="whole_word" if self.whole_word else "token",
-            word_starts=word_starts,
-            **common,
-        )
-        selected = labels != IGNORE_INDEX
-        to_mask = selected & (masked == tokenizer.mask_token_id)
-        to_delete = selected & (masked >= vocab)
-        to_random = selected & ~to_mask & ~to_delete
-        random_ids = masked
-        if self.whole_word:
-            # one decision per word: the one drawn for its first token
-            positions = torch.arange(length).expand(batch, length)
-            previous = torch.cat([torch.zeros_like(eligible[:, :1]), eligible[:, :-1]], dim=1)
-            unit_start = eligible & (word_starts | ~previous)
-            first = torch.cummax(torch.where(unit_start, positions, torch.full_like(positions, -1)), dim=1).values
-            first = first.clamp(min=0)
-            to_mask, to_delete, to_random = (
-                selected & torch.gather(m, 1, first) for m in (to_mask, to_delete, to_random)
-            )
-            if to_random.any():  # the per-position random ids (stream 2) of every eligible token
-                random_ids, _ = self._run(
-                    ids, mask_token_id=0, mlm_probability=1.0, mask_replace_prob=0.0, random_replace_prob=1.0, **common
-                )
-        out = torch.where(to_random, random_ids, ids)
-        if tokenizer.mask_token_id is not None:
-            out = torch.where(to_mask, torch.full_like(ids, tokenizer.mask_token_id), out)
         data["input_ids"] = out
         if to_delete.any():
             self._close_up(data, padded, to_delete, inside, left, padding)
-
-    def _run(self, ids: torch.Tensor, **kwargs):
-        return run_masking(plan_masking(ids, **kwargs), self.backend)
 
     def _close_up(self, data: dict, padded: PaddedBatch, deleted, inside, left: bool, padding) -> None:
         """Remove deleted positions from every key aligned with ``input_ids`` and re-pad.
@@ -653,31 +619,10 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
         The new length is the longest remaining row (or ``max_length``) rounded up to
         ``pad_to_multiple_of``: never more than the old length.
         """
-        batch, length = deleted.shape
         keep = inside & ~deleted
-        new_lengths = keep.sum(dim=1)
-        target = max(int(new_lengths.max()), self.max_length if padding == "max_length" else 0)
+        target = max(int(keep.sum(dim=1).max()), self.max_length if padding == "max_length" else 0)
         target = round_up(target, self.pad_to_multiple_of)
-        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept positions first, in order
-        slots = torch.arange(target)[None, :]
-        if left:  # right-aligned: slot j holds kept item j - (target - n)
-            first = (target - new_lengths)[:, None]
-            valid = slots >= first
-            source = (slots - first).clamp(min=0)
-        else:
-            valid = slots < new_lengths[:, None]
-            source = slots.expand(batch, target)
-        index = torch.gather(order, 1, source)
         for key in padded.aligned:
-            if key not in data:
-                continue
-            value = data[key]
-            pad = pad_value(key, self.tokenizer, self.label_pad_token_id)
-            if value.dim() == 3:
-                moved = torch.gather(value, 1, index[..., None].expand(-1, -1, value.shape[2]))
-                mask = valid[..., None]
-            else:
-                moved = torch.gather(value, 1, index)
-                mask = valid
-            fill = torch.full_like(moved, bool(pad) if value.dtype == torch.bool else pad)
-            data[key] = torch.where(mask, moved, fill)
+            if key in data:
+                pad = pad_value(key, self.tokenizer, self.label_pad_token_id)
+                data[key] = compact_rows(data[key], keep, target, pad, left=left)

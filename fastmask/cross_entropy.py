@@ -22,22 +22,36 @@ several times the kernel itself, and a training loop asks for the same sizes eve
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Optional, Union
 
 import torch
 
 from . import _backend
-from ._validation import check_choice, check_int, check_tensor, value_range
-from .distributed import global_normalizer, is_initialized
+from ._loss_common import (
+    LABEL_DTYPES,
+    LOGITS_DTYPES,
+    NONE,
+    REDUCTIONS,
+    choose_backend,
+    loss_normalizer,
+    normalization,
+    reduce_losses,
+    select_rows,
+    work_dtype,
+)
+from ._validation import (
+    check_bool,
+    check_choice,
+    check_ignore_index,
+    check_label_smoothing,
+    check_nonnegative_float,
+    check_not_leaf_for_inplace,
+    check_tensor,
+)
 from .reference.cross_entropy import reference_cross_entropy_rows
 
 __all__ = ["masked_cross_entropy", "release_cached_buffers", "REDUCTIONS"]
 
-REDUCTIONS = ("none", "mean", "sum")  # index = the ops' reduction code (as torch's Reduction enum)
-LOGITS_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-LABEL_DTYPES = (torch.int32, torch.int64)
 _KERNEL_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -94,7 +108,7 @@ def _cpp_rows(logits, rows, targets, *, grad_scale, label_smoothing, z_loss, gra
 
 
 def _scale_rows_torch(buf, rows, factors):
-    work = _work_dtype(buf.dtype)
+    work = work_dtype(buf.dtype)
     scaled = buf.index_select(0, rows).to(work) * factors.to(work).unsqueeze(1)
     buf.index_copy_(0, rows, scaled.to(buf.dtype))
 
@@ -133,14 +147,10 @@ def _use_cpp(backend: str, t: torch.Tensor) -> bool:
     return backend == "cpp" and t.dtype in _KERNEL_DTYPES and t.device.type == "cpu"
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _expand_grad(backend, grad_rows, rows, grad_output, n_rows, per_row):
     """``out[rows[i]] = grad_output * grad_rows[i]``, zero elsewhere: ``[n_rows, V]``."""
     vocab = grad_rows.shape[1]
-    work = _work_dtype(grad_rows.dtype)
+    work = work_dtype(grad_rows.dtype)
     go = grad_output.detach().to(work).reshape(-1).contiguous()
     if _use_cpp(backend, grad_rows):
         out = cpp_empty((n_rows, vocab), grad_rows.dtype)
@@ -156,7 +166,7 @@ def _expand_grad(backend, grad_rows, rows, grad_output, n_rows, per_row):
 
 def _scale_rows(backend, buf, rows, grad_output, per_row):
     """In place: ``buf[rows[i]] *= grad_output`` (``grad_output[rows[i]]`` when ``per_row``)."""
-    go = grad_output.detach().to(_work_dtype(buf.dtype)).reshape(-1).contiguous()
+    go = grad_output.detach().to(work_dtype(buf.dtype)).reshape(-1).contiguous()
     if _use_cpp(backend, buf):
         _backend.cpp_kernels().ce_scale_rows(
             _cpp_buffer(buf), _KERNEL_DTYPES[buf.dtype], rows.numpy(), go.numpy(), per_row
@@ -171,73 +181,6 @@ def _zero_rows(backend, buf, rows):
         _backend.cpp_kernels().ce_zero_rows(_cpp_buffer(buf), rows.numpy())
     elif rows.numel():
         buf.index_fill_(0, rows, 0)
-
-
-# ----------------------------------------------------------------------------- shared op pieces
-_NONE, _MEAN, _SUM = 0, 1, 2
-
-
-def check_label_range(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
-    """ValueError naming an offending label (the smallest or largest) outside ``[0, vocab)``."""
-    if targets.numel() == 0:
-        return
-    lo, hi = value_range(targets)
-    if lo < 0 or hi >= vocab:
-        bad = lo if lo < 0 else hi
-        raise ValueError(
-            f"labels contains {bad}, outside the {vocab} classes [0, {vocab}) of the logits and not "
-            f"ignore_index={ignore_index}; every label must be a class id or ignore_index "
-            "(check the vocabulary size of the head and the collator's ignore value)"
-        )
-
-
-def select_rows(labels: torch.Tensor, ignore_index: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rows, targets)``: int64 indices of the labelled entries of 1-D ``labels``, and their labels."""
-    rows = (labels != ignore_index).nonzero().squeeze(1)
-    targets = labels.index_select(0, rows)
-    check_label_range(targets, vocab, ignore_index)
-    return rows, targets
-
-
-def normalization(
-    reduction: int, count: int, denominator: Optional[torch.Tensor], loss_scale: float
-) -> tuple[float, float]:
-    """``(gradient scale, divisor of the summed loss)`` for ``count`` labelled rows.
-
-    ``mean`` divides by ``denominator`` (num_items_in_batch or the global count) or else by
-    ``count``, and multiplies by ``loss_scale`` (the world size under global normalisation).
-    A zero divisor with nothing labelled gives a zero loss and zero gradient.
-    """
-    if reduction != _MEAN:
-        return 1.0, 1.0
-    divisor = float(denominator) if denominator is not None else float(count)
-    if denominator is not None:
-        # The value is read here anyway (the kernels take the scale as a number), so a CUDA
-        # tensor that the public entry points did not inspect is checked too, at no extra sync.
-        check_items_value(divisor)
-    if divisor <= 0:
-        if count > 0:
-            raise ValueError(
-                f"num_items_in_batch={divisor:g} but the batch has {count} labelled tokens; pass the "
-                "(positive) number of labelled tokens the loss should be averaged over"
-            )
-        return 0.0, 0.0
-    return loss_scale / divisor, divisor
-
-
-def reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, dtype):
-    """Per-row losses of the labelled rows -> the requested reduction, in ``dtype``."""
-    if reduction == _NONE:
-        out = torch.zeros(n_rows, dtype=dtype, device=loss_rows.device)
-        return out.index_copy_(0, rows, loss_rows.to(dtype))
-    total = loss_rows.to(torch.float64).sum()
-    if reduction == _MEAN:
-        total = total * (loss_scale / divisor) if divisor > 0 else total * 0.0
-    return total.to(dtype)
-
-
-def loss_dtype(logits_dtype: torch.dtype) -> torch.dtype:
-    return _work_dtype(logits_dtype)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -270,7 +213,7 @@ def _masked_ce_op(
     )
     if grad is None:
         grad = logits.new_empty((0, vocab))
-    loss = reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, loss_dtype(logits.dtype))
+    loss = reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, work_dtype(logits.dtype))
     return loss, grad, rows
 
 
@@ -280,7 +223,7 @@ def _masked_ce_fake(
 ):
     n_rows, vocab = logits.shape
     count = torch.library.get_ctx().new_dynamic_size()
-    loss = logits.new_empty((n_rows,) if reduction == _NONE else (), dtype=loss_dtype(logits.dtype))
+    loss = logits.new_empty((n_rows,) if reduction == NONE else (), dtype=work_dtype(logits.dtype))
     grad = logits.new_empty((count if compute_grad else 0, vocab))
     return loss, grad, labels.new_empty((count,), dtype=torch.int64)
 
@@ -306,7 +249,7 @@ def _masked_ce_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(grad, rows)
     ctx.n_rows = logits.shape[0]
-    ctx.per_row = reduction == _NONE
+    ctx.per_row = reduction == NONE
     ctx.compute_grad = compute_grad
     ctx.backend = backend
 
@@ -354,14 +297,14 @@ def _masked_ce_inplace_op(
         grad_mode="inplace",
     )
     _zero_rows(backend, logits, (labels == ignore_index).nonzero().squeeze(1))
-    return reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, loss_dtype(logits.dtype))
+    return reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, work_dtype(logits.dtype))
 
 
 @_masked_ce_inplace_op.register_fake
 def _masked_ce_inplace_fake(
     logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend
 ):
-    return logits.new_empty((logits.shape[0],) if reduction == _NONE else (), dtype=loss_dtype(logits.dtype))
+    return logits.new_empty((logits.shape[0],) if reduction == NONE else (), dtype=work_dtype(logits.dtype))
 
 
 @torch.library.custom_op("fastmask::masked_cross_entropy_scale_rows_", mutates_args=("buf",))
@@ -390,7 +333,7 @@ class _InplaceMaskedCrossEntropy(torch.autograd.Function):
         )
         ctx.save_for_backward(logits, labels)
         ctx.ignore_index = ignore_index
-        ctx.per_row = reduction == _NONE
+        ctx.per_row = reduction == NONE
         ctx.backend = backend
         return loss
 
@@ -399,127 +342,6 @@ class _InplaceMaskedCrossEntropy(torch.autograd.Function):
         buf, labels = ctx.saved_tensors
         _scale_rows_op(buf, labels, ctx.ignore_index, grad_loss, ctx.per_row, ctx.backend)
         return (buf,) + (None,) * 8
-
-
-# ----------------------------------------------------------------------------- validation
-def check_nonnegative_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not (value >= 0.0 and value != float("inf")):
-        raise ValueError(f"{name}={value} must be finite and >= 0")
-    return value
-
-
-def check_ignore_index(value) -> int:
-    """An int in int64's range (labels are compared as int64)."""
-    return check_int("ignore_index", value, minimum=-(2**63), maximum=2**63 - 1)
-
-
-def check_label_smoothing(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"label_smoothing must be a float in [0, 1], got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"label_smoothing={value} is outside [0, 1]; pass a value between 0 and 1 (torch's range)")
-    return value
-
-
-def check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    return value
-
-
-def check_items_value(value) -> float:
-    """``num_items_in_batch`` as a float: finite and >= 0 (0 only works for a batch without
-    labels; :func:`normalization` checks that), else ValueError naming it."""
-    try:
-        value = float(value)
-    except OverflowError:  # an int beyond float range
-        value = float("inf")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"num_items_in_batch={value:g}: the summed loss is divided by it, so it must be a finite "
-            "number > 0 (the number of labelled tokens the loss is averaged over, e.g. over all "
-            "gradient-accumulation steps); pass that count, or None to average over this batch's labels"
-        )
-    return value
-
-
-def check_not_leaf_for_inplace(logits: torch.Tensor) -> None:
-    """``inplace_backward=True`` overwrites the logits: torch forbids that for a leaf that
-    requires grad (a parameter, or an input created with ``requires_grad=True``) and its views."""
-    base = logits if logits._base is None else logits._base
-    if base.is_leaf and base.requires_grad:
-        what = "a leaf tensor that requires grad" if base is logits else "a view of a leaf tensor that requires grad"
-        raise ValueError(
-            f"inplace_backward=True would overwrite logits with its gradient, but logits is {what} "
-            "(torch forbids in-place changes to such tensors, and its .grad would alias the "
-            "destroyed values); pass the output of an operation (a non-leaf, e.g. a model's "
-            "logits) or use inplace_backward=False"
-        )
-
-
-def loss_normalizer(
-    labels: torch.Tensor,
-    ignore_index: int,
-    reduction: str,
-    num_items_in_batch,
-    global_normalization: bool,
-) -> tuple[Optional[torch.Tensor], float]:
-    """``(denominator tensor or None, loss scale)`` from ``num_items_in_batch`` / ``global_normalization``."""
-    check_bool("global_normalization", global_normalization)
-    if num_items_in_batch is None and not global_normalization:
-        return None, 1.0
-    if reduction != "mean":
-        option = "num_items_in_batch" if num_items_in_batch is not None else "global_normalization"
-        raise ValueError(
-            f"{option} changes the denominator of reduction='mean'; it has no meaning for reduction={reduction!r}"
-        )
-    if num_items_in_batch is not None and global_normalization:
-        raise ValueError(
-            "pass num_items_in_batch or global_normalization=True, not both: num_items_in_batch is "
-            "already the count the loss is averaged over"
-        )
-    if num_items_in_batch is not None:
-        if isinstance(num_items_in_batch, torch.Tensor):
-            if (
-                num_items_in_batch.numel() != 1
-                or num_items_in_batch.dtype == torch.bool
-                or num_items_in_batch.is_complex()
-            ):
-                raise ValueError(
-                    f"num_items_in_batch must be a number or a one-element real tensor, got a "
-                    f"{num_items_in_batch.dtype} tensor of shape {tuple(num_items_in_batch.shape)}"
-                )
-            value = num_items_in_batch.detach().reshape(())
-            # A CUDA value is checked where the op reads it (no extra sync); so is any value
-            # under torch.compile, where .item() would break the graph.
-            if value.device.type == "cpu" and not torch.compiler.is_compiling():
-                check_items_value(value.item())
-            return value, 1.0
-        if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, numbers.Real):
-            raise TypeError(
-                f"num_items_in_batch must be an int, a float or a one-element tensor, got "
-                f"{type(num_items_in_batch).__name__} {num_items_in_batch!r}"
-            )
-        value = check_items_value(num_items_in_batch)
-        return torch.tensor(value, dtype=torch.float64), 1.0
-    if not is_initialized():
-        return None, 1.0
-    count, world_size = global_normalizer((labels != ignore_index).sum())
-    return count, float(world_size)
-
-
-_FLOAT64_REASON = "float64 runs on the reference backend only (the kernels compute in fp32)"
-
-
-def choose_backend(backend: str, device_type: str, float64: bool, op: str) -> str:
-    """The concrete backend for one loss call, through the one dispatch every op uses
-    (:func:`fastmask._backend.choose_backend`): fp64 runs on the reference only."""
-    limits = (("cpp", _FLOAT64_REASON), ("triton", _FLOAT64_REASON)) if float64 else ()
-    return _backend.choose_backend(op, backend, device_type, "ce_forward", limits)
 
 
 # ----------------------------------------------------------------------------- public API

@@ -22,24 +22,27 @@ from typing import Optional, Union
 
 import torch
 
-from ._validation import check_choice, check_int, check_tensor
-from .cross_entropy import (
-    _NONE,
+from ._loss_common import (
     LABEL_DTYPES,
     LOGITS_DTYPES,
+    NONE,
     REDUCTIONS,
-    check_ignore_index,
-    check_label_smoothing,
-    check_nonnegative_float,
     choose_backend,
-    cpp_empty,
-    cross_entropy_rows,
-    loss_dtype,
     loss_normalizer,
     normalization,
     reduce_losses,
     select_rows,
+    work_dtype,
 )
+from ._validation import (
+    check_choice,
+    check_ignore_index,
+    check_int,
+    check_label_smoothing,
+    check_nonnegative_float,
+    check_tensor,
+)
+from .cross_entropy import cpp_empty, cross_entropy_rows
 
 __all__ = ["fused_masked_lm_loss", "default_chunk_size", "CHUNK_ELEMENTS"]
 
@@ -85,7 +88,7 @@ def chunked_head(
     """
     count = rows.shape[0]
     vocab, width = weight.shape
-    work = loss_dtype(hidden.dtype)
+    work = work_dtype(hidden.dtype)
     want_grad = need_hidden or need_weight or need_bias
     loss = torch.empty(count, dtype=work, device=hidden.device)
     grad_rows = hidden.new_empty((count, width)) if need_hidden else None
@@ -173,7 +176,7 @@ def _fused_op(
     n_rows = hidden.shape[0]
     rows, targets = select_rows(labels, ignore_index, weight.shape[0])
     grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
-    in_forward = reduction != _NONE
+    in_forward = reduction != NONE
     loss_rows, grad_rows, grad_weight, grad_bias = chunked_head(
         hidden,
         weight,
@@ -190,7 +193,7 @@ def _fused_op(
         need_bias=need_bias and in_forward and bias is not None,
         backend=backend,
     )
-    loss = reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, loss_dtype(hidden.dtype))
+    loss = reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, work_dtype(hidden.dtype))
     return (
         loss,
         _empty(hidden) if grad_rows is None else _scatter_rows(grad_rows, rows, n_rows),
@@ -217,8 +220,8 @@ def _fused_fake(
     need_bias,
     backend,
 ):
-    in_forward = reduction != _NONE
-    loss = hidden.new_empty((hidden.shape[0],) if reduction == _NONE else (), dtype=loss_dtype(hidden.dtype))
+    in_forward = reduction != NONE
+    loss = hidden.new_empty((hidden.shape[0],) if reduction == NONE else (), dtype=work_dtype(hidden.dtype))
     grad_hidden = hidden.new_empty(hidden.shape if need_hidden and in_forward else (0,))
     grad_weight = weight.new_empty(weight.shape if need_weight and in_forward else (0,))
     has_bias = need_bias and in_forward and bias is not None
@@ -244,7 +247,7 @@ def _fused_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients for reduction="none" (per-row ``grad_output [N]``), recomputing the chunks."""
     rows, targets = select_rows(labels, ignore_index, weight.shape[0])
-    row_scale = grad_output.reshape(-1).index_select(0, rows).to(loss_dtype(hidden.dtype))  # fp64 stays fp64
+    row_scale = grad_output.reshape(-1).index_select(0, rows).to(work_dtype(hidden.dtype))  # fp64 stays fp64
     _, grad_rows, grad_weight, grad_bias = chunked_head(
         hidden,
         weight,
@@ -314,7 +317,7 @@ def _fused_setup_context(ctx, inputs, output):
     # Only the loss is differentiable: no zero gradients get materialised for the stored ones.
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)
-    if reduction == _NONE:
+    if reduction == NONE:
         ctx.save_for_backward(hidden, weight, labels, bias)
         ctx.options = (ignore_index, label_smoothing, z_loss, chunk_size)
         ctx.backend = backend
@@ -326,7 +329,7 @@ def _fused_backward(ctx, grad_loss, *_unused):
     if grad_loss is None:  # grads are not materialised: the loss did not reach the output
         return (None,) * 15
     need_hidden, need_weight, need_bias = ctx.needs
-    if ctx.reduction == _NONE:
+    if ctx.reduction == NONE:
         hidden, weight, labels, bias = ctx.saved_tensors
         grads = _fused_backward_op(
             hidden, weight, labels, bias, grad_loss, *ctx.options, need_hidden, need_weight, need_bias, ctx.backend

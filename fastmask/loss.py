@@ -8,15 +8,9 @@ import torch
 from torch import nn
 
 from . import _backend
-from ._validation import check_choice
-from .cross_entropy import (
-    REDUCTIONS,
-    check_bool,
-    check_ignore_index,
-    check_label_smoothing,
-    check_nonnegative_float,
-    masked_cross_entropy,
-)
+from ._loss_common import REDUCTIONS
+from ._validation import check_bool, check_choice, check_ignore_index, check_label_smoothing, check_nonnegative_float
+from .cross_entropy import masked_cross_entropy
 
 __all__ = ["MaskedLMLoss"]
 

@@ -150,13 +150,14 @@ class MaskStream:
                 f"(got worker slot {slot}, rank {rank}); pass row_key_column= to key rows by a dataset column"
             )
         stream = rank * _MAX_WORKER_SLOTS + slot
-        start = self._advance(slot, batch)
-        keys = (start + torch.arange(batch, dtype=torch.int64)) & ((1 << _COUNTER_BITS) - 1)
+        start = self._advance(slot, batch) & ((1 << _COUNTER_BITS) - 1)
+        # numpy: a few small torch ops cost more than the whole key computation
+        keys = (np.arange(start, start + batch, dtype=np.int64)) & ((1 << _COUNTER_BITS) - 1)
         # stream < 2**24, so the key stays below 2**64; fold it into int64's range.
         offset = stream << _COUNTER_BITS
         if offset >= 1 << 63:
             offset -= 1 << 64
-        return keys + offset
+        return torch.from_numpy(keys + np.int64(offset))
 
     def _advance(self, slot: int, batch: int) -> int:
         """Counts ``batch`` examples in ``slot``'s counter; returns the count before them."""

@@ -202,9 +202,21 @@ def _check_ids_in_table(name: str, table_size: int, id_range: Optional[tuple[int
         )
 
 
+@functools.lru_cache(maxsize=64)
+def _default_row_keys(batch: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(batch, dtype=torch.int64, device=device)  # plans only read it
+
+
+@functools.lru_cache(maxsize=64)
+def _int32_constant(values: tuple, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32, device=device)  # plans only read it
+
+
 def _row_keys(row_keys, batch: int, device) -> torch.Tensor:
     if row_keys is None:
-        return torch.arange(batch, dtype=torch.int64, device=device)
+        if torch.compiler.is_compiling():
+            return torch.arange(batch, dtype=torch.int64, device=device)
+        return _default_row_keys(batch, device)
     if not isinstance(row_keys, torch.Tensor):
         try:
             array = np.asarray(row_keys)
@@ -331,7 +343,11 @@ def plan_masking(
     return MaskingPlan(
         input_ids=input_ids,
         row_keys=_row_keys(row_keys, batch, device),
-        span_thresholds=torch.tensor(span_thresholds, dtype=torch.int32, device=device),
+        span_thresholds=(
+            torch.tensor(span_thresholds, dtype=torch.int32, device=device)
+            if torch.compiler.is_compiling()
+            else _int32_constant(tuple(span_thresholds), device)
+        ),
         special_mask=special_mask,
         attention_mask=_as_mask("attention_mask", attention_mask, input_ids),
         word_starts=starts,

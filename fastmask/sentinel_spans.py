@@ -15,6 +15,7 @@ the module as soon as it is imported.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -34,6 +35,7 @@ __all__ = [
     "span_corruption",
     "plan_span_corruption",
     "run_span_corruption",
+    "with_new_rows",
     "span_corruption_lengths",
     "span_counts",
 ]
@@ -261,6 +263,40 @@ def plan_span_corruption(
         targets_length=targets_length,
     )
     return plan
+
+
+def with_new_rows(
+    plan: SpanCorruptionPlan, input_ids: torch.Tensor, *, seed: int, row_keys: torch.Tensor
+) -> SpanCorruptionPlan:
+    """``plan`` for other rows: ``input_ids`` of the plan's shape, dtype and device, a new
+    ``seed`` and ``row_keys`` (``[B]``). The attention mask, count tables and output widths stay
+    the plan's, so this is exact when the counts do not depend on the ids — a plan with an
+    ``attention_mask`` and without ``word_starts`` (e.g. a collator's packed rows) — and raises
+    otherwise. It skips :func:`plan_span_corruption`'s per-batch reductions; ids are still
+    checked (>= 0)."""
+    if plan.attention_mask is None or plan.word_starts is not None:
+        raise ValueError(
+            "with_new_rows needs a plan made with attention_mask= and without word_starts= (its unit counts "
+            "must not depend on the ids); call plan_span_corruption for these rows"
+        )
+    check_tensor("input_ids", input_ids, dtypes=(plan.input_ids.dtype,))
+    if input_ids.shape != plan.input_ids.shape or input_ids.device != plan.input_ids.device:
+        raise ValueError(
+            f"input_ids has shape {tuple(input_ids.shape)} on {input_ids.device}, the plan's rows "
+            f"{tuple(plan.input_ids.shape)} on {plan.input_ids.device}; call plan_span_corruption for other shapes"
+        )
+    input_ids = input_ids.contiguous()
+    lowest = input_ids.numpy().min() if input_ids.device.type == "cpu" else input_ids.min()
+    if int(lowest) < 0:  # one pass for the common case; the op's check names the error
+        _check_ids(input_ids, None)
+    mix1, mix2 = _rng.seed_mix(check_int("seed", seed))
+    return dataclasses.replace(
+        plan,
+        input_ids=input_ids,
+        row_keys=_row_keys(row_keys, input_ids.shape[0], input_ids.device),
+        seed_mix1=mix1,
+        seed_mix2=mix2,
+    )
 
 
 def span_corruption(

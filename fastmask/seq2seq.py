@@ -20,7 +20,7 @@ from . import _backend
 from ._constants import IGNORE_INDEX
 from ._validation import check_int
 from .mask_stream import MaskStream
-from .padding import pad_features
+from .padding import pad_features, read_fixed_length_ids
 from .sentinel_spans import (
     _check_density,
     _check_mean_span,
@@ -28,6 +28,7 @@ from .sentinel_spans import (
     run_span_corruption,
     span_corruption_lengths,
     span_counts,
+    with_new_rows,
 )
 
 __all__ = ["DataCollatorForSpanCorruption", "add_sentinel_tokens", "sentinel_token_id"]
@@ -162,6 +163,7 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
             check_int("seed", self.seed)
         _backend.check_backend_name(self.backend)
         self._init_stream()
+        self._plans = {}  # batch size -> plan (see _plan_for)
 
     def torch_call(self, features):
         return self._collate(features, "pt")
@@ -170,44 +172,37 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
         return self._collate(features, "np")
 
     def _collate(self, features, fmt: str):
-        padded = pad_features(features, self.tokenizer, keep_dtype_of=())
-        data = padded.data
         expected = self.expanded_input_length
-        bad = np.flatnonzero(padded.lengths != expected)
-        if bad.size:
-            row = int(bad[0])
-            raise ValueError(
-                f"row {row} has {int(padded.lengths[row])} tokens, but span corruption to input_length="
-                f"{self.input_length} needs rows of exactly {expected} (fastmask.span_corruption_lengths("
-                f"{self.input_length}, {self.noise_density}, {self.mean_noise_span_length}) = "
-                f"{(expected, self.target_length)}); pack the tokenized corpus into rows of {expected} tokens"
-            )
+        ids = read_fixed_length_ids(features, expected) if self.row_key_column is None else None
         key_values = None
-        if self.row_key_column is not None:
-            if self.row_key_column not in data:
-                raise ValueError(f"row_key_column={self.row_key_column!r} is not among the features' keys {list(data)}")
-            key_values = data.pop(self.row_key_column)
-        ids = torch.from_numpy(data["input_ids"])
+        if ids is None:  # the general path: any kind of features, a row key column, named errors
+            padded = pad_features(features, self.tokenizer, keep_dtype_of=())
+            data = padded.data
+            bad = np.flatnonzero(padded.lengths != expected)
+            if bad.size:
+                row = int(bad[0])
+                raise ValueError(
+                    f"row {row} has {int(padded.lengths[row])} tokens, but span corruption to input_length="
+                    f"{self.input_length} needs rows of exactly {expected} (fastmask.span_corruption_lengths("
+                    f"{self.input_length}, {self.noise_density}, {self.mean_noise_span_length}) = "
+                    f"{(expected, self.target_length)}); pack the tokenized corpus into rows of {expected} tokens"
+                )
+            if self.row_key_column is not None:
+                if self.row_key_column not in data:
+                    raise ValueError(
+                        f"row_key_column={self.row_key_column!r} is not among the features' keys {list(data)}"
+                    )
+                key_values = data.pop(self.row_key_column)
+            ids = data["input_ids"]
         batch = ids.shape[0]
         keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
-        plan = plan_span_corruption(
-            ids,
-            first_sentinel_id=self.first_sentinel_id,
-            eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id,
-            noise_density=self.noise_density,
-            mean_noise_span_length=self.mean_noise_span_length,
-            # every token is real, pad ids too (numpy-made: no torch kernel, whose intra-op
-            # threads contend with the C++ pool on small machines)
-            attention_mask=torch.from_numpy(np.ones(ids.shape, dtype=bool)),
-            seed=self._effective_seed(),
-            row_keys=keys,
-        )
+        plan = with_new_rows(self._plan_for(batch), torch.from_numpy(ids), seed=self._effective_seed(), row_keys=keys)
         inputs, targets = run_span_corruption(plan, self.backend)
         if inputs.device.type != "cpu":
             inputs, targets = inputs.cpu(), targets.cpu()
         inputs, labels = inputs.numpy(), targets.numpy()
-        if labels.shape[1] < self.target_length:
+        widened = labels.shape[1] < self.target_length
+        if widened:
             wide = np.full((batch, self.target_length), IGNORE_INDEX, dtype=labels.dtype)
             wide[:, : labels.shape[1]] = labels
             labels = wide
@@ -216,8 +211,29 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
             shifted = np.empty_like(labels)
             shifted[:, 0] = self.decoder_start_token_id
             shifted[:, 1:] = labels[:, :-1]
-            shifted[shifted == IGNORE_INDEX] = self.pad_token_id
+            if widened:
+                shifted[shifted == IGNORE_INDEX] = self.pad_token_id
             out["decoder_input_ids"] = shifted
         if fmt == "pt":
             out = {k: torch.from_numpy(v) for k, v in out.items()}
         return BatchEncoding(out)
+
+    def _plan_for(self, batch: int):
+        """The validated plan for batches of ``batch`` rows, made once: every row is
+        ``expanded_input_length`` real tokens (pad ids too), so the counts and widths depend only
+        on the shape, and each batch only swaps in its ids, seed and row keys (``with_new_rows``)."""
+        plan = self._plans.get(batch)
+        if plan is None:
+            plan = self._plans[batch] = plan_span_corruption(
+                torch.zeros((batch, self.expanded_input_length), dtype=torch.int64),
+                first_sentinel_id=self.first_sentinel_id,
+                eos_token_id=self.eos_token_id,
+                pad_token_id=self.pad_token_id,
+                noise_density=self.noise_density,
+                mean_noise_span_length=self.mean_noise_span_length,
+                # every token is real (numpy-made: no torch kernel, whose intra-op threads
+                # contend with the C++ pool on small machines)
+                attention_mask=torch.from_numpy(np.ones((batch, self.expanded_input_length), dtype=bool)),
+                seed=0,
+            )
+        return plan

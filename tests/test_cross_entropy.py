@@ -12,6 +12,7 @@ from loss_samples import TOLERANCES, assert_close, leaf, reference_masked_cross_
 
 import fastmask
 from fastmask import _backend
+from fastmask import _loss_common as loss_common
 from fastmask import cross_entropy as ce_ops
 from fastmask.reference.cross_entropy import reference_cross_entropy_rows
 
@@ -160,7 +161,7 @@ def _op_args(kwargs: dict, backend: str, *, compute_grad: bool = True):
     flat = logits.reshape(-1, vocab)
     if vocab > 1 and flat.stride(1) != 1:
         flat = flat.contiguous()
-    denominator, scale = ce_ops.loss_normalizer(
+    denominator, scale = loss_common.loss_normalizer(
         labels.reshape(-1).long(),
         kwargs.get("ignore_index", -100),
         kwargs.get("reduction", "mean"),
@@ -171,7 +172,7 @@ def _op_args(kwargs: dict, backend: str, *, compute_grad: bool = True):
         flat.detach().requires_grad_(compute_grad),
         labels.reshape(-1).long(),
         kwargs.get("ignore_index", -100),
-        ce_ops.REDUCTIONS.index(kwargs.get("reduction", "mean")),
+        loss_common.REDUCTIONS.index(kwargs.get("reduction", "mean")),
         kwargs.get("label_smoothing", 0.0),
         kwargs.get("z_loss", 0.0),
         denominator,

@@ -18,7 +18,7 @@ from loss_samples import (
 )
 
 import fastmask
-from fastmask import cross_entropy as ce_ops
+from fastmask import _loss_common as loss_common
 from fastmask import fused_linear_cross_entropy as fused_ops
 
 BACKENDS = ["reference", "cpp", pytest.param("triton", marks=pytest.mark.triton)]
@@ -181,7 +181,7 @@ def _op_args(kwargs: dict, backend: str):
     hidden, weight, labels, bias = (tensors[k] for k in ("hidden", "weight", "labels", "bias"))
     flat_labels = labels.reshape(-1).long()
     reduction = options.get("reduction", "mean")
-    denominator, scale = ce_ops.loss_normalizer(
+    denominator, scale = loss_common.loss_normalizer(
         flat_labels, options.get("ignore_index", -100), reduction, options.get("num_items_in_batch"), False
     )
     chunk = options.get("chunk_size") or fused_ops.default_chunk_size(weight.shape[0])
@@ -191,7 +191,7 @@ def _op_args(kwargs: dict, backend: str):
         flat_labels,
         None if bias is None else bias.detach().requires_grad_(),
         options.get("ignore_index", -100),
-        ce_ops.REDUCTIONS.index(reduction),
+        loss_common.REDUCTIONS.index(reduction),
         options.get("label_smoothing", 0.0),
         options.get("z_loss", 0.0),
         chunk,

@@ -213,3 +213,36 @@ def test_augmentation_rejects_negative_ids():
     c = fastmask.DataCollatorForMaskedAugmentation(tokenizer(), mask_probability=0, delete_probability=1.0, seed=0)
     with pytest.raises(ValueError, match="negative id -2"):
         c([{"input_ids": [101, -2, 7, 102]}])
+
+
+def test_read_fixed_length_ids():
+    """The lean reader of fixed-length rows: exactly pad_features' ids, or None for the general path."""
+    from fastmask.padding import read_fixed_length_ids
+
+    tok = tokenizer()
+    rows = [[101, 5, 6, 102], [101, 7, 8, 102]]
+    expected = np.asarray(rows, dtype=np.int64)
+    kinds = [
+        [{"input_ids": r, "attention_mask": [1] * 4} for r in rows],
+        rows,
+        [tuple(r) for r in rows],
+        [np.asarray(r, dtype=np.int32) for r in rows],
+        [torch.tensor(r) for r in rows],
+    ]
+    for kind in kinds:
+        got = read_fixed_length_ids(kind, 4)
+        assert got.dtype == np.int64 and np.array_equal(got, expected)
+        assert np.array_equal(got, padding_module.pad_features(kind, tok, keep_dtype_of=()).data["input_ids"])
+    assert read_fixed_length_ids(rows, 5) is None  # a length mismatch
+    assert read_fixed_length_ids([rows[0], rows[1][:3]], 4) is None
+    assert read_fixed_length_ids([{"input_ids": rows[0]}, rows[1]], 4) is None  # mixed kinds
+    assert read_fixed_length_ids([{"ids": rows[0]}], 4) is None
+    assert read_fixed_length_ids([], 4) is None
+    with pytest.raises(ValueError, match="'input_ids' of row 1: missing"):
+        read_fixed_length_ids([{"input_ids": rows[0]}, {"ids": rows[1]}], 4)
+
+
+def test_read_fixed_length_ids_without_the_extension(no_extension):
+    from fastmask.padding import read_fixed_length_ids
+
+    assert read_fixed_length_ids([[101, 5, 102]], 3) is None

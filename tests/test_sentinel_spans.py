@@ -240,3 +240,33 @@ def test_plan_is_frozen_and_cpp_rejects_bad_buffers():
     inputs = torch.empty(2, plan.inputs_length, dtype=torch.int64).numpy()
     with pytest.raises(ValueError, match="targets_out"):
         _backend.cpp_module().span_corruption(fields, inputs, torch.empty(2, 3, dtype=torch.int64).numpy())
+
+
+def test_with_new_rows_equals_a_fresh_plan():
+    """A plan re-used for new ids, seed and row keys (what the collator does per batch) gives the
+    plan_span_corruption plan's outputs; plans whose counts depend on the ids are refused."""
+    from fastmask.sentinel_spans import run_span_corruption, with_new_rows
+
+    ones = torch.ones(3, 24, dtype=torch.bool)
+    kw = dict(first_sentinel_id=FIRST_SENTINEL, eos_token_id=EOS, pad_token_id=PAD, attention_mask=ones)
+    template = plan_span_corruption(torch.zeros(3, 24, dtype=torch.int64), seed=0, **kw)
+    ids = torch.randint(0, 400, (3, 24))
+    ids[1, 5] = PAD  # a pad id inside a row is a real token under the all-ones mask
+    keys = torch.tensor([7, -3, 1 << 45])
+    fresh = plan_span_corruption(ids, seed=11, row_keys=keys, **kw)
+    reused = with_new_rows(template, ids, seed=11, row_keys=keys)
+    for backend in ("reference", "cpp"):
+        require_backend(backend)
+        a, b = run_span_corruption(fresh, backend), run_span_corruption(reused, backend)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="negative id -4"):
+        with_new_rows(template, torch.full((3, 24), -4), seed=1, row_keys=keys)
+    with pytest.raises(ValueError, match="shape"):
+        with_new_rows(template, ids[:2], seed=1, row_keys=keys[:2])
+    with pytest.raises(TypeError, match="dtype"):
+        with_new_rows(template, ids.to(torch.int32), seed=1, row_keys=keys)
+    with pytest.raises(ValueError, match="row_keys has 2 entries"):
+        with_new_rows(template, ids, seed=1, row_keys=keys[:2])
+    unmasked = plan_span_corruption(ids, first_sentinel_id=FIRST_SENTINEL, eos_token_id=EOS, pad_token_id=PAD, seed=0)
+    with pytest.raises(ValueError, match="attention_mask"):
+        with_new_rows(unmasked, ids, seed=1, row_keys=keys)

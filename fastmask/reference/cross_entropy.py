@@ -19,12 +19,9 @@ from typing import Optional
 
 import torch
 
+from .._loss_common import work_dtype
+
 GRAD_MODES = ("none", "compact", "inplace")
-
-
-def math_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for fp16/bf16/fp32 logits, fp64 for fp64 logits."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def reference_cross_entropy_rows(
@@ -53,7 +50,7 @@ def reference_cross_entropy_rows(
     """
     vocab = logits.shape[1]
     selected = logits if rows is None else logits.index_select(0, rows)
-    x = selected.to(math_dtype(logits.dtype))
+    x = selected.to(work_dtype(logits.dtype))
     lse = torch.logsumexp(x, dim=1)
     x_target = x.gather(1, targets.unsqueeze(1)).squeeze(1)
     eps = label_smoothing
