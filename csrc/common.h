@@ -21,6 +21,12 @@ constexpr int kStreamSelect = 0;
 constexpr int kStreamReplace = 1;
 constexpr int kStreamRandomId = 2;
 constexpr int kStreamSpanLength = 3;
+// text infilling (fastmask/_rng.py STREAM_INFILL_* / INFILL_INSERT_OFFSET)
+constexpr int kStreamInfillStart = 0;
+constexpr int kStreamInfillRandom = 1;
+constexpr int kStreamInfillInsertKey = 0;
+constexpr int kStreamInfillInsertRandom = 1;
+constexpr int64_t kInfillInsertOffset = int64_t{1} << 28;
 // Probabilities are kProbBits-bit thresholds: an event fires when prob_draw(draw) < threshold,
 // prob_draw keeping a 32-bit draw's top kProbBits bits (PROB_BITS / PROB_ONE in _rng.py).
 constexpr int kProbBits = 24;

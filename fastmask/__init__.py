@@ -24,6 +24,8 @@ _EXPORTS = {
     "span_corruption": "fastmask.sentinel_spans",
     "span_corruption_lengths": "fastmask.sentinel_spans",
     "DataCollatorForSpanCorruption": "fastmask.seq2seq",
+    "text_infilling": "fastmask.infilling",
+    "DataCollatorForTextInfilling": "fastmask.infilling_collator",
     "DataCollatorForSeq2Seq": "fastmask.source_noise",
     # loss
     "masked_cross_entropy": "fastmask.cross_entropy",

@@ -47,6 +47,16 @@ NUM_STREAMS = 4
 # span corruption (a different op: its draws may share counters with the masking op's)
 STREAM_NOISE_CUT = 0
 STREAM_KEEP_CUT = 1
+# text infilling (fastmask.reference.infilling): per token position, a start word's rank
+# key, its span's mask-or-random choice and random ids (STREAM_RANDOM_ID); span k's Poisson
+# length draws (k, STREAM_SPAN_LENGTH). Insertion slot p draws at position INFILL_INSERT_OFFSET + p
+# (its rank key, its mask-or-random choice, its random id); the span-length rotation draws
+# (INFILL_INSERT_OFFSET, STREAM_SPAN_LENGTH). Rows are shorter than INFILL_INSERT_OFFSET / 4.
+STREAM_INFILL_START = 0
+STREAM_INFILL_RANDOM = 1
+STREAM_INFILL_INSERT_KEY = 0
+STREAM_INFILL_INSERT_RANDOM = 1
+INFILL_INSERT_OFFSET = 1 << 28
 
 PROB_BITS = 24
 PROB_ONE = 1 << PROB_BITS

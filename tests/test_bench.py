@@ -366,8 +366,13 @@ def test_quick_seq2seq_suite(tmp_path, capsys):
 
     result = seq2seq.run(quick=True, batch=4, input_length=64, progress=False)
     assert result["failures"] == []
-    (row,) = result["rows"]
+    row, infilling = result["rows"]
     assert (row["input_length"], row["length"]) == (64, fastmask.span_corruption_lengths(64)[0])
     assert row["speedup"] > 0 and row["speedup_best"] > 0
     assert "Flax" in seq2seq.to_markdown(result) and seq2seq.headlines(result)[0].startswith("span corruption 4x")
     assert [r["impl"] for r in seq2seq.table_rows(result)][-1] == "Flax example collator (numpy)"
+    # text infilling: the Flax BART example's collator on the same rows
+    assert (infilling["strategy"], infilling["length"], infilling["batch"]) == ("text_infilling", 64, 4)
+    assert infilling["speedup"] > 0 and infilling["speedup_words"] > 0
+    assert "Flax BART example" in seq2seq.to_markdown(result)
+    assert seq2seq.headlines(result)[1].startswith("text infilling 4x64")

@@ -60,7 +60,7 @@ SUITES = {
     "seq2seq": Suite(
         "seq2seq",
         "seq2seq",
-        "seq2seq: span-corruption collator vs the Flax T5 example's (numpy)",
+        "seq2seq: span-corruption and text-infilling collators vs the Flax T5 / BART examples' (numpy)",
         False,
         ("tokenizer",),
     ),

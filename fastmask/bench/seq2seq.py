@@ -1,5 +1,7 @@
 """Seq2seq benchmark: fastmask's ``DataCollatorForSpanCorruption`` vs the collator of
-transformers' Flax T5 example (``run_t5_mlm_flax.py``'s ``DataCollatorForT5MLM``).
+transformers' Flax T5 example (``run_t5_mlm_flax.py``'s ``DataCollatorForT5MLM``), and
+fastmask's ``DataCollatorForTextInfilling`` vs the Flax BART example's
+(``run_bart_dlm_flax.py``'s ``FlaxDataCollatorForBartDenoisingLM``).
 
 The baseline is a numpy reimplementation of that collator's algorithm, written for this
 benchmark (the example is not importable): per row a random noise mask from two random
@@ -10,6 +12,14 @@ collators take the same features: 64 dicts of Python lists of real text, packed 
 expanded length of ``input_length`` 512 (568 tokens with T5's defaults), tokenized by MiniLM's
 WordPiece with T5's sentinels added. Median time per batch (wall clock, and thread CPU time),
 one process.
+
+The text-infilling row: the baseline is a numpy reimplementation of the BART example's
+collator (:class:`NumpyBartCollator`: per-row special-token masks from the tokenizer, Poisson span
+lengths for the whole batch, a random permutation of the maskable tokens for the starts, spans
+grown one step per loop, a per-row compaction of the masks). Both take 64 dicts of Python lists
+of 512 tokens of real text (``[CLS] … [SEP]`` rows); mask ratio 0.3, lambda 3, no sentence
+permutation. fastmask runs with the same token-level spans and no random ids
+(``whole_word=False, random_ratio=0``), and with its defaults (whole words, 10% random ids).
 
     fastmask bench --suite seq2seq [--quick]
     python -m fastmask.bench.seq2seq [--quick] [--json PATH] [--markdown PATH]
@@ -104,6 +114,149 @@ class NumpyT5Collator:
         return {"input_ids": inputs, "labels": labels, "decoder_input_ids": decoder}
 
 
+class NumpyBartCollator:
+    """The Flax BART example's denoising collator (``FlaxDataCollatorForBartDenoisingLM``),
+    reimplemented with numpy from its algorithm (see the module docstring): the baseline.
+    Sentence permutation is left out (the benchmark runs without it)."""
+
+    def __init__(self, tokenizer, *, decoder_start_token_id, mask_ratio=0.3, poisson_lambda=3.0, seed=0):
+        self.tokenizer = tokenizer
+        self.pad, self.mask = tokenizer.pad_token_id, tokenizer.mask_token_id
+        self.decoder_start = decoder_start_token_id
+        self.mask_ratio, self.poisson_lambda = mask_ratio, poisson_lambda
+        np.random.seed(seed)
+
+    def _shift_right(self, labels: np.ndarray) -> np.ndarray:
+        shifted = np.zeros_like(labels)
+        shifted[:, 1:] = labels[:, :-1]
+        shifted[:, 0] = self.decoder_start
+        return np.where(shifted == -100, self.pad, shifted)
+
+    def _span_mask(self, input_ids: np.ndarray, labels: np.ndarray):
+        tok = self.tokenizer
+        special = np.array(
+            [tok.get_special_tokens_mask(row, already_has_special_tokens=True) for row in input_ids.tolist()],
+            dtype=bool,
+        )
+        maskable = (input_ids != self.pad) & ~special
+        budget = int(np.ceil(maskable.astype(float).sum() * self.mask_ratio))
+        if budget == 0:
+            return input_ids, labels
+        lengths = np.random.poisson(lam=self.poisson_lambda, size=(budget,))
+        while np.cumsum(lengths)[-1] < budget:
+            lengths = np.concatenate([lengths, np.random.poisson(lam=self.poisson_lambda, size=(budget,))])
+        lengths = lengths[lengths > 0]  # the example drops zero-length spans (no inserts)
+        lengths = lengths[: np.argmin(np.abs(np.cumsum(lengths) - budget)) + 1]
+        candidates = np.argwhere(maskable)
+        starts = np.array(candidates[np.random.permutation(candidates.shape[0])[: lengths.shape[0]]])
+        mask = np.zeros_like(input_ids, dtype=bool)
+        for index in starts:
+            mask[tuple(index)] = True
+        lengths -= 1
+        last = input_ids.shape[1] - 1
+        growing = (lengths > 0) & (starts[:, 1] < last)
+        while np.any(growing):
+            starts[growing, 1] += 1
+            for index in starts:
+                mask[tuple(index)] = True
+            lengths -= 1
+            growing = (lengths > 0) & (starts[:, 1] < last)
+        mask[special] = False
+        input_ids[mask] = self.mask
+        labels[~mask] = -100  # the example's labels without sentence permutation
+        repeated = mask & np.roll(mask, 1, 1)
+        out = np.full_like(input_ids, self.pad)
+        for i, row in enumerate(input_ids):
+            kept = row[~repeated[i]]
+            out[i, : kept.shape[0]] = kept
+        return out, labels
+
+    def __call__(self, examples: list) -> dict:
+        batch = {key: np.array([e[key] for e in examples]) for key in examples[0]}
+        batch["labels"] = batch["input_ids"].copy()
+        batch["decoder_input_ids"] = self._shift_right(batch["labels"])
+        if self.mask_ratio:
+            batch["input_ids"], batch["labels"] = self._span_mask(batch["input_ids"], batch["labels"])
+        batch["attention_mask"] = (batch["input_ids"] != self.pad).astype(int)
+        batch["decoder_attention_mask"] = (batch["decoder_input_ids"] != self.pad).astype(int)
+        return batch
+
+
+def bracketed_features(tokenizer, batch: int, length: int, *, seed: int = 0) -> list:
+    """``batch`` dicts of Python lists: ``[CLS]`` + ``length - 2`` tokens of real text + ``[SEP]``."""
+    body = make_features(tokenizer, batch, length - 2, seed=seed)
+    return [{"input_ids": [tokenizer.cls_token_id] + f["input_ids"] + [tokenizer.sep_token_id]} for f in body]
+
+
+def _check_infilling(batch: dict, features: list, mask_id: int, ours: bool) -> Optional[str]:
+    """Why an infilling batch is wrong (labels not the rows, no masks, rows grown), or None."""
+    for row, feature in enumerate(features):
+        ids = np.asarray(batch["input_ids"][row])
+        source = feature["input_ids"]
+        if ours and np.asarray(batch["labels"][row])[: len(source)].tolist() != source:
+            return f"row {row}: labels are not the original row"
+        if mask_id not in ids.tolist() or int((ids != 0).sum()) > len(source):
+            return f"row {row}: no mask or a longer row"
+        if ids[0] != source[0]:
+            return f"row {row}: the first (special) token changed"
+    return None
+
+
+def _text_infilling_row(*, quick: bool, batch: int, input_length: int, tokenizer, seed: int, bar) -> tuple:
+    import fastmask
+
+    min_time, min_reps = (0.3, 3) if quick else (2.0, 10)
+    tok, _ = common.load_tokenizer(tokenizer)
+    features = bracketed_features(tok, batch, input_length, seed=seed)
+    start = tok.sep_token_id
+    ours = {
+        "fastmask np": fastmask.DataCollatorForTextInfilling(
+            tok, whole_word=False, random_ratio=0.0, decoder_start_token_id=start, seed=seed, return_tensors="np"
+        ),
+        "fastmask pt": fastmask.DataCollatorForTextInfilling(
+            tok, whole_word=False, random_ratio=0.0, decoder_start_token_id=start, seed=seed, return_tensors="pt"
+        ),
+        "fastmask words np": fastmask.DataCollatorForTextInfilling(
+            tok, decoder_start_token_id=start, seed=seed, return_tensors="np"
+        ),
+    }
+    theirs = NumpyBartCollator(tok, decoder_start_token_id=start, seed=seed)
+    failures = []
+    for name, collate, mine in (("fastmask", ours["fastmask np"], True), ("flax-numpy", theirs, False)):
+        reason = _check_infilling(collate(features), features, tok.mask_token_id, mine)
+        if reason:
+            failures.append(f"seq2seq text infilling {name}: {reason}")
+    times, best, cpu = {}, {}, {}
+    for name, collate in list(ours.items()) + [("flax numpy", theirs)]:
+        calls = common.time_calls(lambda: collate(features), min_time=min_time, min_reps=min_reps)
+        times[name], best[name] = statistics.median(calls), min(calls)
+        if name in ("fastmask np", "flax numpy"):
+            cpu[name] = statistics.median(_cpu_times(lambda: collate(features), min_reps))
+        bar.step(f"infilling {name} {1e3 * times[name]:.3f} ms")
+    row = dict(
+        strategy="text_infilling",
+        words="",
+        length=input_length,
+        input_length=input_length,
+        target_length=input_length,
+        batch=batch,
+        tokens=batch * input_length,
+        fastmask_ms=1e3 * times["fastmask np"],
+        fastmask_pt_ms=1e3 * times["fastmask pt"],
+        fastmask_words_ms=1e3 * times["fastmask words np"],
+        flax_numpy_ms=1e3 * times["flax numpy"],
+        fastmask_best_ms=1e3 * best["fastmask np"],
+        flax_numpy_best_ms=1e3 * best["flax numpy"],
+    )
+    row["speedup"] = row["flax_numpy_ms"] / row["fastmask_ms"]
+    row["speedup_best"] = row["flax_numpy_best_ms"] / row["fastmask_best_ms"]
+    row["speedup_pt"] = row["flax_numpy_ms"] / row["fastmask_pt_ms"]
+    row["speedup_words"] = row["flax_numpy_ms"] / row["fastmask_words_ms"]
+    row.update(fastmask_cpu_ms=1e3 * cpu["fastmask np"], flax_numpy_cpu_ms=1e3 * cpu["flax numpy"])
+    row["speedup_cpu"] = row["flax_numpy_cpu_ms"] / row["fastmask_cpu_ms"]
+    return row, failures
+
+
 def t5_style_tokenizer(name_or_path: Optional[str] = None):
     """``(tokenizer with T5's sentinels and an EOS, its source)``: a copy of the bench tokenizer."""
     from fastmask.seq2seq import add_sentinel_tokens
@@ -186,14 +339,13 @@ def run(
         if reason:
             failures.append(f"seq2seq {name}: {reason}")
     bar = common.Progress(progress, "seq2seq")
-    bar.start(3)
+    bar.start(7)
     times, best, cpu = {}, {}, {}
     for name, collate in (("fastmask np", ours["np"]), ("fastmask pt", ours["pt"]), ("flax numpy", theirs)):
         calls = common.time_calls(lambda: collate(features), min_time=min_time, min_reps=min_reps)
         times[name], best[name] = statistics.median(calls), min(calls)
         cpu[name] = statistics.median(_cpu_times(lambda: collate(features), min_reps))
         bar.step(f"{name} {1e3 * times[name]:.3f} ms")
-    bar.close()
     tokens = batch * expanded
     row = dict(
         strategy="span_corruption",
@@ -213,8 +365,13 @@ def run(
     row["speedup"] = row["flax_numpy_ms"] / row["fastmask_ms"]
     row["speedup_best"] = row["flax_numpy_best_ms"] / row["fastmask_best_ms"]
     row["speedup_pt"] = row["flax_numpy_ms"] / row["fastmask_pt_ms"]
+    infilling, infilling_failures = _text_infilling_row(
+        quick=quick, batch=batch, input_length=input_length, tokenizer=tokenizer, seed=seed, bar=bar
+    )
+    bar.close()
+    failures += infilling_failures
     return dict(
-        rows=[row],
+        rows=[row, infilling],
         tokenizer=source,
         failures=failures,
         quick=quick,
@@ -249,7 +406,7 @@ def to_markdown(result: dict) -> str:
         "| rows x expanded length -> inputs, labels | fastmask ms (np) | fastmask ms (pt) | Flax numpy ms | speed-up (np) | speed-up (pt) | best-of speed-up (np) | CPU-time speed-up (np) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in result["rows"]:
+    for r in _rows(result, "span_corruption"):
         lines.append(
             f"| {r['batch']} x {r['length']} -> {r['input_length']}, {r['target_length']} | {r['fastmask_ms']:.3f} | "
             f"{r['fastmask_pt_ms']:.3f} | {r['flax_numpy_ms']:.2f} | {r['speedup']:.1f}x | {r['speedup_pt']:.1f}x | "
@@ -263,14 +420,40 @@ def to_markdown(result: dict) -> str:
         "batches may use the C++ thread pool, which this does not count), which other load on a small "
         "shared machine distorts least.",
     ]
+    for r in _rows(result, "text_infilling"):
+        lines += [
+            "",
+            "# Text-infilling collator: fastmask vs the Flax BART example's collator (numpy)",
+            "",
+            f"Batch of {r['batch']} rows of {r['length']} tokens of real text ([CLS] ... [SEP], {result['tokenizer']}), "
+            "from a list of dicts; mask ratio 0.3, Poisson lambda 3, no sentence permutation. fastmask with the "
+            "example's token-level spans and no random ids (np, pt), and with its defaults (whole words, 10% random "
+            "ids).",
+            "",
+            "| rows x length | fastmask ms (np) | fastmask ms (pt) | fastmask whole words ms (np) | Flax numpy ms "
+            "| speed-up (np) | speed-up (pt) | speed-up (whole words) | best-of speed-up (np) | CPU-time speed-up (np) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| {r['batch']} x {r['length']} | {r['fastmask_ms']:.3f} | {r['fastmask_pt_ms']:.3f} | "
+            f"{r['fastmask_words_ms']:.3f} | {r['flax_numpy_ms']:.2f} | {r['speedup']:.1f}x | {r['speedup_pt']:.1f}x | "
+            f"{r['speedup_words']:.1f}x | {r['speedup_best']:.1f}x ({r['fastmask_best_ms']:.3f} vs "
+            f"{r['flax_numpy_best_ms']:.2f} ms) | {r['speedup_cpu']:.1f}x ({r['fastmask_cpu_ms']:.3f} vs "
+            f"{r['flax_numpy_cpu_ms']:.2f} ms) |",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _rows(result: dict, strategy: str) -> list:
+    return [r for r in result["rows"] if r.get("strategy", "span_corruption") == strategy]
+
+
+_CASES = {"span_corruption": "span corruption", "text_infilling": "text infilling"}
 
 
 def table_rows(result: dict) -> list:
     out = []
     for r in result["rows"]:
         keys = dict(
-            case="span corruption",
+            case=_CASES[r["strategy"]],
             shape=f"{r['batch']}x{r['length']}",
             length=r["length"],
             batch=r["batch"],
@@ -280,13 +463,19 @@ def table_rows(result: dict) -> list:
         )
         out.append(common.table_row("seq2seq", impl="fastmask collator (np)", ms=r["fastmask_ms"], **keys))
         out.append(common.table_row("seq2seq", impl="fastmask collator (pt)", ms=r["fastmask_pt_ms"], **keys))
+        if "fastmask_words_ms" in r:
+            out.append(
+                common.table_row(
+                    "seq2seq", impl="fastmask collator, whole words (np)", ms=r["fastmask_words_ms"], **keys
+                )
+            )
         out.append(common.table_row("seq2seq", impl="Flax example collator (numpy)", ms=r["flax_numpy_ms"], **keys))
     return out
 
 
 def headlines(result: dict) -> list:
     return [
-        f"span corruption {r['batch']}x{r['length']}: {common.format_speedup(r['speedup'])} the Flax example's "
+        f"{_CASES[r['strategy']]} {r['batch']}x{r['length']}: {common.format_speedup(r['speedup'])} the Flax example's "
         f"numpy collator (fastest calls: {common.format_speedup(r['speedup_best'])}; CPU time: "
         f"{common.format_speedup(r['speedup_cpu'])})"
         for r in result["rows"]

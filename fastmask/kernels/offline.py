@@ -41,15 +41,15 @@ from typing import Optional
 
 # Capabilities the tests compile for: A100 (sm_80) and H100 / H200 (sm_90, assembled as sm_90a).
 TARGETS = (80, 90)
-KERNELS = ("masking", "cross_entropy", "ngrams")
+KERNELS = ("masking", "cross_entropy", "ngrams", "infilling")
 # The block sizes the tests compile (the launchers pick BLOCK from the row length / vocabulary),
 # each with the launcher's num_warps: masking: a BERT-length row (512, 2 warps) and the largest
 # block without spills (2048, 8 warps); cross-entropy: the block every vocabulary above 8192
 # classes gets (16384, 16 warps) and the largest block at 8 warps (8192: as many classes per
 # thread). Every variant at the first block; at the others only the first
 # EXTRA_BLOCK_VARIANTS of the list (the variants with the most registers come first).
-TEST_BLOCKS = {"masking": (512, 2048), "cross_entropy": (16384, 8192), "ngrams": (1,)}
-EXTRA_BLOCK_VARIANTS = {"masking": 2, "cross_entropy": 1, "ngrams": 0}
+TEST_BLOCKS = {"masking": (512, 2048), "cross_entropy": (16384, 8192), "ngrams": (1,), "infilling": (512,)}
+EXTRA_BLOCK_VARIANTS = {"masking": 2, "cross_entropy": 1, "ngrams": 0, "infilling": 0}
 # Blocks at which some variants spill and no num_warps avoids it (measured with Triton 3.9's
 # ptxas, docs/kernels.md). The masking kernel holds a whole row in one block: at BLOCK_L 4096 a
 # few variants spill 4-56 bytes per thread with 8, 16 or 32 warps; at 8192 and 16384 even 32
@@ -61,9 +61,12 @@ EXTRA_BLOCK_VARIANTS = {"masking": 2, "cross_entropy": 1, "ngrams": 0}
 KNOWN_SPILLS = {"masking": (128, 4096, 8192, 16384)}
 # What ``fastmask bench --suite kernels`` (and gpu_check) compiles: the tests' blocks, then the
 # known-spill blocks up to 8192 (so that a GPU run records the driver's count of a spill too).
-REPORT_BLOCKS = {"masking": TEST_BLOCKS["masking"] + (128, 4096, 8192), "cross_entropy": TEST_BLOCKS["cross_entropy"]}
-# the n-gram unit kernel (fastmask.kernels.ngrams) walks a row serially: no block, "block" 1
-REPORT_BLOCKS["ngrams"] = TEST_BLOCKS["ngrams"]
+REPORT_BLOCKS = {
+    "masking": TEST_BLOCKS["masking"] + (128, 4096, 8192),
+    "cross_entropy": TEST_BLOCKS["cross_entropy"],
+    "ngrams": TEST_BLOCKS["ngrams"],  # the n-gram unit kernel walks a row serially: no block, "block" 1
+    "infilling": TEST_BLOCKS["infilling"],
+}
 
 EXIT_UNAVAILABLE = 77  # exit status of the worker when this triton cannot compile offline
 
@@ -106,14 +109,22 @@ def _ngrams_function():
     return _ngram_units_kernel
 
 
-def _kernel_function(kernel: str):
-    return {"masking": _masking_function, "cross_entropy": _cross_entropy_function, "ngrams": _ngrams_function}[
-        kernel
-    ]()
+def _infilling_function():
+    from .infilling import _text_infilling_kernel
+
+    return _text_infilling_kernel
+
+
+_FUNCTIONS = {
+    "masking": _masking_function,
+    "cross_entropy": _cross_entropy_function,
+    "ngrams": _ngrams_function,
+    "infilling": _infilling_function,
+}
 
 
 def _arg_names(kernel: str) -> list:
-    return list(_kernel_function(kernel).arg_names)  # also on the interpreter's functions
+    return list(_FUNCTIONS[kernel]().arg_names)  # also on the interpreter's functions
 
 
 def masking_variants(block: int) -> list:
@@ -263,7 +274,64 @@ def ngrams_variants(block: int) -> list:
     return out
 
 
-_VARIANTS = {"masking": masking_variants, "cross_entropy": cross_entropy_variants, "ngrams": ngrams_variants}
+def infilling_variants(block: int) -> list:
+    """The text-infilling kernel for rows that take ``BLOCK_L = block`` and outputs up to twice
+    as long (``BLOCK_W = 2 * block``: a row of ``block`` tokens with inserts), at the launcher's
+    ``num_warps``: the three replace lengths, each in two argument sets that between them take
+    every constexpr branch: (a) int64 ids, attention and special-tokens masks and word starts, seed
+    mixes >= 2**31; (b) int32 ids, none of the optional masks (the launcher passes the ids as
+    the dummy pointer), seed mixes < 2**31."""
+    from .infilling import num_warps
+
+    names = _arg_names("infilling")
+    block_w = 2 * block
+    out = []
+    for replace_length, variant in itertools.product((1, -1, 0), (0, 1)):
+        present = variant == 0
+        constexprs = dict(
+            REPLACE_LENGTH=replace_length,
+            HAS_ATTENTION=present,
+            HAS_SPECIAL=present,
+            HAS_WORD_STARTS=present,
+            BLOCK_L=block,
+            LOG2_BLOCK_L=block.bit_length() - 1,
+            BLOCK_W=block_w,
+            LOG2_BLOCK_W=block_w.bit_length() - 1,
+        )
+        ids = "*i64" if present else "*i32"
+        optional = "*u8" if present else ids
+        seed = "i64" if present else "i32"
+        types = {
+            "ids_ptr": ids,
+            "attention_ptr": optional,
+            "special_ptr": optional,
+            "word_starts_ptr": optional,
+            "row_keys_ptr": "*i64",
+            "span_lengths_ptr": "*i32",
+            "span_count_ptr": "*i32",
+            "insert_count_ptr": "*i32",
+            "insert_table_ptr": "*i32",
+            "out_ptr": ids,
+            "attention_out_ptr": "*i64",
+            "reach_ptr": "*i64",
+            "tokens_ptr": "*i64",
+            "seed_mix1": seed,
+            "seed_mix2": seed,
+        }
+        signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in names}
+        label = f"replace_length {replace_length} " + (
+            "i64 ids, attention, special, word starts" if present else "i32 ids, no masks"
+        )
+        out.append(Variant("infilling", label, block, num_warps(block_w), signature, constexprs))
+    return out
+
+
+_VARIANTS = {
+    "masking": masking_variants,
+    "cross_entropy": cross_entropy_variants,
+    "ngrams": ngrams_variants,
+    "infilling": infilling_variants,
+}
 
 
 def variants(kernel: str, blocks: Optional[Iterable[int]] = None, *, extra_limit: Optional[int] = None) -> list:
@@ -329,7 +397,7 @@ def compile_variant(variant: Variant, capability: int, *, load: bool = False) ->
     from triton import knobs
     from triton.backends.compiler import GPUTarget
 
-    fn = _kernel_function(variant.kernel)
+    fn = _FUNCTIONS[variant.kernel]()
     target = GPUTarget("cuda", capability, 32)
     options = triton.compiler.make_backend(target).parse_options({"num_warps": variant.num_warps}).__dict__
     attrs = {

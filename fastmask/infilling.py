@@ -1,0 +1,318 @@
+"""BART text infilling (the op): whole-word spans with Poisson lengths become one mask each (or a
+mask per token, or nothing), zero-length spans and ``insert_ratio`` insert masks — fairseq's
+``DenoisingDataset`` noise, as a kernel.
+
+``text_infilling`` is two steps, each public: :func:`plan_text_infilling` validates the
+arguments into a :class:`~fastmask.infilling_plan.TextInfillingPlan` (word counts, the
+span lengths drawn on the host from the counter-based generator, tables, the output width), and
+:func:`run_text_infilling` hands the plan to one of three implementations that return
+bit-identical results: the pure-torch reference (:mod:`fastmask.reference.infilling`,
+which documents the exact semantics), the C++ kernel (``csrc/infilling.cpp``) and the
+Triton kernel (:mod:`fastmask.kernels.infilling`).
+
+The op's files share the stem ``infilling`` rather than ``text_infilling``: a submodule named
+like the exported function would replace ``fastmask.text_infilling`` (the function) by the
+module as soon as it is imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from . import _backend, _rng
+from ._validation import check_int, check_probability, check_tensor
+from .infilling_plan import TextInfillingPlan
+from .masking import _as_mask, _check_ids, _row_keys
+from .reference.infilling import (
+    ceil_ratio,
+    draw_spans,
+    poisson_thresholds,
+    reference_text_infilling,
+)
+
+__all__ = ["text_infilling", "plan_text_infilling", "run_text_infilling"]
+
+_ID_DTYPES = (torch.int32, torch.int64)
+REPLACE_LENGTHS = (-1, 0, 1)
+MAX_ROW_LENGTH = _rng.INFILL_INSERT_OFFSET // 4  # insertion slots draw at INFILL_INSERT_OFFSET + p
+
+
+# ----------------------------------------------------------------------------- checks
+def check_mask_ratio(mask_ratio) -> float:
+    return check_probability("mask_ratio", mask_ratio)
+
+
+def check_poisson_lambda(poisson_lambda) -> float:
+    if isinstance(poisson_lambda, bool) or not isinstance(poisson_lambda, numbers.Real):
+        raise TypeError(f"poisson_lambda must be a positive float, got {type(poisson_lambda).__name__}")
+    value = float(poisson_lambda)
+    if not (value > 0.0) or math.isinf(value):
+        raise ValueError(
+            f"poisson_lambda={poisson_lambda!r} must be a finite number > 0 (the mean span length in words), "
+            "e.g. 3.0 (BART's default)"
+        )
+    if _thresholds(value)[0] >= _rng.PROB_ONE:
+        raise ValueError(
+            f"poisson_lambda={poisson_lambda!r} is so small that every span has length 0 at the generator's "
+            "24-bit resolution; pass poisson_lambda >= 1e-6"
+        )
+    return value
+
+
+def check_replace_length(replace_length) -> int:
+    if isinstance(replace_length, bool) or not isinstance(replace_length, numbers.Integral):
+        raise TypeError(f"replace_length must be -1, 0 or 1, got {type(replace_length).__name__} {replace_length!r}")
+    if int(replace_length) not in REPLACE_LENGTHS:
+        raise ValueError(
+            f"replace_length={replace_length!r} is not one of (-1, 0, 1): 1 replaces a span by one mask, "
+            "-1 masks each of its tokens, 0 deletes it"
+        )
+    return int(replace_length)
+
+
+@functools.lru_cache(maxsize=64)
+def _thresholds(poisson_lambda: float) -> tuple:
+    return tuple(poisson_thresholds(poisson_lambda))
+
+
+@functools.lru_cache(maxsize=64)
+def _budget_table(size: int, mask_ratio: float) -> np.ndarray:
+    return np.array([ceil_ratio(w, mask_ratio) for w in range(size + 1)], dtype=np.int64)
+
+
+def _insert_table(size: int, insert_ratio: float) -> torch.Tensor:
+    """``[size + 1]`` int32: ``ceil_ratio(x, insert_ratio)`` (a slice of a table cached per power of two)."""
+    return _insert_table_pow2(1 << max(4, size.bit_length()), insert_ratio)[: size + 1]
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_table_pow2(size: int, insert_ratio: float) -> torch.Tensor:
+    return torch.tensor([ceil_ratio(x, insert_ratio) for x in range(size + 1)], dtype=torch.int32)
+
+
+# ----------------------------------------------------------------------------- backends
+def _cpp_impl(plan: TextInfillingPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    B = plan.input_ids.shape[0]
+    out = torch.empty((B, plan.width), dtype=plan.input_ids.dtype)
+    attention = torch.empty((B, plan.width), dtype=torch.int64)
+    _backend.cpp_kernels().text_infilling(plan.cpp_fields(), out.numpy(), attention.numpy())
+    return out, attention
+
+
+def _triton_impl(plan: TextInfillingPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    from .kernels.infilling import triton_text_infilling
+
+    return triton_text_infilling(plan)
+
+
+_IMPLS = {"reference": reference_text_infilling, "cpp": _cpp_impl, "triton": _triton_impl}
+
+
+@torch.library.custom_op("fastmask::text_infilling", mutates_args=())
+def _text_infilling_op(
+    buffers: list[Optional[torch.Tensor]], scalars: list[int], backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _IMPLS[backend](TextInfillingPlan.from_op_args(buffers, scalars))
+
+
+@_text_infilling_op.register_fake
+def _text_infilling_fake(buffers, scalars, backend):
+    plan = TextInfillingPlan.from_op_args(buffers, scalars)
+    ids = plan.input_ids
+    B = ids.shape[0]
+    return ids.new_empty((B, plan.width)), ids.new_empty((B, plan.width), dtype=torch.int64)
+
+
+def run_text_infilling(plan: TextInfillingPlan, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(noised_input_ids, attention_mask)`` for a plan from :func:`plan_text_infilling`, on ``backend``."""
+    _backend.check_backend_name(backend)
+    return _backend.call_op(
+        _text_infilling_op,
+        _IMPLS,
+        _backend.choose_backend(
+            "text_infilling",
+            backend,
+            plan.input_ids.device.type,
+            "text_infilling",
+            (),
+            "infilling",
+            max(plan.input_ids.shape[1], plan.width),
+        ),
+        plan,
+    )
+
+
+# ----------------------------------------------------------------------------- plan
+def _resolve_seed(seed) -> int:
+    if seed is None:
+        return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+    return check_int("seed", seed)
+
+
+def plan_text_infilling(
+    input_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    pad_token_id: int,
+    vocab_size: int,
+    mask_ratio: float = 0.3,
+    poisson_lambda: float = 3.0,
+    random_ratio: float = 0.1,
+    replace_length: int = 1,
+    insert_ratio: float = 0.0,
+    word_starts: Optional[torch.Tensor] = None,
+    attention_mask: Optional[torch.Tensor] = None,
+    special_tokens_mask: Optional[torch.Tensor] = None,
+    seed: Optional[int] = None,
+    row_keys: Union[torch.Tensor, Sequence[int], None] = None,
+) -> TextInfillingPlan:
+    """Validate :func:`text_infilling`'s arguments (``input_ids`` ``[B, L]``) into a plan."""
+    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, length] (or [length]), got shape {tuple(input_ids.shape)}")
+    batch, length = input_ids.shape
+    if batch == 0 or length == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one row of tokens")
+    if length >= MAX_ROW_LENGTH:
+        raise ValueError(f"input_ids rows have {length} tokens; text infilling takes at most {MAX_ROW_LENGTH - 1}")
+    mask_ratio = check_mask_ratio(mask_ratio)
+    poisson_lambda = check_poisson_lambda(poisson_lambda)
+    random_ratio = check_probability("random_ratio", random_ratio)
+    replace_length = check_replace_length(replace_length)
+    insert_ratio = check_probability("insert_ratio", insert_ratio)
+    id_max = torch.iinfo(input_ids.dtype).max
+    mask_token_id = check_int("mask_token_id", mask_token_id, minimum=0, maximum=id_max)
+    pad_token_id = check_int("pad_token_id", pad_token_id, minimum=0, maximum=id_max)
+    vocab_size = check_int("vocab_size", vocab_size, minimum=1, maximum=min(id_max, 2**31 - 1) + 1)
+    seed = _resolve_seed(seed)
+
+    input_ids = input_ids.contiguous()
+    _check_ids(input_ids, None)
+    attention = _as_mask("attention_mask", attention_mask, input_ids)
+    special = _as_mask("special_tokens_mask", special_tokens_mask, input_ids)
+    starts = _as_mask("word_starts", word_starts, input_ids)
+    device = input_ids.device
+    keys = _row_keys(row_keys, batch, device)
+
+    # host side (numpy): words per row -> budgets -> span lengths (step 3), and the output width
+    ids_np = input_ids.cpu().numpy()
+    real = attention.cpu().numpy() if attention is not None else ids_np != pad_token_id
+    eligible = real & ~special.cpu().numpy() if special is not None else real
+    previous = np.zeros_like(eligible)
+    previous[:, 1:] = eligible[:, :-1]
+    word_start = eligible & ~previous
+    word_start |= eligible if starts is None else eligible & starts.cpu().numpy()
+    words = word_start.sum(axis=1)
+    budgets = torch.from_numpy(_budget_table(length, mask_ratio)[words])
+    mix1, mix2 = _rng.seed_mix(seed)
+    span_lengths, span_count, insert_count = draw_spans(
+        keys, mix1, mix2, budgets, list(_thresholds(poisson_lambda)), 4 * length + 64
+    )
+    grown = real.sum(axis=1) + insert_count.numpy()  # m + I is at most this
+    table = _insert_table(length + int(insert_count.max()), insert_ratio)  # any row of L tokens
+    width = max(1, int((grown + table.numpy()[grown]).max()))
+    return TextInfillingPlan(
+        input_ids=input_ids,
+        row_keys=keys,
+        attention_mask=attention,
+        special_tokens_mask=special,
+        word_starts=starts,
+        span_lengths=span_lengths.to(device),
+        span_count=span_count.to(device),
+        insert_count=insert_count.to(device),
+        insert_table=table.to(device),
+        seed_mix1=mix1,
+        seed_mix2=mix2,
+        mask_token_id=mask_token_id,
+        pad_token_id=pad_token_id,
+        vocab_size=vocab_size,
+        random_threshold=_rng.probability_threshold(random_ratio),
+        replace_length=replace_length,
+        width=width,
+    )
+
+
+def text_infilling(
+    input_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    pad_token_id: int,
+    vocab_size: int,
+    mask_ratio: float = 0.3,
+    poisson_lambda: float = 3.0,
+    random_ratio: float = 0.1,
+    replace_length: int = 1,
+    insert_ratio: float = 0.0,
+    word_starts: Optional[torch.Tensor] = None,
+    attention_mask: Optional[torch.Tensor] = None,
+    special_tokens_mask: Optional[torch.Tensor] = None,
+    seed: Optional[int] = None,
+    row_keys: Union[torch.Tensor, Sequence[int], None] = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BART text infilling of every row (semantics: :mod:`fastmask.reference.infilling`).
+
+    Per row of ``W`` eligible words (real, non-special tokens), spans of Poisson(``poisson_lambda``)
+    words cover ``ceil(W * mask_ratio)`` words from uniformly chosen distinct start words;
+    ``replace_length`` 1 turns a span into one ``mask_token_id``, -1 masks each of its tokens,
+    0 deletes it; ``random_ratio`` of the spans get random ids instead of masks; zero-length
+    spans, and ``ceil(tokens * insert_ratio)`` more, insert masks (never first or last).
+
+    Args:
+        input_ids: ``[B, L]`` (or ``[L]``) int64/int32 ids, CPU or CUDA; not modified.
+        mask_token_id, pad_token_id: the mask and padding ids. Without ``attention_mask``, tokens
+            equal to ``pad_token_id`` are padding (not part of the row).
+        vocab_size: random ids are uniform over ``[0, vocab_size)``.
+        mask_ratio: fraction of words masked, in [0, 1]. poisson_lambda: mean span length (> 0).
+        random_ratio: share of spans (and inserts) that become random ids, in [0, 1].
+        replace_length: -1, 0 or 1 (see above). insert_ratio: extra inserts per token, in [0, 1].
+        word_starts: ``[B, L]`` bool, True where a token starts a word (None: every token is a word).
+        attention_mask: ``[B, L]``, zero at padding. special_tokens_mask: ``[B, L]``, nonzero at
+            tokens never masked (BOS, EOS, ...); spans never cross them.
+        seed: the generator's seed (None draws one from torch's global RNG). row_keys: ``[B]``
+            ints keying each row's draws (default ``0 .. B-1``).
+        backend: ``"auto"``, ``"reference"``, ``"cpp"`` or ``"triton"``.
+
+    Returns:
+        ``(noised_input_ids, attention_mask)``, both ``[B, width]`` (``noised_input_ids`` in
+        ``input_ids``' dtype, ``attention_mask`` int64), on ``input_ids``' device: each row's
+        tokens left-aligned, then ``pad_token_id`` (attention 0). ``width`` bounds every row
+        without depending on the masking draw (``max(n + I + ceil((n + I) * insert_ratio))``,
+        ``n`` real tokens, ``I`` zero-length spans), so trailing columns may be all padding;
+        trim with ``attention_mask.sum(1).max()``.
+    """
+    _backend.check_backend_name(backend)
+    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
+    squeeze = input_ids.dim() == 1
+    if squeeze:
+        input_ids = input_ids.unsqueeze(0)
+        attention_mask, word_starts, special_tokens_mask = (
+            None if t is None else t.reshape(1, -1) for t in (attention_mask, word_starts, special_tokens_mask)
+        )
+    plan = plan_text_infilling(
+        input_ids,
+        mask_token_id=mask_token_id,
+        pad_token_id=pad_token_id,
+        vocab_size=vocab_size,
+        mask_ratio=mask_ratio,
+        poisson_lambda=poisson_lambda,
+        random_ratio=random_ratio,
+        replace_length=replace_length,
+        insert_ratio=insert_ratio,
+        word_starts=word_starts,
+        attention_mask=attention_mask,
+        special_tokens_mask=special_tokens_mask,
+        seed=seed,
+        row_keys=row_keys,
+    )
+    noised, attention = run_text_infilling(plan, backend)
+    if squeeze:
+        return noised[0], attention[0]
+    return noised, attention
