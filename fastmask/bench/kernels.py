@@ -31,6 +31,12 @@ from typing import Optional
 from . import common
 
 
+def _kernel_names() -> tuple:
+    from ..kernels.offline import KERNELS  # imports no Triton
+
+    return KERNELS
+
+
 def _capabilities(device: str) -> tuple:
     if device == "cuda":
         import torch
@@ -149,7 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the default block sizes only")
     parser.add_argument("--device", default="auto", help="cuda (this GPU's capability), cpu (sm_80 and sm_90) or auto")
     parser.add_argument("--jobs", type=int, help="compiler processes (default: the cores, at most 8)")
-    parser.add_argument("--kernel", nargs="+", choices=("masking", "cross_entropy", "ngrams"), help="only these kernels")
+    parser.add_argument("--kernel", nargs="+", choices=_kernel_names(), help="only these kernels")
     parser.add_argument("--blocks", nargs="+", type=int, help="block sizes (default: the tests' block sizes)")
     parser.add_argument("--limit", type=int, help="at most this many variants per block size")
     common.add_output_arguments(parser)
