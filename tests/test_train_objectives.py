@@ -36,7 +36,7 @@ def test_the_command_offers_exactly_the_objectives():
     (option,) = [a for a in train._actions if "--objective" in a.option_strings]
     assert list(option.choices) == list(objectives.OBJECTIVES) == ["mlm", "span-corruption", "sft"]
     assert option.default == "mlm"
-    for name, objective in objectives.OBJECTIVES.items():
+    for objective in objectives.OBJECTIVES.values():
         assert objective.summary in option.help and objective.stock_description in train.description
 
 
