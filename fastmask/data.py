@@ -8,6 +8,7 @@ tokenizer is trained on the corpus with ``tokenizers`` (seconds) and cached.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -390,7 +391,12 @@ def instruction_pairs() -> list[tuple[str, str]]:
     """``(question, answer)`` pairs from the standard library's docstrings, in a fixed order: "What
     does `json.dumps` do?" -> the first sentence of its docstring; for the public functions and
     classes of :data:`CORPUS_MODULES` and the public methods of those classes (about 3,000 pairs
-    on Python 3.11). Nothing is downloaded."""
+    on Python 3.11). Nothing is downloaded; built once per process (seconds)."""
+    return list(_instruction_pairs())
+
+
+@functools.cache
+def _instruction_pairs() -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     seen = set()
 
@@ -422,7 +428,7 @@ def instruction_pairs() -> list[tuple[str, str]]:
                     for method, member in sorted(vars(obj).items()):
                         if not method.startswith("_") and inspect.isroutine(member) and own(member, module_name):
                             add(f"{module_name}.{attr}.{method}", member)
-    return pairs
+    return tuple(pairs)
 
 
 def instruction_texts(pairs: Optional[Sequence[tuple[str, str]]] = None) -> list[str]:
