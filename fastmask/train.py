@@ -278,14 +278,14 @@ def format_results(results: list[RunResult]) -> str:
 def train(config: TrainConfig, log=print, *, given: tuple = ()) -> list[RunResult]:
     """Run ``fastmask train`` (and the stock pipeline with ``compare``); returns the results.
     ``given``: the option fields the user set (an option of another objective is an error)."""
-    check_options(get_objective(config.objective), given)
+    objective = get_objective(config.objective)
+    check_options(objective, given)
     if config.max_steps < 1:
         raise ValueError(f"--max-steps must be at least 1, got {config.max_steps}")
     if config.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {config.batch_size}")
     if not 0.0 < config.mlm_probability <= 1.0:
         raise ValueError(f"--mlm-probability must be in (0, 1], got {config.mlm_probability}")
-    objective = get_objective(config.objective)
     device = _resolve_device(config.device)
     _setup_distributed(device)
     rank, world, _ = _dist_info()
