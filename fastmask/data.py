@@ -8,6 +8,7 @@ tokenizer is trained on the corpus with ``tokenizers`` (seconds) and cached.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -369,3 +370,69 @@ def tokenized_rows(tokenizer, texts: Sequence[str], length: int, *, rows: Option
         if not out and not buffer:
             raise ValueError("the texts produced no tokens")
     return out
+
+
+# ----------------------------------------------------------------------------- instruction pairs
+RESPONSE_TEMPLATE = "Answer:"
+
+
+def _first_sentence(doc: str) -> Optional[str]:
+    """The first sentence of a docstring's first paragraph, if it is short plain prose."""
+    paragraph = " ".join(line.strip() for line in re.split(r"\n\s*\n", doc)[0].splitlines()).strip()
+    match = re.match(r"(.+?[.!?])(\s|$)", paragraph)
+    sentence = (match.group(1) if match else paragraph).strip()
+    if not 20 <= len(sentence) <= 200 or sentence.startswith((">>>", "...")):
+        return None
+    letters = sum(c.isalpha() or c == " " for c in sentence)
+    return sentence if letters / len(sentence) >= 0.8 else None
+
+
+def instruction_pairs() -> list[tuple[str, str]]:
+    """``(question, answer)`` pairs from the standard library's docstrings, in a fixed order: "What
+    does `json.dumps` do?" -> the first sentence of its docstring; for the public functions and
+    classes of :data:`CORPUS_MODULES` and the public methods of those classes (about 3,000 pairs
+    on Python 3.11). Nothing is downloaded; built once per process (seconds)."""
+    return list(_instruction_pairs())
+
+
+@functools.cache
+def _instruction_pairs() -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    seen = set()
+
+    def add(name: str, obj) -> None:
+        doc = inspect.getdoc(obj)
+        answer = _first_sentence(doc) if doc else None
+        if answer is not None and name not in seen:
+            seen.add(name)
+            pairs.append((f"What does {name} do?", answer))
+
+    def own(obj, module_name: str) -> bool:
+        owner = getattr(obj, "__module__", None)
+        return isinstance(owner, str) and owner.split(".")[0] == module_name.split(".")[0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for module_name in CORPUS_MODULES:
+            try:
+                module = importlib.import_module(module_name)
+            except Exception:
+                continue
+            for attr, obj in sorted(vars(module).items()):
+                if attr.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)):
+                    continue
+                if not own(obj, module_name):
+                    continue
+                add(f"{module_name}.{attr}", obj)
+                if inspect.isclass(obj):
+                    for method, member in sorted(vars(obj).items()):
+                        if not method.startswith("_") and inspect.isroutine(member) and own(member, module_name):
+                            add(f"{module_name}.{attr}.{method}", member)
+    return tuple(pairs)
+
+
+def instruction_texts(pairs: Optional[Sequence[tuple[str, str]]] = None) -> list[str]:
+    """``"Question: …\\nAnswer: …"`` texts of :func:`instruction_pairs` (the answer follows
+    :data:`RESPONSE_TEMPLATE`)."""
+    pairs = instruction_pairs() if pairs is None else pairs
+    return [f"Question: {question}\n{RESPONSE_TEMPLATE} {answer}" for question, answer in pairs]

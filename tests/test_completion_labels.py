@@ -106,3 +106,34 @@ def test_bad_templates():
 
 def test_template_longer_than_rows_is_missing_everywhere():
     check(torch.ones((2, 3), dtype=torch.long), [1, 1, 1, 1], [1, 1, 1, 1, 1])
+
+
+def test_opcheck_and_torch_compile_fullgraph():
+    """The registered op passes opcheck, and completion_mask compiles into a full graph with the
+    eager result (templates as lists and as tensors)."""
+    from fastmask.completion_labels import CompletionPlan, _completion_mask_op
+
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, 4, (3, 11), generator=g)
+    attention = torch.ones_like(ids, dtype=torch.bool)
+    attention[1, 8:] = False
+    for backend in ("reference", "cpp"):
+        require_backend(backend)
+        plan = CompletionPlan(ids, torch.tensor([1, 2]), torch.tensor([3]), attention)
+        buffers, scalars = plan.to_op_args()
+        torch.library.opcheck(
+            _completion_mask_op,
+            (buffers, scalars, backend),
+            test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+        )
+
+    def step(x, mask):
+        keep, missing = completion_mask(x, [1, 2], torch.tensor([3]), mask)
+        return keep & (x > 0), missing + 1
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    for x, mask in ((ids, attention), (ids.to(torch.int32), attention.long())):
+        got, expected = compiled(x, mask), step(x, mask)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        assert expected[0].any()  # the case keeps labels: the comparison is not of empty masks
