@@ -12,6 +12,7 @@ void register_cross_entropy(py::module_& m);  // cross_entropy.cpp
 void register_collate(py::module_& m);        // collate.cpp
 void register_completion_mask(py::module_& m);  // completion_labels.cpp
 void register_span_corruption(py::module_& m);  // sentinel_spans.cpp
+void register_tracker_update(py::module_& m);   // token_loss_tracker.cpp
 }  // namespace fastmask
 
 PYBIND11_MODULE(_C, m) {
@@ -40,4 +41,5 @@ PYBIND11_MODULE(_C, m) {
   fastmask::register_collate(m);
   fastmask::register_completion_mask(m);
   fastmask::register_span_corruption(m);
+  fastmask::register_tracker_update(m);
 }

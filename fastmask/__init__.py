@@ -40,6 +40,9 @@ _EXPORTS = {
     "token_weights_from_counts": "fastmask.token_weights",
     "MaskingSchedule": "fastmask.schedules",
     "MaskingScheduleCallback": "fastmask.schedules",
+    # adaptive masking (issue 11)
+    "TokenLossTracker": "fastmask.token_loss_tracker",
+    "frequency_buckets": "fastmask.token_loss_tracker",
     # misc
     "BackendUnavailableError": "fastmask._backend",
     "availability": "fastmask.info",
