@@ -43,6 +43,7 @@ _EXPORTS = {
     # adaptive masking (issue 11)
     "TokenLossTracker": "fastmask.token_loss_tracker",
     "frequency_buckets": "fastmask.token_loss_tracker",
+    "AdaptiveRate": "fastmask.adaptive_rate",
     # misc
     "BackendUnavailableError": "fastmask._backend",
     "availability": "fastmask.info",
