@@ -43,6 +43,7 @@ import torch
 from . import _backend
 from ._shared_values import SharedArray
 from ._validation import check_int, check_tensor
+from .masking import quantize_token_weights, remember_quantized_weights
 from .reference.token_loss_tracker import reference_tracker_update
 from .tracker_update_plan import (
     LOSS_FIXED_POINT_BITS,
@@ -355,12 +356,18 @@ class TokenLossTracker:
     def share(self) -> TokenLossTracker:
         """Publish the weights to shared memory from now on (a collator calls this); returns ``self``."""
         if self._shared is None:
-            self._shared = SharedArray(self.token_weights().numpy())
+            self._shared = SharedArray(self._published_values())
         return self
+
+    def _published_values(self) -> np.ndarray:
+        """float32 ``[2V]``: the weights, then their quantised form (integers <= 2**16, exact in
+        float32), so readers need not quantise them again."""
+        weights = self.token_weights()
+        return torch.cat([weights, quantize_token_weights(weights).to(torch.float32)]).numpy()
 
     def _publish(self) -> None:
         if self._shared is not None:
-            self._shared.write(self.token_weights().numpy())
+            self._shared.write(self._published_values())
 
     def current_token_weights(self) -> torch.Tensor:
         """The weights last published (in any process: the main process or a DataLoader worker).
@@ -375,7 +382,8 @@ class TokenLossTracker:
         if cached is not None and cached[0] == version:
             return cached[1]
         values, version = self._shared.read()
-        weights = torch.from_numpy(values)
+        weights = torch.from_numpy(values[: self.vocab_size])
+        remember_quantized_weights(weights, torch.from_numpy(values[self.vocab_size :]).to(torch.int32))
         self._local_weights = (version, weights)
         return weights
 

@@ -1,7 +1,7 @@
 """``fastmask bench``: the benchmark suites, run in one process on the same data.
 
 Each suite module (``collator``, ``masking``, ``loss``, ``train_step``, ``sft``, ``seq2seq``,
-``kernels``) has
+``adaptive``, ``kernels``) has
 ``run(*, quick=False, ...) -> dict``, ``to_markdown(result)``, ``table_rows(result)`` (flat
 rows: ms, tokens/s, GB/s and peak memory where measured, speed-up against what fastmask
 replaces; none for ``kernels``, which reports compiled resources, not times),
@@ -61,6 +61,13 @@ SUITES = {
         "seq2seq",
         "seq2seq",
         "seq2seq: span-corruption collator vs the Flax T5 example's (numpy)",
+        False,
+        ("tokenizer",),
+    ),
+    "adaptive": Suite(
+        "adaptive",
+        "adaptive",
+        "adaptive masking: tracker update vs the fused head, live vs static collator inputs",
         False,
         ("tokenizer",),
     ),
