@@ -44,6 +44,7 @@ _EXPORTS = {
     "TokenLossTracker": "fastmask.token_loss_tracker",
     "frequency_buckets": "fastmask.token_loss_tracker",
     "AdaptiveRate": "fastmask.adaptive_rate",
+    "AdaptiveMaskingCallback": "fastmask.adaptive_callback",
     # misc
     "BackendUnavailableError": "fastmask._backend",
     "availability": "fastmask.info",
