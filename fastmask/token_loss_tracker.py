@@ -28,6 +28,10 @@ never masked, so their weights do not matter.
 ``token_weights``: each :meth:`~TokenLossTracker.update` in the main process publishes the
 weights to shared memory, which the collator reads per batch (see
 :class:`fastmask.DataCollatorForLanguageModeling` for the prefetch lag).
+
+**Cost.** The scatter and the EMA step are O(N + G); computing ``last_loss`` /
+``last_accuracy``, the value checks (``check=True``) and publishing the weights read values on
+the host, so on a GPU an update synchronises with the device.
 """
 
 from __future__ import annotations
