@@ -46,6 +46,11 @@ _EXPORTS = {
     "token_weights_from_counts": "fastmask.token_weights",
     "MaskingSchedule": "fastmask.schedules",
     "MaskingScheduleCallback": "fastmask.schedules",
+    # adaptive masking (issue 11)
+    "TokenLossTracker": "fastmask.token_loss_tracker",
+    "frequency_buckets": "fastmask.token_loss_tracker",
+    "AdaptiveRate": "fastmask.adaptive_rate",
+    "AdaptiveMaskingCallback": "fastmask.adaptive_callback",
     # misc
     "BackendUnavailableError": "fastmask._backend",
     "availability": "fastmask.info",

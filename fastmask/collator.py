@@ -126,7 +126,8 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
         span_distribution, span_p, max_span_words: span lengths in words (geometric / uniform).
         token_weights: ``[V]`` non-negative per-id weights for conditional masking
             (:func:`token_weights_from_counts`), covering every id the batches hold;
-            bernoulli budget only.
+            bernoulli budget only. A :class:`fastmask.TokenLossTracker` gives live weights
+            (adaptive masking, below).
         row_key_column: a feature column (e.g. ``"idx"``) of per-example integer keys; it is
             removed from the batch.
         device: e.g. ``"cuda"``: pad on the CPU, move the batch there, mask there.
@@ -142,6 +143,16 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
     vocabulary (WordPiece, byte-level BPE, SentencePiece), so whole-word masking works after
     ``Trainer`` drops unused columns. Special tokens come from ``special_tokens_mask`` when
     present, else from the tokenizer's special ids.
+
+    Adaptive masking: ``token_weights=tracker`` (a :class:`fastmask.TokenLossTracker`) and
+    ``mlm_probability=rate`` (a :class:`fastmask.AdaptiveRate`) are read per batch from shared
+    memory that the main process writes (``tracker.update``, ``rate.observe``). A batch uses the
+    values current when it is collated: with ``num_workers=0`` the next batch; with ``W``
+    workers and ``prefetch_factor=F`` the batches already collated are not re-masked, so an
+    update reaches the batches consumed from ``W * F + 1`` batches after it at the latest
+    (``Trainer``'s accelerate loader looks one batch further ahead). Given the same sequence of
+    updates and ``num_workers=0``, masks are reproducible; :meth:`state_dict` includes the
+    tracker's and the rate's states, so loading it restores a run.
     """
 
     _: KW_ONLY
@@ -198,7 +209,11 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
         check_choice("return_tensors", self.return_tensors, RETURN_TENSORS)
         if not self.mlm and self.strategy != "token":
             raise ValueError(f"strategy={self.strategy!r} needs mlm=True (causal LM has no masking)")
-        if self.token_weights is not None:
+        if _is_live_weights(self.token_weights):
+            self.token_weights.share()
+            if self.budget != "bernoulli":
+                raise ValueError("token_weights works with budget='bernoulli' only; drop one of them")
+        elif self.token_weights is not None:
             if not isinstance(self.token_weights, torch.Tensor):
                 try:
                     self.token_weights = torch.as_tensor(np.asarray(self.token_weights, dtype=np.float32))
@@ -231,6 +246,33 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
     def current_mlm_probability(self) -> float:
         """The masking rate for the next batch (the schedule evaluated at :attr:`step`)."""
         return probability_at(self.mlm_probability, self.step)
+
+    def current_token_weights(self) -> Optional[torch.Tensor]:
+        """The per-id weights for the next batch (a live tracker's last published weights)."""
+        if _is_live_weights(self.token_weights):
+            return self.token_weights.current_token_weights()
+        return self.token_weights
+
+    # -- state (the mask stream's, plus live weights and rate)
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if _is_live_weights(self.token_weights):
+            state["token_weights"] = self.token_weights.state_dict()
+        if callable(getattr(self.mlm_probability, "state_dict", None)):
+            state["mlm_probability"] = self.mlm_probability.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        super().load_state_dict(state)
+        for name in ("token_weights", "mlm_probability"):
+            if name in state:
+                owner = getattr(self, name)
+                if not callable(getattr(owner, "load_state_dict", None)):
+                    raise ValueError(
+                        f"state holds a live {name} state but this collator's {name} is {type(owner).__name__}; "
+                        f"construct it with the same kind of {name}"
+                    )
+                owner.load_state_dict(state[name])
 
     # -- collation
     def torch_call(self, examples) -> dict:
@@ -359,7 +401,7 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
             span_distribution=self.span_distribution,
             span_p=self.span_p,
             max_span_words=self.max_span_words,
-            token_weights=self.token_weights,
+            token_weights=self.current_token_weights(),
             seed=self._effective_seed(),
             row_keys=row_keys,
             ids_beyond_vocab=True,  # like transformers' collator (such ids start words)
@@ -375,6 +417,11 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
         if ids.dtype != torch.int64:
             labels = labels.to(ids.dtype)  # transformers' labels are a clone of the inputs
         return masked, labels
+
+
+def _is_live_weights(value) -> bool:
+    """A live weight source (:class:`fastmask.TokenLossTracker`), not a tensor of weights."""
+    return callable(getattr(value, "current_token_weights", None))
 
 
 # ----------------------------------------------------------------------------- v4 whole-word API

@@ -157,6 +157,13 @@ def quantize_token_weights(token_weights: torch.Tensor) -> torch.Tensor:
     return torch.round(weights / top * (1 << WEIGHT_BITS)).to(torch.int32)
 
 
+def remember_quantized_weights(token_weights: torch.Tensor, quantized: torch.Tensor) -> None:
+    """Records ``quantized`` (``quantize_token_weights(token_weights)``, computed elsewhere, e.g.
+    by a :class:`fastmask.TokenLossTracker` when it publishes) as the CPU table of the CPU tensor
+    ``token_weights``, so masking with it skips the quantisation."""
+    _TABLE_CACHE.get("weights", token_weights, "cpu", lambda: quantized)
+
+
 def _weights_q(token_weights: Optional[torch.Tensor], device) -> Optional[torch.Tensor]:
     if token_weights is None:
         return None

@@ -1,7 +1,7 @@
 """``fastmask bench``: the benchmark suites, run in one process on the same data.
 
 Each suite module (``collator``, ``masking``, ``loss``, ``train_step``, ``sft``, ``seq2seq``,
-``kernels``) has
+``ngrams``, ``adaptive``, ``kernels``) has
 ``run(*, quick=False, ...) -> dict``, ``to_markdown(result)``, ``table_rows(result)`` (flat
 rows: ms, tokens/s, GB/s and peak memory where measured, speed-up against what fastmask
 replaces; none for ``kernels``, which reports compiled resources, not times),
@@ -66,6 +66,13 @@ SUITES = {
     ),
     "ngrams": Suite(
         "ngrams", "ngrams", "PMI n-grams: vocabulary counting words/s, PMI vs whole-word masking", False, ("tokenizer",)
+    ),
+    "adaptive": Suite(
+        "adaptive",
+        "adaptive",
+        "adaptive masking: tracker update vs the fused head, live vs static collator inputs",
+        False,
+        ("tokenizer",),
     ),
     "kernels": Suite(
         "kernels", "kernels", "Triton kernels: registers, spills and shared memory per compiled variant", False, ()
