@@ -455,27 +455,36 @@ def _tiny_dataset(n: int = 16, length: int = 24, arch: str = "bert"):
     return rows
 
 
+def _stock_and_patched(base):
+    """``("stock", copy of base)``, then ``("fastmask", patched copy of base)``."""
+    for name in ("stock", "fastmask"):
+        model = copy.deepcopy(base)
+        if name == "fastmask":
+            apply_fastmask(model)
+        yield name, model
+
+
+def _training_args(output_dir, **options):
+    """CPU ``TrainingArguments`` with a fixed seed, no reporting and no progress bar."""
+    return transformers.TrainingArguments(
+        output_dir=str(output_dir), report_to=[], use_cpu=True, seed=0, disable_tqdm=True, **options
+    )
+
+
 def test_trainer_steps_and_prediction_step(tmp_path):
     pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
     data = _tiny_dataset()
     base = build("bert")
     trained = {}
-    for name in ("stock", "fastmask"):
-        model = copy.deepcopy(base)
-        if name == "fastmask":
-            apply_fastmask(model)
-        args = transformers.TrainingArguments(
-            output_dir=str(tmp_path / name),
+    for name, model in _stock_and_patched(base):
+        args = _training_args(
+            tmp_path / name,
             max_steps=3,
             per_device_train_batch_size=4,
             learning_rate=1e-3,
             logging_steps=1,
             save_strategy="no",
             eval_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            seed=0,
-            disable_tqdm=True,
         )
         trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
         trainer.train()
@@ -522,18 +531,8 @@ def test_trainer_evaluate_with_run_mlm_metrics_matches_stock(arch, tmp_path):
     data = _tiny_dataset(8, arch=arch)
     base = build(arch)
     results = {}
-    for name in ("stock", "fastmask"):
-        model = copy.deepcopy(base)
-        if name == "fastmask":
-            apply_fastmask(model)
-        args = transformers.TrainingArguments(
-            output_dir=str(tmp_path / name),
-            per_device_eval_batch_size=4,
-            report_to=[],
-            use_cpu=True,
-            seed=0,
-            disable_tqdm=True,
-        )
+    for name, model in _stock_and_patched(base):
+        args = _training_args(tmp_path / name, per_device_eval_batch_size=4)
         trainer = transformers.Trainer(
             model=model,
             args=args,
