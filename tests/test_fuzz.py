@@ -587,6 +587,13 @@ def _corrupt_mask_call(kw: dict, data, kind: str) -> tuple[dict, tuple, bool]:
     raise AssertionError(kind)
 
 
+def _note_call(kw: dict) -> None:
+    """Hypothesis' note of a corrupted call: its values, tensors as dtype and shape."""
+    note(
+        f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }"
+    )
+
+
 def _bad_mask_call(kw, data, backend, kind, device="cpu"):
     kw, names, must_raise = _corrupt_mask_call(kw, data, kind)
     if data.draw(st.integers(0, 3), label="second corruption?") == 0:
@@ -594,9 +601,7 @@ def _bad_mask_call(kw, data, backend, kind, device="cpu"):
         kw, names2, must2 = _corrupt_mask_call(kw, data, second)
         names, must_raise = names + names2, must_raise or must2
     kw.setdefault("backend", backend)
-    note(
-        f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }"
-    )
+    _note_call(kw)
     snapshot = _snapshot(kw)
     clear_error_or(
         lambda: _cpu(fastmask.mask_tokens(**_on_device(kw, device))),
@@ -966,6 +971,14 @@ def _corrupt_loss_options(kw: dict, data, main: str, kind: Optional[str] = None)
     raise AssertionError(kind)
 
 
+def _maybe_corrupt_loss_option(kw: dict, data, main: str, names: tuple, must_raise: bool) -> tuple[dict, tuple, bool]:
+    """One time in four, a second corruption (a shared loss option) on top of a first one."""
+    if data.draw(st.integers(0, 3), label="second corruption") == 0:
+        kw, names2, must2 = _corrupt_loss_options(kw, data, main)
+        names, must_raise = names + names2, must_raise or must2
+    return kw, names, must_raise
+
+
 def _corrupt_labels(kw: dict, data, main: str) -> tuple[dict, tuple, bool]:
     kw = dict(kw)
     labels = kw["labels"]
@@ -1100,12 +1113,8 @@ def test_masked_cross_entropy_bad_input(kind, kw, data, backend, module):
     require_backend(backend)
     kw = dict(kw, backend="reference" if kw["logits"].dtype == torch.float64 else backend)
     kw, names, must_raise, leaf_grad = _corrupt_ce(kw, data, kind)
-    if data.draw(st.integers(0, 3), label="second corruption") == 0:
-        kw, names2, must2 = _corrupt_loss_options(kw, data, "logits")
-        names, must_raise = names + names2, must_raise or must2
-    note(
-        f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }"
-    )
+    kw, names, must_raise = _maybe_corrupt_loss_option(kw, data, "logits", names, must_raise)
+    _note_call(kw)
     snapshot = _snapshot(kw)
     clear_error_or(_loss_call(kw, module, leaf_grad), names, must_raise, lambda got: check_ce_result(kw, got))
     _assert_unmodified(kw, snapshot)
@@ -1206,12 +1215,8 @@ def test_fused_masked_lm_loss_bad_input(kind, kw, data, backend):
     require_backend(backend)
     kw = dict(kw, backend="reference" if kw["hidden"].dtype == torch.float64 else backend)
     kw, names, must_raise = _corrupt_fused(kw, data, kind)
-    if data.draw(st.integers(0, 3), label="second corruption") == 0:
-        kw, names2, must2 = _corrupt_loss_options(kw, data, "hidden")
-        names, must_raise = names + names2, must_raise or must2
-    note(
-        f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }"
-    )
+    kw, names, must_raise = _maybe_corrupt_loss_option(kw, data, "hidden", names, must_raise)
+    _note_call(kw)
     snapshot = _snapshot(kw)
     call_kw = dict(kw)
     for name in ("hidden", "weight", "bias"):
