@@ -1436,6 +1436,19 @@ def _same_batches(a, b) -> None:
         assert x.dtype == y.dtype and torch.equal(x, y), f"{key} differs between backends / runs"
 
 
+def _masking_options(draw, mask_replace: float) -> dict:
+    """The collators' shared options (rate, 80/10/10 split with ``mask_replace``, padding, output
+    type, seed), drawn in this order."""
+    return dict(
+        mlm_probability=_probability(draw),
+        mask_replace_prob=mask_replace,
+        random_replace_prob=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0 - mask_replace))),
+        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))),
+        return_tensors=draw(st.sampled_from(["pt", "np"])),
+        seed=draw(st.integers(0, 2**63 - 1)),
+    )
+
+
 @st.composite
 def lm_options(draw):
     mlm = draw(st.integers(0, 5)) != 0
@@ -1445,12 +1458,7 @@ def lm_options(draw):
     options = dict(
         mlm=mlm,
         whole_word_mask=mlm and draw(st.booleans()),
-        mlm_probability=_probability(draw),
-        mask_replace_prob=mask_replace,
-        random_replace_prob=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0 - mask_replace))),
-        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))),
-        return_tensors=draw(st.sampled_from(["pt", "np"])),
-        seed=draw(st.integers(0, 2**63 - 1)),
+        **_masking_options(draw, mask_replace),
         strategy=strategy,
         budget=budget,
         keep_replace_probs=draw(st.booleans()),
@@ -1506,15 +1514,7 @@ def _same_features(rows, before) -> None:
 
 @st.composite
 def wwm_options(draw):
-    mask_replace = _probability(draw)
-    options = dict(
-        mlm_probability=_probability(draw),
-        mask_replace_prob=mask_replace,
-        random_replace_prob=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0 - mask_replace))),
-        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))),
-        return_tensors=draw(st.sampled_from(["pt", "np"])),
-        seed=draw(st.integers(0, 2**63 - 1)),
-    )
+    options = _masking_options(draw, _probability(draw))
     if draw(st.booleans()):
         options["budget"] = draw(st.sampled_from(["bernoulli", "exact"]))
     return options

@@ -19,6 +19,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import fastmask  # noqa: E402
+import fastmask.integrations._head_loss as head_loss  # noqa: E402
 import fastmask.integrations.transformers as fm_tf  # noqa: E402
 from fastmask.integrations.transformers import (  # noqa: E402
     SUPPORTED_CLASSES,
@@ -145,13 +146,13 @@ def assert_grads_close(expected: dict, actual: dict):
 def fused_calls(monkeypatch):
     """Records (hidden shape, weight, bias) of each fused_masked_lm_loss call the patch makes."""
     calls = []
-    real = fm_tf.fused_masked_lm_loss
+    real = head_loss.fused_masked_lm_loss
 
     def spy(hidden, weight, labels, bias=None, **kwargs):
         calls.append(dict(hidden_shape=tuple(hidden.shape), weight=weight, bias=bias, labels=labels, kwargs=kwargs))
         return real(hidden, weight, labels, bias, **kwargs)
 
-    monkeypatch.setattr(fm_tf, "fused_masked_lm_loss", spy)
+    monkeypatch.setattr(head_loss, "fused_masked_lm_loss", spy)
     return calls
 
 
