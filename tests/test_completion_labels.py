@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backends import require_backend
+from backends import assert_compiles_offline, require_backend
 
 from fastmask.completion_labels import MISSING_INSTRUCTION, MISSING_RESPONSE, completion_mask
 
@@ -137,3 +137,12 @@ def test_opcheck_and_torch_compile_fullgraph():
         got, expected = compiled(x, mask), step(x, mask)
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
         assert expected[0].any()  # the case keeps labels: the comparison is not of empty masks
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the other tests compile and run the kernel")
+def test_triton_kernel_compiles_offline_without_spills():
+    """Every variant of the completion-mask kernel (rows up to 1023 tokens) compiles for sm_80 and sm_90
+    with 0 spills at the launcher's num_warps (:mod:`fastmask.kernels.offline`)."""
+    from fastmask.kernels import offline
+
+    assert_compiles_offline(offline.variants("completion_labels"))

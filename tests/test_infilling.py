@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from backends import require_backend
+from backends import assert_compiles_offline, require_backend
 from infilling_samples import BOS, EOS, MASK, PAD, VOCAB, sample_inputs
 
 import fastmask
@@ -406,23 +406,6 @@ def test_inputs_are_not_modified():
     assert torch.equal(ids, before) and not bool(special.any())
 
 
-def _compile_offline(chosen):
-    import os
-
-    from fastmask.kernels import offline
-
-    try:
-        rows = offline.compile_report(chosen, offline.TARGETS, jobs=min(2, os.cpu_count() or 1))
-    except offline.OfflineCompileUnavailable as exc:
-        pytest.skip(str(exc))
-    assert [(r["variant"], r["target"]) for r in rows] == [
-        (v.label, f"sm_{c}") for c in offline.TARGETS for v in chosen
-    ]
-    bad = offline.spilled(rows)
-    assert not bad, "spills or compile errors:\n" + offline.markdown_table(bad)
-    assert all(0 < r["n_regs"] <= 65536 // (32 * r["num_warps"]) for r in rows)
-
-
 _ON_GPU = pytest.mark.skipif(
     torch.cuda.is_available(), reason="a GPU is present: the other tests compile and run the kernel on it"
 )
@@ -439,7 +422,7 @@ def test_triton_kernel_compiles_offline_without_spills():
 
     chosen = offline.variants("infilling")
     assert len(chosen) == 6 and all(v.num_warps == num_warps(2 * v.block) for v in chosen)
-    _compile_offline([chosen[0], chosen[3]])  # replace_length 1 (i64, masks), -1 (i32, none)
+    assert_compiles_offline([chosen[0], chosen[3]])  # replace_length 1 (i64, masks), -1 (i32, none)
 
 
 @_ON_GPU
@@ -447,4 +430,4 @@ def test_triton_kernel_compiles_offline_without_spills():
 def test_every_triton_variant_compiles_offline_without_spills():
     from fastmask.kernels import offline
 
-    _compile_offline(offline.variants("infilling"))
+    assert_compiles_offline(offline.variants("infilling"))

@@ -88,7 +88,7 @@ def test_variants_take_every_branch(kernel):
             assert {(v.constexprs["STRATEGY"], v.constexprs["EXACT"]) for v in chosen} == set(
                 itertools.product((0, 1, 2), (False, True))
             )
-        else:  # infilling
+        elif kernel == "infilling":
             assert {v.constexprs["REPLACE_LENGTH"] for v in chosen} == {-1, 0, 1}
         assert {v.signature["ids_ptr"] for v in chosen} == {"*i32", "*i64"}
     for group in groups:

@@ -8,6 +8,7 @@ import functools
 import pytest
 import text_fixtures
 import torch
+from backends import assert_compiles_offline
 from test_ngrams import _planted_corpus, needs_cpp
 
 from fastmask import DataCollatorForLanguageModeling, mask_tokens, word_start_table
@@ -175,18 +176,9 @@ def test_collator_pmi_and_its_bad_input():
 
 def test_triton_kernel_compiles_offline_without_spills():
     """Every variant of the unit kernel compiles for sm_80 and sm_90 with 0 spills."""
-    import os
-
     from fastmask.kernels import offline
 
-    chosen = offline.variants("ngrams")
-    try:
-        rows = offline.compile_report(chosen, offline.TARGETS, jobs=min(2, os.cpu_count() or 1))
-    except offline.OfflineCompileUnavailable as exc:
-        pytest.skip(str(exc))
-    bad = offline.spilled(rows)
-    assert len(rows) == len(chosen) * len(offline.TARGETS)
-    assert not bad, "spills or compile errors:\n" + offline.markdown_table(bad)
+    assert_compiles_offline(offline.variants("ngrams"))
 
 
 def test_prefix_stop_gives_the_longest_match():

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from backends import require_backend
+from backends import assert_compiles_offline, require_backend
 from sentinel_spans_samples import EOS, FIRST_SENTINEL, PAD, VOCAB, sample_inputs
 
 import fastmask
@@ -270,3 +270,12 @@ def test_with_new_rows_equals_a_fresh_plan():
     unmasked = plan_span_corruption(ids, first_sentinel_id=FIRST_SENTINEL, eos_token_id=EOS, pad_token_id=PAD, seed=0)
     with pytest.raises(ValueError, match="attention_mask"):
         with_new_rows(unmasked, ids, seed=1, row_keys=keys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the other tests compile and run the kernel")
+def test_triton_kernel_compiles_offline_without_spills():
+    """Every variant of the span-corruption kernel (rows up to 1023 tokens: T5's 568) compiles for sm_80 and sm_90
+    with 0 spills at the launcher's num_warps (:mod:`fastmask.kernels.offline`)."""
+    from fastmask.kernels import offline
+
+    assert_compiles_offline(offline.variants("sentinel_spans"))

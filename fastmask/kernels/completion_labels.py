@@ -85,6 +85,11 @@ def triton_call_reason(length: int) -> Optional[str]:
     return None
 
 
+def num_warps(block: int) -> int:
+    """The launcher's ``num_warps`` for ``BLOCK_L = block``: 1 to 16 (about 8 positions per thread)."""
+    return max(1, min(16, block // 256))
+
+
 def triton_completion_mask(plan) -> tuple[torch.Tensor, torch.Tensor]:
     ids = plan.input_ids
     batch, length = ids.shape
@@ -110,6 +115,6 @@ def triton_completion_mask(plan) -> tuple[torch.Tensor, torch.Tensor]:
         HAS_INST=plan.instruction_ids is not None,
         HAS_ATTENTION=plan.attention_mask is not None,
         BLOCK_L=block,
-        num_warps=max(1, min(16, block // 256)),
+        num_warps=num_warps(block),
     )
     return keep.view(torch.bool), missing

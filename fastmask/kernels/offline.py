@@ -41,15 +41,29 @@ from typing import Optional
 
 # Capabilities the tests compile for: A100 (sm_80) and H100 / H200 (sm_90, assembled as sm_90a).
 TARGETS = (80, 90)
-KERNELS = ("masking", "cross_entropy", "ngrams", "infilling")
+KERNELS = ("masking", "cross_entropy", "ngrams", "infilling", "sentinel_spans", "completion_labels")
 # The block sizes the tests compile (the launchers pick BLOCK from the row length / vocabulary),
 # each with the launcher's num_warps: masking: a BERT-length row (512, 2 warps) and the largest
 # block without spills (2048, 8 warps); cross-entropy: the block every vocabulary above 8192
 # classes gets (16384, 16 warps) and the largest block at 8 warps (8192: as many classes per
 # thread). Every variant at the first block; at the others only the first
 # EXTRA_BLOCK_VARIANTS of the list (the variants with the most registers come first).
-TEST_BLOCKS = {"masking": (512, 2048), "cross_entropy": (16384, 8192), "ngrams": (1,), "infilling": (512,)}
-EXTRA_BLOCK_VARIANTS = {"masking": 2, "cross_entropy": 1, "ngrams": 0, "infilling": 0}
+TEST_BLOCKS = {
+    "masking": (512, 2048),
+    "cross_entropy": (16384, 8192),
+    "ngrams": (1,),
+    "infilling": (512,),
+    "sentinel_spans": (1024,),  # T5's 568-token rows
+    "completion_labels": (1024,),
+}
+EXTRA_BLOCK_VARIANTS = {
+    "masking": 2,
+    "cross_entropy": 1,
+    "ngrams": 0,
+    "infilling": 0,
+    "sentinel_spans": 0,
+    "completion_labels": 0,
+}
 # Blocks at which some variants spill and no num_warps avoids it (measured with Triton 3.9's
 # ptxas, docs/kernels.md). The masking kernel holds a whole row in one block: at BLOCK_L 4096 a
 # few variants spill 4-56 bytes per thread with 8, 16 or 32 warps; at 8192 and 16384 even 32
@@ -66,6 +80,8 @@ REPORT_BLOCKS = {
     "cross_entropy": TEST_BLOCKS["cross_entropy"],
     "ngrams": TEST_BLOCKS["ngrams"],  # the n-gram unit kernel walks a row serially: no block, "block" 1
     "infilling": TEST_BLOCKS["infilling"],
+    "sentinel_spans": TEST_BLOCKS["sentinel_spans"],
+    "completion_labels": TEST_BLOCKS["completion_labels"],
 }
 
 EXIT_UNAVAILABLE = 77  # exit status of the worker when this triton cannot compile offline
@@ -115,11 +131,25 @@ def _infilling_function():
     return _text_infilling_kernel
 
 
+def _sentinel_spans_function():
+    from .sentinel_spans import _span_corruption_kernel
+
+    return _span_corruption_kernel
+
+
+def _completion_labels_function():
+    from .completion_labels import _completion_mask_kernel
+
+    return _completion_mask_kernel
+
+
 _FUNCTIONS = {
     "masking": _masking_function,
     "cross_entropy": _cross_entropy_function,
     "ngrams": _ngrams_function,
     "infilling": _infilling_function,
+    "sentinel_spans": _sentinel_spans_function,
+    "completion_labels": _completion_labels_function,
 }
 
 
@@ -326,11 +356,77 @@ def infilling_variants(block: int) -> list:
     return out
 
 
+def sentinel_spans_variants(block: int) -> list:
+    """The span-corruption kernel for rows that take ``BLOCK_L = block`` (outputs as wide), at the
+    launcher's ``num_warps``, in two argument sets that between them take every constexpr branch:
+    (a) int64 ids, attention mask and word starts, seed mixes >= 2**31; (b) int32 ids, neither mask
+    (the launcher passes the ids as the dummy pointer), seed mixes < 2**31."""
+    from .masking import _num_warps
+
+    names = _arg_names("sentinel_spans")
+    out = []
+    for present in (True, False):
+        constexprs = dict(
+            HAS_ATTENTION=present,
+            HAS_WORD_STARTS=present,
+            BLOCK_L=block,
+            LOG2_BLOCK_L=block.bit_length() - 1,
+            BLOCK_OUT=block,
+        )
+        ids = "*i64" if present else "*i32"
+        optional = "*u8" if present else ids
+        seed = "i64" if present else "i32"
+        types = {
+            "ids_ptr": ids,
+            "attention_ptr": optional,
+            "word_starts_ptr": optional,
+            "row_keys_ptr": "*i64",
+            "noise_table_ptr": "*i32",
+            "spans_table_ptr": "*i32",
+            "inputs_ptr": ids,
+            "targets_ptr": ids,
+            "scratch_ptr": "*i32",
+            "seed_mix1": seed,
+            "seed_mix2": seed,
+        }
+        signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in names}
+        label = "i64 ids, attention, word starts" if present else "i32 ids, no masks"
+        out.append(Variant("sentinel_spans", label, block, _num_warps(block), signature, constexprs))
+    return out
+
+
+def completion_labels_variants(block: int) -> list:
+    """The completion-mask kernel for rows that take ``BLOCK_L = block``, at the launcher's
+    ``num_warps``: with and without an instruction template, each in one argument set: (a) int64
+    ids and an attention mask; (b) int32 ids, no attention mask (the launcher passes the output as
+    the dummy pointer)."""
+    from .completion_labels import num_warps
+
+    names = _arg_names("completion_labels")
+    out = []
+    for has_inst, present in itertools.product((True, False), (True, False)):
+        constexprs = dict(HAS_INST=has_inst, HAS_ATTENTION=present, BLOCK_L=block)
+        types = {
+            "ids_ptr": "*i64" if present else "*i32",
+            "resp_ptr": "*i64",
+            "inst_ptr": "*i64",
+            "attn_ptr": "*u8",
+            "keep_ptr": "*u8",
+            "missing_ptr": "*i32",
+        }
+        signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in names}
+        label = ("instruction, " if has_inst else "") + ("i64 ids, attention" if present else "i32 ids, no attention")
+        out.append(Variant("completion_labels", label, block, num_warps(block), signature, constexprs))
+    return out
+
+
 _VARIANTS = {
     "masking": masking_variants,
     "cross_entropy": cross_entropy_variants,
     "ngrams": ngrams_variants,
     "infilling": infilling_variants,
+    "sentinel_spans": sentinel_spans_variants,
+    "completion_labels": completion_labels_variants,
 }
 
 
