@@ -334,13 +334,14 @@ def plot_adaptive(result: dict, path: Path) -> Optional[Path]:
     right.plot(steps, [e["rate"] for e in adaptive], color="black", label="mlm_probability")
     right.set_xlabel("step")
     right.set_ylabel("masking rate")
+    handles = right.get_lines()
     if adaptive and "weights" in adaptive[0]:
         weights = right.twinx()
         for bucket in adaptive[0]["weights"]:
             weights.plot(steps, [e["weights"][bucket] for e in adaptive], linestyle="--", label=f"weight: {bucket}")
         weights.set_ylabel("mean token weight (by token mass)")
-        weights.legend(loc="lower right")
-    right.legend(loc="upper left")
+        handles = handles + weights.get_lines()
+    right.legend(handles=handles, fontsize="small")
     fig.suptitle(f"fastmask train --adaptive {result['adaptive']}: uniform vs adaptive masking")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
