@@ -194,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--adaptive",
         choices=["content", "rate", "both"],
         help="mlm: instead of one run, train uniform and adaptive masking from the same weights on the same data "
-        "and token budget (content: token weights from each id's running loss; rate: mlm_probability held at the "
-        "uniform run's final training accuracy; both) and report held-out masked-token accuracy and loss overall "
-        "and per frequency bucket; metrics.json and a plot of loss, rate and weights (no model saved; no --compare)",
+        "and token budget (content: token weights from each id's running loss; rate: mlm_probability steered to "
+        "keep the training accuracy at the uniform run's final one; both) and report held-out masked-token accuracy "
+        "and loss overall and per frequency bucket; metrics.json and a plot of loss, rate and weights (no model "
+        "saved; no --compare; --lr default 5e-5)",
     )
     train.add_argument("--no-save", action="store_true", help="do not write the model, metrics or plot")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
