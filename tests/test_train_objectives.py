@@ -175,9 +175,10 @@ def test_pmi_strategy_uses_the_corpus_vocabulary_and_compares_with_whole_words()
     assert any(not torch.equal(p["labels"], w["labels"]) for p, w in zip(pmi, words))
 
 
-def test_train_adaptive_reports_uniform_and_adaptive(tmp_path, capsys):
+def test_train_adaptive_reports_uniform_and_adaptive(tmp_path, capsys, monkeypatch):
     """`fastmask train --adaptive both`: the experiment's two runs on the same token budget, its
     table printed, metrics.json and the loss / rate / weights plot saved."""
+    monkeypatch.setattr(data, "minilm_path", lambda: None)  # corpus WordPiece + small random BERT: quicker than MiniLM
     out = tmp_path / "adaptive"
     args = ["train", "--adaptive", "both", "--max-steps", "2", "--seq-len", "16", "--batch-size", "2"]
     assert cli.main([*args, "--no-progress", "--output-dir", str(out)]) == 0
