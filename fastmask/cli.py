@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="a short training run with fastmask (MLM, T5 span corruption, BART text infilling or SFT), --compare with the stock pipeline",
+        help="a short training run with fastmask (MLM, T5 span corruption, BART text infilling or SFT), --compare "
+        "with the stock pipeline",
         epilog=_EPILOG,
         description=(
             "A short training run of one objective (--objective): "
