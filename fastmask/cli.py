@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="a short training run with fastmask (MLM, T5 span corruption or SFT), --compare with the stock pipeline",
+        help="a short training run with fastmask (MLM, T5 span corruption, BART text infilling or SFT), --compare "
+        "with the stock pipeline",
         epilog=_EPILOG,
         description=(
             "A short training run of one objective (--objective): "
@@ -154,13 +155,25 @@ def build_parser() -> argparse.ArgumentParser:
         "expanded length of fastmask.span_corruption_lengths); sft: the most tokens per example",
     )
     train.add_argument("--batch-size", type=int, default=16, help="rows per step and process (default: 16)")
-    train.add_argument("--strategy", choices=["token", "whole_word", "span"], help="mlm: masking unit (default: token)")
+    train.add_argument(
+        "--strategy",
+        choices=["token", "whole_word", "span", "pmi"],
+        help="mlm: masking unit (default: token); pmi: PMI n-grams of a vocabulary built from the embedded corpus "
+        "(cached; --compare then runs transformers' whole-word masking, it has no PMI masking; span has no "
+        "--compare)",
+    )
     train.add_argument("--mlm-probability", type=float, help="mlm: fraction of tokens to predict (default: 0.15)")
     train.add_argument(
         "--noise-density", type=float, help="span-corruption: fraction of tokens in noise spans (default: 0.15)"
     )
     train.add_argument(
         "--mean-noise-span-length", type=float, help="span-corruption: mean tokens per noise span (default: 3.0)"
+    )
+    train.add_argument(
+        "--mask-ratio", type=float, help="text-infilling: fraction of words in masked spans (default: 0.3)"
+    )
+    train.add_argument(
+        "--poisson-lambda", type=float, help="text-infilling: mean span length in words, Poisson (default: 3.0)"
     )
     train.add_argument("--seed", type=int, default=0, help="seed for weights, order and masks (default: 0)")
     train.add_argument(
@@ -178,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run the objective's stock pipeline on the same data and seed (see the description)",
     )
+    train.add_argument(
+        "--adaptive",
+        choices=["content", "rate", "both"],
+        help="mlm: instead of one run, train uniform and adaptive masking from the same weights on the same data "
+        "and token budget (content: token weights from each id's running loss; rate: mlm_probability steered to "
+        "keep the training accuracy at the uniform run's final one; both) and report held-out masked-token accuracy "
+        "and loss overall and per frequency bucket; metrics.json and a plot of loss, rate and weights (no model "
+        "saved; no --compare; --lr default 5e-5)",
+    )
     train.add_argument("--no-save", action="store_true", help="do not write the model, metrics or plot")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_data_arguments(train)
@@ -186,7 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # `fastmask train` options that belong to one objective: None unless given (TrainConfig's default then)
-_OBJECTIVE_OPTIONS = ("strategy", "mlm_probability", "noise_density", "mean_noise_span_length", "model")
+_OBJECTIVE_OPTIONS = (
+    "strategy",
+    "mlm_probability",
+    "noise_density",
+    "mean_noise_span_length",
+    "mask_ratio",
+    "poisson_lambda",
+    "model",
+    "adaptive",
+)
 
 
 def _run_train(args) -> int:
@@ -213,7 +244,14 @@ def _run_train(args) -> int:
         progress=not args.no_progress,
         **given,
     )
-    train(config, given=tuple(given))
+    if config.adaptive is not None:
+        from .train import train_adaptive
+        from .train_objectives import check_options, get_objective
+
+        check_options(get_objective(config.objective), tuple(given))
+        train_adaptive(config)
+    else:
+        train(config, given=tuple(given))
     return 0
 
 

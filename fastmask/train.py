@@ -39,6 +39,9 @@ class TrainConfig:
     mlm_probability: float = 0.15
     noise_density: float = 0.15  # span-corruption
     mean_noise_span_length: float = 3.0  # span-corruption
+    mask_ratio: float = 0.3  # text-infilling
+    poisson_lambda: float = 3.0  # text-infilling
+    adaptive: Optional[str] = None  # mlm: "content", "rate" or "both" (fastmask.adaptive_experiment)
     seed: int = 0
     lr: Optional[float] = None  # default: 5e-5 for pretrained weights, 5e-4 from scratch
     warmup_ratio: float = 0.1
@@ -275,11 +278,109 @@ def format_results(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- --adaptive
+# the mlm pieces fastmask.adaptive_experiment runs on (its data, model and held-out batches)
+def load_rows(config: TrainConfig, tokenizer) -> tuple[list, list, str]:
+    """(training rows, held-out rows, where they came from) of the mlm objective."""
+    examples = get_objective("mlm").examples(config, tokenizer)
+    return examples.train, examples.held_out, examples.source
+
+
+def build_model(config: TrainConfig, tokenizer, *, seed: int):
+    """The mlm objective's model, its random parts seeded with ``seed``."""
+    torch.manual_seed(seed)
+    return get_objective("mlm").build_model(config, tokenizer)
+
+
+def make_eval_batches(rows: list, tokenizer, config: TrainConfig) -> list[dict]:
+    """The held-out rows masked once, uniformly at ``config.mlm_probability`` (fixed seed)."""
+    return get_objective("mlm").eval_batches(rows, config, tokenizer)
+
+
+def _check_adaptive(config: TrainConfig) -> None:
+    from .adaptive_experiment import ADAPTIVE_MODES
+
+    if config.adaptive not in ADAPTIVE_MODES:
+        raise ValueError(f"--adaptive {config.adaptive!r} is not one of {', '.join(ADAPTIVE_MODES)}")
+    if config.objective != "mlm":
+        raise ValueError(f"--adaptive applies to --objective mlm only, not {config.objective}; drop it")
+    if config.compare:
+        raise ValueError("--adaptive runs its own comparison (uniform vs adaptive masking); drop --compare")
+    if config.strategy != "token":
+        raise ValueError(f"--adaptive masks single tokens; drop --strategy {config.strategy}")
+    if _dist_info()[1] > 1:
+        raise ValueError("--adaptive runs in one process; run it without torchrun")
+
+
+def plot_adaptive(result: dict, path: Path) -> Optional[Path]:
+    """The two runs' training loss (left) and the adaptive run's masking rate and mean token
+    weight per frequency bucket (right), over the steps of ``result['runs'][i]['history']``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in result["runs"]:
+        steps = [e["step"] + 1 for e in run["history"]]
+        left.plot(steps, [e["loss"] for e in run["history"]], label=run["name"])
+    left.set_xlabel("step")
+    left.set_ylabel("training loss (masked tokens)")
+    left.legend()
+    adaptive = result["runs"][-1]["history"]
+    steps = [e["step"] + 1 for e in adaptive]
+    right.plot(steps, [e["rate"] for e in adaptive], color="black", label="mlm_probability")
+    right.set_xlabel("step")
+    right.set_ylabel("masking rate")
+    handles = right.get_lines()
+    if adaptive and "weights" in adaptive[0]:
+        weights = right.twinx()
+        for bucket in adaptive[0]["weights"]:
+            weights.plot(steps, [e["weights"][bucket] for e in adaptive], linestyle="--", label=f"weight: {bucket}")
+        weights.set_ylabel("mean token weight (by token mass)")
+        handles = handles + weights.get_lines()
+    right.legend(handles=handles, fontsize="small")
+    fig.suptitle(f"fastmask train --adaptive {result['adaptive']}: uniform vs adaptive masking")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def train_adaptive(config: TrainConfig, log=print) -> dict:
+    """``fastmask train --adaptive MODE``: :func:`fastmask.adaptive_experiment.run_adaptive_experiment`
+    (uniform vs adaptive masking of the mlm objective from the same weights, data and token
+    budget); prints its table and saves ``metrics.json`` and ``loss_curve.png`` (loss, rate and
+    weights over the steps). Returns the experiment's result."""
+    _check_adaptive(config)
+    from .adaptive_experiment import format_adaptive_results, run_adaptive_experiment
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    result = run_adaptive_experiment(config, config.adaptive, record_every=max(1, config.max_steps // 50), log=log)
+    log(format_adaptive_results(result))
+    if config.save:
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        plot = plot_adaptive(result, out / "loss_curve.png")
+        log(f"saved: {out / 'metrics.json'}" + (f", {plot}" if plot else ""))
+    return result
+
+
 def train(config: TrainConfig, log=print, *, given: tuple = ()) -> list[RunResult]:
     """Run ``fastmask train`` (and the stock pipeline with ``compare``); returns the results.
-    ``given``: the option fields the user set (an option of another objective is an error)."""
+    ``given``: the option fields the user set (an option of another objective is an error).
+    With ``config.adaptive`` set use :func:`train_adaptive`."""
     objective = get_objective(config.objective)
     check_options(objective, given)
+    if config.adaptive is not None:
+        raise ValueError("config.adaptive is set: call fastmask.train.train_adaptive (fastmask train --adaptive)")
     if config.max_steps < 1:
         raise ValueError(f"--max-steps must be at least 1, got {config.max_steps}")
     if config.batch_size < 1:

@@ -16,6 +16,13 @@ held-out batches the two pipelines are scored on. The loop, timing, metrics, los
   :func:`fastmask.span_corruption_lengths`; fastmask's ``DataCollatorForSpanCorruption`` vs the
   numpy reimplementation of the Flax example's collator from :mod:`fastmask.bench.seq2seq`.
   transformers' T5 has no fastmask head patch: the two pipelines differ in the collator only.
+* ``text-infilling``: BART text infilling with a small random ``BartForConditionalGeneration``;
+  the default tokenizer's mask token (MiniLM's ``[MASK]``) as BART's ``<mask>``, its ``[CLS]`` /
+  ``[SEP]`` as BOS / EOS when it has none; rows ``BOS + packed text + EOS`` of ``--seq-len``
+  tokens; fastmask's ``DataCollatorForTextInfilling`` vs the numpy reimplementation of the Flax
+  BART example's collator from :mod:`fastmask.bench.seq2seq`. The two pipelines differ in the
+  collator only; note the stock collator labels only the masked positions (as the Flax example
+  does), fastmask's the whole row (fairseq's and transformers' BART pre-training).
 * ``sft``: completion-only fine-tuning of a small random ``LlamaForCausalLM`` on question /
   answer pairs built from the docstring corpus (:func:`fastmask.data.instruction_texts`);
   ``DataCollatorForCompletionOnlyLM`` + ``apply_fastmask`` vs :class:`PythonCompletionCollator`
@@ -24,19 +31,8 @@ held-out batches the two pipelines are scored on. The loop, timing, metrics, los
   unpatched model.
 
 An encoder-decoder denoising objective is one :class:`Seq2SeqObjective` entry: the model kind
-(``"t5"`` or ``"bart"``), how the tokenizer is prepared, the row length, and the two collator
-factories. BART text infilling, for example, would be::
-
-    Seq2SeqObjective(
-        name="text-infilling",
-        summary="BART text infilling: a small random BartForConditionalGeneration",
-        model="bart",
-        prepare_tokenizer=_require_mask_token,   # BART's <mask>: the tokenizer's mask token
-        row_length=lambda config: config.seq_len,
-        fastmask_collator=lambda config, tok, seed, **kw: DataCollatorForTextInfilling(tok, seed=seed, **kw),
-        stock_collator=...,                      # the bench's numpy BART collator, as torch tensors
-        stock_description="a numpy reimplementation of the Flax BART example's collator",
-    )
+(``"t5"`` or ``"bart"``), how the tokenizer is prepared, the row length (and whether rows are
+framed by BOS / EOS), and the two collator factories (see ``TEXT_INFILLING``).
 """
 
 from __future__ import annotations
@@ -201,10 +197,13 @@ def _batches(rows: list, config, make) -> list[dict]:
 class MaskedLM(Objective):
     name = "mlm"
     summary = "continued masked-language-model pre-training of MiniLM-L6 (or a small random BERT)"
-    options = ("strategy", "mlm_probability", "model")
+    options = ("strategy", "mlm_probability", "model", "adaptive")
     loss_label = "training loss (masked tokens)"
     accuracy_label = "masked-token accuracy"
-    stock_description = "transformers' DataCollatorForLanguageModeling and the unpatched model"
+    stock_description = (
+        "transformers' DataCollatorForLanguageModeling and the unpatched model (--strategy pmi: its whole-word "
+        "masking, as transformers has no PMI masking)"
+    )
 
     def tokenizer(self, config):
         tokenizer = data.default_tokenizer(config.tokenizer)
@@ -273,21 +272,37 @@ class MaskedLM(Objective):
 
             if config.strategy == "span":
                 raise ValueError("--compare with --strategy span: transformers has no span masking to compare against")
+            # transformers has no PMI masking: --compare runs its whole-word masking (the nearest it has)
             return StockCollator(
-                tokenizer, mlm_probability=config.mlm_probability, whole_word_mask=whole_word, seed=seed
+                tokenizer,
+                mlm_probability=config.mlm_probability,
+                whole_word_mask=config.strategy in ("whole_word", "pmi"),
+                seed=seed,
             )
         from .collator import DataCollatorForLanguageModeling
 
-        extra = {"strategy": "span"} if config.strategy == "span" else {}
+        extra = {}
+        if config.strategy == "span":
+            extra = {"strategy": "span"}
+        elif config.strategy == "pmi":
+            extra = {"strategy": "pmi", "ngram_vocabulary": self.ngram_vocabulary(tokenizer)}
         return DataCollatorForLanguageModeling(
             tokenizer, mlm_probability=config.mlm_probability, whole_word_mask=whole_word, seed=seed, **extra
         )
+
+    @staticmethod
+    def ngram_vocabulary(tokenizer):
+        """``--strategy pmi``'s vocabulary: built from the embedded corpus for ``tokenizer`` (cached
+        on disk, :func:`fastmask.ngrams.embedded_ngram_vocabulary`)."""
+        from .ngrams import embedded_ngram_vocabulary
+
+        return embedded_ngram_vocabulary(tokenizer)
 
     def features(self, rows, config, tokenizer, kind):
         special = set(tokenizer.all_special_ids)
         # transformers' whole-word masking needs offsets: rebuild word-level offsets from the
         # vocabulary's word starts so both pipelines see the same words
-        pseudo_offsets = kind == "stock" and config.strategy == "whole_word"
+        pseudo_offsets = kind == "stock" and config.strategy in ("whole_word", "pmi")
         if pseudo_offsets:
             from .words import word_start_table
 
@@ -311,6 +326,8 @@ class MaskedLM(Objective):
             from .words import word_start_table
 
             kwargs["word_start_table"] = word_start_table(tokenizer)
+        if config.strategy == "pmi":
+            kwargs["ngram_vocabulary"] = self.ngram_vocabulary(tokenizer)
         masked, labels = mask_tokens(
             ids,
             mask_token_id=tokenizer.mask_token_id,
@@ -414,6 +431,7 @@ class Seq2SeqObjective(Objective):
     stock_collator: Callable[..., Any]
     stock_description: str
     options: tuple = ()
+    framed: bool = False  # rows are BOS + packed text + EOS (BART), not packed text alone (T5)
     loss_label: str = "training loss (target tokens)"
     accuracy_label: str = "target-token accuracy (teacher forcing)"
     patches_model: bool = field(default=False)  # apply_fastmask has no encoder-decoder head patch
@@ -425,7 +443,13 @@ class Seq2SeqObjective(Objective):
 
     def rows(self, config, tokenizer, texts):
         length = self.row_length(config)
-        return packed_rows(tokenizer, texts, length, tokenizer.eos_token_id), f"rows of {length} tokens"
+        if not self.framed:
+            return packed_rows(tokenizer, texts, length, tokenizer.eos_token_id), f"rows of {length} tokens"
+        if length < 3:
+            raise ValueError(f"--seq-len {length} leaves no text between BOS and EOS; pass at least 3")
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        body = packed_rows(tokenizer, texts, length - 2, eos)
+        return [[bos, *row, eos] for row in body], f"rows of {length} tokens (BOS + text + EOS)"
 
     def describe_model(self, config) -> str:
         cls = {"t5": "T5ForConditionalGeneration", "bart": "BartForConditionalGeneration"}[self.model]
@@ -504,6 +528,67 @@ SPAN_CORRUPTION = Seq2SeqObjective(
     stock_collator=_flax_t5_collator,
     stock_description="a numpy reimplementation of the Flax T5 example's DataCollatorForT5MLM (fastmask.bench.seq2seq)",
     options=("noise_density", "mean_noise_span_length"),
+)
+
+
+def _prepare_bart_tokenizer(tokenizer) -> None:
+    """BART's specials from the tokenizer's: its mask token is BART's ``<mask>`` (required), and a
+    tokenizer without BOS / EOS (BERT's WordPiece) uses ``[CLS]`` / ``[SEP]`` as them."""
+    if tokenizer.mask_token_id is None:
+        raise ValueError("--objective text-infilling needs a tokenizer with a mask token (spans become it)")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("--objective text-infilling needs a tokenizer with a pad token")
+    if tokenizer.bos_token_id is None:
+        if tokenizer.cls_token is None:
+            raise ValueError("--objective text-infilling needs a tokenizer with a BOS (or CLS) token")
+        tokenizer.bos_token = tokenizer.cls_token
+    if tokenizer.eos_token_id is None:
+        if tokenizer.sep_token is None:
+            raise ValueError("--objective text-infilling needs a tokenizer with an EOS (or SEP) token")
+        tokenizer.eos_token = tokenizer.sep_token
+
+
+def _text_infilling_collator(config, tokenizer, seed, **kwargs):
+    from .infilling_collator import DataCollatorForTextInfilling
+
+    return DataCollatorForTextInfilling(
+        tokenizer,
+        mask_ratio=config.mask_ratio,
+        poisson_lambda=config.poisson_lambda,
+        decoder_start_token_id=tokenizer.eos_token_id,  # BART's decoder start
+        seed=seed,
+        **kwargs,
+    )
+
+
+def _flax_bart_collator(config, tokenizer, seed):
+    from .bench.seq2seq import NumpyBartCollator
+
+    return TorchBatches(
+        NumpyBartCollator(
+            tokenizer,
+            decoder_start_token_id=tokenizer.eos_token_id,
+            mask_ratio=config.mask_ratio,
+            poisson_lambda=config.poisson_lambda,
+            seed=seed,
+        )
+    )
+
+
+TEXT_INFILLING = Seq2SeqObjective(
+    name="text-infilling",
+    summary="BART text infilling of a small random BartForConditionalGeneration (rows BOS + text + EOS)",
+    model="bart",
+    prepare_tokenizer=_prepare_bart_tokenizer,
+    row_length=lambda config: config.seq_len,
+    framed=True,
+    fastmask_collator=_text_infilling_collator,
+    stock_collator=_flax_bart_collator,
+    stock_description=(
+        "a numpy reimplementation of the Flax BART example's denoising collator (fastmask.bench.seq2seq; "
+        "token-level spans, labels at masked positions only, no inserts)"
+    ),
+    options=("mask_ratio", "poisson_lambda"),
 )
 
 
@@ -618,7 +703,9 @@ class CompletionOnlySFT(Objective):
         return _batches(rows, config, lambda chunk, first: collate([{"input_ids": row} for row in chunk]))
 
 
-OBJECTIVES = {objective.name: objective for objective in (MaskedLM(), SPAN_CORRUPTION, CompletionOnlySFT())}
+OBJECTIVES = {
+    objective.name: objective for objective in (MaskedLM(), SPAN_CORRUPTION, TEXT_INFILLING, CompletionOnlySFT())
+}
 
 
 def get_objective(name: str) -> Objective:

@@ -43,6 +43,9 @@ def test_help_documents_every_option():
         "--text",
         "--dataset",
         "--tokenizer",
+        "--mask-ratio",
+        "--poisson-lambda",
+        "--adaptive",
     ):
         assert option in result.stdout
 

@@ -34,7 +34,7 @@ def run_train(tmp_path, *args):
 def test_the_command_offers_exactly_the_objectives():
     train = cli.build_parser()._subparsers._group_actions[0].choices["train"]
     (option,) = [a for a in train._actions if "--objective" in a.option_strings]
-    assert list(option.choices) == list(objectives.OBJECTIVES) == ["mlm", "span-corruption", "sft"]
+    assert list(option.choices) == list(objectives.OBJECTIVES) == ["mlm", "span-corruption", "text-infilling", "sft"]
     assert option.default == "mlm"
     for objective in objectives.OBJECTIVES.values():
         assert objective.summary in option.help and objective.stock_description in train.description
@@ -46,6 +46,10 @@ def test_the_command_offers_exactly_the_objectives():
         (["--objective", "sft", "--strategy", "span"], "--strategy applies to --objective mlm only, not sft"),
         (["--objective", "mlm", "--noise-density", "0.3"], "--noise-density applies to --objective span-corruption"),
         (["--objective", "span-corruption", "--model", "x"], "--model applies to --objective mlm only"),
+        (["--objective", "mlm", "--mask-ratio", "0.5"], "--mask-ratio applies to --objective text-infilling only"),
+        (["--objective", "sft", "--adaptive", "both"], "--adaptive applies to --objective mlm only, not sft"),
+        (["--adaptive", "rate", "--compare"], "--adaptive runs its own comparison"),
+        (["--adaptive", "content", "--strategy", "span"], "--adaptive masks single tokens; drop --strategy span"),
     ],
 )
 def test_an_option_of_another_objective_is_a_usage_error(capsys, args, message):
@@ -135,3 +139,54 @@ def test_train_mlm(tmp_path):
     """The default objective through the restructured loop (its --compare runs in test_cli's slow tests)."""
     metrics, _ = run_train(tmp_path, "--seq-len", "32")
     assert metrics["objective"]["name"] == "mlm" and metrics["config"]["strategy"] == "token"
+
+
+def test_train_text_infilling_compare(tmp_path):
+    """BART rows (BOS + text + EOS from MiniLM's [CLS] / [SEP], [MASK] as <mask>) through fastmask's
+    DataCollatorForTextInfilling and the numpy Flax BART collator."""
+    metrics, out = run_train(tmp_path, "--objective", "text-infilling", "--seq-len", "24", "--compare")
+    assert metrics["config"]["mask_ratio"] == 0.3 and metrics["config"]["poisson_lambda"] == 3.0
+    assert "BartForConditionalGeneration" in metrics["objective"]["model"]
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["model_type"] == "bart" and saved["decoder_start_token_id"] == saved["eos_token_id"]
+
+
+def test_pmi_strategy_uses_the_corpus_vocabulary_and_compares_with_whole_words():
+    """--strategy pmi: fastmask's collator and the held-out masks use the embedded corpus' PMI
+    vocabulary (masks differ from whole-word masks of the same seed); --compare runs transformers'
+    whole-word masking."""
+    from transformers import DataCollatorForLanguageModeling as StockCollator
+
+    from fastmask.train import TrainConfig
+
+    config = TrainConfig(strategy="pmi", seq_len=64, batch_size=8, eval_batches=2, mlm_probability=0.3)
+    objective = objectives.OBJECTIVES["mlm"]
+    tokenizer = objective.tokenizer(config)
+    ours = objective.collator("fastmask", config, tokenizer, seed=0)
+    assert ours.strategy == "pmi" and ours.ngram_vocabulary is not None
+    stock = objective.collator("stock", config, tokenizer, seed=0)
+    assert isinstance(stock, StockCollator) and stock.whole_word_mask
+    assert "offset_mapping" in objective.features([[101, 2000, 102]], config, tokenizer, "stock")[0]
+    rows = data.tokenized_rows(tokenizer, data.corpus_texts()[:200], 64)[:16]
+    pmi = objective.eval_batches(rows, config, tokenizer)
+    config.strategy = "whole_word"
+    words = objective.eval_batches(rows, config, tokenizer)
+    assert sum(int((b["labels"] != -100).sum()) for b in pmi) > 0
+    assert any(not torch.equal(p["labels"], w["labels"]) for p, w in zip(pmi, words))
+
+
+def test_train_adaptive_reports_uniform_and_adaptive(tmp_path, capsys, monkeypatch):
+    """`fastmask train --adaptive both`: the experiment's two runs on the same token budget, its
+    table printed, metrics.json and the loss / rate / weights plot saved."""
+    monkeypatch.setattr(data, "minilm_path", lambda: None)  # corpus WordPiece + small random BERT: quicker than MiniLM
+    out = tmp_path / "adaptive"
+    args = ["train", "--adaptive", "both", "--max-steps", "2", "--seq-len", "16", "--batch-size", "2"]
+    assert cli.main([*args, "--no-progress", "--output-dir", str(out)]) == 0
+    assert "| adaptive-both |" in capsys.readouterr().out
+    result = json.loads((out / "metrics.json").read_text())
+    uniform, adaptive = result["runs"]
+    assert result["adaptive"] == "both" and [uniform["name"], adaptive["name"]] == ["uniform", "adaptive-both"]
+    assert uniform["input_tokens"] == adaptive["input_tokens"] == 2 * 2 * 16
+    assert all(math.isfinite(run["eval"]["overall"]["loss"]) for run in (uniform, adaptive))
+    assert len(adaptive["history"]) == 2 and "weights" in adaptive["history"][-1]
+    assert (out / "loss_curve.png").stat().st_size > 1000
