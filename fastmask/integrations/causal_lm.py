@@ -182,6 +182,7 @@ def causal_lm_loss(
         num_items_in_batch=num_items_in_batch,
         global_normalization=state.global_normalization and num_items_in_batch is None,
         backend=state.backend,
+        feedback=state.feedback,
     )
 
 

@@ -190,16 +190,27 @@ def masking_variants(block: int) -> list:
 # fastmask.fused_linear_cross_entropy); between them every branch takes both values
 _CE_BRANCHES = (
     (
-        "rows, compact grad, smoothing",
-        dict(HAS_ROWS=True, HAS_GRAD=True, GRAD_AT_ROW=False, HAS_ROW_SCALE=False, HAS_SMOOTHING=True),
+        "rows, compact grad, smoothing, feedback",
+        dict(
+            HAS_ROWS=True, HAS_GRAD=True, GRAD_AT_ROW=False, HAS_ROW_SCALE=False, HAS_SMOOTHING=True, HAS_FEEDBACK=True
+        ),
     ),
     (
         "fused chunk, in-place grad, row scale",
-        dict(HAS_ROWS=False, HAS_GRAD=True, GRAD_AT_ROW=True, HAS_ROW_SCALE=True, HAS_SMOOTHING=False),
+        dict(
+            HAS_ROWS=False, HAS_GRAD=True, GRAD_AT_ROW=True, HAS_ROW_SCALE=True, HAS_SMOOTHING=False, HAS_FEEDBACK=False
+        ),
     ),
     (
         "rows, loss only",
-        dict(HAS_ROWS=True, HAS_GRAD=False, GRAD_AT_ROW=False, HAS_ROW_SCALE=False, HAS_SMOOTHING=False),
+        dict(
+            HAS_ROWS=True,
+            HAS_GRAD=False,
+            GRAD_AT_ROW=False,
+            HAS_ROW_SCALE=False,
+            HAS_SMOOTHING=False,
+            HAS_FEEDBACK=False,
+        ),
     ),
 )
 _CE_DTYPES = (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"))
@@ -221,6 +232,8 @@ def cross_entropy_variants(block: int) -> list:
             "rows_ptr": "*i64",
             "targets_ptr": "*i64",
             "row_scale_ptr": "*fp32",
+            "ce_ptr": "*fp32",
+            "correct_ptr": "*u8",
             "V": "i32",
             "logits_row_stride": "i32",
             "grad_row_stride": "i32",
