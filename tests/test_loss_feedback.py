@@ -176,3 +176,66 @@ def test_bad_feedback():
         fastmask.masked_cross_entropy(logits, labels, feedback=object())
     with pytest.raises(TypeError, match="feedback must have an update"):
         fastmask.fused_masked_lm_loss(torch.randn(3, 4), torch.randn(5, 4), torch.tensor([1, 2, 3]), feedback=3)
+
+
+def _tiny_model(kind: str):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "mlm":
+        config = transformers.BertConfig(
+            vocab_size=61,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+        return transformers.BertForMaskedLM(config).train()
+    config = transformers.LlamaConfig(
+        vocab_size=61,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config._attn_implementation = "eager"
+    return transformers.LlamaForCausalLM(config).train()
+
+
+@pytest.mark.parametrize("kind", ["mlm", "causal"])
+def test_apply_fastmask_routes_feedback(kind):
+    from fastmask.adaptive_callback import token_feedback
+
+    model = _tiny_model(kind)
+    gen = torch.Generator().manual_seed(2)
+    input_ids = torch.randint(3, 61, (2, 12), generator=gen)
+    labels = input_ids.clone()
+    labels[torch.rand(2, 12, generator=gen) < 0.5] = -100
+    labels[0, 1] = 7
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits  # unpatched: the logits the feedback comes from
+    targets = labels if kind == "mlm" else F.pad(labels, (0, 1), value=-100)[:, 1:]
+    expected = token_feedback(logits, targets)
+    fb = fastmask.LossFeedback()
+    fastmask.apply_fastmask(model, feedback=fb)
+    try:
+        out = model(input_ids=input_ids, labels=labels)
+        assert out.logits is None and fb.count == int((targets != -100).sum())
+        assert torch.equal(fb.labels, expected[0])
+        torch.testing.assert_close(fb.losses, expected[1], rtol=1e-4, atol=1e-5)
+        assert torch.equal(fb.correct, expected[2])
+        other = fastmask.LossFeedback()
+        assert fastmask.set_loss_feedback(model, other) is fb
+        model(input_ids=input_ids, labels=labels)
+        assert other.count == fb.count and fb.count == int((targets != -100).sum())
+    finally:
+        fastmask.unapply_fastmask(model)
+    with pytest.raises(ValueError, match="not patched"):
+        fastmask.set_loss_feedback(model, fb)
