@@ -41,15 +41,21 @@ from typing import Optional
 
 # Capabilities the tests compile for: A100 (sm_80) and H100 / H200 (sm_90, assembled as sm_90a).
 TARGETS = (80, 90)
-KERNELS = ("masking", "cross_entropy", "ngrams", "infilling")
+KERNELS = ("masking", "cross_entropy", "ngrams", "infilling", "token_loss_tracker")
 # The block sizes the tests compile (the launchers pick BLOCK from the row length / vocabulary),
 # each with the launcher's num_warps: masking: a BERT-length row (512, 2 warps) and the largest
 # block without spills (2048, 8 warps); cross-entropy: the block every vocabulary above 8192
 # classes gets (16384, 16 warps) and the largest block at 8 warps (8192: as many classes per
 # thread). Every variant at the first block; at the others only the first
 # EXTRA_BLOCK_VARIANTS of the list (the variants with the most registers come first).
-TEST_BLOCKS = {"masking": (512, 2048), "cross_entropy": (16384, 8192), "ngrams": (1,), "infilling": (512,)}
-EXTRA_BLOCK_VARIANTS = {"masking": 2, "cross_entropy": 1, "ngrams": 0, "infilling": 0}
+TEST_BLOCKS = {
+    "masking": (512, 2048),
+    "cross_entropy": (16384, 8192),
+    "ngrams": (1,),
+    "infilling": (512,),
+    "token_loss_tracker": (1024,),  # its launcher's one BLOCK
+}
+EXTRA_BLOCK_VARIANTS = {"masking": 2, "cross_entropy": 1, "ngrams": 0, "infilling": 0, "token_loss_tracker": 0}
 # Blocks at which some variants spill and no num_warps avoids it (measured with Triton 3.9's
 # ptxas, docs/kernels.md). The masking kernel holds a whole row in one block: at BLOCK_L 4096 a
 # few variants spill 4-56 bytes per thread with 8, 16 or 32 warps; at 8192 and 16384 even 32
@@ -66,6 +72,7 @@ REPORT_BLOCKS = {
     "cross_entropy": TEST_BLOCKS["cross_entropy"],
     "ngrams": TEST_BLOCKS["ngrams"],  # the n-gram unit kernel walks a row serially: no block, "block" 1
     "infilling": TEST_BLOCKS["infilling"],
+    "token_loss_tracker": TEST_BLOCKS["token_loss_tracker"],
 }
 
 EXIT_UNAVAILABLE = 77  # exit status of the worker when this triton cannot compile offline
@@ -115,11 +122,18 @@ def _infilling_function():
     return _text_infilling_kernel
 
 
+def _token_loss_tracker_function():
+    from .token_loss_tracker import _tracker_update_kernel
+
+    return _tracker_update_kernel
+
+
 _FUNCTIONS = {
     "masking": _masking_function,
     "cross_entropy": _cross_entropy_function,
     "ngrams": _ngrams_function,
     "infilling": _infilling_function,
+    "token_loss_tracker": _token_loss_tracker_function,
 }
 
 
@@ -339,11 +353,39 @@ def infilling_variants(block: int) -> list:
     return out
 
 
+def token_loss_tracker_variants(block: int) -> list:
+    """The tracker's scatter kernel (int64 labels and groups, fp32 losses, uint8 correct bits, int64
+    sums) at its launcher's ``BLOCK`` and 4 warps, in two argument sets that between them take
+    every constexpr branch: (a) correct bits and groups; (b) neither (the launcher passes the
+    labels as the dummy pointers)."""
+    from ..tracker_update_plan import LOSS_FIXED_POINT_BITS
+
+    names = _arg_names("token_loss_tracker")
+    out = []
+    for present in (True, False):
+        constexprs = dict(SCALE=float(1 << LOSS_FIXED_POINT_BITS), HAS_CORRECT=present, HAS_GROUPS=present, BLOCK=block)
+        types = {
+            "labels_ptr": "*i64",
+            "losses_ptr": "*fp32",
+            "correct_ptr": "*u8" if present else "*i64",
+            "groups_ptr": "*i64",
+            "sums_ptr": "*i64",
+            "n": "i32",
+            "num_groups": "i32",
+            "ignore_index": "i32",
+        }
+        signature = {name: "constexpr" if name in constexprs else types[name] for name in names}
+        label = "correct bits, groups" if present else "no correct bits, no groups"
+        out.append(Variant("token_loss_tracker", label, block, 4, signature, constexprs))
+    return out
+
+
 _VARIANTS = {
     "masking": masking_variants,
     "cross_entropy": cross_entropy_variants,
     "ngrams": ngrams_variants,
     "infilling": infilling_variants,
+    "token_loss_tracker": token_loss_tracker_variants,
 }
 
 
