@@ -357,23 +357,18 @@ class Check:
             )
             self.write()
 
+    def module_command(self, name: str, command, device: str) -> tuple[list, str, str]:
+        """``(argv, json path, markdown path)``: ``python -m <command>`` on ``device``, writing its
+        JSON and markdown under the work folder as ``<name>.json`` / ``<name>.md``."""
+        json_path, md_path = (os.path.join(self.work, f"{name}.{ext}") for ext in ("json", "md"))
+        argv = [sys.executable, "-m", *command, "--device", device, "--no-progress"]
+        return argv + ["--json", json_path, "--markdown", md_path], json_path, md_path
+
     def kernels(self, step: tuple, env: dict, device: str) -> None:
         """Compile the Triton kernel variants; their registers / spills / shared memory go to
         ``report["kernels"]`` and the markdown."""
         command, limit = step
-        json_path, md_path = (os.path.join(self.work, f"kernels.{ext}") for ext in ("json", "md"))
-        cmd = [
-            sys.executable,
-            "-m",
-            *command,
-            "--device",
-            device,
-            "--no-progress",
-            "--json",
-            json_path,
-            "--markdown",
-            md_path,
-        ]
+        cmd, json_path, md_path = self.module_command("kernels", command, device)
         record = self.step("kernels", cmd, limit, env)
         entry = dict(status=self.report["steps"][-1]["status"], command=" ".join(command))
         if record is not None and os.path.exists(json_path):
@@ -411,19 +406,7 @@ class Check:
 
     def bench(self, steps: list, env: dict, device: str) -> None:
         for name, command, limit, needs in steps:
-            json_path, md_path = (os.path.join(self.work, f"{name}.{ext}") for ext in ("json", "md"))
-            cmd = [
-                sys.executable,
-                "-m",
-                *command,
-                "--device",
-                device,
-                "--no-progress",
-                "--json",
-                json_path,
-                "--markdown",
-                md_path,
-            ]
+            cmd, json_path, md_path = self.module_command(name, command, device)
             record = self.step(name, cmd, limit, env, needs=needs or MIN_STEP_S)
             entry = dict(status=self.report["steps"][-1]["status"], command=" ".join(command))
             if record is not None and os.path.exists(json_path):

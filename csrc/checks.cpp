@@ -87,4 +87,19 @@ int64_t plan_int(const char* op, const py::dict& plan, const char* name) {
   }
 }
 
+py::array plan_token_ids(const char* op, const py::dict& plan, bool* is64, int64_t max_length) {
+  py::array ids = as_array(op, plan_field(op, plan, "input_ids"), "input_ids");
+  *is64 = has_dtype<int64_t>(ids);
+  if (!*is64 && !has_dtype<int32_t>(ids)) fail_value(op, "input_ids must be int32 or int64, got " + dtype_string(ids));
+  check_layout(op, ids, "input_ids", {-1, -1}, false);
+  if (ids.shape(1) >= max_length)
+    fail_value(op, "rows have " + std::to_string(ids.shape(1)) + " tokens; at most " + std::to_string(max_length - 1) +
+                       " are supported");
+  return ids;
+}
+
+int64_t plan_int(const char* op, const py::dict& plan, const char* name, int64_t lo, int64_t hi) {
+  return check_range(op, plan_int(op, plan, name), name, lo, hi);
+}
+
 }  // namespace fastmask

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <string>
 #include <type_traits>
 
@@ -88,7 +89,13 @@ int64_t check_range(const char* op, int64_t value, const char* name, int64_t lo,
 
 // ---------------------------------------------------------------- dict-based bindings
 // A binding that takes a plan (a dict of a dataclass's fields by name) reads it with these.
+// The plan's "input_ids": a C-contiguous int32 or int64 [B, L] array (*is64: which one) whose
+// rows hold fewer than max_length tokens.
+py::array plan_token_ids(const char* op, const py::dict& plan, bool* is64,
+                         int64_t max_length = std::numeric_limits<int64_t>::max());
 py::object plan_field(const char* op, const py::dict& plan, const char* name);
 int64_t plan_int(const char* op, const py::dict& plan, const char* name);  // int or bool; fits int64
+// plan_int, in [lo, hi] (check_range).
+int64_t plan_int(const char* op, const py::dict& plan, const char* name, int64_t lo, int64_t hi);
 
 }  // namespace fastmask

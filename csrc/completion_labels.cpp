@@ -10,9 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "checks.h"
 #include "common.h"
-
-namespace py = pybind11;
 
 namespace fastmask {
 namespace {
@@ -91,57 +90,29 @@ void completion_rows(const Id* ids, int64_t batch, int64_t length, const int64_t
   });
 }
 
-py::array checked(const py::dict& plan, const char* name) {
-  if (!plan.contains(name)) throw py::value_error(std::string("completion_mask: plan has no ") + name);
-  py::object value = plan[name];
-  if (value.is_none()) return py::array();
-  py::array array = py::reinterpret_borrow<py::array>(value);
-  if (!(array.flags() & py::array::c_style))
-    throw py::value_error(std::string("completion_mask: ") + name + " must be C-contiguous");
-  return array;
-}
+constexpr const char* kOp = "completion_mask";
 
-void completion_mask_binding(const py::dict& plan, py::array_t<uint8_t, 0> keep_out,
-                             py::array_t<int32_t, 0> missing_out) {
-  py::array ids = checked(plan, "input_ids");
-  py::array resp = checked(plan, "response_ids");
-  py::object inst_obj = plan["instruction_ids"];
-  py::object attn_obj = plan["attention_mask"];
-  py::array inst = inst_obj.is_none() ? py::array() : checked(plan, "instruction_ids");
-  py::array attn = attn_obj.is_none() ? py::array() : checked(plan, "attention_mask");
-  if (ids.ndim() != 2) throw py::value_error("completion_mask: input_ids must be [B, L]");
+void completion_mask_binding(const py::dict& plan, const py::object& keep_obj, const py::object& missing_obj) {
+  bool is64 = false;
+  py::array ids = plan_token_ids(kOp, plan, &is64);
   const int64_t batch = ids.shape(0), length = ids.shape(1);
-  if (keep_out.ndim() != 2 || keep_out.shape(0) != batch || keep_out.shape(1) != length)
-    throw py::value_error("completion_mask: keep_out must be uint8 [B, L]");
-  if (missing_out.ndim() != 1 || missing_out.shape(0) != batch)
-    throw py::value_error("completion_mask: missing_out must be int32 [B]");
-  if (!py::isinstance<py::array_t<int64_t>>(resp) || resp.ndim() != 1)
-    throw py::value_error("completion_mask: response_ids must be int64 [R]");
-  const bool has_inst = !inst_obj.is_none();
-  if (has_inst && (!py::isinstance<py::array_t<int64_t>>(inst) || inst.ndim() != 1))
-    throw py::value_error("completion_mask: instruction_ids must be int64 [I]");
-  const uint8_t* attention = nullptr;
-  if (!attn_obj.is_none()) {
-    if (attn.ndim() != 2 || attn.shape(0) != batch || attn.shape(1) != length || attn.itemsize() != 1)
-      throw py::value_error("completion_mask: attention_mask must be uint8 [B, L]");
-    attention = static_cast<const uint8_t*>(attn.data());
-  }
-  const int64_t* r = static_cast<const int64_t*>(resp.data());
-  const int64_t* i = has_inst ? static_cast<const int64_t*>(inst.data()) : nullptr;
-  const int64_t i_len = has_inst ? inst.shape(0) : 0;
-  uint8_t* keep = keep_out.mutable_data();
-  int32_t* missing = missing_out.mutable_data();
+  uint8_t* keep = typed_array<uint8_t>(kOp, keep_obj, "keep_out", {batch, length}, true);
+  int32_t* missing = typed_array<int32_t>(kOp, missing_obj, "missing_out", {batch}, true);
+  int64_t resp_len = 0, inst_len = 0;
+  const int64_t* resp =
+      typed_array<int64_t>(kOp, plan_field(kOp, plan, "response_ids"), "response_ids", {-1}, false, &resp_len);
+  const int64_t* inst =
+      typed_buffer<int64_t>(kOp, plan_field(kOp, plan, "instruction_ids"), "instruction_ids", {-1}, &inst_len);
+  const uint8_t* attention =
+      byte_buffer(kOp, plan_field(kOp, plan, "attention_mask"), "attention_mask", {batch, length});
+  const bool has_inst = inst != nullptr;
   py::gil_scoped_release release;
-  if (ids.itemsize() == 8 && ids.dtype().kind() == 'i') {
-    completion_rows(static_cast<const int64_t*>(ids.data()), batch, length, r, resp.shape(0), i, i_len, has_inst,
+  if (is64)
+    completion_rows(static_cast<const int64_t*>(ids.data()), batch, length, resp, resp_len, inst, inst_len, has_inst,
                     attention, keep, missing);
-  } else if (ids.itemsize() == 4 && ids.dtype().kind() == 'i') {
-    completion_rows(static_cast<const int32_t*>(ids.data()), batch, length, r, resp.shape(0), i, i_len, has_inst,
+  else
+    completion_rows(static_cast<const int32_t*>(ids.data()), batch, length, resp, resp_len, inst, inst_len, has_inst,
                     attention, keep, missing);
-  } else {
-    py::gil_scoped_acquire acquire;
-    throw py::value_error("completion_mask: input_ids must be int32 or int64");
-  }
 }
 
 }  // namespace
@@ -153,7 +124,8 @@ void register_completion_mask(py::module_& m) {
 plan: a dict of fastmask.completion_labels.CompletionPlan's fields by name: input_ids int32/int64
 [B, L]; response_ids int64 [R]; instruction_ids None or int64 [I]; attention_mask None or uint8
 [B, L]. keep_out: uint8 [B, L] (1 = label kept); missing_out: int32 [B] (bit 0 no response
-template, bit 1 no instruction template). Every buffer must be C-contiguous.)doc");
+template, bit 1 no instruction template). Every buffer must be C-contiguous; a wrong dtype, shape or
+layout raises ValueError naming the argument.)doc");
 }
 
 }  // namespace fastmask

@@ -469,17 +469,12 @@ void run_typed(const Params& p, const py::array& input_ids, const py::array& mas
 }
 
 void mask_tokens_binding(const py::dict& plan, const py::object& masked_obj, const py::object& labels_obj) {
-  const py::object input_ids_obj = plan_field(kOp, plan, "input_ids");
-  py::array input_ids = as_array(kOp, input_ids_obj, "input_ids");
-  const bool is64 = has_dtype<int64_t>(input_ids);
-  if (!is64 && !has_dtype<int32_t>(input_ids))
-    fail_value(kOp, "input_ids must be int32 or int64, got " + dtype_string(input_ids));
-  check_layout(kOp, input_ids, "input_ids", {-1, -1}, false);
+  bool is64 = false;
+  py::array input_ids = plan_token_ids(kOp, plan, &is64, kMaxLength);
   Params p;
   p.batch = input_ids.shape(0);
   p.length = input_ids.shape(1);
   const int64_t B = p.batch, L = p.length;
-  if (L >= kMaxLength) fail_value(kOp, "rows have " + std::to_string(L) + " tokens; at most 2**30 - 1 are supported");
 
   py::array masked = as_array(kOp, masked_obj, "masked_out");
   if (!(is64 ? has_dtype<int64_t>(masked) : has_dtype<int32_t>(masked)))

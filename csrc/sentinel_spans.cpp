@@ -14,13 +14,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "checks.h"
 #include "common.h"
-
-namespace py = pybind11;
 
 namespace fastmask {
 namespace {
@@ -28,7 +26,6 @@ namespace {
 // fastmask/_rng.py: STREAM_NOISE_CUT, STREAM_KEEP_CUT
 constexpr int kStreamNoiseCut = 0;
 constexpr int kStreamKeepCut = 1;
-constexpr int64_t kMaxLength = int64_t{1} << 30;
 // Rows per thread chunk hold at least this many tokens: a batch of 64 x 568 runs inline (about
 // 0.6 ms on one core), where waking pool threads on a loaded machine costs more than it saves.
 constexpr int64_t kMinTokensPerChunk = int64_t{1} << 16;
@@ -165,76 +162,8 @@ void span_corruption_kernel(const Params& p, const Id* ids, Id* inputs, Id* targ
   });
 }
 
-// ------------------------------------------------------------------------- binding checks
-// (the same checks as csrc/masking.cpp's binding, with this op's name in the messages)
-[[noreturn]] void fail(const std::string& message) { throw std::invalid_argument("span_corruption: " + message); }
-
-std::string dtype_string(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-template <typename T>
-bool has_dtype(const py::array& a) {
-  return py::isinstance<py::array_t<T>>(a);
-}
-
-py::array as_array(const py::handle& obj, const char* name) {
-  if (!py::isinstance<py::array>(obj))
-    fail(std::string(name) + " must be a numpy array, got " + py::str(py::type::of(obj)).cast<std::string>());
-  return py::reinterpret_borrow<py::array>(obj);
-}
-
-void check_layout(const py::array& a, const char* name, std::initializer_list<int64_t> shape, bool writable) {
-  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
-  if (ok) {
-    py::ssize_t d = 0;
-    for (int64_t extent : shape) ok = ok && (extent < 0 || a.shape(d) == extent), ++d;
-  }
-  if (!ok) {
-    std::string want;
-    for (int64_t extent : shape) want += (want.empty() ? "" : ", ") + (extent < 0 ? std::string("n") : std::to_string(extent));
-    fail(std::string(name) + " must have shape (" + want + ")");
-  }
-  if (!(a.flags() & py::array::c_style))
-    fail(std::string(name) + " must be C-contiguous; pass np.ascontiguousarray(...) / tensor.contiguous()");
-  if (writable && !a.writeable()) fail(std::string(name) + " must be writable");
-}
-
-const uint8_t* byte_buffer(const py::object& obj, const char* name, std::initializer_list<int64_t> shape) {
-  if (obj.is_none()) return nullptr;
-  py::array a = as_array(obj, name);
-  if (!has_dtype<uint8_t>(a) && !has_dtype<bool>(a))
-    fail(std::string(name) + " must be uint8 (or bool), got " + dtype_string(a));
-  check_layout(a, name, shape, false);
-  return static_cast<const uint8_t*>(a.data());
-}
-
-template <typename T>
-const T* typed_buffer(const py::object& obj, const char* name, const char* dtype_name,
-                      std::initializer_list<int64_t> shape) {
-  if (obj.is_none()) fail(std::string(name) + " must be a " + dtype_name + " array, got None");
-  py::array a = as_array(obj, name);
-  if (!has_dtype<T>(a)) fail(std::string(name) + " must be " + dtype_name + ", got " + dtype_string(a));
-  check_layout(a, name, shape, false);
-  return static_cast<const T*>(a.data());
-}
-
-py::object plan_field(const py::dict& plan, const char* name) {
-  if (!plan.contains(name)) fail(std::string("plan is missing the field '") + name + "'");
-  return plan[name];
-}
-
-int64_t plan_int(const py::dict& plan, const char* name, int64_t lo, int64_t hi) {
-  py::object value = plan_field(plan, name);
-  if (!py::isinstance<py::int_>(value)) fail(std::string(name) + " must be an int");
-  int64_t v;
-  try {
-    v = value.cast<int64_t>();
-  } catch (const py::cast_error&) {
-    fail(std::string(name) + " does not fit in int64");
-  }
-  if (v < lo || v > hi)
-    fail(std::string(name) + " = " + std::to_string(v) + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  return v;
-}
+// ------------------------------------------------------------------------- binding
+constexpr const char* kOp = "span_corruption";
 
 template <typename Id>
 void run_typed(const Params& p, const py::array& input_ids, py::array& inputs, py::array& targets) {
@@ -247,35 +176,33 @@ void run_typed(const Params& p, const py::array& input_ids, py::array& inputs, p
 }
 
 void span_corruption_binding(const py::dict& plan, const py::object& inputs_obj, const py::object& targets_obj) {
-  py::array input_ids = as_array(plan_field(plan, "input_ids"), "input_ids");
-  const bool is64 = has_dtype<int64_t>(input_ids);
-  if (!is64 && !has_dtype<int32_t>(input_ids)) fail("input_ids must be int32 or int64, got " + dtype_string(input_ids));
-  check_layout(input_ids, "input_ids", {-1, -1}, false);
+  bool is64 = false;
+  py::array input_ids = plan_token_ids(kOp, plan, &is64, kMaxLength);
   Params p;
   p.batch = input_ids.shape(0);
   p.length = input_ids.shape(1);
   const int64_t B = p.batch, L = p.length;
-  if (L >= kMaxLength) fail("rows have " + std::to_string(L) + " tokens; at most 2**30 - 1 are supported");
   const int64_t id_max = is64 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int32_t>::max();
-  p.inputs_length = plan_int(plan, "inputs_length", 1, L + 1);
-  p.targets_length = plan_int(plan, "targets_length", 1, L + 1);
-  py::array inputs = as_array(inputs_obj, "inputs_out");
-  py::array targets = as_array(targets_obj, "targets_out");
+  p.inputs_length = plan_int(kOp, plan, "inputs_length", 1, L + 1);
+  p.targets_length = plan_int(kOp, plan, "targets_length", 1, L + 1);
+  py::array inputs = as_array(kOp, inputs_obj, "inputs_out");
+  py::array targets = as_array(kOp, targets_obj, "targets_out");
   for (auto* a : {&inputs, &targets})
     if (!(is64 ? has_dtype<int64_t>(*a) : has_dtype<int32_t>(*a)))
-      fail("inputs_out / targets_out must have input_ids' dtype (" + dtype_string(input_ids) + ")");
-  check_layout(inputs, "inputs_out", {B, p.inputs_length}, true);
-  check_layout(targets, "targets_out", {B, p.targets_length}, true);
-  p.attention_mask = byte_buffer(plan_field(plan, "attention_mask"), "attention_mask", {B, L});
-  p.word_starts = byte_buffer(plan_field(plan, "word_starts"), "word_starts", {B, L});
-  p.row_keys = typed_buffer<int64_t>(plan_field(plan, "row_keys"), "row_keys", "int64", {B});
-  p.noise_table = typed_buffer<int32_t>(plan_field(plan, "noise_table"), "noise_table", "int32", {L + 1});
-  p.spans_table = typed_buffer<int32_t>(plan_field(plan, "spans_table"), "spans_table", "int32", {L + 1});
-  p.seed_mix1 = static_cast<uint32_t>(plan_int(plan, "seed_mix1", 0, 0xFFFFFFFFll));
-  p.seed_mix2 = static_cast<uint32_t>(plan_int(plan, "seed_mix2", 0, 0xFFFFFFFFll));
-  p.first_sentinel_id = plan_int(plan, "first_sentinel_id", 0, id_max);
-  p.eos_token_id = plan_int(plan, "eos_token_id", 0, id_max);
-  p.pad_token_id = plan_int(plan, "pad_token_id", 0, id_max);
+      fail_value(kOp, "inputs_out / targets_out must have input_ids' dtype (" + dtype_string(input_ids) + "), got " +
+                          dtype_string(*a));
+  check_layout(kOp, inputs, "inputs_out", {B, p.inputs_length}, true);
+  check_layout(kOp, targets, "targets_out", {B, p.targets_length}, true);
+  p.attention_mask = byte_buffer(kOp, plan_field(kOp, plan, "attention_mask"), "attention_mask", {B, L});
+  p.word_starts = byte_buffer(kOp, plan_field(kOp, plan, "word_starts"), "word_starts", {B, L});
+  p.row_keys = typed_array<int64_t>(kOp, plan_field(kOp, plan, "row_keys"), "row_keys", {B}, false);
+  p.noise_table = typed_array<int32_t>(kOp, plan_field(kOp, plan, "noise_table"), "noise_table", {L + 1}, false);
+  p.spans_table = typed_array<int32_t>(kOp, plan_field(kOp, plan, "spans_table"), "spans_table", {L + 1}, false);
+  p.seed_mix1 = static_cast<uint32_t>(plan_int(kOp, plan, "seed_mix1", 0, 0xFFFFFFFFll));
+  p.seed_mix2 = static_cast<uint32_t>(plan_int(kOp, plan, "seed_mix2", 0, 0xFFFFFFFFll));
+  p.first_sentinel_id = plan_int(kOp, plan, "first_sentinel_id", 0, id_max);
+  p.eos_token_id = plan_int(kOp, plan, "eos_token_id", 0, id_max);
+  p.pad_token_id = plan_int(kOp, plan, "pad_token_id", 0, id_max);
   if (B == 0 || L == 0) return;
   if (is64)
     run_typed<int64_t>(p, input_ids, inputs, targets);

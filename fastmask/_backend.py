@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Optional
 
 import torch
@@ -277,3 +277,62 @@ def call_op(custom_op, impls: Mapping, backend: str, plan):
         buffers, scalars = plan.to_op_args()
         return custom_op(buffers, scalars, backend)
     return impls[backend](plan)
+
+
+class PlanOp:
+    """One plan-based op (a plan from :mod:`fastmask._plan` with an ``input_ids`` ``[B, L]`` field):
+    its implementation per backend, its ``torch.library`` custom op ``fastmask::<name>`` and the
+    one dispatch. Calling it runs a plan on a backend (``"auto"`` or a name).
+
+    ``reference``, ``cpp``: ``fn(plan) -> (tensor, tensor)``; ``triton``: ``(module in
+    fastmask.kernels, launcher name)``, imported at the first Triton call; ``fake(plan)``: the
+    outputs' fake (shape-only) values under ``torch.compile``; ``cpp_symbol``: the extension
+    function the C++ implementation calls (default: ``name``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        plan_type: type,
+        fake: Callable,
+        *,
+        reference: Callable,
+        cpp: Callable,
+        triton: tuple[str, str],
+        cpp_symbol: Optional[str] = None,
+    ):
+        self.name, self.cpp_symbol, self.triton_kernels = name, cpp_symbol or name, triton[0]
+        self.impls = impls = {
+            "reference": reference,
+            "cpp": cpp,
+            "triton": deferred(f"fastmask.kernels.{triton[0]}", triton[1]),
+        }
+
+        def run(
+            buffers: list[Optional[torch.Tensor]], scalars: list[int], backend: str
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            return impls[backend](plan_type.from_op_args(buffers, scalars))
+
+        def run_fake(buffers, scalars, backend):
+            return fake(plan_type.from_op_args(buffers, scalars))
+
+        self.custom_op = torch.library.custom_op(f"fastmask::{name}", mutates_args=())(run)
+        self.custom_op.register_fake(run_fake)
+
+    def __call__(self, plan, backend: str = "auto"):
+        check_backend_name(backend)
+        ids = plan.input_ids
+        chosen = choose_backend(
+            self.name, backend, ids.device.type, self.cpp_symbol, (), self.triton_kernels, ids.shape[1]
+        )
+        return call_op(self.custom_op, self.impls, chosen, plan)
+
+
+def deferred(module: str, name: str) -> Callable:
+    """``module.name`` as a function that imports ``module`` at its first call (the Triton
+    launchers: importing triton is slow, and only a Triton call needs it)."""
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    return call

@@ -13,13 +13,31 @@ from typing import Optional
 import torch
 
 from . import _backend
-from ._validation import check_bool, check_items_value, check_label_range
+from ._validation import (
+    check_bool,
+    check_choice,
+    check_ignore_index,
+    check_items_value,
+    check_label_range,
+    check_label_smoothing,
+    check_nonnegative_float,
+)
 from .distributed import global_normalizer, is_initialized
 
 REDUCTIONS = ("none", "mean", "sum")  # index = the ops' reduction code (as torch's Reduction enum)
 NONE, MEAN, SUM = range(3)
 LOGITS_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LABEL_DTYPES = (torch.int32, torch.int64)
+
+
+def check_loss_options(ignore_index, reduction, label_smoothing, z_loss) -> tuple[int, str, float, float]:
+    """The options every loss takes, checked: ``(ignore_index, reduction, label_smoothing, z_loss)``."""
+    return (
+        check_ignore_index(ignore_index),
+        check_choice("reduction", reduction, REDUCTIONS),
+        check_label_smoothing(label_smoothing),
+        check_nonnegative_float("z_loss", z_loss),
+    )
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -23,10 +23,15 @@ def check_int(name: str, value, *, minimum: Optional[int] = None, maximum: Optio
     return value
 
 
-def check_probability(name: str, value) -> float:
+def _real(name: str, value, expected: str) -> float:
+    """``value`` as a float; TypeError naming ``name`` and what was ``expected`` for a bool or a non-number."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float in [0, 1], got {type(value).__name__} {value!r}")
-    value = float(value)
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def check_probability(name: str, value) -> float:
+    value = _real(name, value, "a float in [0, 1]")
     if not (0.0 <= value <= 1.0) or math.isnan(value):
         raise ValueError(f"{name}={value} is outside [0, 1]; pass a probability between 0 and 1")
     return value
@@ -74,9 +79,7 @@ def check_bool(name: str, value) -> bool:
 
 
 def check_nonnegative_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__} {value!r}")
-    value = float(value)
+    value = _real(name, value, "a float >= 0")
     if not (value >= 0.0 and value != float("inf")):
         raise ValueError(f"{name}={value} must be finite and >= 0")
     return value

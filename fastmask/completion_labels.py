@@ -49,29 +49,22 @@ def _cpp_impl(plan: CompletionPlan) -> tuple[torch.Tensor, torch.Tensor]:
     return keep, missing
 
 
-def _triton_impl(plan: CompletionPlan) -> tuple[torch.Tensor, torch.Tensor]:
-    from .kernels.completion_labels import triton_completion_mask
-
-    return triton_completion_mask(plan)
-
-
-_IMPLS = {"reference": reference_completion_mask, "cpp": _cpp_impl, "triton": _triton_impl}
-
-
-@torch.library.custom_op("fastmask::completion_mask", mutates_args=())
-def _completion_mask_op(
-    buffers: list[Optional[torch.Tensor]], scalars: list[int], backend: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _IMPLS[backend](CompletionPlan.from_op_args(buffers, scalars))
-
-
-@_completion_mask_op.register_fake
-def _completion_mask_fake(buffers, scalars, backend):
-    ids = buffers[0]
+def _completion_mask_fake(plan: CompletionPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = plan.input_ids
     return (
         torch.empty(ids.shape, dtype=torch.bool, device=ids.device),
         torch.empty(ids.shape[0], dtype=torch.int32, device=ids.device),
     )
+
+
+_COMPLETION_MASK = _backend.PlanOp(
+    "completion_mask",
+    CompletionPlan,
+    _completion_mask_fake,
+    reference=reference_completion_mask,
+    cpp=_cpp_impl,
+    triton=("completion_labels", "triton_completion_mask"),
+)
 
 
 def _template(name: str, value, device) -> torch.Tensor:
@@ -117,14 +110,4 @@ def completion_mask(
                 f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}"
             )
         mask = (attention_mask.to(device) != 0).contiguous()
-    plan = CompletionPlan(input_ids.contiguous(), response, instruction, mask)
-    chosen = _backend.choose_backend(
-        "completion_mask",
-        backend,
-        device.type,
-        "completion_mask",
-        (),
-        "completion_labels",
-        input_ids.shape[1],
-    )
-    return _backend.call_op(_completion_mask_op, _IMPLS, chosen, plan)
+    return _COMPLETION_MASK(CompletionPlan(input_ids.contiguous(), response, instruction, mask), backend)

@@ -32,6 +32,7 @@ from ._loss_common import (
     LOGITS_DTYPES,
     NONE,
     REDUCTIONS,
+    check_loss_options,
     choose_backend,
     loss_normalizer,
     normalization,
@@ -39,15 +40,7 @@ from ._loss_common import (
     select_rows,
     work_dtype,
 )
-from ._validation import (
-    check_bool,
-    check_choice,
-    check_ignore_index,
-    check_label_smoothing,
-    check_nonnegative_float,
-    check_not_leaf_for_inplace,
-    check_tensor,
-)
+from ._validation import check_bool, check_not_leaf_for_inplace, check_tensor
 from .loss_feedback import check_feedback, deliver_feedback
 from .reference.cross_entropy import reference_cross_entropy_rows
 
@@ -116,36 +109,21 @@ def _scale_rows_torch(buf, rows, factors):
     buf.index_copy_(0, rows, scaled.to(buf.dtype))
 
 
-def _triton_rows(*args, **kwargs):
-    from .kernels.cross_entropy import triton_cross_entropy_rows
-
-    return triton_cross_entropy_rows(*args, **kwargs)
-
-
-_ROW_IMPLS = {"reference": reference_cross_entropy_rows, "cpp": _cpp_rows, "triton": _triton_rows}
+_ROW_IMPLS = {
+    "reference": reference_cross_entropy_rows,
+    "cpp": _cpp_rows,
+    "triton": _backend.deferred("fastmask.kernels.cross_entropy", "triton_cross_entropy_rows"),
+}
 
 
-def cross_entropy_rows(
-    backend, logits, rows, targets, *, grad_scale, label_smoothing, z_loss, grad_mode, row_scale=None, feedback=None
-):
-    """Dispatch the row-level contract (see :mod:`fastmask.reference.cross_entropy`).
-
-    fp64 logits always take the reference. ``feedback``: optional ``(ce [M], correct [M] uint8)``
-    buffers the kernel fills in the same pass (:func:`feedback_buffers`).
-    """
+def cross_entropy_rows(backend, logits, rows, targets, **contract):
+    """Dispatch the row-level contract: :func:`fastmask.reference.cross_entropy.reference_cross_entropy_rows`
+    (its keywords: ``grad_scale``, ``label_smoothing``, ``z_loss``, ``grad_mode``, ``row_scale``,
+    ``feedback``: optional ``(ce [M], correct [M] uint8)`` buffers the kernel fills in the same pass,
+    :func:`feedback_buffers`) on ``backend``; fp64 logits always take the reference."""
     if logits.dtype == torch.float64:
         backend = "reference"
-    return _ROW_IMPLS[backend](
-        logits,
-        rows,
-        targets,
-        grad_scale=grad_scale,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        grad_mode=grad_mode,
-        row_scale=row_scale,
-        feedback=feedback,
-    )
+    return _ROW_IMPLS[backend](logits, rows, targets, **contract)
 
 
 def feedback_buffers(count: int, logits: torch.Tensor, want: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,6 +175,41 @@ def _zero_rows(backend, buf, rows):
 
 
 # ----------------------------------------------------------------------------- custom ops
+def _labelled_forward(
+    logits,
+    labels,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    denominator,
+    loss_scale,
+    backend,
+    *,
+    grad_mode,
+    feedback=False,
+):
+    """``(loss in the reduction, gradient per ``grad_mode`` or None, labelled rows [M], feedback
+    ce [M], feedback correct [M] uint8)`` of the custom ops' ``[N, V]`` logits and ``[N]`` int64
+    labels; the feedback outputs are ``[0]`` unless ``feedback``."""
+    rows, targets = select_rows(labels, ignore_index, logits.shape[1])
+    grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
+    fb = feedback_buffers(rows.shape[0], logits, feedback)
+    loss_rows, grad = cross_entropy_rows(
+        backend,
+        logits,
+        rows,
+        targets,
+        grad_scale=grad_scale,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        grad_mode=grad_mode,
+        feedback=fb if feedback else None,
+    )
+    loss = reduce_losses(loss_rows, rows, logits.shape[0], reduction, divisor, loss_scale, work_dtype(logits.dtype))
+    return loss, grad, rows, fb[0], fb[1]
+
+
 @torch.library.custom_op("fastmask::masked_cross_entropy", mutates_args=())
 def _masked_ce_op(
     logits: torch.Tensor,
@@ -213,25 +226,14 @@ def _masked_ce_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, gradient of the labelled rows [M, V] (scaled for the reduction), rows [M],
     feedback ce [M], feedback correct [M] uint8)``; the feedback outputs are ``[0]`` unless asked."""
-    n_rows, vocab = logits.shape
-    rows, targets = select_rows(labels, ignore_index, vocab)
-    grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
-    fb = feedback_buffers(rows.shape[0], logits, feedback)
-    loss_rows, grad = cross_entropy_rows(
-        backend,
-        logits,
-        rows,
-        targets,
-        grad_scale=grad_scale,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        grad_mode="compact" if compute_grad else "none",
-        feedback=fb if feedback else None,
+    options = (ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend)
+    grad_mode = "compact" if compute_grad else "none"
+    loss, grad, rows, fb_ce, fb_correct = _labelled_forward(
+        logits, labels, *options, grad_mode=grad_mode, feedback=feedback
     )
     if grad is None:
-        grad = logits.new_empty((0, vocab))
-    loss = reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, work_dtype(logits.dtype))
-    return loss, grad, rows, fb[0], fb[1]
+        grad = logits.new_empty((0, logits.shape[1]))
+    return loss, grad, rows, fb_ce, fb_correct
 
 
 @_masked_ce_op.register_fake
@@ -313,24 +315,10 @@ def _masked_ce_inplace_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, feedback ce [M], feedback correct [M] uint8)`` (feedback ``[0]`` unless asked);
     overwrites ``logits`` with the (reduction-scaled) gradient, zero at ignored rows."""
-    n_rows, vocab = logits.shape
-    rows, targets = select_rows(labels, ignore_index, vocab)
-    grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
-    fb = feedback_buffers(rows.shape[0], logits, feedback)
-    loss_rows, _ = cross_entropy_rows(
-        backend,
-        logits,
-        rows,
-        targets,
-        grad_scale=grad_scale,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        grad_mode="inplace",
-        feedback=fb if feedback else None,
-    )
+    options = (ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend)
+    loss, _, _, fb_ce, fb_correct = _labelled_forward(logits, labels, *options, grad_mode="inplace", feedback=feedback)
     _zero_rows(backend, logits, (labels == ignore_index).nonzero().squeeze(1))
-    loss = reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, work_dtype(logits.dtype))
-    return loss, fb[0], fb[1]
+    return loss, fb_ce, fb_correct
 
 
 @_masked_ce_inplace_op.register_fake
@@ -472,10 +460,9 @@ def masked_cross_entropy(
     vocab = logits.shape[-1]
     if vocab == 0 or labels.numel() == 0:
         raise ValueError(f"logits is empty (shape {tuple(logits.shape)}); pass at least one row and one class")
-    ignore_index = check_ignore_index(ignore_index)
-    check_choice("reduction", reduction, REDUCTIONS)
-    label_smoothing = check_label_smoothing(label_smoothing)
-    z_loss = check_nonnegative_float("z_loss", z_loss)
+    ignore_index, reduction, label_smoothing, z_loss = check_loss_options(
+        ignore_index, reduction, label_smoothing, z_loss
+    )
     check_bool("inplace_backward", inplace_backward)
     check_feedback(feedback)
     flat_labels = labels.reshape(-1).to(torch.int64)

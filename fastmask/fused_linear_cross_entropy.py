@@ -27,6 +27,7 @@ from ._loss_common import (
     LOGITS_DTYPES,
     NONE,
     REDUCTIONS,
+    check_loss_options,
     choose_backend,
     loss_normalizer,
     normalization,
@@ -34,14 +35,7 @@ from ._loss_common import (
     select_rows,
     work_dtype,
 )
-from ._validation import (
-    check_choice,
-    check_ignore_index,
-    check_int,
-    check_label_smoothing,
-    check_nonnegative_float,
-    check_tensor,
-)
+from ._validation import check_int, check_tensor
 from .cross_entropy import cpp_empty, cross_entropy_rows, feedback_buffers
 from .loss_feedback import check_feedback, deliver_feedback
 
@@ -147,13 +141,19 @@ def chunked_head(
     return loss, grad_rows, grad_weight, grad_bias
 
 
-def _scatter_rows(grad_rows: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
-    out = grad_rows.new_zeros((n_rows, grad_rows.shape[1]))
-    return out.index_copy_(0, rows, grad_rows)
-
-
-def _empty(like: torch.Tensor) -> torch.Tensor:
-    return like.new_empty((0,))
+def _gradients(hidden, weight, bias, rows, grad_rows, grad_weight, grad_bias) -> tuple:
+    """The ops' ``(grad_hidden [N, H], grad_weight [V, H], grad_bias [V])`` from
+    :func:`chunked_head`'s: ``grad_rows`` scattered back to all ``N`` rows (zero at unlabelled
+    ones), the accumulators cast to the parameters' dtype; an empty tensor for one not computed."""
+    if grad_rows is None:
+        grad_hidden = hidden.new_empty((0,))
+    else:
+        grad_hidden = grad_rows.new_zeros((hidden.shape[0], grad_rows.shape[1])).index_copy_(0, rows, grad_rows)
+    return (
+        grad_hidden,
+        weight.new_empty((0,)) if grad_weight is None else grad_weight.to(weight.dtype),
+        hidden.new_empty((0,)) if grad_bias is None else grad_bias.to(bias.dtype),
+    )
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -202,14 +202,7 @@ def _fused_op(
         feedback=fb if feedback else None,
     )
     loss = reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, work_dtype(hidden.dtype))
-    return (
-        loss,
-        _empty(hidden) if grad_rows is None else _scatter_rows(grad_rows, rows, n_rows),
-        _empty(weight) if grad_weight is None else grad_weight.to(weight.dtype),
-        _empty(hidden) if grad_bias is None else grad_bias.to(bias.dtype),
-        fb[0],
-        fb[1],
-    )
+    return (loss,) + _gradients(hidden, weight, bias, rows, grad_rows, grad_weight, grad_bias) + fb
 
 
 @_fused_op.register_fake
@@ -276,11 +269,7 @@ def _fused_backward_op(
         need_bias=need_bias and bias is not None,
         backend=backend,
     )
-    return (
-        _empty(hidden) if grad_rows is None else _scatter_rows(grad_rows, rows, hidden.shape[0]),
-        _empty(weight) if grad_weight is None else grad_weight.to(weight.dtype),
-        _empty(hidden) if grad_bias is None else grad_bias.to(bias.dtype),
-    )
+    return _gradients(hidden, weight, bias, rows, grad_rows, grad_weight, grad_bias)
 
 
 @_fused_backward_op.register_fake
@@ -439,10 +428,9 @@ def fused_masked_lm_loss(
         raise ValueError(
             f"empty input: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}; pass at least one row and class"
         )
-    ignore_index = check_ignore_index(ignore_index)
-    check_choice("reduction", reduction, REDUCTIONS)
-    label_smoothing = check_label_smoothing(label_smoothing)
-    z_loss = check_nonnegative_float("z_loss", z_loss)
+    ignore_index, reduction, label_smoothing, z_loss = check_loss_options(
+        ignore_index, reduction, label_smoothing, z_loss
+    )
     check_feedback(feedback)
     chunk_size = default_chunk_size(vocab) if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
     chunk_size = min(chunk_size, labels.numel())  # more rows than the batch has is the whole batch

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from . import _backend
-from ._loss_common import REDUCTIONS
-from ._validation import check_bool, check_choice, check_ignore_index, check_label_smoothing, check_nonnegative_float
+from ._loss_common import check_loss_options
+from ._validation import check_bool
 from .cross_entropy import masked_cross_entropy
 
 __all__ = ["MaskedLMLoss"]
@@ -49,10 +49,9 @@ class MaskedLMLoss(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.ignore_index = check_ignore_index(ignore_index)
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
-        self.label_smoothing = check_label_smoothing(label_smoothing)
-        self.z_loss = check_nonnegative_float("z_loss", z_loss)
+        self.ignore_index, self.reduction, self.label_smoothing, self.z_loss = check_loss_options(
+            ignore_index, reduction, label_smoothing, z_loss
+        )
         self.inplace_backward = check_bool("inplace_backward", inplace_backward)
         self.global_normalization = check_bool("global_normalization", global_normalization)
         self.backend = _backend.check_backend_name(backend)

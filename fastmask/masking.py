@@ -48,26 +48,20 @@ def _cpp_impl(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
     return masked, labels
 
 
-def _triton_impl(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
-    from .kernels.masking import triton_mask_tokens
-
-    return triton_mask_tokens(plan)
-
-
-_IMPLS = {"reference": reference_mask_tokens, "cpp": _cpp_impl, "triton": _triton_impl}
+def _mask_tokens_fake(plan: MaskingPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = plan.input_ids
+    return torch.empty_like(ids), torch.empty(ids.shape, dtype=torch.int64, device=ids.device)
 
 
-@torch.library.custom_op("fastmask::mask_tokens", mutates_args=())
-def _mask_tokens_op(
-    buffers: list[Optional[torch.Tensor]], scalars: list[int], backend: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _IMPLS[backend](MaskingPlan.from_op_args(buffers, scalars))
-
-
-@_mask_tokens_op.register_fake
-def _mask_tokens_fake(buffers, scalars, backend):
-    input_ids = buffers[0]
-    return torch.empty_like(input_ids), torch.empty(input_ids.shape, dtype=torch.int64, device=input_ids.device)
+_MASK_TOKENS = _backend.PlanOp(
+    "mask_tokens",
+    MaskingPlan,
+    _mask_tokens_fake,
+    reference=reference_mask_tokens,
+    cpp=_cpp_impl,
+    triton=("masking", "triton_mask_tokens"),
+)
+_mask_tokens_op = _MASK_TOKENS.custom_op
 
 
 # ----------------------------------------------------------------------------- tables
@@ -248,18 +242,7 @@ def _row_keys(row_keys, batch: int, device) -> torch.Tensor:
 def run_masking(plan: MaskingPlan, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``(masked_input_ids, labels)`` for a plan from :func:`plan_masking`, on ``backend``
     (``"auto"``, ``"reference"``, ``"cpp"`` or ``"triton"``)."""
-    _backend.check_backend_name(backend)
-    device_type = plan.input_ids.device.type
-    chosen = _backend.choose_backend(
-        "mask_tokens",
-        backend,
-        device_type,
-        "mask_tokens",
-        (),
-        "masking",
-        plan.input_ids.shape[1],
-    )
-    return _backend.call_op(_mask_tokens_op, _IMPLS, chosen, plan)
+    return _MASK_TOKENS(plan, backend)
 
 
 def plan_masking(

@@ -128,44 +128,24 @@ def _cpp_impl(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def _triton_impl(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
-    from .kernels.sentinel_spans import triton_span_corruption
-
-    return triton_span_corruption(plan)
-
-
-_IMPLS = {"reference": reference_span_corruption, "cpp": _cpp_impl, "triton": _triton_impl}
-
-
-@torch.library.custom_op("fastmask::span_corruption", mutates_args=())
-def _span_corruption_op(
-    buffers: list[Optional[torch.Tensor]], scalars: list[int], backend: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _IMPLS[backend](SpanCorruptionPlan.from_op_args(buffers, scalars))
-
-
-@_span_corruption_op.register_fake
-def _span_corruption_fake(buffers, scalars, backend):
-    plan = SpanCorruptionPlan.from_op_args(buffers, scalars)
+def _span_corruption_fake(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
     ids = plan.input_ids
-    B = ids.shape[0]
-    return (ids.new_empty((B, plan.inputs_length)), ids.new_empty((B, plan.targets_length)))
+    return ids.new_empty((ids.shape[0], plan.inputs_length)), ids.new_empty((ids.shape[0], plan.targets_length))
+
+
+_SPAN_CORRUPTION = _backend.PlanOp(
+    "span_corruption",
+    SpanCorruptionPlan,
+    _span_corruption_fake,
+    reference=reference_span_corruption,
+    cpp=_cpp_impl,
+    triton=("sentinel_spans", "triton_span_corruption"),
+)
 
 
 def run_span_corruption(plan: SpanCorruptionPlan, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, targets)`` for a plan from :func:`plan_span_corruption`, on ``backend``."""
-    _backend.check_backend_name(backend)
-    device_type = plan.input_ids.device.type
-    chosen = _backend.choose_backend(
-        "span_corruption",
-        backend,
-        device_type,
-        "span_corruption",
-        (),
-        "sentinel_spans",
-        plan.input_ids.shape[1],
-    )
-    return _backend.call_op(_span_corruption_op, _IMPLS, chosen, plan)
+    return _SPAN_CORRUPTION(plan, backend)
 
 
 # ----------------------------------------------------------------------------- plan

@@ -24,3 +24,22 @@ def require_backend(name: str, device: str = "cpu") -> None:
     if name in required:
         pytest.fail(f"backend {name!r} is required here (FASTMASK_REQUIRE_BACKENDS) but unavailable: {reason}")
     pytest.skip(f"backend {name!r} unavailable: {reason}")
+
+
+def assert_compiles_offline(variants) -> list[dict]:
+    """Compiles Triton kernel ``variants`` (:func:`fastmask.kernels.offline.variants`) for every
+    offline target and checks each compiled, in order, with 0 spills and registers that fit its
+    warps; skips when no offline compiler is installed. Returns the report rows."""
+    from fastmask.kernels import offline
+
+    try:
+        rows = offline.compile_report(variants, offline.TARGETS, jobs=min(2, os.cpu_count() or 1))
+    except offline.OfflineCompileUnavailable as exc:
+        pytest.skip(str(exc))
+    assert [(r["variant"], r["block"], r["target"]) for r in rows] == [
+        (v.label, v.block, f"sm_{c}") for c in offline.TARGETS for v in variants
+    ]
+    bad = offline.spilled(rows)
+    assert not bad, "spills or compile errors:\n" + offline.markdown_table(bad)
+    assert all(0 < r["n_regs"] <= 65536 // (32 * r["num_warps"]) for r in rows)
+    return rows

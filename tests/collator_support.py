@@ -51,6 +51,30 @@ def features(
     return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 
 
+def collator(tok=None, **kwargs):
+    """fastmask's ``DataCollatorForLanguageModeling`` (default: the MiniLM tokenizer), its
+    construction warnings silenced."""
+    import fastmask
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fastmask.DataCollatorForLanguageModeling(tok if tok is not None else tokenizer(), **kwargs)
+
+
+def data_loader(dataset, collate, *, workers, batch_size=2, **kwargs):
+    """A DataLoader in order over ``dataset``; ``workers`` forked worker processes."""
+    if workers:
+        kwargs.setdefault("multiprocessing_context", "fork")
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers, shuffle=False, **kwargs
+    )
+
+
+def batch_labels(batches):
+    """The ``labels`` of every batch."""
+    return [batch["labels"] for batch in batches]
+
+
 def stock_collator(tok, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

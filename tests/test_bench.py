@@ -33,25 +33,8 @@ def _gpu_check_module():
 
 def test_quick_masking_suite_writes_rows_tables_and_plot(tmp_path, capsys):
     out, md, png = tmp_path / "bench.json", tmp_path / "bench.md", tmp_path / "plot.png"
-    code = cli.main(
-        [
-            "bench",
-            "--quick",
-            "--suite",
-            "masking",
-            "--lengths",
-            "128",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--json",
-            str(out),
-            "--markdown",
-            str(md),
-            "--plot",
-            str(png),
-        ]
-    )
+    options = "bench --quick --suite masking --lengths 128 --device cpu --no-progress".split()
+    code = cli.main(options + ["--json", str(out), "--markdown", str(md), "--plot", str(png)])
     assert code == 0
     document = json.loads(out.read_text())
     rows = document["rows"]
@@ -109,21 +92,8 @@ def test_kernels_suite_reports_resources_and_fails_on_spills(tmp_path, capsys, m
 
     monkeypatch.setattr(offline, "compile_report", fake_compile_report)
     out, md = tmp_path / "k.json", tmp_path / "k.md"
-    code = cli.main(
-        [
-            "bench",
-            "--suite",
-            "kernels",
-            "--quick",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--json",
-            str(out),
-            "--markdown",
-            str(md),
-        ]
-    )
+    options = "bench --suite kernels --quick --device cpu --no-progress".split()
+    code = cli.main(options + ["--json", str(out), "--markdown", str(md)])
     quick = [v for k in offline.KERNELS for v in offline.variants(k) if v.block == offline.TEST_BLOCKS[k][0]]
     assert calls == [(len(quick), offline.TARGETS, False)]
     document = json.loads(out.read_text())

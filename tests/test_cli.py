@@ -15,6 +15,10 @@ from fastmask import cli
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
 
 
+# `fastmask train` options of a two-step run on tiny batches.
+TINY_TRAIN = ("--max-steps", "2", "--seq-len", "32", "--batch-size", "4")
+
+
 def run(*args, timeout=600, module=("-m", "fastmask")):
     return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
 
@@ -235,21 +239,7 @@ def test_train_on_own_text_file(tmp_path):
     text.write_text(
         "\n\n".join(f"Paragraph {i} talks about masked language models and tokens." * 5 for i in range(200))
     )
-    result = run(
-        "train",
-        "--text",
-        str(text),
-        "--max-steps",
-        "2",
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "4",
-        "--strategy",
-        "whole_word",
-        "--no-progress",
-        "--no-save",
-    )
+    result = run("train", "--text", str(text), *TINY_TRAIN, "--strategy", "whole_word", "--no-progress", "--no-save")
     assert result.returncode == 0, result.stderr
     assert str(text) in result.stdout
 
@@ -257,21 +247,9 @@ def test_train_on_own_text_file(tmp_path):
 @pytest.mark.slow
 def test_train_under_torchrun_two_processes(tmp_path):
     result = run(
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "fastmask",
-        "train",
-        "--max-steps",
-        "2",
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "4",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--output-dir",
+        *"--standalone --nproc_per_node=2 -m fastmask train".split(),
+        *TINY_TRAIN,
+        *"--device cpu --no-progress --output-dir".split(),
         str(tmp_path / "ddp"),
         module=("-m", "torch.distributed.run"),
     )

@@ -15,6 +15,7 @@ from collator_support import (
     as_numpy,
     assert_mlm_invariants,
     assert_whole_words,
+    collator,
     features,
     offset_word_ids,
     padded,
@@ -27,12 +28,6 @@ import fastmask
 from fastmask.collator import DataCollatorForLanguageModeling, MaskingSchedule
 
 HF_FIELDS = [f.name for f in dataclasses.fields(transformers.DataCollatorForLanguageModeling)]
-
-
-def collator(tok=None, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return DataCollatorForLanguageModeling(tok if tok is not None else tokenizer(), **kwargs)
 
 
 # ----------------------------------------------------------------------------- class contract
@@ -379,17 +374,9 @@ def test_whole_words_from_offsets_follow_transformers_word_rule(kind):
     assert theirs["input_ids"].shape == out["input_ids"].shape and theirs["labels"].dtype == out["labels"].dtype
 
 
-@pytest.mark.parametrize("kind", FAMILIES)
-@pytest.mark.parametrize("strategy", ["whole_word", "span"])
-def test_trainer_style_features_use_the_vocabulary_table(kind, strategy):
-    """No offset_mapping, no special_tokens_mask (Trainer dropped them): the tokenizer's table."""
-    tok = tokenizer(kind)
-    feats = [
-        {"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]}
-        for f in features(kind, rows=24, max_length=96, offsets=False, special=False)
-    ]
-    c = collator(tok, seed=3, strategy=strategy, mlm_probability=0.3)
-    out = c(feats)
+def _whole_word_batch(tok, feats, out) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checks the MLM invariants of a collated batch whose words come from the tokenizer's
+    vocabulary table; ``(selected [B, L], word ids [B, L] (-1: no word), ineligible [B, L])``."""
     original = padded([f["input_ids"] for f in feats], out["input_ids"].shape[1], tok.pad_token_id)
     ineligible = np.isin(original, tok.all_special_ids)
     selected = assert_mlm_invariants(
@@ -401,6 +388,21 @@ def test_trainer_style_features_use_the_vocabulary_table(kind, strategy):
         vocab=len(tok),
     )
     words = table_word_ids(original, ~ineligible, fastmask.word_start_table(tok).numpy())
+    return selected, words, ineligible
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+@pytest.mark.parametrize("strategy", ["whole_word", "span"])
+def test_trainer_style_features_use_the_vocabulary_table(kind, strategy):
+    """No offset_mapping, no special_tokens_mask (Trainer dropped them): the tokenizer's table."""
+    tok = tokenizer(kind)
+    feats = [
+        {"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]}
+        for f in features(kind, rows=24, max_length=96, offsets=False, special=False)
+    ]
+    c = collator(tok, seed=3, strategy=strategy, mlm_probability=0.3)
+    out = c(feats)
+    selected, words, _ = _whole_word_batch(tok, feats, out)
     chosen = assert_whole_words(selected, words)
     total = sum(len(np.unique(w[w >= 0])) for w in words)
     assert 0.15 < chosen / total < 0.45, chosen / total
@@ -620,18 +622,7 @@ def test_whole_word_mask_collator_keeps_the_v4_api():
     feats = features(rows=12, max_length=96)
     out = c(feats)
     assert list(out.keys()) == ["input_ids", "labels"] and out["input_ids"].shape[1] % 8 == 0
-    original = padded([f["input_ids"] for f in feats], out["input_ids"].shape[1], tok.pad_token_id)
-    ineligible = np.isin(original, tok.all_special_ids)
-    selected = assert_mlm_invariants(
-        original,
-        out["input_ids"].numpy(),
-        out["labels"].numpy(),
-        ineligible=ineligible,
-        mask_id=tok.mask_token_id,
-        vocab=len(tok),
-    )
-    table = fastmask.word_start_table(tok).numpy()
-    words = table_word_ids(original, ~ineligible, table)
+    selected, words, ineligible = _whole_word_batch(tok, feats, out)
     assert_whole_words(selected, words)
     for row in range(len(feats)):
         budget = int(np.floor(0.2 * (~ineligible[row]).sum() + 0.5))

@@ -8,40 +8,22 @@ import warnings
 
 import pytest
 import torch
-from collator_support import features, tokenizer
+from collator_support import batch_labels, collator, data_loader, features, tokenizer
 
 from fastmask.collator import DataCollatorForLanguageModeling, MaskingSchedule, MaskingScheduleCallback
-
-
-def collator(**kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return DataCollatorForLanguageModeling(tokenizer(), **kwargs)
-
-
-def _loader(dataset, collate, *, workers, batch_size=2, **kwargs):
-    if workers:
-        kwargs.setdefault("multiprocessing_context", "fork")
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers, shuffle=False, **kwargs
-    )
-
-
-def _labels(loader):
-    return [batch["labels"] for batch in loader]
 
 
 def test_dataloader_workers_reproducible_and_different_per_worker():
     row = features(rows=1, max_length=64, offsets=False)[0]
     dataset = [dict(row) for _ in range(8)]  # identical examples
-    first = _labels(_loader(dataset, collator(seed=3), workers=2))
-    again = _labels(_loader(dataset, collator(seed=3), workers=2))
+    first = batch_labels(data_loader(dataset, collator(seed=3), workers=2))
+    again = batch_labels(data_loader(dataset, collator(seed=3), workers=2))
     assert all(torch.equal(a, b) for a, b in zip(first, again)), "not reproducible for a fixed seed"
     # batch 0 comes from worker 0, batch 1 from worker 1: same inputs, different masks
     assert not torch.equal(first[0], first[1])
     # each worker's consecutive batches differ too
     assert not torch.equal(first[0], first[2])
-    other_seed = _labels(_loader(dataset, collator(seed=4), workers=2))
+    other_seed = batch_labels(data_loader(dataset, collator(seed=4), workers=2))
     assert not torch.equal(first[0], other_seed[0])
 
 
@@ -51,8 +33,8 @@ def test_row_key_column_masks_do_not_depend_on_workers():
         f["idx"] = i
 
     def per_example(workers, batch_size):
-        loader = _loader(dataset, collator(seed=5, row_key_column="idx"), workers=workers, batch_size=batch_size)
-        rows = [row for labels in _labels(loader) for row in labels]
+        loader = data_loader(dataset, collator(seed=5, row_key_column="idx"), workers=workers, batch_size=batch_size)
+        rows = [row for labels in batch_labels(loader) for row in labels]
         return [row[: len(f["input_ids"])] for row, f in zip(rows, dataset)]
 
     serial = per_example(0, 2)
@@ -65,8 +47,8 @@ def test_set_step_reaches_persistent_workers():
     dataset = features(rows=8, max_length=48, offsets=False)
     c = collator(seed=0, mlm_probability=MaskingSchedule("linear", start=0.0, end=1.0, total_steps=1))
     c.set_step(0)  # shares the step before the workers start
-    loader = _loader(dataset, c, workers=2, persistent_workers=True)
-    assert all(labels.eq(-100).all() for labels in _labels(loader))
+    loader = data_loader(dataset, c, workers=2, persistent_workers=True)
+    assert all(labels.eq(-100).all() for labels in batch_labels(loader))
     c.set_step(1)
     for batch in loader:  # rate 1: every eligible token selected
         selected = batch["labels"] != -100
@@ -82,19 +64,19 @@ def test_shared_step_survives_spawned_workers():
     dataset = features(rows=4, max_length=32, offsets=False)
     c = collator(seed=0, mlm_probability=MaskingSchedule("linear", start=0.0, end=1.0, total_steps=1))
     c.set_step(0)
-    loader = _loader(dataset, c, workers=1, persistent_workers=True, multiprocessing_context="spawn")
-    assert all(labels.eq(-100).all() for labels in _labels(loader))
+    loader = data_loader(dataset, c, workers=1, persistent_workers=True, multiprocessing_context="spawn")
+    assert all(labels.eq(-100).all() for labels in batch_labels(loader))
     c.set_step(1)
-    assert all(labels.ne(-100).any() for labels in _labels(loader))
+    assert all(labels.ne(-100).any() for labels in batch_labels(loader))
 
 
 def test_schedule_reaches_workers_without_any_call():
     """The state is shared from construction: a step set after the first epoch reaches new workers."""
     dataset = features(rows=4, max_length=32, offsets=False)
     c = collator(seed=0, mlm_probability=MaskingSchedule("linear", start=0.0, end=1.0, total_steps=1))
-    assert all(labels.eq(-100).all() for labels in _labels(_loader(dataset, c, workers=1)))
+    assert all(labels.eq(-100).all() for labels in batch_labels(data_loader(dataset, c, workers=1)))
     c.set_step(1)
-    assert all(labels.ne(-100).any() for labels in _labels(_loader(dataset, c, workers=1)))
+    assert all(labels.ne(-100).any() for labels in batch_labels(data_loader(dataset, c, workers=1)))
 
 
 # ----------------------------------------------------------------------------- dynamic masking across epochs

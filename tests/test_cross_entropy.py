@@ -554,33 +554,12 @@ def test_cpp_buffers_are_checked():
     require_backend("cpp")
     module = _backend.cpp_module()
     logits = np.zeros((4, 10), dtype=np.float32)
+
+    def forward(dtype_code: int, targets: np.ndarray) -> None:
+        loss = np.zeros(3, dtype=np.float32)
+        module.ce_forward(logits, dtype_code, None, targets, loss, None, None, False, 1.0, None, 0.0, 0.0)
+
     with pytest.raises(ValueError, match="targets"):
-        module.ce_forward(
-            logits,
-            0,
-            None,
-            np.zeros(3, dtype=np.int32),
-            np.zeros(3, dtype=np.float32),
-            None,
-            None,
-            False,
-            1.0,
-            None,
-            0.0,
-            0.0,
-        )
+        forward(0, np.zeros(3, dtype=np.int32))
     with pytest.raises(ValueError, match="dtype code"):
-        module.ce_forward(
-            logits,
-            1,
-            None,
-            np.zeros(3, dtype=np.int64),
-            np.zeros(3, dtype=np.float32),
-            None,
-            None,
-            False,
-            1.0,
-            None,
-            0.0,
-            0.0,
-        )
+        forward(1, np.zeros(3, dtype=np.int64))

@@ -587,6 +587,13 @@ def _corrupt_mask_call(kw: dict, data, kind: str) -> tuple[dict, tuple, bool]:
     raise AssertionError(kind)
 
 
+def _note_call(kw: dict) -> None:
+    """Hypothesis' note of a corrupted call: its values, tensors as dtype and shape."""
+    note(
+        f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }"
+    )
+
+
 def _bad_mask_call(kw, data, backend, kind, device="cpu"):
     kw, names, must_raise = _corrupt_mask_call(kw, data, kind)
     if data.draw(st.integers(0, 3), label="second corruption?") == 0:
@@ -594,9 +601,7 @@ def _bad_mask_call(kw, data, backend, kind, device="cpu"):
         kw, names2, must2 = _corrupt_mask_call(kw, data, second)
         names, must_raise = names + names2, must_raise or must2
     kw.setdefault("backend", backend)
-    note(
-        f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }"
-    )
+    _note_call(kw)
     snapshot = _snapshot(kw)
     clear_error_or(
         lambda: _cpu(fastmask.mask_tokens(**_on_device(kw, device))),
@@ -966,6 +971,14 @@ def _corrupt_loss_options(kw: dict, data, main: str, kind: Optional[str] = None)
     raise AssertionError(kind)
 
 
+def _maybe_corrupt_loss_option(kw: dict, data, main: str, names: tuple, must_raise: bool) -> tuple[dict, tuple, bool]:
+    """One time in four, a second corruption (a shared loss option) on top of a first one."""
+    if data.draw(st.integers(0, 3), label="second corruption") == 0:
+        kw, names2, must2 = _corrupt_loss_options(kw, data, main)
+        names, must_raise = names + names2, must_raise or must2
+    return kw, names, must_raise
+
+
 def _corrupt_labels(kw: dict, data, main: str) -> tuple[dict, tuple, bool]:
     kw = dict(kw)
     labels = kw["labels"]
@@ -1100,12 +1113,8 @@ def test_masked_cross_entropy_bad_input(kind, kw, data, backend, module):
     require_backend(backend)
     kw = dict(kw, backend="reference" if kw["logits"].dtype == torch.float64 else backend)
     kw, names, must_raise, leaf_grad = _corrupt_ce(kw, data, kind)
-    if data.draw(st.integers(0, 3), label="second corruption") == 0:
-        kw, names2, must2 = _corrupt_loss_options(kw, data, "logits")
-        names, must_raise = names + names2, must_raise or must2
-    note(
-        f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }"
-    )
+    kw, names, must_raise = _maybe_corrupt_loss_option(kw, data, "logits", names, must_raise)
+    _note_call(kw)
     snapshot = _snapshot(kw)
     clear_error_or(_loss_call(kw, module, leaf_grad), names, must_raise, lambda got: check_ce_result(kw, got))
     _assert_unmodified(kw, snapshot)
@@ -1206,12 +1215,8 @@ def test_fused_masked_lm_loss_bad_input(kind, kw, data, backend):
     require_backend(backend)
     kw = dict(kw, backend="reference" if kw["hidden"].dtype == torch.float64 else backend)
     kw, names, must_raise = _corrupt_fused(kw, data, kind)
-    if data.draw(st.integers(0, 3), label="second corruption") == 0:
-        kw, names2, must2 = _corrupt_loss_options(kw, data, "hidden")
-        names, must_raise = names + names2, must_raise or must2
-    note(
-        f"corrupted call: { {k: (v if not isinstance(v, torch.Tensor) else (v.dtype, tuple(v.shape))) for k, v in kw.items()} }"
-    )
+    kw, names, must_raise = _maybe_corrupt_loss_option(kw, data, "hidden", names, must_raise)
+    _note_call(kw)
     snapshot = _snapshot(kw)
     call_kw = dict(kw)
     for name in ("hidden", "weight", "bias"):
@@ -1431,6 +1436,19 @@ def _same_batches(a, b) -> None:
         assert x.dtype == y.dtype and torch.equal(x, y), f"{key} differs between backends / runs"
 
 
+def _masking_options(draw, mask_replace: float) -> dict:
+    """The collators' shared options (rate, 80/10/10 split with ``mask_replace``, padding, output
+    type, seed), drawn in this order."""
+    return dict(
+        mlm_probability=_probability(draw),
+        mask_replace_prob=mask_replace,
+        random_replace_prob=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0 - mask_replace))),
+        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))),
+        return_tensors=draw(st.sampled_from(["pt", "np"])),
+        seed=draw(st.integers(0, 2**63 - 1)),
+    )
+
+
 @st.composite
 def lm_options(draw):
     mlm = draw(st.integers(0, 5)) != 0
@@ -1440,12 +1458,7 @@ def lm_options(draw):
     options = dict(
         mlm=mlm,
         whole_word_mask=mlm and draw(st.booleans()),
-        mlm_probability=_probability(draw),
-        mask_replace_prob=mask_replace,
-        random_replace_prob=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0 - mask_replace))),
-        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))),
-        return_tensors=draw(st.sampled_from(["pt", "np"])),
-        seed=draw(st.integers(0, 2**63 - 1)),
+        **_masking_options(draw, mask_replace),
         strategy=strategy,
         budget=budget,
         keep_replace_probs=draw(st.booleans()),
@@ -1501,15 +1514,7 @@ def _same_features(rows, before) -> None:
 
 @st.composite
 def wwm_options(draw):
-    mask_replace = _probability(draw)
-    options = dict(
-        mlm_probability=_probability(draw),
-        mask_replace_prob=mask_replace,
-        random_replace_prob=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0 - mask_replace))),
-        pad_to_multiple_of=draw(st.one_of(st.none(), st.integers(1, 8))),
-        return_tensors=draw(st.sampled_from(["pt", "np"])),
-        seed=draw(st.integers(0, 2**63 - 1)),
-    )
+    options = _masking_options(draw, _probability(draw))
     if draw(st.booleans()):
         options["budget"] = draw(st.sampled_from(["bernoulli", "exact"]))
     return options

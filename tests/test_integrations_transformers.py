@@ -19,6 +19,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import fastmask  # noqa: E402
+import fastmask.integrations._head_loss as head_loss  # noqa: E402
 import fastmask.integrations.transformers as fm_tf  # noqa: E402
 from fastmask.integrations.transformers import (  # noqa: E402
     SUPPORTED_CLASSES,
@@ -145,13 +146,13 @@ def assert_grads_close(expected: dict, actual: dict):
 def fused_calls(monkeypatch):
     """Records (hidden shape, weight, bias) of each fused_masked_lm_loss call the patch makes."""
     calls = []
-    real = fm_tf.fused_masked_lm_loss
+    real = head_loss.fused_masked_lm_loss
 
     def spy(hidden, weight, labels, bias=None, **kwargs):
         calls.append(dict(hidden_shape=tuple(hidden.shape), weight=weight, bias=bias, labels=labels, kwargs=kwargs))
         return real(hidden, weight, labels, bias, **kwargs)
 
-    monkeypatch.setattr(fm_tf, "fused_masked_lm_loss", spy)
+    monkeypatch.setattr(head_loss, "fused_masked_lm_loss", spy)
     return calls
 
 
@@ -455,27 +456,36 @@ def _tiny_dataset(n: int = 16, length: int = 24, arch: str = "bert"):
     return rows
 
 
+def _stock_and_patched(base):
+    """``("stock", copy of base)``, then ``("fastmask", patched copy of base)``."""
+    for name in ("stock", "fastmask"):
+        model = copy.deepcopy(base)
+        if name == "fastmask":
+            apply_fastmask(model)
+        yield name, model
+
+
+def _training_args(output_dir, **options):
+    """CPU ``TrainingArguments`` with a fixed seed, no reporting and no progress bar."""
+    return transformers.TrainingArguments(
+        output_dir=str(output_dir), report_to=[], use_cpu=True, seed=0, disable_tqdm=True, **options
+    )
+
+
 def test_trainer_steps_and_prediction_step(tmp_path):
     pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
     data = _tiny_dataset()
     base = build("bert")
     trained = {}
-    for name in ("stock", "fastmask"):
-        model = copy.deepcopy(base)
-        if name == "fastmask":
-            apply_fastmask(model)
-        args = transformers.TrainingArguments(
-            output_dir=str(tmp_path / name),
+    for name, model in _stock_and_patched(base):
+        args = _training_args(
+            tmp_path / name,
             max_steps=3,
             per_device_train_batch_size=4,
             learning_rate=1e-3,
             logging_steps=1,
             save_strategy="no",
             eval_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            seed=0,
-            disable_tqdm=True,
         )
         trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
         trainer.train()
@@ -522,18 +532,8 @@ def test_trainer_evaluate_with_run_mlm_metrics_matches_stock(arch, tmp_path):
     data = _tiny_dataset(8, arch=arch)
     base = build(arch)
     results = {}
-    for name in ("stock", "fastmask"):
-        model = copy.deepcopy(base)
-        if name == "fastmask":
-            apply_fastmask(model)
-        args = transformers.TrainingArguments(
-            output_dir=str(tmp_path / name),
-            per_device_eval_batch_size=4,
-            report_to=[],
-            use_cpu=True,
-            seed=0,
-            disable_tqdm=True,
-        )
+    for name, model in _stock_and_patched(base):
+        args = _training_args(tmp_path / name, per_device_eval_batch_size=4)
         trainer = transformers.Trainer(
             model=model,
             args=args,

@@ -9,31 +9,11 @@ import warnings
 
 import pytest
 import torch
-from collator_support import features, tokenizer
-
-from fastmask.collator import DataCollatorForLanguageModeling
-
-
-def collator(tok=None, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return DataCollatorForLanguageModeling(tok if tok is not None else tokenizer(), **kwargs)
-
-
-def _loader(dataset, collate, *, workers, batch_size=2, **kwargs):
-    if workers:
-        kwargs.setdefault("multiprocessing_context", "fork")
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers, shuffle=False, **kwargs
-    )
-
-
-def _labels(loader):
-    return [batch["labels"] for batch in loader]
+from collator_support import batch_labels, collator, data_loader, features, tokenizer
 
 
 def _epochs(loader, epochs):
-    return [torch.cat([labels.flatten() for labels in _labels(loader)]) for _ in range(epochs)]
+    return [torch.cat([labels.flatten() for labels in batch_labels(loader)]) for _ in range(epochs)]
 
 
 @pytest.mark.parametrize("seed", [None, 0])
@@ -44,7 +24,7 @@ def test_every_epoch_draws_new_masks(workers, persistent, seed):
     dataset = [dict(row) for _ in range(8)]
     c = collator(seed=seed)
     kwargs = {"persistent_workers": True} if persistent else {}
-    first, second, third = _epochs(_loader(dataset, c, workers=workers, **kwargs), 3)
+    first, second, third = _epochs(data_loader(dataset, c, workers=workers, **kwargs), 3)
     assert first.ne(-100).any()
     assert not torch.equal(first, second) and not torch.equal(second, third) and not torch.equal(first, third)
 
@@ -77,7 +57,7 @@ def test_state_dict_after_worker_epochs_counts_every_process():
     """Regression: after epochs in workers, state_dict reported examples: 0."""
     dataset = features(rows=8, max_length=32, offsets=False)
     c = collator(seed=1)
-    _epochs(_loader(dataset, c, workers=2), 2)
+    _epochs(data_loader(dataset, c, workers=2), 2)
     state = c.state_dict()
     assert state["examples"] == 0 and state["worker_examples"] == [8, 8]
     assert state["seed"] == 1 and state["format"] == "fastmask.collator/2"
@@ -86,19 +66,19 @@ def test_state_dict_after_worker_epochs_counts_every_process():
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_at_an_epoch_boundary_continues_the_stream(workers):
     dataset = features(rows=8, max_length=32, offsets=False)
-    uninterrupted = _epochs(_loader(dataset, collator(seed=2), workers=workers), 3)
+    uninterrupted = _epochs(data_loader(dataset, collator(seed=2), workers=workers), 3)
     first = collator(seed=2)
-    _epochs(_loader(dataset, first, workers=workers), 2)
+    _epochs(data_loader(dataset, first, workers=workers), 2)
     resumed = collator(seed=2)
     resumed.load_state_dict(first.state_dict())
-    assert torch.equal(_epochs(_loader(dataset, resumed, workers=workers), 1)[0], uninterrupted[2])
+    assert torch.equal(_epochs(data_loader(dataset, resumed, workers=workers), 1)[0], uninterrupted[2])
 
 
 def test_drawn_seed_is_shared_and_restored():
     dataset = features(rows=4, max_length=32, offsets=False)
     torch.manual_seed(5)
     c = collator(seed=None)
-    _epochs(_loader(dataset, c, workers=2), 1)  # the workers draw the seed from the loader's base seed
+    _epochs(data_loader(dataset, c, workers=2), 1)  # the workers draw the seed from the loader's base seed
     seed = c.state_dict()["seed"]
     assert c.resolved_seed() == seed and 0 <= seed < 2**62
     other = collator(seed=None)
@@ -118,7 +98,7 @@ def test_row_key_column_repeats_without_set_epoch_and_warns_once(workers, persis
     dataset = _keyed()
     c = collator(seed=0, row_key_column="idx")
     kwargs = {"persistent_workers": True} if persistent else {}
-    loader = _loader(dataset, c, workers=workers, **kwargs)
+    loader = data_loader(dataset, c, workers=workers, **kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first, second = _epochs(loader, 2)
@@ -130,7 +110,7 @@ def test_row_key_column_repeats_without_set_epoch_and_warns_once(workers, persis
 def test_row_key_column_changes_with_set_epoch_without_warning():
     dataset = _keyed()
     c = collator(seed=0, row_key_column="idx")
-    loader = _loader(dataset, c, workers=0)
+    loader = data_loader(dataset, c, workers=0)
     epochs = []
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -140,7 +120,7 @@ def test_row_key_column_changes_with_set_epoch_without_warning():
     assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
     again = collator(seed=0, row_key_column="idx")
     again.set_epoch(1)
-    assert torch.equal(_epochs(_loader(dataset, again, workers=2), 1)[0], epochs[1])
+    assert torch.equal(_epochs(data_loader(dataset, again, workers=2), 1)[0], epochs[1])
 
 
 def test_seed_none_draws_from_torch_global_rng():

@@ -293,24 +293,9 @@ def test_fresh_word_start_tables_agree_with_per_position_starts():
     ids = torch.randint(0, 50, (4, 24), generator=generator)
     for i in range(1000):
         table = torch.rand(50, generator=generator) < 0.5
-        by_table = fastmask.mask_tokens(
-            ids,
-            mask_token_id=0,
-            vocab_size=50,
-            strategy="whole_word",
-            seed=i,
-            mlm_probability=0.3,
-            word_start_table=table,
-        )
-        by_starts = fastmask.mask_tokens(
-            ids,
-            mask_token_id=0,
-            vocab_size=50,
-            strategy="whole_word",
-            seed=i,
-            mlm_probability=0.3,
-            word_starts=table[ids],
-        )
+        options = dict(mask_token_id=0, vocab_size=50, strategy="whole_word", seed=i, mlm_probability=0.3)
+        by_table = fastmask.mask_tokens(ids, word_start_table=table, **options)
+        by_starts = fastmask.mask_tokens(ids, word_starts=table[ids], **options)
         assert all(torch.equal(a, b) for a, b in zip(by_table, by_starts)), f"call {i}"
 
 

@@ -35,17 +35,22 @@ def _mask(batch, **kwargs):
     return fastmask.mask_tokens(batch["input_ids"], **args)
 
 
-def _word_ids(batch) -> torch.Tensor:
-    """Per-token word index under the table's boundaries (-1 at special tokens)."""
-    eligible, unit_start = eligibility_and_units(
+def _units(batch, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's ``(eligible, unit_start)`` of the batch, words from the tokenizer's table."""
+    return eligibility_and_units(
         batch["input_ids"],
         special_mask=batch["special_tokens_mask"],
         attention_mask=None,
         word_starts=None,
         vocab_flags=torch.where(fastmask.word_start_table(batch["tokenizer"]), 2, 0).to(torch.uint8),
         pad_token_id=-1,
-        strategy="whole_word",
+        strategy=strategy,
     )
+
+
+def _word_ids(batch) -> torch.Tensor:
+    """Per-token word index under the table's boundaries (-1 at special tokens)."""
+    eligible, unit_start = _units(batch, "whole_word")
     words = torch.cumsum(unit_start.flatten().to(torch.int64), 0).view_as(unit_start) - 1
     return torch.where(eligible, words, torch.full_like(words, -1)), eligible
 
@@ -124,15 +129,7 @@ def test_span_lengths_follow_distribution(distribution, max_words):
     _, labels = _mask(batch, strategy="span", span_distribution=distribution, span_p=span_p, max_span_words=max_words)
     thresholds, probs = _span_tables(distribution, span_p, max_words)
     ids = batch["input_ids"]
-    eligible, unit_start = eligibility_and_units(
-        ids,
-        special_mask=batch["special_tokens_mask"],
-        attention_mask=None,
-        word_starts=None,
-        vocab_flags=torch.where(fastmask.word_start_table(batch["tokenizer"]), 2, 0).to(torch.uint8),
-        pad_token_id=-1,
-        strategy="span",
-    )
+    eligible, unit_start = _units(batch, "span")
     # Reconstruct the anchors and their drawn lengths from the documented generator.
     positions = torch.arange(ids.shape[1])
     mix1, mix2 = _rng.seed_mix(1234)

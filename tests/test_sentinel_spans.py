@@ -89,22 +89,22 @@ def test_reference_semantics(name, kwargs):
         assert inputs.shape[1] >= max(widths_in) and targets.shape[1] >= max(widths_out)
 
 
-@pytest.mark.parametrize("name,kwargs", SAMPLES, ids=[n for n, _ in SAMPLES])
-def test_cpp_matches_reference(name, kwargs):
-    require_backend("cpp")
+def _assert_matches_reference(kwargs: dict, backend: str) -> None:
+    require_backend(backend)
     expected = span_corruption(**kwargs, backend="reference")
-    got = span_corruption(**kwargs, backend="cpp")
+    got = span_corruption(**kwargs, backend=backend)
     for e, g in zip(expected, got):
         assert torch.equal(e, g)
+
+
+@pytest.mark.parametrize("name,kwargs", SAMPLES, ids=[n for n, _ in SAMPLES])
+def test_cpp_matches_reference(name, kwargs):
+    _assert_matches_reference(kwargs, "cpp")
 
 
 @pytest.mark.parametrize("name,kwargs", SMALL, ids=[n for n, _ in SMALL])
 def test_triton_matches_reference(name, kwargs):
-    require_backend("triton")
-    expected = span_corruption(**kwargs, backend="reference")
-    got = span_corruption(**kwargs, backend="triton")
-    for e, g in zip(expected, got):
-        assert torch.equal(e, g)
+    _assert_matches_reference(kwargs, "triton")
 
 
 def _t5_lengths(input_length, density, mean):

@@ -143,6 +143,16 @@ def machine_info() -> dict:
     )
 
 
+def machine_fields(device: Optional[str] = None) -> dict:
+    """The machine keys of a suite's result: ``machine`` (:func:`machine_info`), the ``torch``
+    version and its ``threads``, and with ``device`` the ``device_name`` (its GPU or CPU)."""
+    machine = machine_info()
+    fields = dict(torch=machine["torch"], threads=machine["torch_threads"], machine=machine)
+    if device is not None:
+        fields["device_name"] = machine["cuda"] if device == "cuda" else machine["cpu"]
+    return fields
+
+
 def machine_line(machine: dict) -> str:
     """One line for a report: CPU, threads, versions, GPU."""
     load = machine.get("load_average")
@@ -330,6 +340,30 @@ def table_row(
         baseline=baseline,
         speedup=None if baseline_ms is None else baseline_ms / ms,
     )
+
+
+def measured_rows(
+    suite: str, case: str, shape: str, results: dict, *, baseline: str, tokens: float, device: str
+) -> list:
+    """:func:`table_row` for every implementation of one case: ``results`` maps its name to its
+    measurement (``seconds``, ``peak_extra_bytes``, optional ``gbps``); ``baseline`` is one of them."""
+    base_ms = 1e3 * results[baseline]["seconds"]
+    return [
+        table_row(
+            suite,
+            case,
+            shape,
+            name,
+            ms=1e3 * m["seconds"],
+            tokens=tokens,
+            device=device,
+            baseline=baseline,
+            baseline_ms=base_ms,
+            peak_bytes=m["peak_extra_bytes"],
+            gbps=m.get("gbps"),
+        )
+        for name, m in results.items()
+    ]
 
 
 def text_table(rows: Sequence[dict]) -> str:

@@ -54,11 +54,11 @@ import torch
 import torch.nn.functional as F
 
 import fastmask
+from fastmask._constants import IGNORE_INDEX
 from fastmask.cross_entropy import release_cached_buffers
 
 from . import common
 
-IGNORE = -100
 CE_BASELINE = "torch F.cross_entropy (full logits)"
 CE_SUBJECT = "fastmask masked_cross_entropy"
 HEAD_BASELINE = "naive linear + F.cross_entropy"
@@ -127,7 +127,7 @@ def peak_extra_memory(fn: Callable[[], None], device: str) -> Optional[int]:
 def make_labels(n: int, vocab: int, rate: float, device: str, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, vocab, (n,), generator=g)
-    labels[torch.rand(n, generator=g) >= rate] = IGNORE
+    labels[torch.rand(n, generator=g) >= rate] = IGNORE_INDEX
     return labels.to(device)
 
 
@@ -157,7 +157,7 @@ def _liger(name: str):
 def ce_variants(device: str) -> list:
     """Cross-entropy on given logits: [(name, fn(logits, labels) -> loss)]."""
     variants = [
-        ("torch F.cross_entropy (full logits)", lambda x, y: F.cross_entropy(x, y, ignore_index=IGNORE)),
+        ("torch F.cross_entropy (full logits)", lambda x, y: F.cross_entropy(x, y, ignore_index=IGNORE_INDEX)),
         ("fastmask masked_cross_entropy", lambda x, y: fastmask.masked_cross_entropy(x, y)),
         (
             "fastmask masked_cross_entropy (inplace_backward)",
@@ -166,7 +166,7 @@ def ce_variants(device: str) -> list:
     ]
     liger_ce = _liger("LigerCrossEntropyLoss") if device == "cuda" else None
     if liger_ce is not None:
-        loss = liger_ce(ignore_index=IGNORE)
+        loss = liger_ce(ignore_index=IGNORE_INDEX)
         variants.append(("Liger LigerCrossEntropyLoss", lambda x, y: loss(x, y)))
     return variants
 
@@ -175,10 +175,10 @@ def head_variants(device: str) -> list:
     """MLM heads: [(name, fn(hidden, weight, labels) -> loss)]."""
 
     def naive(h, w, y):
-        return F.cross_entropy(F.linear(h, w), y, ignore_index=IGNORE)
+        return F.cross_entropy(F.linear(h, w), y, ignore_index=IGNORE_INDEX)
 
     def gather(h, w, y):
-        rows = (y != IGNORE).nonzero().squeeze(1)
+        rows = (y != IGNORE_INDEX).nonzero().squeeze(1)
         return F.cross_entropy(F.linear(h.index_select(0, rows), w), y.index_select(0, rows))
 
     variants = [("naive linear + F.cross_entropy", naive), ("gather + linear + F.cross_entropy", gather)]
@@ -186,7 +186,7 @@ def head_variants(device: str) -> list:
         variants.append(
             (
                 "F.linear_cross_entropy (reference path)",
-                lambda h, w, y: F.linear_cross_entropy(h, w, y, ignore_index=IGNORE),
+                lambda h, w, y: F.linear_cross_entropy(h, w, y, ignore_index=IGNORE_INDEX),
             )
         )
         if hasattr(torch.nn, "LinearCrossEntropyOptions"):
@@ -194,13 +194,13 @@ def head_variants(device: str) -> list:
             variants.append(
                 (
                     "F.linear_cross_entropy (chunked)",
-                    lambda h, w, y: F.linear_cross_entropy(h, w, y, ignore_index=IGNORE, options=options),
+                    lambda h, w, y: F.linear_cross_entropy(h, w, y, ignore_index=IGNORE_INDEX, options=options),
                 )
             )
     variants.append(("fastmask fused_masked_lm_loss", lambda h, w, y: fastmask.fused_masked_lm_loss(h, w, y)))
     liger_flce = _liger("LigerFusedLinearCrossEntropyLoss") if device == "cuda" else None
     if liger_flce is not None:
-        loss = liger_flce(ignore_index=IGNORE)
+        loss = liger_flce(ignore_index=IGNORE_INDEX)
         variants.append(("Liger LigerFusedLinearCrossEntropyLoss", lambda h, w, y: loss(w, h, y)))
     return variants
 
@@ -297,17 +297,13 @@ def run(
     head_ns = (1024,) if quick else (4096, 8192)
     vocabs = (30522,) if quick else (30522, 50265)
     element = torch.empty((), dtype=dtype).element_size()
-    machine = common.machine_info()
     result = dict(
         device=device,
         dtype=str(dtype).replace("torch.", ""),
         repeat=repeat,
         label_rate=label_rate,
         width=width,
-        torch=machine["torch"],
-        threads=machine["torch_threads"],
-        machine=machine,
-        device_name=machine["cuda"] if device == "cuda" else machine["cpu"],
+        **common.machine_fields(device),
         device_gbps=common.copy_bandwidth(device),
         ce=[],
         head=[],
@@ -318,7 +314,7 @@ def run(
     for vocab in vocabs:
         for n in sorted(set(ce_ns) | set(head_ns)):
             labels = make_labels(n, vocab, label_rate, device)
-            labelled = int((labels != IGNORE).sum())
+            labelled = int((labels != IGNORE_INDEX).sum())
             if n in ce_ns:
                 logits = make_logits(n, vocab, dtype, device)
                 steps = [(name, _ce_step(fn, logits, labels, device)) for name, fn in ce_variants(device)]
@@ -471,23 +467,9 @@ def table_rows(result: dict) -> list:
     for group, label, baseline in (("ce", "cross-entropy", CE_BASELINE), ("head", "MLM head", HEAD_BASELINE)):
         for case in result[group]:
             shape = f"N={case['n']} V={case['vocab']}" + (f" H={case['width']}" if group == "head" else "")
-            base_ms = 1e3 * case["results"][baseline]["seconds"]
-            for name, m in case["results"].items():
-                out.append(
-                    common.table_row(
-                        "loss",
-                        label,
-                        shape,
-                        name,
-                        ms=1e3 * m["seconds"],
-                        tokens=case["n"],
-                        device=result["device"],
-                        baseline=baseline,
-                        baseline_ms=base_ms,
-                        peak_bytes=m["peak_extra_bytes"],
-                        gbps=m.get("gbps"),
-                    )
-                )
+            out += common.measured_rows(
+                "loss", label, shape, case["results"], baseline=baseline, tokens=case["n"], device=result["device"]
+            )
     return out
 
 

@@ -212,7 +212,6 @@ def run(
     width = width or (128 if quick else 1024)
     vocab = vocab or (8192 if quick else 128256)
     n = n or (512 if quick else 4096)
-    machine = common.machine_info()
     bar = common.Progress(progress, "sft")
     bar.start(1)
     labels = make_labels(n, vocab, LABEL_RATE, device)
@@ -241,10 +240,7 @@ def run(
         width=width,
         vocab=vocab,
         labelled=int((labels != -100).sum()),
-        torch=machine["torch"],
-        threads=machine["torch_threads"],
-        machine=machine,
-        device_name=machine["cuda"] if device == "cuda" else machine["cpu"],
+        **common.machine_fields(device),
         results=measured,
     )
 
@@ -271,22 +267,9 @@ def _shape(result: dict) -> str:
 
 
 def table_rows(result: dict) -> list:
-    base_ms = 1e3 * result["results"][NAIVE]["seconds"]
-    return _step_rows(result.get("step")) + [
-        common.table_row(
-            "sft",
-            "LM head",
-            _shape(result),
-            name,
-            ms=1e3 * m["seconds"],
-            tokens=result["n"],
-            device=result["device"],
-            baseline=NAIVE,
-            baseline_ms=base_ms,
-            peak_bytes=m["peak_extra_bytes"],
-        )
-        for name, m in result["results"].items()
-    ]
+    return _step_rows(result.get("step")) + common.measured_rows(
+        "sft", "LM head", _shape(result), result["results"], baseline=NAIVE, tokens=result["n"], device=result["device"]
+    )
 
 
 def _step_rows(step: Optional[dict]) -> list:

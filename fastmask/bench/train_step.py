@@ -171,7 +171,6 @@ def run(
     max_param_diff = max((p - q).abs().max().item() for p, q in zip(stock.parameters(), fast.parameters()))
     tokens = batch_size * seq_len
     labelled = [int((b["labels"] != -100).sum()) for b in batches]
-    machine = common.machine_info()
     result = dict(
         batch_size=batch_size,
         seq_len=seq_len,
@@ -186,9 +185,7 @@ def run(
         backend=backend,
         chunk_size=chunk_size,
         device=device,
-        torch=machine["torch"],
-        threads=machine["torch_threads"],
-        machine=machine,
+        **common.machine_fields(),
         stock_logits_bytes=tokens * stock.config.vocab_size * 4,
         losses=losses,
         max_param_diff_after=max_param_diff,

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .._constants import IGNORE_INDEX
-from ..fused_linear_cross_entropy import default_chunk_size, fused_masked_lm_loss
+from ..fused_linear_cross_entropy import default_chunk_size
+from ._head_loss import flat_labels, gather_rows, head_loss
 
 # The forward arguments every supported decoder's stock forward hands to its base model.
 _DECODER_ARGS = ("input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds", "use_cache")
@@ -135,55 +136,22 @@ def causal_lm_loss(
     model, state, hidden: torch.Tensor, labels: torch.Tensor, shift_labels: Optional[torch.Tensor], num_items_in_batch
 ) -> torch.Tensor:
     """``ForCausalLMLoss(lm_head(hidden), labels, ...)`` from the labelled rows of ``hidden`` only."""
-    from .transformers import _autocast_dtype
-
-    targets_2d = shifted_targets(labels, shift_labels)
-    width = hidden.shape[-1]
-    positions = hidden.numel() // width if width else 0
-    if targets_2d.numel() != positions:
-        name = "shift_labels" if shift_labels is not None else "labels"
-        raise ValueError(
-            f"{name} has shape {tuple(targets_2d.shape)} ({targets_2d.numel()} entries) but the decoder returned "
-            f"{positions} token positions (hidden {tuple(hidden.shape)}); pass one label per input token, -100 "
-            "where there is no target"
-        )
-    flat = targets_2d.to(hidden.device).reshape(-1)
-    index = (flat != IGNORE_INDEX).nonzero().squeeze(1)
-    rows = hidden.reshape(-1, width).index_select(0, index)
-    targets = flat.index_select(0, index)
-
-    head = model.get_output_embeddings()
-    weight, bias = head.weight, getattr(head, "bias", None)
-    dtype = _autocast_dtype(rows.device.type)
-    if dtype is not None:  # the unpatched nn.Linear head would run in the autocast dtype
-        rows, weight = rows.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-
-    if index.numel() == 0:  # nothing labelled: loss 0 with zero (not missing) gradients
-        loss = rows.float().sum() * 0.0 + weight.float().sum() * 0.0
-        return loss if bias is None else loss + bias.float().sum() * 0.0
-
+    name = "shift_labels" if shift_labels is not None else "labels"
+    flat = flat_labels(shifted_targets(labels, shift_labels), hidden, name, "decoder")
+    rows, targets = gather_rows(hidden, flat, flat != IGNORE_INDEX)
     cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap is not None:
+    if cap is None:
+        return head_loss(model, state, rows, targets, num_items_in_batch)
+
+    def softcap_loss(rows, weight, bias, targets):
         chunk = state.chunk_size or default_chunk_size(weight.shape[0])
         total = softcap_cross_entropy_sum(rows, weight, bias, targets, float(cap), chunk)
         if num_items_in_batch is None:
             return total / targets.numel()
-        if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(total.device)
-        return total / num_items_in_batch
-    return fused_masked_lm_loss(
-        rows,
-        weight,
-        targets,
-        bias,
-        ignore_index=IGNORE_INDEX,
-        chunk_size=state.chunk_size,
-        num_items_in_batch=num_items_in_batch,
-        global_normalization=state.global_normalization and num_items_in_batch is None,
-        backend=state.backend,
-        feedback=state.feedback,
-    )
+        count = num_items_in_batch.to(total.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch
+        return total / count
+
+    return head_loss(model, state, rows, targets, num_items_in_batch, softcap_loss)
 
 
 def _fused_output(output_class: str):

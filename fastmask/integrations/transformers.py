@@ -64,11 +64,11 @@ import torch
 from torch import nn
 
 from .._backend import check_backend_name
+from .._constants import IGNORE_INDEX
 from .._validation import check_int
-from ..fused_linear_cross_entropy import fused_masked_lm_loss
 from ..loss_feedback import check_feedback
+from ._head_loss import flat_labels, gather_rows, head_loss
 
-IGNORE_INDEX = -100
 _STATE_ATTR = "_fastmask_patch"
 
 
@@ -238,63 +238,18 @@ def _is_our_forward(model) -> bool:
     return isinstance(forward, _PatchedForward) and forward.__self__ is model
 
 
-def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    try:  # torch >= 2.4
-        if torch.is_autocast_enabled(device_type):
-            return torch.get_autocast_dtype(device_type)
-        return None
-    except (TypeError, AttributeError):
-        if device_type == "cuda" and torch.is_autocast_enabled():
-            return torch.get_autocast_gpu_dtype()
-        if device_type == "cpu" and torch.is_autocast_cpu_enabled():
-            return torch.get_autocast_cpu_dtype()
-        return None
-
-
 def _sparse_head_loss(
     model, state: _PatchState, sequence_output: torch.Tensor, labels: torch.Tensor, num_items_in_batch
 ) -> torch.Tensor:
     """Loss of the MLM head on the labelled rows only. sequence_output: (B, L, H); labels: (B, L)."""
-    hidden_size = sequence_output.shape[-1]
-    positions = sequence_output.numel() // hidden_size if hidden_size else 0
-    if labels.numel() != positions:
-        raise ValueError(
-            f"labels has shape {tuple(labels.shape)} ({labels.numel()} entries) but the encoder returned "
-            f"{positions} token positions (hidden {tuple(sequence_output.shape)}); pass one label per input "
-            "token, -100 where there is no target"
-        )
-    flat_labels = labels.to(sequence_output.device).reshape(-1)
-    keep = flat_labels != IGNORE_INDEX
+    flat = flat_labels(labels, sequence_output, "labels", "encoder")
+    keep = flat != IGNORE_INDEX
     sparse_ignore = getattr(model, "sparse_pred_ignore_index", IGNORE_INDEX)
     if getattr(model, "sparse_prediction", False) and sparse_ignore != IGNORE_INDEX:
-        keep &= flat_labels != sparse_ignore  # ModernBERT drops these rows before its loss
-    index = keep.nonzero().squeeze(1)
-    rows = sequence_output.reshape(-1, hidden_size).index_select(0, index)
-    targets = flat_labels.index_select(0, index)
+        keep &= flat != sparse_ignore  # ModernBERT drops these rows before its loss
+    rows, targets = gather_rows(sequence_output, flat, keep)
     rows = state.spec.transform(model, rows)
-
-    decoder = model.get_output_embeddings()
-    weight, bias = decoder.weight, getattr(decoder, "bias", None)
-    dtype = _autocast_dtype(rows.device.type)
-    if dtype is not None:  # the unpatched nn.Linear decoder would run in the autocast dtype
-        rows, weight = rows.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-
-    if index.numel() == 0:  # nothing labelled: loss 0, zero (not missing) gradients for the head
-        loss = rows.float().sum() * 0.0 + weight.float().sum() * 0.0
-        return loss if bias is None else loss + bias.float().sum() * 0.0
-    return fused_masked_lm_loss(
-        rows,
-        weight,
-        targets,
-        bias,
-        ignore_index=IGNORE_INDEX,
-        chunk_size=state.chunk_size,
-        num_items_in_batch=num_items_in_batch,  # divides the sum, as transformers' fixed_cross_entropy
-        global_normalization=state.global_normalization and num_items_in_batch is None,
-        backend=state.backend,
-        feedback=state.feedback,
-    )
+    return head_loss(model, state, rows, targets, num_items_in_batch)
 
 
 def _forward(model, *args, **kwargs):

@@ -18,6 +18,17 @@ MAX_BLOCK_L = 1 << 15
 
 
 @triton.jit
+def _template_hits(row_ptr, start, hit, tpl_ptr, tpl_len, pos, big):
+    """Where the template ``tpl_ptr[:tpl_len]`` stands at ``row_ptr + start`` (lanes where ``hit``
+    is set may match): ``(running count of hits up to each lane, hits, first hit's pos or big)``."""
+    for j in range(0, tpl_len):
+        tok = tl.load(row_ptr + start + j, mask=hit, other=0).to(tl.int64)
+        hit = hit & (tok == tl.load(tpl_ptr + j))
+    count = hit.to(tl.int32)
+    return tl.cumsum(count, 0), tl.sum(count, 0), tl.min(tl.where(hit, pos, big), 0)
+
+
+@triton.jit
 def _completion_mask_kernel(
     ids_ptr,
     resp_ptr,
@@ -39,25 +50,15 @@ def _completion_mask_kernel(
     big = length + resp_len + 1
     # response template ending at `pos` (starting at pos - resp_len); pos may equal length
     start = pos - resp_len
-    end_hit = (start >= 0) & (pos <= length)
-    for j in range(0, resp_len):
-        tok = tl.load(ids_ptr + row_off + start + j, mask=end_hit, other=0).to(tl.int64)
-        end_hit = end_hit & (tok == tl.load(resp_ptr + j))
-    end_count = end_hit.to(tl.int32)
-    ends_le = tl.cumsum(end_count, 0)
-    n_resp = tl.sum(end_count, 0)
-    first_end = tl.min(tl.where(end_hit, pos, big), 0)
+    ends_le, n_resp, first_end = _template_hits(
+        ids_ptr + row_off, start, (start >= 0) & (pos <= length), resp_ptr, resp_len, pos, big
+    )
     missing = tl.where(n_resp == 0, 1, 0)
     in_row = pos < length
     if HAS_INST:
-        inst_hit = (pos + inst_len) <= length
-        for j in range(0, inst_len):
-            tok = tl.load(ids_ptr + row_off + pos + j, mask=inst_hit, other=0).to(tl.int64)
-            inst_hit = inst_hit & (tok == tl.load(inst_ptr + j))
-        inst_count = inst_hit.to(tl.int32)
-        inst_le = tl.cumsum(inst_count, 0)
-        n_inst = tl.sum(inst_count, 0)
-        first_inst = tl.min(tl.where(inst_hit, pos, big), 0)
+        inst_le, n_inst, first_inst = _template_hits(
+            ids_ptr + row_off, pos, (pos + inst_len) <= length, inst_ptr, inst_len, pos, big
+        )
         missing = missing | tl.where(n_inst == 0, 2, 0)
         pre = tl.where(first_inst > first_end, 1, 0)
         turns = n_inst + pre

@@ -440,6 +440,17 @@ def parse_ptxas_log(text: str) -> dict:
     )
 
 
+def _report_keys(variant: Variant, capability: int) -> dict:
+    """The keys that name a report row: kernel, variant, block, warps and ``sm_<capability>``."""
+    return dict(
+        kernel=variant.kernel,
+        variant=variant.label,
+        block=variant.block,
+        num_warps=variant.num_warps,
+        target=f"sm_{capability}",
+    )
+
+
 def compile_variant(variant: Variant, capability: int, *, load: bool = False) -> dict:
     """Compile ``variant`` for ``sm_<capability>`` (e.g. 80, 90) in this process; returns its row:
     ``n_regs`` (registers per thread), ``n_spills`` (as Triton counts them on a device: local
@@ -469,14 +480,7 @@ def compile_variant(variant: Variant, capability: int, *, load: bool = False) ->
         knobs.compilation.always_compile = True
         compiled = triton.compile(source, target=target, options=options)
     seconds = time.perf_counter() - start
-    row = dict(
-        kernel=variant.kernel,
-        variant=variant.label,
-        block=variant.block,
-        num_warps=variant.num_warps,
-        target=f"sm_{capability}",
-        **parse_ptxas_log(log.getvalue()),
-    )
+    row = dict(_report_keys(variant, capability), **parse_ptxas_log(log.getvalue()))
     row["n_spills"] = row["stack_frame"] // 4
     row["shared"] = int(compiled.metadata.shared)
     row["seconds"] = round(seconds, 2)
@@ -524,12 +528,7 @@ def _worker(args) -> int:
             row = compile_variant(variant, job["capability"], load=job.get("load", False))
         except Exception as exc:  # a compile error is a result too (the tests fail on it)
             row = dict(
-                kernel=variant.kernel,
-                variant=variant.label,
-                block=variant.block,
-                num_warps=variant.num_warps,
-                target=f"sm_{job['capability']}",
-                error=f"{type(exc).__name__}: {str(exc).strip()[:2000]}",
+                _report_keys(variant, job["capability"]), error=f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
             )
         print("ROW " + json.dumps(row), flush=True)
     return 0

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .. import _rng
 from ..sentinel_spans_plan import SpanCorruptionPlan
-from .masking import _draw, _row_state
+from .masking import _as_buffer, _draw, _num_warps, _row_state
 
 MAX_BLOCK_L = 16384
 
@@ -152,12 +152,6 @@ def triton_call_reason(length: int) -> Optional[str]:
     return None
 
 
-def _as_buffer(t: Optional[torch.Tensor], dummy: torch.Tensor) -> torch.Tensor:
-    if t is None:
-        return dummy
-    return t.view(torch.uint8) if t.dtype == torch.bool else t
-
-
 def triton_span_corruption(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, targets)`` for a validated plan (see the module docstring)."""
     input_ids = plan.input_ids
@@ -191,6 +185,6 @@ def triton_span_corruption(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torc
         BLOCK_L=block_l,
         LOG2_BLOCK_L=block_l.bit_length() - 1,
         BLOCK_OUT=block_out,
-        num_warps=max(1, min(32, block_l // 256)),
+        num_warps=_num_warps(block_l),
     )
     return inputs, targets
