@@ -377,6 +377,8 @@ struct ForwardArgs {
   const int64_t* targets = nullptr;  // [M]
   float* loss = nullptr;          // [M]
   float* lse = nullptr;           // [M] or null
+  float* ce = nullptr;            // [M] or null: plain cross-entropy lse - x_y (no smoothing / z-loss)
+  uint8_t* correct = nullptr;     // [M] or null: 1 where x_y equals the row max
   const float* row_scale = nullptr;  // [M] or null: per-row factor on grad_scale
   double grad_scale = 1.0, label_smoothing = 0.0, z_loss = 0.0;
 };
@@ -422,6 +424,8 @@ void forward_rows(const ForwardArgs& p, int64_t begin, int64_t end) {
     if (eps != 0.0) loss -= eps / static_cast<double>(V) * sx;  // sx may be -inf (masked classes)
     p.loss[i] = static_cast<float>(loss);
     if (p.lse) p.lse[i] = static_cast<float>(lse);
+    if (p.ce) p.ce[i] = static_cast<float>(lse - x_y);
+    if (p.correct) p.correct[i] = x_y == m ? 1 : 0;
     if (!grow) continue;
     // Pass 3: g = a e + b, then the target's -scale (1 - eps).
     const double scale = p.row_scale ? p.grad_scale * p.row_scale[i] : p.grad_scale;
@@ -482,7 +486,8 @@ int64_t row_grain(int64_t V) { return std::max<int64_t>(1, 65536 / std::max<int6
 // ---------------------------------------------------------------- bindings
 void ce_forward(const py::array& logits, int dtype, const py::object& rows_obj, const py::object& targets_obj,
                 const py::object& loss_obj, const py::object& lse_obj, const py::object& grad_obj, bool grad_at_row,
-                double grad_scale, const py::object& row_scale_obj, double label_smoothing, double z_loss) {
+                double grad_scale, const py::object& row_scale_obj, double label_smoothing, double z_loss,
+                const py::object& ce_obj, const py::object& correct_obj) {
   constexpr const char* op = "ce_forward";
   ForwardArgs p;
   p.dtype = resolve_dtype(op, logits, dtype, "logits");
@@ -494,6 +499,8 @@ void ce_forward(const py::array& logits, int dtype, const py::object& rows_obj, 
   p.targets = vector_ptr<int64_t>(op, targets_obj, "targets", p.M, false);
   p.loss = vector_ptr<float>(op, loss_obj, "loss", p.M, true);
   if (!lse_obj.is_none()) p.lse = vector_ptr<float>(op, lse_obj, "lse", p.M, true);
+  if (!ce_obj.is_none()) p.ce = vector_ptr<float>(op, ce_obj, "ce", p.M, true);
+  if (!correct_obj.is_none()) p.correct = vector_ptr<uint8_t>(op, correct_obj, "correct", p.M, true);
   if (!row_scale_obj.is_none()) p.row_scale = vector_ptr<float>(op, row_scale_obj, "row_scale", p.M, false);
   if (!rows_obj.is_none()) {
     p.rows = vector_ptr<int64_t>(op, rows_obj, "rows", p.M, false);
@@ -633,11 +640,14 @@ void ce_convert(const py::array& src, int src_dtype, py::array dst, int dst_dtyp
 void register_cross_entropy(py::module_& m) {
   m.def("ce_forward", &ce_forward, py::arg("logits"), py::arg("dtype"), py::arg("rows"), py::arg("targets"),
         py::arg("loss"), py::arg("lse"), py::arg("grad"), py::arg("grad_at_row"), py::arg("grad_scale"),
-        py::arg("row_scale"), py::arg("label_smoothing"), py::arg("z_loss"),
+        py::arg("row_scale"), py::arg("label_smoothing"), py::arg("z_loss"), py::arg("ce") = py::none(),
+        py::arg("correct") = py::none(),
         "Cross-entropy of the rows `rows` (None: 0..M-1) of [N, V] logits (fp32, or bf16/fp16 bits as int16)\n"
         "against `targets`: per-row loss (and lse) into fp32 buffers, and optionally the gradient of the\n"
         "logits times grad_scale (times row_scale[i] if given) into `grad` (row i, or row rows[i] when\n"
-        "grad_at_row; `grad` may be `logits`).");
+        "grad_at_row; `grad` may be `logits`). Optional feedback outputs: `ce` (fp32 [M], the plain\n"
+        "cross-entropy lse - x_y, without smoothing or z-loss) and `correct` (uint8 [M], 1 where x_y equals\n"
+        "the row max), written in the same pass.");
   m.def("ce_expand_grad", &ce_expand_grad, py::arg("grad_rows"), py::arg("dtype"), py::arg("rows"),
         py::arg("out"), py::arg("grad_output"), py::arg("per_row"),
         "out[rows[i]] = grad_output * grad_rows[i]; every other row of out = 0.");

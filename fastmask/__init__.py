@@ -51,6 +51,8 @@ _EXPORTS = {
     "frequency_buckets": "fastmask.token_loss_tracker",
     "AdaptiveRate": "fastmask.adaptive_rate",
     "AdaptiveMaskingCallback": "fastmask.adaptive_callback",
+    "LossFeedback": "fastmask.loss_feedback",
+    "set_loss_feedback": "fastmask.integrations.transformers",
     # misc
     "BackendUnavailableError": "fastmask._backend",
     "availability": "fastmask.info",

@@ -8,9 +8,14 @@ an :class:`~fastmask.AdaptiveRate` (``rate.observe`` with the step's masked-toke
 loss), then calls ``collator.set_step``. The collator reads the new weights and rate from shared
 memory on its next batch (lag: :class:`fastmask.DataCollatorForLanguageModeling`).
 
-The feedback is computed from the logits of the masked rows only (a log-softmax over them, no
-second forward pass). Models whose forward returns no logits (``apply_fastmask``'s fused head)
-are not supported yet: the loss kernels do not hand per-token feedback out yet.
+Where the feedback comes from:
+
+- a model patched with :func:`fastmask.apply_fastmask` (the fused head, no logits): the loss
+  kernels hand it out from their own forward pass (:mod:`fastmask.loss_feedback`); the callback
+  installs its collector as the patch's ``feedback`` (replacing any set before; :meth:`remove`
+  puts that back). Patch the model *before* creating the callback.
+- any other model: a forward hook computes it from the logits of the masked rows only (a
+  log-softmax over them, no second forward pass).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Optional
 import torch
 
 from .collator import _is_live_weights
+from .integrations.transformers import is_fastmask_applied, set_loss_feedback
 from .schedules import MaskingScheduleCallback
 
 __all__ = ["AdaptiveMaskingCallback", "token_feedback"]
@@ -61,6 +67,11 @@ class AdaptiveMaskingCallback(MaskingScheduleCallback):
             raise TypeError(f"model must be the torch.nn.Module that Trainer trains, got {type(model).__name__}")
         self.tracker, self.rate = tracker, rate
         self._pending: list = []
+        patched = getattr(model, "module", model)  # DDP and similar wrappers keep the model in .module
+        self._patched = patched if is_fastmask_applied(patched) else None
+        self._previous_feedback = None
+        if self._patched is not None:
+            self._previous_feedback = set_loss_feedback(self._patched, _Collector(self._pending))
         self._handle = model.register_forward_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs, output):
@@ -68,15 +79,24 @@ class AdaptiveMaskingCallback(MaskingScheduleCallback):
         if not module.training or labels is None:
             return
         logits = getattr(output, "logits", None)
+        if self._patched is not None and is_fastmask_applied(self._patched):
+            if logits is None:
+                return  # the fused loss delivered this forward's feedback
+            raise ValueError(
+                "AdaptiveMaskingCallback: the apply_fastmask-patched model computed logits in training "
+                "(skip_logits=False?), so its fused loss gave no feedback; let it skip the logits"
+            )
         if logits is None:
             raise ValueError(
-                "AdaptiveMaskingCallback needs the model's logits; this model returns none (apply_fastmask's fused "
-                "head?): train without the fused head for now"
+                "AdaptiveMaskingCallback needs the model's logits or an apply_fastmask-patched model; this model "
+                "returns no logits and was not patched when the callback was created: call apply_fastmask(model) "
+                "before creating the callback"
             )
         self._pending.append(token_feedback(logits.detach(), labels))
 
     def on_step_end(self, args, state, control, **kwargs):
-        pending, self._pending = self._pending, []
+        pending = list(self._pending)
+        self._pending.clear()  # in place: the patched model's collector appends to this list
         if pending:
             labels, losses, correct = (torch.cat(parts) for parts in zip(*pending))
             if self.tracker is not None:
@@ -89,5 +109,18 @@ class AdaptiveMaskingCallback(MaskingScheduleCallback):
         super().on_step_end(args, state, control, **kwargs)
 
     def remove(self) -> Optional[None]:
-        """Detach the forward hook from the model."""
+        """Detach the forward hook from the model (and give a patched model its previous feedback)."""
         self._handle.remove()
+        if self._patched is not None and is_fastmask_applied(self._patched):
+            set_loss_feedback(self._patched, self._previous_feedback)
+            self._patched = None
+
+
+class _Collector:
+    """The loss feedback of a patched model, appended to the callback's pending list."""
+
+    def __init__(self, pending: list):
+        self.pending = pending
+
+    def update(self, labels, losses, correct):
+        self.pending.append((labels, losses.float(), correct))

@@ -41,6 +41,7 @@ from ._loss_common import (
     work_dtype,
 )
 from ._validation import check_bool, check_not_leaf_for_inplace, check_tensor
+from .loss_feedback import check_feedback, deliver_feedback
 from .reference.cross_entropy import reference_cross_entropy_rows
 
 __all__ = ["masked_cross_entropy", "release_cached_buffers", "REDUCTIONS"]
@@ -75,7 +76,7 @@ def cpp_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     return buf.view(dtype).view(shape)
 
 
-def _cpp_rows(logits, rows, targets, *, grad_scale, label_smoothing, z_loss, grad_mode, row_scale=None):
+def _cpp_rows(logits, rows, targets, *, grad_scale, label_smoothing, z_loss, grad_mode, row_scale=None, feedback=None):
     count, vocab = targets.shape[0], logits.shape[1]
     loss = torch.empty(count, dtype=torch.float32)
     grad = None
@@ -96,6 +97,8 @@ def _cpp_rows(logits, rows, targets, *, grad_scale, label_smoothing, z_loss, gra
         None if row_scale is None else row_scale.to(torch.float32).contiguous().numpy(),
         float(label_smoothing),
         float(z_loss),
+        None if feedback is None else feedback[0].numpy(),
+        None if feedback is None else feedback[1].numpy(),
     )
     return loss, grad
 
@@ -115,11 +118,20 @@ _ROW_IMPLS = {
 
 def cross_entropy_rows(backend, logits, rows, targets, **contract):
     """Dispatch the row-level contract: :func:`fastmask.reference.cross_entropy.reference_cross_entropy_rows`
-    (its keywords: ``grad_scale``, ``label_smoothing``, ``z_loss``, ``grad_mode``, ``row_scale``)
-    on ``backend``; fp64 logits always take the reference."""
+    (its keywords: ``grad_scale``, ``label_smoothing``, ``z_loss``, ``grad_mode``, ``row_scale``,
+    ``feedback``: optional ``(ce [M], correct [M] uint8)`` buffers the kernel fills in the same pass,
+    :func:`feedback_buffers`) on ``backend``; fp64 logits always take the reference."""
     if logits.dtype == torch.float64:
         backend = "reference"
     return _ROW_IMPLS[backend](logits, rows, targets, **contract)
+
+
+def feedback_buffers(count: int, logits: torch.Tensor, want: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ce, correct)``: empty ``[count]`` work-dtype and uint8 buffers for the kernels' feedback
+    outputs, or two ``[0]`` tensors when ``want`` is False."""
+    count = count if want else 0
+    ce = torch.empty(count, dtype=work_dtype(logits.dtype), device=logits.device)
+    return ce, torch.empty(count, dtype=torch.uint8, device=logits.device)
 
 
 def _use_cpp(backend: str, t: torch.Tensor) -> bool:
@@ -164,12 +176,25 @@ def _zero_rows(backend, buf, rows):
 
 # ----------------------------------------------------------------------------- custom ops
 def _labelled_forward(
-    logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend, *, grad_mode
+    logits,
+    labels,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    denominator,
+    loss_scale,
+    backend,
+    *,
+    grad_mode,
+    feedback=False,
 ):
-    """``(loss in the reduction, gradient per ``grad_mode`` or None, labelled rows [M])`` of the
-    custom ops' ``[N, V]`` logits and ``[N]`` int64 labels."""
+    """``(loss in the reduction, gradient per ``grad_mode`` or None, labelled rows [M], feedback
+    ce [M], feedback correct [M] uint8)`` of the custom ops' ``[N, V]`` logits and ``[N]`` int64
+    labels; the feedback outputs are ``[0]`` unless ``feedback``."""
     rows, targets = select_rows(labels, ignore_index, logits.shape[1])
     grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
+    fb = feedback_buffers(rows.shape[0], logits, feedback)
     loss_rows, grad = cross_entropy_rows(
         backend,
         logits,
@@ -179,9 +204,10 @@ def _labelled_forward(
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         grad_mode=grad_mode,
+        feedback=fb if feedback else None,
     )
     loss = reduce_losses(loss_rows, rows, logits.shape[0], reduction, divisor, loss_scale, work_dtype(logits.dtype))
-    return loss, grad, rows
+    return loss, grad, rows, fb[0], fb[1]
 
 
 @torch.library.custom_op("fastmask::masked_cross_entropy", mutates_args=())
@@ -196,24 +222,40 @@ def _masked_ce_op(
     loss_scale: float,
     compute_grad: bool,
     backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, gradient of the labelled rows [M, V] (scaled for the reduction), rows [M])``."""
+    feedback: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, gradient of the labelled rows [M, V] (scaled for the reduction), rows [M],
+    feedback ce [M], feedback correct [M] uint8)``; the feedback outputs are ``[0]`` unless asked."""
     options = (ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend)
-    loss, grad, rows = _labelled_forward(logits, labels, *options, grad_mode="compact" if compute_grad else "none")
+    grad_mode = "compact" if compute_grad else "none"
+    loss, grad, rows, fb_ce, fb_correct = _labelled_forward(
+        logits, labels, *options, grad_mode=grad_mode, feedback=feedback
+    )
     if grad is None:
         grad = logits.new_empty((0, logits.shape[1]))
-    return loss, grad, rows
+    return loss, grad, rows, fb_ce, fb_correct
 
 
 @_masked_ce_op.register_fake
 def _masked_ce_fake(
-    logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, compute_grad, backend
+    logits,
+    labels,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    denominator,
+    loss_scale,
+    compute_grad,
+    backend,
+    feedback=False,
 ):
     n_rows, vocab = logits.shape
     count = torch.library.get_ctx().new_dynamic_size()
     loss = logits.new_empty((n_rows,) if reduction == NONE else (), dtype=work_dtype(logits.dtype))
     grad = logits.new_empty((count if compute_grad else 0, vocab))
-    return loss, grad, labels.new_empty((count,), dtype=torch.int64)
+    fb = feedback_buffers(count, logits, feedback)
+    return loss, grad, labels.new_empty((count,), dtype=torch.int64), fb[0], fb[1]
 
 
 @torch.library.custom_op("fastmask::masked_cross_entropy_backward", mutates_args=())
@@ -230,10 +272,10 @@ def _expand_grad_fake(grad_rows, rows, grad_output, n_rows, per_row, backend):
 
 
 def _masked_ce_setup_context(ctx, inputs, output):
-    logits, _, _, reduction, _, _, _, _, compute_grad, backend = inputs
-    _, grad, rows = output
+    logits, _, _, reduction, _, _, _, _, compute_grad, backend = inputs[:10]
+    _, grad, rows, fb_ce, fb_correct = output
     # Only the loss is differentiable: no zero gradients get materialised for the other outputs.
-    ctx.mark_non_differentiable(grad, rows)
+    ctx.mark_non_differentiable(grad, rows, fb_ce, fb_correct)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(grad, rows)
     ctx.n_rows = logits.shape[0]
@@ -242,9 +284,9 @@ def _masked_ce_setup_context(ctx, inputs, output):
     ctx.backend = backend
 
 
-def _masked_ce_backward(ctx, grad_loss, _grad_grad, _grad_rows):
+def _masked_ce_backward(ctx, grad_loss, *_unused):
     if grad_loss is None:  # grads are not materialised: the loss did not reach the output
-        return (None,) * 10
+        return (None,) * 11
     if not ctx.compute_grad:
         raise RuntimeError(
             "masked_cross_entropy: the forward ran without computing the gradient (grad mode was "
@@ -252,7 +294,7 @@ def _masked_ce_backward(ctx, grad_loss, _grad_grad, _grad_rows):
         )
     grad, rows = ctx.saved_tensors
     grad_logits = _expand_grad_op(grad, rows, grad_loss, ctx.n_rows, ctx.per_row, ctx.backend)
-    return (grad_logits,) + (None,) * 9
+    return (grad_logits,) + (None,) * 10
 
 
 _masked_ce_op.register_autograd(_masked_ce_backward, setup_context=_masked_ce_setup_context)
@@ -269,19 +311,23 @@ def _masked_ce_inplace_op(
     denominator: Optional[torch.Tensor],
     loss_scale: float,
     backend: str,
-) -> torch.Tensor:
-    """The loss; overwrites ``logits`` with the (reduction-scaled) gradient, zero at ignored rows."""
+    feedback: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, feedback ce [M], feedback correct [M] uint8)`` (feedback ``[0]`` unless asked);
+    overwrites ``logits`` with the (reduction-scaled) gradient, zero at ignored rows."""
     options = (ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend)
-    loss, _, _ = _labelled_forward(logits, labels, *options, grad_mode="inplace")
+    loss, _, _, fb_ce, fb_correct = _labelled_forward(logits, labels, *options, grad_mode="inplace", feedback=feedback)
     _zero_rows(backend, logits, (labels == ignore_index).nonzero().squeeze(1))
-    return loss
+    return loss, fb_ce, fb_correct
 
 
 @_masked_ce_inplace_op.register_fake
 def _masked_ce_inplace_fake(
-    logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend
+    logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend, feedback=False
 ):
-    return logits.new_empty((logits.shape[0],) if reduction == NONE else (), dtype=work_dtype(logits.dtype))
+    loss = logits.new_empty((logits.shape[0],) if reduction == NONE else (), dtype=work_dtype(logits.dtype))
+    fb = feedback_buffers(torch.library.get_ctx().new_dynamic_size() if feedback else 0, logits, feedback)
+    return loss, fb[0], fb[1]
 
 
 @torch.library.custom_op("fastmask::masked_cross_entropy_scale_rows_", mutates_args=("buf",))
@@ -303,22 +349,33 @@ class _InplaceMaskedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend
+        ctx,
+        logits,
+        labels,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        denominator,
+        loss_scale,
+        backend,
+        feedback=False,
     ):
-        loss = _masked_ce_inplace_op(
-            logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend
+        loss, fb_ce, fb_correct = _masked_ce_inplace_op(
+            logits, labels, ignore_index, reduction, label_smoothing, z_loss, denominator, loss_scale, backend, feedback
         )
         ctx.save_for_backward(logits, labels)
+        ctx.mark_non_differentiable(fb_ce, fb_correct)
         ctx.ignore_index = ignore_index
         ctx.per_row = reduction == NONE
         ctx.backend = backend
-        return loss
+        return loss, fb_ce, fb_correct
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, *_unused):
         buf, labels = ctx.saved_tensors
         _scale_rows_op(buf, labels, ctx.ignore_index, grad_loss, ctx.per_row, ctx.backend)
-        return (buf,) + (None,) * 8
+        return (buf,) + (None,) * 9
 
 
 # ----------------------------------------------------------------------------- public API
@@ -334,6 +391,7 @@ def masked_cross_entropy(
     num_items_in_batch: Union[int, torch.Tensor, None] = None,
     global_normalization: bool = False,
     backend: str = "auto",
+    feedback=None,
 ) -> torch.Tensor:
     """Cross-entropy over the labelled positions only; ignored rows cost nothing.
 
@@ -370,6 +428,12 @@ def masked_cross_entropy(
             size, so DDP's gradient averaging gives exactly the single-process gradient (the
             mean of the per-rank values is the global mean loss). A no-op otherwise.
         backend: ``"auto"``, ``"reference"``, ``"cpp"`` or ``"triton"``.
+        feedback: None, or an object with ``update(labels, losses, correct)`` (a
+            :class:`fastmask.TokenLossTracker`, a :class:`fastmask.LossFeedback`): after the
+            forward it gets each labelled position's label id, plain cross-entropy (fp32,
+            detached, before reduction, scaling, smoothing and z-loss) and whether the label is
+            the argmax, written by the kernel in its forward pass (see
+            :mod:`fastmask.loss_feedback`; a graph break under torch.compile).
 
     Returns:
         fp32 loss (fp64 for fp64 logits): a scalar, or ``labels``-shaped for ``"none"``.
@@ -400,6 +464,7 @@ def masked_cross_entropy(
         ignore_index, reduction, label_smoothing, z_loss
     )
     check_bool("inplace_backward", inplace_backward)
+    check_feedback(feedback)
     flat_labels = labels.reshape(-1).to(torch.int64)
     denominator, loss_scale = loss_normalizer(
         flat_labels, ignore_index, reduction, num_items_in_batch, global_normalization
@@ -414,23 +479,16 @@ def masked_cross_entropy(
     if (vocab > 1 and flat.stride(1) != 1) or (inplace and flat.shape[0] > 1 and flat.stride(0) < vocab):
         flat = flat.contiguous()
     code = REDUCTIONS.index(reduction)
+    args = (flat, flat_labels, ignore_index, code, label_smoothing, z_loss, denominator, loss_scale)
     if inplace:
-        loss = _InplaceMaskedCrossEntropy.apply(
-            flat, flat_labels, ignore_index, code, label_smoothing, z_loss, denominator, loss_scale, chosen
-        )
+        # feedback is passed only when asked, so the call without it stays what it was
+        outputs = _InplaceMaskedCrossEntropy.apply(*args, chosen, *((True,) if feedback is not None else ()))
+        loss, fb_ce, fb_correct = outputs
     else:
-        loss = _masked_ce_op(
-            flat,
-            flat_labels,
-            ignore_index,
-            code,
-            label_smoothing,
-            z_loss,
-            denominator,
-            loss_scale,
-            compute_grad,
-            chosen,
-        )[0]
+        outputs = _masked_ce_op(*args, compute_grad, chosen, *((True,) if feedback is not None else ()))
+        loss, fb_ce, fb_correct = outputs[0], outputs[3], outputs[4]
+    if feedback is not None:
+        deliver_feedback(feedback, flat_labels, ignore_index, fb_ce, fb_correct)
     if reduction == "none":
         loss = loss.view(labels.shape)
     return loss

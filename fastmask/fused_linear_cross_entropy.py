@@ -36,7 +36,8 @@ from ._loss_common import (
     work_dtype,
 )
 from ._validation import check_int, check_tensor
-from .cross_entropy import cpp_empty, cross_entropy_rows
+from .cross_entropy import cpp_empty, cross_entropy_rows, feedback_buffers
+from .loss_feedback import check_feedback, deliver_feedback
 
 __all__ = ["fused_masked_lm_loss", "default_chunk_size", "CHUNK_ELEMENTS"]
 
@@ -73,12 +74,14 @@ def chunked_head(
     need_weight: bool,
     need_bias: bool,
     backend: str,
+    feedback: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ):
     """Per-row losses of ``hidden[rows] @ weight.T + bias`` and, if asked, their gradients.
 
     Returns ``(loss [M], grad of hidden[rows] [M, H] or None, grad_weight [V, H] in fp32
     (fp64 for fp64) or None, grad_bias [V] likewise or None)``; gradients are scaled by
-    ``grad_scale`` and ``row_scale`` (``[M]``) as in the row-level cross-entropy contract.
+    ``grad_scale`` and ``row_scale`` (``[M]``) as in the row-level cross-entropy contract;
+    ``feedback``: optional ``(ce [M], correct [M] uint8)`` buffers the kernel fills chunk by chunk.
     """
     count = rows.shape[0]
     vocab, width = weight.shape
@@ -114,6 +117,7 @@ def chunked_head(
             z_loss=z_loss,
             grad_mode="inplace" if want_grad else "none",
             row_scale=None if row_scale is None else row_scale[start:end],
+            feedback=None if feedback is None else (feedback[0][start:end], feedback[1][start:end]),
         )
         loss[start:end] = chunk_loss
         if not want_grad:
@@ -170,12 +174,15 @@ def _fused_op(
     need_weight: bool,
     need_bias: bool,
     backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, grad_hidden [N, H], grad_weight [V, H], grad_bias [V])``; a gradient not asked
-    for (or any, with reduction none) is an empty tensor."""
+    feedback: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, grad_hidden [N, H], grad_weight [V, H], grad_bias [V], feedback ce [M], feedback
+    correct [M] uint8)``; a gradient not asked for (or any, with reduction none) is an empty
+    tensor, so is the feedback unless asked."""
     n_rows = hidden.shape[0]
     rows, targets = select_rows(labels, ignore_index, weight.shape[0])
     grad_scale, divisor = normalization(reduction, rows.shape[0], denominator, loss_scale)
+    fb = feedback_buffers(rows.shape[0], hidden, feedback)
     in_forward = reduction != NONE
     loss_rows, grad_rows, grad_weight, grad_bias = chunked_head(
         hidden,
@@ -192,9 +199,10 @@ def _fused_op(
         need_weight=need_weight and in_forward,
         need_bias=need_bias and in_forward and bias is not None,
         backend=backend,
+        feedback=fb if feedback else None,
     )
     loss = reduce_losses(loss_rows, rows, n_rows, reduction, divisor, loss_scale, work_dtype(hidden.dtype))
-    return (loss,) + _gradients(hidden, weight, bias, rows, grad_rows, grad_weight, grad_bias)
+    return (loss,) + _gradients(hidden, weight, bias, rows, grad_rows, grad_weight, grad_bias) + fb
 
 
 @_fused_op.register_fake
@@ -214,6 +222,7 @@ def _fused_fake(
     need_weight,
     need_bias,
     backend,
+    feedback=False,
 ):
     in_forward = reduction != NONE
     loss = hidden.new_empty((hidden.shape[0],) if reduction == NONE else (), dtype=work_dtype(hidden.dtype))
@@ -221,7 +230,8 @@ def _fused_fake(
     grad_weight = weight.new_empty(weight.shape if need_weight and in_forward else (0,))
     has_bias = need_bias and in_forward and bias is not None
     grad_bias = bias.new_empty(bias.shape) if has_bias else hidden.new_empty((0,))
-    return loss, grad_hidden, grad_weight, grad_bias
+    fb = feedback_buffers(torch.library.get_ctx().new_dynamic_size() if feedback else 0, hidden, feedback)
+    return loss, grad_hidden, grad_weight, grad_bias, fb[0], fb[1]
 
 
 @torch.library.custom_op("fastmask::fused_masked_lm_loss_backward", mutates_args=())
@@ -302,7 +312,7 @@ def _fused_setup_context(ctx, inputs, output):
         need_weight,
         need_bias,
         backend,
-    ) = inputs
+    ) = inputs[:15]
     ctx.reduction = reduction
     ctx.needs = (need_hidden, need_weight, need_bias and bias is not None)
     # Only the loss is differentiable: no zero gradients get materialised for the stored ones.
@@ -313,12 +323,12 @@ def _fused_setup_context(ctx, inputs, output):
         ctx.options = (ignore_index, label_smoothing, z_loss, chunk_size)
         ctx.backend = backend
     else:
-        ctx.save_for_backward(*output[1:])
+        ctx.save_for_backward(*output[1:4])
 
 
 def _fused_backward(ctx, grad_loss, *_unused):
     if grad_loss is None:  # grads are not materialised: the loss did not reach the output
-        return (None,) * 15
+        return (None,) * 16
     need_hidden, need_weight, need_bias = ctx.needs
     if ctx.reduction == NONE:
         hidden, weight, labels, bias = ctx.saved_tensors
@@ -339,7 +349,7 @@ def _fused_backward(ctx, grad_loss, *_unused):
         else:
             grads = tuple(g * grad_loss for g in ctx.saved_tensors)
     grad_hidden, grad_weight, grad_bias = (g if need else None for g, need in zip(grads, ctx.needs))
-    return (grad_hidden, grad_weight, None, grad_bias) + (None,) * 11
+    return (grad_hidden, grad_weight, None, grad_bias) + (None,) * 12
 
 
 _fused_op.register_autograd(_fused_backward, setup_context=_fused_setup_context)
@@ -360,6 +370,7 @@ def fused_masked_lm_loss(
     num_items_in_batch: Union[int, torch.Tensor, None] = None,
     global_normalization: bool = False,
     backend: str = "auto",
+    feedback=None,
 ) -> torch.Tensor:
     """Masked-LM loss of a linear head without materialising ``[N, V]`` logits.
 
@@ -377,6 +388,9 @@ def fused_masked_lm_loss(
         ignore_index, reduction, label_smoothing, z_loss, num_items_in_batch,
         global_normalization, backend: as :func:`fastmask.masked_cross_entropy`; ``backend``
             picks the cross-entropy kernel run on each chunk.
+        feedback: None or an object with ``update(labels, losses, correct)``, as in
+            :func:`fastmask.masked_cross_entropy`: each chunk's kernel writes the labelled rows'
+            plain cross-entropy and argmax == label bit (see :mod:`fastmask.loss_feedback`).
 
     Returns:
         fp32 loss (fp64 for fp64 inputs): a scalar, or ``labels``-shaped for ``"none"``.
@@ -417,6 +431,7 @@ def fused_masked_lm_loss(
     ignore_index, reduction, label_smoothing, z_loss = check_loss_options(
         ignore_index, reduction, label_smoothing, z_loss
     )
+    check_feedback(feedback)
     chunk_size = default_chunk_size(vocab) if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
     chunk_size = min(chunk_size, labels.numel())  # more rows than the batch has is the whole batch
     flat_labels = labels.reshape(-1).to(torch.int64)
@@ -425,7 +440,7 @@ def fused_masked_lm_loss(
     )
     chosen = choose_backend(backend, hidden.device.type, hidden.dtype == torch.float64, "fused_masked_lm_loss")
     grad_on = torch.is_grad_enabled()
-    loss = _fused_op(
+    outputs = _fused_op(
         hidden.reshape(-1, width),
         weight,
         flat_labels,
@@ -441,7 +456,11 @@ def fused_masked_lm_loss(
         grad_on and weight.requires_grad,
         grad_on and bias is not None and bias.requires_grad,
         chosen,
-    )[0]
+        *((True,) if feedback is not None else ()),  # without feedback, the call stays what it was
+    )
+    loss = outputs[0]
+    if feedback is not None:
+        deliver_feedback(feedback, flat_labels, ignore_index, outputs[4], outputs[5])
     if reduction == "none":
         loss = loss.view(labels.shape)
     return loss

@@ -1,5 +1,5 @@
 """AdaptiveMaskingCallback under transformers.Trainer: every optimizer step feeds the tracker and
-the rate from the training forward's logits; token_feedback equals torch's cross-entropy."""
+the rate from the training forward's logits (or, on an apply_fastmask-patched model, from the fused loss); token_feedback equals torch's cross-entropy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import pytest
 import torch
 from collator_support import features, tokenizer
 
-from fastmask import AdaptiveMaskingCallback, AdaptiveRate, DataCollatorForLanguageModeling, TokenLossTracker
+from fastmask import (
+    AdaptiveMaskingCallback,
+    AdaptiveRate,
+    DataCollatorForLanguageModeling,
+    TokenLossTracker,
+    apply_fastmask,
+    set_loss_feedback,
+)
 from fastmask.adaptive_callback import token_feedback
 
 
@@ -27,7 +34,8 @@ def test_token_feedback_matches_torch():
     assert bool(correct[int(keep[0].sum()) + 1])  # labels[1, 1], made certain above
 
 
-def test_trainer_feeds_tracker_and_rate(tmp_path):
+@pytest.mark.parametrize("patched", [False, True], ids=["hook", "fused-head-feedback"])
+def test_trainer_feeds_tracker_and_rate(tmp_path, patched):
     pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
     import transformers
 
@@ -42,6 +50,8 @@ def test_trainer_feeds_tracker_and_rate(tmp_path):
     )
     torch.manual_seed(0)
     model = transformers.BertForMaskedLM(config)
+    if patched:  # no logits in training: the feedback comes from the fused loss's kernels
+        apply_fastmask(model)
     tracker = TokenLossTracker(len(tok), decay=0.9)
     rate = AdaptiveRate(0.15, target_accuracy=0.5, gain=2.0, max_step=0.3, smoothing=0.0)
     with warnings.catch_warnings():
@@ -60,6 +70,7 @@ def test_trainer_feeds_tracker_and_rate(tmp_path):
     )
     callback = AdaptiveMaskingCallback(collator, model)
     assert callback.tracker is tracker and callback.rate is rate
+    assert (callback._patched is model) == patched
     trainer = transformers.Trainer(
         model=model,
         args=args,
@@ -73,6 +84,8 @@ def test_trainer_feeds_tracker_and_rate(tmp_path):
     assert rate.rate < 0.15  # a random model's accuracy is far below 0.5: the rate went down
     assert not torch.equal(tracker.token_weights(), torch.ones(len(tok)))
     callback.remove()
+    if patched:
+        assert set_loss_feedback(model, None) is None  # remove() gave the patch its previous feedback back
 
 
 def test_bad_arguments():

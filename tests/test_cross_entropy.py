@@ -543,8 +543,11 @@ def test_no_grad_forward_skips_the_gradient():
     with torch.no_grad():
         loss = fastmask.masked_cross_entropy(x, labels)
     assert loss.grad_fn is None
-    _, grad, rows = ce_ops._masked_ce_op(x.detach(), labels, -100, 1, 0.0, 0.0, None, 1.0, False, "reference")
+    _, grad, rows, fb_ce, fb_correct = ce_ops._masked_ce_op(
+        x.detach(), labels, -100, 1, 0.0, 0.0, None, 1.0, False, "reference"
+    )
     assert grad.shape == (0, 40) and rows.shape == (8,)
+    assert fb_ce.shape == (0,) and fb_correct.shape == (0,)  # no feedback asked for
 
 
 def test_cpp_buffers_are_checked():

@@ -80,7 +80,7 @@ def test_variants_take_every_branch(kernel):
     flags = {k for v in chosen for k, value in v.constexprs.items() if isinstance(value, bool)}
     if kernel == "cross_entropy":
         groups = [[v for v in chosen if v.signature["logits_ptr"] == t] for t in ("*fp32", "*fp16", "*bf16")]
-    elif kernel == "ngrams":
+    elif kernel in ("ngrams", "token_loss_tracker"):
         groups = [chosen]
     else:
         groups = [chosen]

@@ -237,3 +237,22 @@ def test_compile():
 
     compiled = torch.compile(step, fullgraph=False)
     assert torch.equal(compiled(labels, losses, correct), step(labels, losses, correct))
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="a GPU is present: the other tests compile and run the kernel on it"
+)
+def test_kernel_compiles_for_cuda_without_spills():
+    from fastmask.kernels import offline
+
+    chosen = offline.variants("token_loss_tracker")
+    try:
+        rows = offline.compile_report(chosen, offline.TARGETS, jobs=min(2, os.cpu_count() or 1))
+    except offline.OfflineCompileUnavailable as exc:
+        pytest.skip(str(exc))
+    assert [(r["variant"], r["target"]) for r in rows] == [
+        (v.label, f"sm_{c}") for c in offline.TARGETS for v in chosen
+    ]
+    bad = offline.spilled(rows)
+    assert not bad, "spills or compile errors:\n" + offline.markdown_table(bad)
+    assert all(0 < r["n_regs"] <= 65536 // (32 * r["num_warps"]) for r in rows)

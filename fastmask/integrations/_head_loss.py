@@ -83,4 +83,5 @@ def head_loss(
         num_items_in_batch=num_items_in_batch,  # divides the sum, as transformers' fixed_cross_entropy
         global_normalization=state.global_normalization and num_items_in_batch is None,
         backend=state.backend,
+        feedback=state.feedback,
     )

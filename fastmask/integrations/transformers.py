@@ -66,6 +66,7 @@ from torch import nn
 from .._backend import check_backend_name
 from .._constants import IGNORE_INDEX
 from .._validation import check_int
+from ..loss_feedback import check_feedback
 from ._head_loss import flat_labels, gather_rows, head_loss
 
 _STATE_ATTR = "_fastmask_patch"
@@ -164,6 +165,7 @@ class _PatchState:
     backend: str
     global_normalization: bool
     previous_forward: Optional[Callable]  # an instance-level forward that was there before, if any
+    feedback: object = None  # gets update(labels, losses, correct) from every fused loss (fastmask.loss_feedback)
 
 
 def _unsupported(model, why: str) -> TypeError:
@@ -294,7 +296,12 @@ def _forward(model, *args, **kwargs):
 
 
 def apply_fastmask(
-    model, *, chunk_size: Optional[int] = None, backend: str = "auto", global_normalization: bool = False
+    model,
+    *,
+    chunk_size: Optional[int] = None,
+    backend: str = "auto",
+    global_normalization: bool = False,
+    feedback=None,
 ):
     """Give ``model`` (one instance) the sparse fused MLM head; returns ``model``.
 
@@ -305,24 +312,34 @@ def apply_fastmask(
         global_normalization: under ``torch.distributed`` (DDP), normalise the loss by the
             global number of labelled tokens so gradients equal single-process training (see
             :func:`fastmask.masked_cross_entropy`); ignored for calls given ``num_items_in_batch``.
+        feedback: None, or an object with ``update(labels, losses, correct)`` (a
+            :class:`fastmask.TokenLossTracker`, a :class:`fastmask.LossFeedback`) that every
+            fused loss of the patched forward feeds with the labelled positions' label ids, plain
+            cross-entropy and argmax == label bits, from the loss kernel's own pass
+            (:mod:`fastmask.loss_feedback`). Not given for Gemma-style soft-capped causal LMs,
+            whose loss runs through torch. :func:`set_loss_feedback` changes it later.
 
     Raises ``TypeError`` (listing the supported classes) for any other model. Applying twice
-    keeps one patch and takes the new ``chunk_size``/``backend``/``global_normalization``.
+    keeps one patch and takes the new ``chunk_size``/``backend``/``global_normalization``/``feedback``.
     """
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     check_backend_name(backend)
     if not isinstance(global_normalization, bool):
         raise TypeError(f"global_normalization must be a bool, got {global_normalization!r}")
+    check_feedback(feedback)
     base_class, spec = _find_base_class(model)
     state = model.__dict__.get(_STATE_ATTR)
     if state is not None:
         state.chunk_size, state.backend, state.global_normalization = chunk_size, backend, global_normalization
+        state.feedback = feedback
         return model
     decoder = model.get_output_embeddings()
     if not isinstance(getattr(decoder, "weight", None), torch.Tensor) or decoder.weight.dim() != 2:
         raise _unsupported(model, f"its output embeddings {type(decoder).__name__} have no 2-D weight")
-    state = _PatchState(base_class, spec, chunk_size, backend, global_normalization, model.__dict__.get("forward"))
+    state = _PatchState(
+        base_class, spec, chunk_size, backend, global_normalization, model.__dict__.get("forward"), feedback
+    )
     model.__dict__[_STATE_ATTR] = state
     model.__dict__["forward"] = _PatchedForward(model)
     return model
@@ -349,6 +366,19 @@ def unapply_fastmask(model):
     return model
 
 
+def set_loss_feedback(model, feedback):
+    """Route the patched model's loss feedback to ``feedback`` (None stops it); returns the
+    previous one. Raises ``ValueError`` when :func:`apply_fastmask` is not in effect on ``model``."""
+    check_feedback(feedback)
+    state = model.__dict__.get(_STATE_ATTR) if isinstance(model, nn.Module) else None
+    if state is None:
+        raise ValueError(
+            f"{type(model).__name__} is not patched by apply_fastmask; call apply_fastmask(model, feedback=...) first"
+        )
+    previous, state.feedback = state.feedback, feedback
+    return previous
+
+
 def is_fastmask_applied(model) -> bool:
     """Whether :func:`apply_fastmask` is in effect on ``model``."""
     return isinstance(model, nn.Module) and _STATE_ATTR in model.__dict__
@@ -356,7 +386,12 @@ def is_fastmask_applied(model) -> bool:
 
 @contextlib.contextmanager
 def fastmask_patched(
-    model, *, chunk_size: Optional[int] = None, backend: str = "auto", global_normalization: bool = False
+    model,
+    *,
+    chunk_size: Optional[int] = None,
+    backend: str = "auto",
+    global_normalization: bool = False,
+    feedback=None,
 ) -> Iterator:
     """``with fastmask_patched(model) as m:`` — :func:`apply_fastmask` for the block only.
 
@@ -365,7 +400,9 @@ def fastmask_patched(
     """
     previous = model.__dict__.get(_STATE_ATTR) if isinstance(model, nn.Module) else None
     previous_options = None if previous is None else dataclasses.replace(previous)
-    apply_fastmask(model, chunk_size=chunk_size, backend=backend, global_normalization=global_normalization)
+    apply_fastmask(
+        model, chunk_size=chunk_size, backend=backend, global_normalization=global_normalization, feedback=feedback
+    )
     try:
         yield model
     finally:
@@ -375,6 +412,7 @@ def fastmask_patched(
             previous.chunk_size = previous_options.chunk_size
             previous.backend = previous_options.backend
             previous.global_normalization = previous_options.global_normalization
+            previous.feedback = previous_options.feedback
 
 
 def _register_causal_lm() -> None:

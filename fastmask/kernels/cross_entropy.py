@@ -28,6 +28,8 @@ def _cross_entropy_rows_kernel(
     rows_ptr,
     targets_ptr,
     row_scale_ptr,
+    ce_ptr,
+    correct_ptr,
     V,
     logits_row_stride,
     grad_row_stride,
@@ -40,6 +42,7 @@ def _cross_entropy_rows_kernel(
     GRAD_AT_ROW: tl.constexpr,
     HAS_ROW_SCALE: tl.constexpr,
     HAS_SMOOTHING: tl.constexpr,
+    HAS_FEEDBACK: tl.constexpr,
 ):
     item = tl.program_id(0).to(tl.int64)
     if HAS_ROWS:
@@ -69,6 +72,9 @@ def _cross_entropy_rows_kernel(
     if HAS_SMOOTHING:  # sum_x may be -inf (masked classes), so the term is skipped at eps = 0
         loss -= eps / V * sum_x
     tl.store(loss_ptr + item, loss)
+    if HAS_FEEDBACK:  # the plain cross-entropy and whether the label is the row max
+        tl.store(ce_ptr + item, lse - x_target)
+        tl.store(correct_ptr + item, (x_target == m).to(tl.uint8))
 
     if HAS_GRAD:
         scale = grad_scale
@@ -114,12 +120,15 @@ def triton_cross_entropy_rows(
     z_loss: float,
     grad_mode: str,
     row_scale: Optional[torch.Tensor] = None,
+    feedback: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     block_v: Optional[int] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Launcher: see :func:`fastmask.reference.cross_entropy.reference_cross_entropy_rows`.
 
     ``logits`` is ``[N, V]`` with unit stride along V; ``block_v`` (a power of two) overrides
-    the block size (tests use small blocks to exercise the multi-block path).
+    the block size (tests use small blocks to exercise the multi-block path). ``feedback``:
+    optional ``(ce [M] fp32, correct [M] uint8)`` buffers written in pass 1 (``lse - x_y`` and
+    ``x_y == row max``).
     """
     count = targets.shape[0]
     vocab = logits.shape[1]
@@ -140,6 +149,8 @@ def triton_cross_entropy_rows(
         rows if rows is not None else targets,
         targets,
         row_scale if row_scale is not None else loss,
+        feedback[0] if feedback is not None else loss,
+        feedback[1] if feedback is not None else loss,
         vocab,
         logits.stride(0),
         grad.stride(0) if grad is not None else 0,
@@ -152,6 +163,7 @@ def triton_cross_entropy_rows(
         GRAD_AT_ROW=grad_mode == "inplace",
         HAS_ROW_SCALE=row_scale is not None,
         HAS_SMOOTHING=label_smoothing != 0.0,
+        HAS_FEEDBACK=feedback is not None,
         num_warps=num_warps(block),
     )
     return loss, grad

@@ -41,7 +41,15 @@ from typing import Optional
 
 # Capabilities the tests compile for: A100 (sm_80) and H100 / H200 (sm_90, assembled as sm_90a).
 TARGETS = (80, 90)
-KERNELS = ("masking", "cross_entropy", "ngrams", "infilling", "sentinel_spans", "completion_labels")
+KERNELS = (
+    "masking",
+    "cross_entropy",
+    "ngrams",
+    "infilling",
+    "sentinel_spans",
+    "completion_labels",
+    "token_loss_tracker",
+)
 # The block sizes the tests compile (the launchers pick BLOCK from the row length / vocabulary),
 # each with the launcher's num_warps: masking: a BERT-length row (512, 2 warps) and the largest
 # block without spills (2048, 8 warps); cross-entropy: the block every vocabulary above 8192
@@ -55,6 +63,7 @@ TEST_BLOCKS = {
     "infilling": (512,),
     "sentinel_spans": (1024,),  # T5's 568-token rows
     "completion_labels": (1024,),
+    "token_loss_tracker": (1024,),  # its launcher's one BLOCK
 }
 EXTRA_BLOCK_VARIANTS = {
     "masking": 2,
@@ -63,6 +72,7 @@ EXTRA_BLOCK_VARIANTS = {
     "infilling": 0,
     "sentinel_spans": 0,
     "completion_labels": 0,
+    "token_loss_tracker": 0,
 }
 # Blocks at which some variants spill and no num_warps avoids it (measured with Triton 3.9's
 # ptxas, docs/kernels.md). The masking kernel holds a whole row in one block: at BLOCK_L 4096 a
@@ -82,6 +92,7 @@ REPORT_BLOCKS = {
     "infilling": TEST_BLOCKS["infilling"],
     "sentinel_spans": TEST_BLOCKS["sentinel_spans"],
     "completion_labels": TEST_BLOCKS["completion_labels"],
+    "token_loss_tracker": TEST_BLOCKS["token_loss_tracker"],
 }
 
 EXIT_UNAVAILABLE = 77  # exit status of the worker when this triton cannot compile offline
@@ -143,6 +154,12 @@ def _completion_labels_function():
     return _completion_mask_kernel
 
 
+def _token_loss_tracker_function():
+    from .token_loss_tracker import _tracker_update_kernel
+
+    return _tracker_update_kernel
+
+
 _FUNCTIONS = {
     "masking": _masking_function,
     "cross_entropy": _cross_entropy_function,
@@ -150,6 +167,7 @@ _FUNCTIONS = {
     "infilling": _infilling_function,
     "sentinel_spans": _sentinel_spans_function,
     "completion_labels": _completion_labels_function,
+    "token_loss_tracker": _token_loss_tracker_function,
 }
 
 
@@ -220,16 +238,27 @@ def masking_variants(block: int) -> list:
 # fastmask.fused_linear_cross_entropy); between them every branch takes both values
 _CE_BRANCHES = (
     (
-        "rows, compact grad, smoothing",
-        dict(HAS_ROWS=True, HAS_GRAD=True, GRAD_AT_ROW=False, HAS_ROW_SCALE=False, HAS_SMOOTHING=True),
+        "rows, compact grad, smoothing, feedback",
+        dict(
+            HAS_ROWS=True, HAS_GRAD=True, GRAD_AT_ROW=False, HAS_ROW_SCALE=False, HAS_SMOOTHING=True, HAS_FEEDBACK=True
+        ),
     ),
     (
         "fused chunk, in-place grad, row scale",
-        dict(HAS_ROWS=False, HAS_GRAD=True, GRAD_AT_ROW=True, HAS_ROW_SCALE=True, HAS_SMOOTHING=False),
+        dict(
+            HAS_ROWS=False, HAS_GRAD=True, GRAD_AT_ROW=True, HAS_ROW_SCALE=True, HAS_SMOOTHING=False, HAS_FEEDBACK=False
+        ),
     ),
     (
         "rows, loss only",
-        dict(HAS_ROWS=True, HAS_GRAD=False, GRAD_AT_ROW=False, HAS_ROW_SCALE=False, HAS_SMOOTHING=False),
+        dict(
+            HAS_ROWS=True,
+            HAS_GRAD=False,
+            GRAD_AT_ROW=False,
+            HAS_ROW_SCALE=False,
+            HAS_SMOOTHING=False,
+            HAS_FEEDBACK=False,
+        ),
     ),
 )
 _CE_DTYPES = (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"))
@@ -251,6 +280,8 @@ def cross_entropy_variants(block: int) -> list:
             "rows_ptr": "*i64",
             "targets_ptr": "*i64",
             "row_scale_ptr": "*fp32",
+            "ce_ptr": "*fp32",
+            "correct_ptr": "*u8",
             "V": "i32",
             "logits_row_stride": "i32",
             "grad_row_stride": "i32",
@@ -420,6 +451,33 @@ def completion_labels_variants(block: int) -> list:
     return out
 
 
+def token_loss_tracker_variants(block: int) -> list:
+    """The tracker's scatter kernel (int64 labels and groups, fp32 losses, uint8 correct bits, int64
+    sums) at its launcher's ``BLOCK`` and 4 warps, in two argument sets that between them take
+    every constexpr branch: (a) correct bits and groups; (b) neither (the launcher passes the
+    labels as the dummy pointers)."""
+    from ..tracker_update_plan import LOSS_FIXED_POINT_BITS
+
+    names = _arg_names("token_loss_tracker")
+    out = []
+    for present in (True, False):
+        constexprs = dict(SCALE=float(1 << LOSS_FIXED_POINT_BITS), HAS_CORRECT=present, HAS_GROUPS=present, BLOCK=block)
+        types = {
+            "labels_ptr": "*i64",
+            "losses_ptr": "*fp32",
+            "correct_ptr": "*u8" if present else "*i64",
+            "groups_ptr": "*i64",
+            "sums_ptr": "*i64",
+            "n": "i32",
+            "num_groups": "i32",
+            "ignore_index": "i32",
+        }
+        signature = {name: "constexpr" if name in constexprs else types[name] for name in names}
+        label = "correct bits, groups" if present else "no correct bits, no groups"
+        out.append(Variant("token_loss_tracker", label, block, 4, signature, constexprs))
+    return out
+
+
 _VARIANTS = {
     "masking": masking_variants,
     "cross_entropy": cross_entropy_variants,
@@ -427,6 +485,7 @@ _VARIANTS = {
     "infilling": infilling_variants,
     "sentinel_spans": sentinel_spans_variants,
     "completion_labels": completion_labels_variants,
+    "token_loss_tracker": token_loss_tracker_variants,
 }
 
 

@@ -34,6 +34,7 @@ def reference_cross_entropy_rows(
     z_loss: float,
     grad_mode: str,
     row_scale: Optional[torch.Tensor] = None,
+    feedback: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Loss (and gradient) of the labelled rows of ``logits``.
 
@@ -44,6 +45,9 @@ def reference_cross_entropy_rows(
         grad_mode: ``"none"``; ``"compact"`` (a new ``[M, V]`` tensor in logits' dtype);
             ``"inplace"`` (gradient written over ``logits[rows]``, ``logits`` returned).
         row_scale: optional ``[M]`` fp32 per-row factor on the gradient.
+        feedback: optional ``(ce [M] fp32 (fp64 for fp64), correct [M] uint8)`` buffers, filled
+            from the same row statistics: ``ce_i = lse - x_y`` (the plain cross-entropy, no
+            smoothing or z-loss) and ``correct_i = (x_y == max_j x_j)``.
 
     Returns:
         ``(loss [M] in fp32 (fp64 for fp64 logits), gradient or None)``.
@@ -57,6 +61,9 @@ def reference_cross_entropy_rows(
     loss = lse - (1.0 - eps) * x_target + z_loss * lse * lse
     if eps:  # skipped at 0: sum(x) may be -inf (masked classes)
         loss = loss - (eps / vocab) * x.sum(dim=1)
+    if feedback is not None:  # before the gradient: in place, it overwrites the logits x may alias
+        feedback[0].copy_(lse - x_target)
+        feedback[1].copy_(x_target == x.max(dim=1).values)
     if grad_mode == "none":
         return loss, None
     scale = torch.full_like(lse, grad_scale)
