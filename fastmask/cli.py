@@ -90,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Run fastmask's benchmarks in one process on the same data: the collator (token, whole-word, span; "
             "L=128..8192) against transformers' collator, the masking op against transformers' torch_mask_tokens, "
             "masked cross-entropy against torch, the fused head against naive / gather / F.linear_cross_entropy, "
-            "and on CUDA the Triton kernels and Liger-Kernel. Prints a table; ratios are what to read on a noisy machine."
+            "and on CUDA the Triton kernels and Liger-Kernel. With --suite also: train-step and sft (a training step and "
+            "the LM head on 30% labelled rows), seq2seq (span corruption and text infilling against numpy versions of "
+            "the Flax examples' collators), ngrams (vocabulary counting, PMI vs whole-word masking), adaptive (the "
+            "tracker update and live collator inputs) and kernels. Prints a table; ratios are what to read on a noisy "
+            "machine."
         ),
     )
     bench.add_argument(
