@@ -287,7 +287,8 @@ class PlanOp:
     ``reference``, ``cpp``: ``fn(plan) -> (tensor, tensor)``; ``triton``: ``(module in
     fastmask.kernels, launcher name)``, imported at the first Triton call; ``fake(plan)``: the
     outputs' fake (shape-only) values under ``torch.compile``; ``cpp_symbol``: the extension
-    function the C++ implementation calls (default: ``name``).
+    function the C++ implementation calls (default: ``name``); ``row_length(plan)``: the length
+    the Triton kernel's one-block limit is checked against (default: ``input_ids``' rows).
     """
 
     def __init__(
@@ -300,8 +301,10 @@ class PlanOp:
         cpp: Callable,
         triton: tuple[str, str],
         cpp_symbol: Optional[str] = None,
+        row_length: Optional[Callable] = None,
     ):
         self.name, self.cpp_symbol, self.triton_kernels = name, cpp_symbol or name, triton[0]
+        self.row_length = row_length or (lambda plan: plan.input_ids.shape[1])
         self.impls = impls = {
             "reference": reference,
             "cpp": cpp,
@@ -323,7 +326,7 @@ class PlanOp:
         check_backend_name(backend)
         ids = plan.input_ids
         chosen = choose_backend(
-            self.name, backend, ids.device.type, self.cpp_symbol, (), self.triton_kernels, ids.shape[1]
+            self.name, backend, ids.device.type, self.cpp_symbol, (), self.triton_kernels, self.row_length(plan)
         )
         return call_op(self.custom_op, self.impls, chosen, plan)
 

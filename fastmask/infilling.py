@@ -106,47 +106,25 @@ def _cpp_impl(plan: TextInfillingPlan) -> tuple[torch.Tensor, torch.Tensor]:
     return out, attention
 
 
-def _triton_impl(plan: TextInfillingPlan) -> tuple[torch.Tensor, torch.Tensor]:
-    from .kernels.infilling import triton_text_infilling
-
-    return triton_text_infilling(plan)
-
-
-_IMPLS = {"reference": reference_text_infilling, "cpp": _cpp_impl, "triton": _triton_impl}
-
-
-@torch.library.custom_op("fastmask::text_infilling", mutates_args=())
-def _text_infilling_op(
-    buffers: list[Optional[torch.Tensor]], scalars: list[int], backend: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _IMPLS[backend](TextInfillingPlan.from_op_args(buffers, scalars))
-
-
-@_text_infilling_op.register_fake
-def _text_infilling_fake(buffers, scalars, backend):
-    plan = TextInfillingPlan.from_op_args(buffers, scalars)
+def _text_infilling_fake(plan: TextInfillingPlan) -> tuple[torch.Tensor, torch.Tensor]:
     ids = plan.input_ids
-    B = ids.shape[0]
-    return ids.new_empty((B, plan.width)), ids.new_empty((B, plan.width), dtype=torch.int64)
+    return ids.new_empty((ids.shape[0], plan.width)), ids.new_empty((ids.shape[0], plan.width), dtype=torch.int64)
+
+
+_TEXT_INFILLING = _backend.PlanOp(
+    "text_infilling",
+    TextInfillingPlan,
+    _text_infilling_fake,
+    reference=reference_text_infilling,
+    cpp=_cpp_impl,
+    triton=("infilling", "triton_text_infilling"),
+    row_length=lambda plan: max(plan.input_ids.shape[1], plan.width),
+)
 
 
 def run_text_infilling(plan: TextInfillingPlan, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``(noised_input_ids, attention_mask)`` for a plan from :func:`plan_text_infilling`, on ``backend``."""
-    _backend.check_backend_name(backend)
-    return _backend.call_op(
-        _text_infilling_op,
-        _IMPLS,
-        _backend.choose_backend(
-            "text_infilling",
-            backend,
-            plan.input_ids.device.type,
-            "text_infilling",
-            (),
-            "infilling",
-            max(plan.input_ids.shape[1], plan.width),
-        ),
-        plan,
-    )
+    return _TEXT_INFILLING(plan, backend)
 
 
 # ----------------------------------------------------------------------------- plan

@@ -319,13 +319,13 @@ def test_auto_backend_and_export():
 
 # ----------------------------------------------------------------------------- custom op
 def test_opcheck_and_compile():
-    from fastmask.infilling import _text_infilling_op
+    from fastmask.infilling import _TEXT_INFILLING
 
     name, kwargs = SAMPLES[13]
     for backend in ("reference", "cpp"):
         plan = plan_text_infilling(**{k: v for k, v in kwargs.items()})
         torch.library.opcheck(
-            _text_infilling_op,
+            _TEXT_INFILLING.custom_op,
             (*plan.to_op_args(), backend),
             test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
         )
