@@ -76,6 +76,12 @@ def lowbias32_int(x: int) -> int:
     return x
 
 
+def draw_seed() -> int:
+    """A seed in ``[0, 2**62)`` from torch's global RNG (``seed=None``: reproducible under
+    ``torch.manual_seed``)."""
+    return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+
+
 def seed_mix(seed: int) -> tuple[int, int]:
     """The two 32-bit seed mixes that every backend receives instead of the raw seed."""
     seed &= (1 << 64) - 1

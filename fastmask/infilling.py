@@ -130,7 +130,7 @@ def run_text_infilling(plan: TextInfillingPlan, backend: str = "auto") -> tuple[
 # ----------------------------------------------------------------------------- plan
 def _resolve_seed(seed) -> int:
     if seed is None:
-        return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+        return _rng.draw_seed()
     return check_int("seed", seed)
 
 

@@ -108,7 +108,7 @@ class MaskStream:
         if not shared[_SEED_IS_SET]:
             info = torch.utils.data.get_worker_info()
             if info is None:
-                seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+                seed = _rng.draw_seed()
             else:
                 mix1, mix2 = _rng.seed_mix(info.seed - info.id)  # the loader's base seed, hashed
                 seed = ((mix1 << 32) | mix2) >> 2

@@ -151,7 +151,7 @@ def run_span_corruption(plan: SpanCorruptionPlan, backend: str = "auto") -> tupl
 # ----------------------------------------------------------------------------- plan
 def _resolve_seed(seed) -> int:
     if seed is None:
-        return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+        return _rng.draw_seed()
     return check_int("seed", seed)
 
 
