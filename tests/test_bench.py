@@ -325,7 +325,7 @@ def test_gpu_check_dry_run_writes_the_report(tmp_path):
     assert ("NO CUDA" in markdown) != cuda and "| kernels-masking-dry |" in markdown and "## Benchmarks" in markdown
     assert "## Triton kernels (registers, spills, shared memory)" in markdown
     if kernels["unavailable"] is None:
-        assert "| cross_entropy | fp32 rows, compact grad, smoothing | 1024 | 4 | sm_80 |" in markdown
+        assert "| cross_entropy | fp32 rows, compact grad, smoothing, feedback | 1024 | 4 | sm_80 |" in markdown
     assert "passed" in (out / "pytest.log").read_text()
 
 
