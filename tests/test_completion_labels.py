@@ -111,7 +111,7 @@ def test_template_longer_than_rows_is_missing_everywhere():
 def test_opcheck_and_torch_compile_fullgraph():
     """The registered op passes opcheck, and completion_mask compiles into a full graph with the
     eager result (templates as lists and as tensors)."""
-    from fastmask.completion_labels import CompletionPlan, _completion_mask_op
+    from fastmask.completion_labels import _COMPLETION_MASK, CompletionPlan
 
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(0, 4, (3, 11), generator=g)
@@ -122,7 +122,7 @@ def test_opcheck_and_torch_compile_fullgraph():
         plan = CompletionPlan(ids, torch.tensor([1, 2]), torch.tensor([3]), attention)
         buffers, scalars = plan.to_op_args()
         torch.library.opcheck(
-            _completion_mask_op,
+            _COMPLETION_MASK.custom_op,
             (buffers, scalars, backend),
             test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
         )
