@@ -82,6 +82,13 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
 
 
+def resolve_seed(seed) -> int:
+    """``seed`` checked as an int, or :func:`draw_seed` when it is None."""
+    from ._validation import check_int
+
+    return draw_seed() if seed is None else check_int("seed", seed)
+
+
 def seed_mix(seed: int) -> tuple[int, int]:
     """The two 32-bit seed mixes that every backend receives instead of the raw seed."""
     seed &= (1 << 64) - 1

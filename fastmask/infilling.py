@@ -128,12 +128,6 @@ def run_text_infilling(plan: TextInfillingPlan, backend: str = "auto") -> tuple[
 
 
 # ----------------------------------------------------------------------------- plan
-def _resolve_seed(seed) -> int:
-    if seed is None:
-        return _rng.draw_seed()
-    return check_int("seed", seed)
-
-
 def plan_text_infilling(
     input_ids: torch.Tensor,
     *,
@@ -169,7 +163,7 @@ def plan_text_infilling(
     mask_token_id = check_int("mask_token_id", mask_token_id, minimum=0, maximum=id_max)
     pad_token_id = check_int("pad_token_id", pad_token_id, minimum=0, maximum=id_max)
     vocab_size = check_int("vocab_size", vocab_size, minimum=1, maximum=min(id_max, 2**31 - 1) + 1)
-    seed = _resolve_seed(seed)
+    seed = _rng.resolve_seed(seed)
 
     input_ids = input_ids.contiguous()
     _check_ids(input_ids, None)

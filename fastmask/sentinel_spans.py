@@ -149,12 +149,6 @@ def run_span_corruption(plan: SpanCorruptionPlan, backend: str = "auto") -> tupl
 
 
 # ----------------------------------------------------------------------------- plan
-def _resolve_seed(seed) -> int:
-    if seed is None:
-        return _rng.draw_seed()
-    return check_int("seed", seed)
-
-
 def plan_span_corruption(
     input_ids: torch.Tensor,
     *,
@@ -183,7 +177,7 @@ def plan_span_corruption(
     first_sentinel_id = check_int("first_sentinel_id", first_sentinel_id, minimum=0, maximum=id_max)
     eos_token_id = check_int("eos_token_id", eos_token_id, minimum=0, maximum=id_max)
     pad_token_id = check_int("pad_token_id", pad_token_id, minimum=0, maximum=id_max)
-    seed = _resolve_seed(seed)
+    seed = _rng.resolve_seed(seed)
 
     input_ids = input_ids.contiguous()
     _check_ids(input_ids, None)
