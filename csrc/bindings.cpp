@@ -15,6 +15,7 @@ void register_span_corruption(py::module_& m);  // sentinel_spans.cpp
 void register_ngrams(py::module_& m);  // ngrams.cpp
 void register_text_infilling(py::module_& m);  // infilling.cpp
 void register_tracker_update(py::module_& m);   // token_loss_tracker.cpp
+void register_value_range(py::module_& m);      // value_range.cpp
 }  // namespace fastmask
 
 PYBIND11_MODULE(_C, m) {
@@ -46,4 +47,5 @@ PYBIND11_MODULE(_C, m) {
   fastmask::register_ngrams(m);
   fastmask::register_text_infilling(m);
   fastmask::register_tracker_update(m);
+  fastmask::register_value_range(m);
 }

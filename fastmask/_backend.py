@@ -280,15 +280,17 @@ def call_op(custom_op, impls: Mapping, backend: str, plan):
 
 
 class PlanOp:
-    """One plan-based op (a plan from :mod:`fastmask._plan` with an ``input_ids`` ``[B, L]`` field):
-    its implementation per backend, its ``torch.library`` custom op ``fastmask::<name>`` and the
-    one dispatch. Calling it runs a plan on a backend (``"auto"`` or a name).
+    """One plan-based op (a plan from :mod:`fastmask._plan`): its implementation per backend, its
+    ``torch.library`` custom op ``fastmask::<name>`` and the one dispatch. Calling it runs a plan
+    on a backend (``"auto"`` or a name).
 
-    ``reference``, ``cpp``: ``fn(plan) -> (tensor, tensor)``; ``triton``: ``(module in
-    fastmask.kernels, launcher name)``, imported at the first Triton call; ``fake(plan)``: the
-    outputs' fake (shape-only) values under ``torch.compile``; ``cpp_symbol``: the extension
-    function the C++ implementation calls (default: ``name``); ``row_length(plan)``: the length
-    the Triton kernel's one-block limit is checked against (default: ``input_ids``' rows).
+    ``reference``, ``cpp``: ``fn(plan) -> outputs`` (``returns``: their type, a tensor or a
+    tuple of tensors); ``triton``: ``(module in fastmask.kernels, launcher name)``, imported at
+    the first Triton call; ``fake(plan)``: the outputs' fake (shape-only) values under
+    ``torch.compile``; ``cpp_symbol``: the extension function the C++ implementation calls
+    (default: ``name``); ``on``: the plan's tensor field whose device picks the backend (default
+    ``input_ids``, ``[B, L]``); ``row_length(plan)``: the length the Triton kernel's one-block
+    limit is checked against (default: ``input_ids``' rows).
     """
 
     def __init__(
@@ -301,9 +303,12 @@ class PlanOp:
         cpp: Callable,
         triton: tuple[str, str],
         cpp_symbol: Optional[str] = None,
+        on: str = "input_ids",
         row_length: Optional[Callable] = None,
+        returns=tuple[torch.Tensor, torch.Tensor],
     ):
         self.name, self.cpp_symbol, self.triton_kernels = name, cpp_symbol or name, triton[0]
+        self.on = on
         self.row_length = row_length or (lambda plan: plan.input_ids.shape[1])
         self.impls = impls = {
             "reference": reference,
@@ -311,10 +316,10 @@ class PlanOp:
             "triton": deferred(f"fastmask.kernels.{triton[0]}", triton[1]),
         }
 
-        def run(
-            buffers: list[Optional[torch.Tensor]], scalars: list[int], backend: str
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+        def run(buffers: list[Optional[torch.Tensor]], scalars: list[int], backend: str):
             return impls[backend](plan_type.from_op_args(buffers, scalars))
+
+        run.__annotations__["return"] = returns  # torch.library reads the schema from annotations
 
         def run_fake(buffers, scalars, backend):
             return fake(plan_type.from_op_args(buffers, scalars))
@@ -324,9 +329,9 @@ class PlanOp:
 
     def __call__(self, plan, backend: str = "auto"):
         check_backend_name(backend)
-        ids = plan.input_ids
+        device_type = getattr(plan, self.on).device.type
         chosen = choose_backend(
-            self.name, backend, ids.device.type, self.cpp_symbol, (), self.triton_kernels, self.row_length(plan)
+            self.name, backend, device_type, self.cpp_symbol, (), self.triton_kernels, self.row_length(plan)
         )
         return call_op(self.custom_op, self.impls, chosen, plan)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Optional
@@ -13,7 +14,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_int(name: str, value, *, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
@@ -25,6 +26,8 @@ def check_int(name: str, value, *, minimum: Optional[int] = None, maximum: Optio
 
 def _real(name: str, value, expected: str) -> float:
     """``value`` as a float; TypeError naming ``name`` and what was ``expected`` for a bool or a non-number."""
+    if type(value) is float:  # the common case, without the numbers.Real ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
     return float(value)
@@ -63,13 +66,28 @@ def check_same_shape(name: str, value: torch.Tensor, reference_name: str, refere
 
 
 def value_range(values: torch.Tensor) -> tuple[int, int]:
-    """``(min, max)`` of a non-empty integer tensor as Python ints (numpy on CPU: torch's
-    reduction starts intra-op threads for large tensors and is ~100x slower there)."""
+    """``(min, max)`` of a non-empty integer tensor as Python ints. On CPU one pass of the C++
+    extension for contiguous int32 / int64 (else numpy): torch's reduction starts intra-op
+    threads for large tensors and is ~100x slower there."""
     if values.device.type == "cpu":
         array = values.detach().numpy()
+        one_pass = _one_pass_range()
+        if one_pass is not None and values.dtype in _ONE_PASS_DTYPES and values.is_contiguous():
+            return one_pass(array)
         return int(array.min()), int(array.max())
     lo, hi = torch.aminmax(values)
     return int(lo), int(hi)
+
+
+_ONE_PASS_DTYPES = (torch.int32, torch.int64)
+
+
+@functools.cache
+def _one_pass_range():
+    """The extension's ``value_range``, or None (not built, disabled, or a stale build)."""
+    from ._backend import cpp_module  # _backend imports this module's users
+
+    return getattr(cpp_module(), "value_range", None)
 
 
 def check_bool(name: str, value) -> bool:

@@ -77,34 +77,26 @@ def _cpp_impl(plan: TrackerUpdatePlan) -> torch.Tensor:
     return sums
 
 
-def _triton_impl(plan: TrackerUpdatePlan) -> torch.Tensor:
-    from .kernels.token_loss_tracker import triton_tracker_update
-
-    return triton_tracker_update(plan)
-
-
-_IMPLS = {"reference": reference_tracker_update, "cpp": _cpp_impl, "triton": _triton_impl}
-
-
-@torch.library.custom_op("fastmask::tracker_update", mutates_args=())
-def _tracker_update_op(buffers: list[Optional[torch.Tensor]], scalars: list[int], backend: str) -> torch.Tensor:
-    return _IMPLS[backend](TrackerUpdatePlan.from_op_args(buffers, scalars))
-
-
-@_tracker_update_op.register_fake
-def _tracker_update_fake(buffers, scalars, backend):
-    plan = TrackerUpdatePlan.from_op_args(buffers, scalars)
+def _tracker_update_fake(plan: TrackerUpdatePlan) -> torch.Tensor:
     return plan.labels.new_empty((3, plan.num_groups))
+
+
+_TRACKER_UPDATE = _backend.PlanOp(
+    "tracker_update",
+    TrackerUpdatePlan,
+    _tracker_update_fake,
+    reference=reference_tracker_update,
+    cpp=_cpp_impl,
+    triton=("token_loss_tracker", "triton_tracker_update"),
+    on="labels",
+    row_length=lambda plan: plan.labels.numel(),
+    returns=torch.Tensor,
+)
 
 
 def run_tracker_update(plan: TrackerUpdatePlan, backend: str = "auto") -> torch.Tensor:
     """int64 ``[3, num_groups]`` sums (fixed-point loss, correct, count) of a plan, on ``backend``."""
-    _backend.check_backend_name(backend)
-    device_type = plan.labels.device.type
-    chosen = _backend.choose_backend(
-        "tracker_update", backend, device_type, "tracker_update", (), "token_loss_tracker", plan.labels.numel()
-    )
-    return _backend.call_op(_tracker_update_op, _IMPLS, chosen, plan)
+    return _TRACKER_UPDATE(plan, backend)
 
 
 def plan_tracker_update(

@@ -219,12 +219,12 @@ def test_cpp_rejects_out_of_range_without_checks():
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
 def test_opcheck(backend):
     require_backend(backend)
-    from fastmask.token_loss_tracker import _tracker_update_op
+    from fastmask.token_loss_tracker import _TRACKER_UPDATE
 
     labels, losses, correct = _feedback(3)
     plan = plan_tracker_update(labels, losses, correct, vocab_size=V)
     buffers, scalars = plan.to_op_args()
-    torch.library.opcheck(_tracker_update_op, (buffers, scalars, backend))
+    torch.library.opcheck(_TRACKER_UPDATE.custom_op, (buffers, scalars, backend))
 
 
 @pytest.mark.slow
