@@ -237,6 +237,14 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def interruptible() -> None:
+    """``preexec_fn`` of every child: SIGINT back to its default action. A shell starts a
+    background job (``gpu_check.py ... &``) with SIGINT ignored, children inherit that through
+    exec, and a Python started so installs no KeyboardInterrupt handler, so pytest would sleep
+    through the first signal of :data:`KILL_SEQUENCE` and never write its XML."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(cmd: list, log_path: str, limit: float, env: dict) -> dict:
     """Run ``cmd`` in ROOT with output appended to ``log_path``; at ``limit``, stop its process
     group (:data:`KILL_SEQUENCE`)."""
@@ -252,6 +260,7 @@ def _run(cmd: list, log_path: str, limit: float, env: dict) -> dict:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=interruptible,
         )
         timed_out = False
         try:

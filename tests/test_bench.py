@@ -229,23 +229,27 @@ def test_parse_junit_without_a_file(tmp_path):
     assert "unreadable JUnit XML" in gpu_check.parse_junit(str(tmp_path / "cut.xml"))["error"]
 
 
-# Deselected from the default run (FASTMASK_SLOW_TESTS=1 runs it): it passes alone, but inside the
-# full suite the sample pytest outlives gpu_check's 10 s SIGINT grace (cause not found yet).
-@pytest.mark.slow
-def test_a_pytest_past_its_limit_still_writes_junit(tmp_path):
+@pytest.mark.parametrize("parent_ignores_sigint", [False, True])
+def test_a_pytest_past_its_limit_still_writes_junit(tmp_path, parent_ignores_sigint):
     """gpu_check stops a child past its limit with SIGINT first: pytest stops and writes the XML
-    of the tests that ran (the one interrupted is counted apart)."""
+    of the tests that ran (the one interrupted is counted apart). Also when this process ignores
+    SIGINT, as a shell's background job does (children inherit that through exec)."""
     gpu_check = _gpu_check_module()
     cmd, junit = _sample_pytest(tmp_path, "-k", "one or slow")
     marker = tmp_path / "slow-started"
-    proc = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=dict(ENV, SAMPLE_SLEEP="600", SAMPLE_MARKER=str(marker)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if parent_ignores_sigint else signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env=dict(ENV, SAMPLE_SLEEP="600", SAMPLE_MARKER=str(marker)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=gpu_check.interruptible,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         deadline = time.monotonic() + 120
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
