@@ -193,7 +193,8 @@ def corpus_texts(max_chars: Optional[int] = None) -> list[str]:
     return texts
 
 
-def _corpus_documents() -> Iterator[str]:
+def _corpus_modules() -> Iterator[tuple[str, object]]:
+    """``(name, module)`` of the importable :data:`CORPUS_MODULES`, import warnings silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in CORPUS_MODULES:
@@ -201,7 +202,14 @@ def _corpus_documents() -> Iterator[str]:
                 module = importlib.import_module(name)
             except Exception:
                 continue
-            yield from _docstrings(module)
+            yield name, module
+
+
+def _corpus_documents() -> Iterator[str]:
+    for _, module in _corpus_modules():
+        yield from _docstrings(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
             from pydoc_data.topics import topics
         except ImportError:
@@ -411,23 +419,17 @@ def _instruction_pairs() -> tuple[tuple[str, str], ...]:
         owner = getattr(obj, "__module__", None)
         return isinstance(owner, str) and owner.split(".")[0] == module_name.split(".")[0]
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for module_name in CORPUS_MODULES:
-            try:
-                module = importlib.import_module(module_name)
-            except Exception:
+    for module_name, module in _corpus_modules():
+        for attr, obj in sorted(vars(module).items()):
+            if attr.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)):
                 continue
-            for attr, obj in sorted(vars(module).items()):
-                if attr.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)):
-                    continue
-                if not own(obj, module_name):
-                    continue
-                add(f"{module_name}.{attr}", obj)
-                if inspect.isclass(obj):
-                    for method, member in sorted(vars(obj).items()):
-                        if not method.startswith("_") and inspect.isroutine(member) and own(member, module_name):
-                            add(f"{module_name}.{attr}.{method}", member)
+            if not own(obj, module_name):
+                continue
+            add(f"{module_name}.{attr}", obj)
+            if inspect.isclass(obj):
+                for method, member in sorted(vars(obj).items()):
+                    if not method.startswith("_") and inspect.isroutine(member) and own(member, module_name):
+                        add(f"{module_name}.{attr}.{method}", member)
     return tuple(pairs)
 
 
