@@ -13,6 +13,7 @@ def test_quick_adaptive_suite():
     assert feedback["n"] == 64 and 0 < feedback["labelled"] < 64 and feedback["vocab"] == 4096
     assert feedback["losses_equal"] and feedback["tracker_updates"] >= feedback["rounds"] >= 5
     assert feedback["without_ms"] > 0 and feedback["with_ms"] > 0 and feedback["outside_kernels_ms"] > 0
+    assert feedback["cpu_without_ms"] > 0 and feedback["cpu_with_ms"] > 0
     assert feedback["overhead"] == pytest.approx(feedback["with_ms"] / feedback["without_ms"] - 1)
     assert [r["impl"] for r in result["collator"]][0] == "static weights, float rate"
     assert all(r["ms"] > 0 and r["head_ms"] > 0 for r in result["tracker"])

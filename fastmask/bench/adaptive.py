@@ -5,11 +5,11 @@
    ``V = 30522``, without ``feedback=`` and with ``feedback=LossFeedback()`` followed by
    ``tracker.update`` (a shared tracker, as a live collator uses: the update publishes the
    weights), the two alternating in one process on the same tensors; reported as
-   ``(with - without) / without`` of the median times (also of the fastest calls, and the
-   quartiles of the per-round ratio: the machine's noise), and the feedback's work outside the
-   loss kernels timed alone (collecting the labelled rows' feedback + the update: short calls,
-   steadier than the difference of two long ones); the target is <= 3%. ``--quick``:
-   ``N = 512``, ``H = 128``, ``V = 4096``.
+   ``(with - without) / without`` of the median times (also of the fastest calls, of the
+   process's CPU time, and the quartiles of the per-round ratio: the machine's noise), and the
+   feedback's work outside the loss kernels timed alone (collecting the labelled rows' feedback
+   + the update: short calls, steadier than the difference of two long ones); the target is
+   <= 3%. ``--quick``: ``N = 512``, ``H = 128``, ``V = 4096``.
 2. ``TokenLossTracker.update`` (the scatter op + the EMA step + publishing the weights to shared
    memory) on ``N`` labelled positions of a ``V = 30522`` vocabulary, against the fused MLM head's
    forward + backward (``fastmask.fused_masked_lm_loss``, hidden width 384) on the same ``N``
@@ -55,28 +55,30 @@ def _median_ms(fn, *, quick: bool, sync=None) -> float:
     return statistics.median(_times_ms(fn, quick=quick, sync=sync))
 
 
-def _alternating_times(fns: dict, *, quick: bool, sync=None) -> dict:
-    """Seconds per call of every ``fns`` value, called in turn (order reversed every round, so
-    machine noise and drift hit all alike) after one warm-up call each, until both a minimum time
-    and a minimum number of rounds have passed."""
+def _alternating_times(fns: dict, *, quick: bool, sync=None) -> tuple:
+    """``(wall, cpu)``: dicts of seconds per call of every ``fns`` value (wall-clock time, and this
+    process's CPU time, which other processes on a shared machine disturb less), called in turn
+    (order reversed every round, so machine noise and drift hit all alike) after one warm-up call
+    each, until both a minimum time and a minimum number of rounds have passed."""
     min_time, min_rounds = (0.5, 5) if quick else (20.0, 7)
     for fn in fns.values():
         fn()
     if sync:
         sync()
-    times = {name: [] for name in fns}
+    wall, cpu = {name: [] for name in fns}, {name: [] for name in fns}
     start = time.perf_counter()
     rounds = 0
     while rounds < min_rounds or time.perf_counter() - start < min_time:
         order = list(fns.items()) if rounds % 2 == 0 else list(fns.items())[::-1]
         for name, fn in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             if sync:
                 sync()
-            times[name].append(time.perf_counter() - t0)
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
         rounds += 1
-    return times
+    return wall, cpu
 
 
 def _feedback_row(device: str, quick: bool, n_rows: Optional[int] = None) -> dict:
@@ -111,8 +113,9 @@ def _feedback_row(device: str, quick: bool, n_rows: Optional[int] = None) -> dic
         losses["with"] = loss.detach()
 
     sync = common.device_sync(device)
-    times = _alternating_times({"without": without, "with": with_feedback}, quick=quick, sync=sync)
+    times, cpu_times = _alternating_times({"without": without, "with": with_feedback}, quick=quick, sync=sync)
     median = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    cpu = {k: 1e3 * statistics.median(v) for k, v in cpu_times.items()}
     best = {k: 1e3 * min(v) for k, v in times.items()}
     per_round = [(w - wo) / wo for wo, w in zip(times["without"], times["with"])]
     # the work the feedback adds outside the loss kernels (their two stores per labelled row aside),
@@ -139,6 +142,9 @@ def _feedback_row(device: str, quick: bool, n_rows: Optional[int] = None) -> dic
         best_without_ms=best["without"],
         best_with_ms=best["with"],
         best_overhead=(best["with"] - best["without"]) / best["without"],
+        cpu_without_ms=cpu["without"],
+        cpu_with_ms=cpu["with"],
+        cpu_overhead=(cpu["with"] - cpu["without"]) / cpu["without"],
         round_quartiles=statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3,
         outside_kernels_ms=outside_ms,
         outside_kernels_share=outside_ms / best["without"],
@@ -262,12 +268,13 @@ def _feedback_lines(f: dict) -> list:
         f"plus a shared tracker's `update`; target <= {100 * f['target']:.0f}%; losses equal: "
         f"{'yes' if f['losses_equal'] else '**NO**'}.",
         "",
-        "| variant | median ms | fastest ms |",
-        "| --- | ---: | ---: |",
-        f"| fused head, no feedback | {f['without_ms']:.2f} | {f['best_without_ms']:.2f} |",
-        f"| fused head + feedback + tracker.update | {f['with_ms']:.2f} | {f['best_with_ms']:.2f} |",
+        "| variant | median ms | fastest ms | median CPU ms |",
+        "| --- | ---: | ---: | ---: |",
+        f"| fused head, no feedback | {f['without_ms']:.2f} | {f['best_without_ms']:.2f} | {f['cpu_without_ms']:.2f} |",
+        f"| fused head + feedback + tracker.update | {f['with_ms']:.2f} | {f['best_with_ms']:.2f} | "
+        f"{f['cpu_with_ms']:.2f} |",
         f"| overhead (with - without) / without | **{100 * f['overhead']:+.2f}%** ({verdict}) | "
-        f"{100 * f['best_overhead']:+.2f}% |",
+        f"{100 * f['best_overhead']:+.2f}% | {100 * f['cpu_overhead']:+.2f}% |",
         "",
         f"Per round (with - without) / without: quartiles {100 * q1:+.2f}% / {100 * q2:+.2f}% / {100 * q3:+.2f}% "
         "(the spread is the machine's noise). The feedback's work outside the loss kernels (collecting the "
@@ -362,7 +369,8 @@ def headlines(result: dict) -> list:
     return [
         f"feedback + tracker update: {100 * f['overhead']:+.2f}% of the fused head's time (N={f['n']}, "
         f"{f['labelled']} labelled, V={f['vocab']}; medians of {f['rounds']} alternating calls, per-round "
-        f"quartiles {100 * q1:+.1f}%..{100 * q3:+.1f}%; target <= {100 * f['target']:.0f}%); its work outside "
+        f"quartiles {100 * q1:+.1f}%..{100 * q3:+.1f}%, CPU time {100 * f['cpu_overhead']:+.2f}%; target <= "
+        f"{100 * f['target']:.0f}%); its work outside "
         f"the kernels alone: {100 * f['outside_kernels_share']:.2f}%",
         f"tracker update (N={best['n']}, V={VOCAB}): {100 * best['fraction']:.2f}% of the fused head's time "
         f"({best['impl']}); with value checks {100 * min(r['fraction'] for r in checked):.2f}%",
