@@ -51,7 +51,8 @@ class AdaptiveMaskingCallback(MaskingScheduleCallback):
             are normally ``tracker`` / ``rate``).
         model: the model ``Trainer`` trains (the hook goes on it; wrappers such as DDP are fine).
         tracker: a :class:`~fastmask.TokenLossTracker` (default: the collator's live weights).
-        rate: an :class:`~fastmask.AdaptiveRate` (default: the collator's, when it is one).
+        rate: an :class:`~fastmask.AdaptiveRate` (default: the collator's, when one of its rates
+            is one: ``mlm_probability``, a source-noise / augmentation probability, ``mask_ratio``).
         set_epoch: as :class:`~fastmask.MaskingScheduleCallback`.
     """
 
@@ -59,8 +60,8 @@ class AdaptiveMaskingCallback(MaskingScheduleCallback):
         super().__init__(collator, set_epoch=set_epoch)
         if tracker is None and _is_live_weights(getattr(collator, "token_weights", None)):
             tracker = collator.token_weights
-        if rate is None and callable(getattr(getattr(collator, "mlm_probability", None), "observe", None)):
-            rate = collator.mlm_probability
+        if rate is None:
+            rate = _collator_rate(collator)
         if tracker is None and rate is None:
             raise ValueError("AdaptiveMaskingCallback needs tracker= and/or rate= (or a collator using them)")
         if not isinstance(model, torch.nn.Module):
@@ -114,6 +115,20 @@ class AdaptiveMaskingCallback(MaskingScheduleCallback):
         if self._patched is not None and is_fastmask_applied(self._patched):
             set_loss_feedback(self._patched, self._previous_feedback)
             self._patched = None
+
+
+def _collator_rate(collator):
+    """The collator's one live rate with ``observe`` (an AdaptiveRate), or None; several: an error."""
+    rates = getattr(collator, "LIVE_RATES", ("mlm_probability",))
+    found = {}
+    for name in rates:
+        value = getattr(collator, name, None)
+        if callable(getattr(value, "observe", None)):
+            found.setdefault(id(value), (name, value))
+    if len(found) > 1:
+        names = ", ".join(name for name, _ in found.values())
+        raise ValueError(f"the collator has several AdaptiveRates ({names}); pass the one to feed as rate=")
+    return next(iter(found.values()))[1] if found else None
 
 
 class _Collector:

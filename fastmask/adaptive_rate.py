@@ -21,9 +21,13 @@ space keeps the rate inside (0, 1) and makes steps relative near the bounds.
 total_steps=...)`` lets the controller choose the rate below a decaying ceiling.
 
 The object is itself a schedule (``rate(step) -> float``): pass it as a collator's
-``mlm_probability``. Its current value lives in shared memory written by the main process
+``mlm_probability``, or as another collator's rate (the source-noise probabilities of
+:class:`fastmask.DataCollatorForSeq2Seq`, ``mask_ratio`` of
+:class:`fastmask.DataCollatorForTextInfilling`, the noise probabilities of
+:class:`fastmask.DataCollatorForMaskedAugmentation`; not span corruption's ``noise_density``, which
+fixes the packed row length). Its current value lives in shared memory written by the main process
 (:meth:`observe`), so DataLoader workers read every update (lag: the loader's prefetch, see
-:class:`fastmask.DataCollatorForLanguageModeling`).
+:class:`fastmask.DataCollatorForLanguageModeling`), and the collator's ``state_dict`` holds its state.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
             "and on CUDA the Triton kernels and Liger-Kernel. With --suite also: train-step and sft (a training step and "
             "the LM head on 30% labelled rows), seq2seq (span corruption and text infilling against numpy versions of "
             "the Flax examples' collators), ngrams (vocabulary counting, PMI vs whole-word masking), adaptive (the "
-            "tracker update and live collator inputs) and kernels. Prints a table; ratios are what to read on a noisy "
+            "loss feedback + tracker update vs the fused head, live collator inputs) and kernels. Prints a table; ratios are what to read on a noisy "
             "machine."
         ),
     )

@@ -40,7 +40,7 @@ from .masking import (
     run_masking,
 )
 from .padding import PaddedBatch, pad_features, pad_value, round_up, to_torch
-from .schedules import MaskingSchedule, MaskingScheduleCallback, is_schedule, probability_at
+from .schedules import MaskingSchedule, MaskingScheduleCallback, is_schedule
 from .token_noise import check_noise_probabilities, compact_rows, noise_tokens
 from .token_weights import count_token_frequencies, token_weights_from_counts
 from .words import word_start_table, word_starts_from_offsets, word_starts_from_word_ids
@@ -155,6 +155,9 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
     tracker's and the rate's states, so loading it restores a run.
     """
 
+    LIVE_RATES = ("mlm_probability",)
+    LIVE_INPUTS = ("token_weights", "mlm_probability")  # their states ride in state_dict
+
     _: KW_ONLY
     strategy: str = "token"
     budget: str = "bernoulli"
@@ -245,34 +248,13 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
     # -- rates
     def current_mlm_probability(self) -> float:
         """The masking rate for the next batch (the schedule evaluated at :attr:`step`)."""
-        return probability_at(self.mlm_probability, self.step)
+        return self.current_rates()["mlm_probability"]
 
     def current_token_weights(self) -> Optional[torch.Tensor]:
         """The per-id weights for the next batch (a live tracker's last published weights)."""
         if _is_live_weights(self.token_weights):
             return self.token_weights.current_token_weights()
         return self.token_weights
-
-    # -- state (the mask stream's, plus live weights and rate)
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        if _is_live_weights(self.token_weights):
-            state["token_weights"] = self.token_weights.state_dict()
-        if callable(getattr(self.mlm_probability, "state_dict", None)):
-            state["mlm_probability"] = self.mlm_probability.state_dict()
-        return state
-
-    def load_state_dict(self, state: Mapping) -> None:
-        super().load_state_dict(state)
-        for name in ("token_weights", "mlm_probability"):
-            if name in state:
-                owner = getattr(self, name)
-                if not callable(getattr(owner, "load_state_dict", None)):
-                    raise ValueError(
-                        f"state holds a live {name} state but this collator's {name} is {type(owner).__name__}; "
-                        f"construct it with the same kind of {name}"
-                    )
-                owner.load_state_dict(state[name])
 
     # -- collation
     def torch_call(self, examples) -> dict:
@@ -544,7 +526,16 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
     ``whole_word=True`` applies the decision to whole words. In eval mode (:meth:`eval`) the
     batch is only padded. The task's ``labels`` are kept. Selection is
     :func:`fastmask.mask_tokens`, so the corruption is reproducible like the LM collator's.
+
+    The three probabilities may also be schedules of the step (:class:`fastmask.MaskingSchedule`,
+    any callable; ``set_step`` advances it) or live rates (:class:`fastmask.AdaptiveRate`, steered
+    by the model's feedback), read per batch: DataLoader workers see a rate's updates after the
+    loader's prefetch (lag: :class:`DataCollatorForLanguageModeling`), and :meth:`state_dict`
+    includes the rates' states. Their sum must stay at most 1 in every batch.
     """
+
+    LIVE_RATES = ("mask_probability", "random_replace_probability", "delete_probability")
+    LIVE_INPUTS = LIVE_RATES
 
     tokenizer: Any
     padding: Union[bool, str] = True
@@ -576,15 +567,11 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
         if self.pad_to_multiple_of is not None:
             check_int("pad_to_multiple_of", self.pad_to_multiple_of, minimum=1)
         check_choice("return_tensors", self.return_tensors, RETURN_TENSORS)
-        check_noise_probabilities(
-            mask_probability=self.mask_probability,
-            random_replace_probability=self.random_replace_probability,
-            delete_probability=self.delete_probability,
-        )
-        if self.mask_probability > 0 and self.tokenizer.mask_token_id is None:
+        check_noise_probabilities(**self.current_rates(step=0))
+        if self.may_be_positive("mask_probability") and self.tokenizer.mask_token_id is None:
             raise ValueError(
-                "mask_probability > 0 needs a tokenizer with a mask token; set mask_probability=0 "
-                "(random replacement / deletion only) or add a mask token"
+                "mask_probability > 0 (or a schedule / live rate) needs a tokenizer with a mask token; set "
+                "mask_probability=0 (random replacement / deletion only) or add a mask token"
             )
         if self.seed is not None:
             check_int("seed", self.seed)
@@ -623,8 +610,10 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
         key_values = data.pop(self.row_key_column) if self.row_key_column in data else None
         if self.row_key_column is not None and key_values is None:
             raise ValueError(f"row_key_column={self.row_key_column!r} is not among the features' keys {list(data)}")
-        if self.training and self._corrupts():
-            self._corrupt(data, padded, key_values, padding)
+        rates = self.current_rates()
+        if self.training and sum(rates.values()) > 0:
+            check_noise_probabilities(**rates)  # live rates: their sum at this step
+            self._corrupt(data, padded, key_values, padding, rates)
         for old in ("label", "label_ids"):
             if old in data:
                 data["labels"] = data.pop(old)
@@ -632,10 +621,7 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
             data = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in data.items()}
         return BatchEncoding(data)
 
-    def _corrupts(self) -> bool:
-        return self.mask_probability + self.random_replace_probability + self.delete_probability > 0
-
-    def _corrupt(self, data: dict, padded: PaddedBatch, key_values, padding) -> None:
+    def _corrupt(self, data: dict, padded: PaddedBatch, key_values, padding, rates: dict) -> None:
         ids = data["input_ids"]
         _check_ids(ids, None)  # shifted past the vocabulary below, a negative id would pass as a real one
         batch, length = ids.shape
@@ -665,9 +651,9 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
             ineligible,
             vocab_size=vocab,
             mask_token_id=tokenizer.mask_token_id,
-            mask_probability=self.mask_probability,
-            random_probability=self.random_replace_probability,
-            delete_probability=self.delete_probability,
+            mask_probability=rates["mask_probability"],
+            random_probability=rates["random_replace_probability"],
+            delete_probability=rates["delete_probability"],
             word_starts=word_starts,
             seed=self._effective_seed(),
             row_keys=keys,

@@ -30,6 +30,7 @@ from .infilling import (
 )
 from .mask_stream import MaskStream
 from .padding import pad_features, round_up
+from .schedules import is_schedule
 
 __all__ = ["DataCollatorForTextInfilling", "permute_sentences"]
 
@@ -134,7 +135,16 @@ class DataCollatorForTextInfilling(MaskStream, DataCollatorMixin):
     Keyword-only: ``model``, ``full_stop_token_id``, ``row_key_column`` (a feature column of
     per-example integer keys, removed from the batch), ``return_tensors`` (``"pt"`` or ``"np"``)
     and ``backend`` (the op's).
+
+    ``mask_ratio`` may also be a schedule of the step (:class:`fastmask.MaskingSchedule`, any
+    callable; ``set_step`` advances it) or a live rate (:class:`fastmask.AdaptiveRate`, steered by
+    the model's feedback), read per batch: DataLoader workers see a rate's updates after the
+    loader's prefetch (lag: :class:`fastmask.DataCollatorForLanguageModeling`), and
+    :meth:`state_dict` includes the rate's state.
     """
+
+    LIVE_RATES = ("mask_ratio",)
+    LIVE_INPUTS = LIVE_RATES
 
     tokenizer: Any
     mask_ratio: float = 0.3
@@ -155,7 +165,9 @@ class DataCollatorForTextInfilling(MaskStream, DataCollatorMixin):
     backend: str = "auto"
 
     def __post_init__(self):
-        self.mask_ratio = check_mask_ratio(self.mask_ratio)
+        if not is_schedule(self.mask_ratio):
+            self.mask_ratio = check_mask_ratio(self.mask_ratio)
+        self.current_rates(step=0)  # a schedule / live rate: checked at step 0
         self.poisson_lambda = check_poisson_lambda(self.poisson_lambda)
         self.random_ratio = check_probability("random_ratio", self.random_ratio)
         self.replace_length = check_replace_length(self.replace_length)
@@ -239,7 +251,7 @@ class DataCollatorForTextInfilling(MaskStream, DataCollatorMixin):
             mask_token_id=self.mask_token_id,
             pad_token_id=self.pad_token_id,
             vocab_size=self.vocab_size,
-            mask_ratio=self.mask_ratio,
+            mask_ratio=self.current_rates()["mask_ratio"],
             poisson_lambda=self.poisson_lambda,
             random_ratio=self.random_ratio,
             replace_length=self.replace_length,

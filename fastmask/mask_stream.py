@@ -32,6 +32,15 @@ rate lags by that look-ahead, and with workers the lag depends on timing (use
 ``num_workers=0`` when scheduled masks must be reproducible). Pickling the collator outside a
 worker start-up (``copy.deepcopy``, ``pickle``, ``datasets.map``) gives the copy a shared block
 of its own with the current values.
+
+**Live inputs.** The rates a collator names in ``LIVE_RATES`` (``mlm_probability``; the
+source-noise, augmentation and text-infilling rates) may be a number, a schedule of the step
+(any callable, e.g. :class:`fastmask.MaskingSchedule`) or a live controller
+(:class:`fastmask.AdaptiveRate`, whose value the main process publishes to shared memory):
+:meth:`~MaskStream.current_rates` reads them per batch at the current step, so DataLoader workers
+see a controller's updates after the prefetch lag above. Every live input (those rates, and the
+LM collator's ``token_weights`` tracker) with a ``state_dict`` is saved and restored with the
+stream's state.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ import torch
 
 from . import _rng
 from ._validation import check_int
+from .schedules import is_schedule, probability_at
 
 __all__ = ["MaskStream"]
 
@@ -84,7 +94,37 @@ class MaskStream:
     DataLoader workers inherit it (fork) or receive it (spawn), so every worker continues its own
     counter across epochs — with persistent workers or not — and the main process can report and
     restore the true position of the stream.
+
+    ``LIVE_RATES``: the collator's fields that may hold a schedule or a live rate (module
+    docstring); ``LIVE_INPUTS``: every field whose live value's state rides in :meth:`state_dict`.
     """
+
+    LIVE_RATES: tuple = ()
+    LIVE_INPUTS: tuple = ()
+
+    # -- live rates
+    def current_rates(self, step: int | None = None) -> dict:
+        """``{name: float}`` for every field of ``LIVE_RATES``: a number as it is, a schedule or an
+        :class:`fastmask.AdaptiveRate` evaluated at ``step`` (default: :attr:`step`), each checked
+        to lie in [0, 1]. Read once per batch."""
+        step = self.step if step is None else step
+        return {name: probability_at(getattr(self, name), step, name) for name in self.LIVE_RATES}
+
+    def may_be_positive(self, name: str) -> bool:
+        """Whether the rate field ``name`` can be above 0 in some batch: a positive number, or any
+        schedule / live rate (its value may change)."""
+        value = getattr(self, name)
+        return is_schedule(value) or value > 0
+
+    def live_inputs(self) -> dict:
+        """``{name: value}`` of the fields of ``LIVE_INPUTS`` holding a live input with a state
+        (an :class:`fastmask.AdaptiveRate`, a :class:`fastmask.TokenLossTracker`)."""
+        out = {}
+        for name in self.LIVE_INPUTS:
+            value = getattr(self, name, None)
+            if not isinstance(value, torch.Tensor) and callable(getattr(value, "state_dict", None)):
+                out[name] = value
+        return out
 
     def _init_stream(self) -> None:
         self._shared = _new_shared_state()
@@ -221,7 +261,7 @@ class MaskStream:
         counters = [int(v) for v in self._shared[_HEADER:]]
         while len(counters) > 1 and counters[-1] == 0:
             counters.pop()
-        return {
+        state = {
             "format": _STATE_FORMAT,
             "seed": self.resolved_seed(),
             "epoch": self.epoch,
@@ -229,6 +269,9 @@ class MaskStream:
             "examples": counters[0],
             "worker_examples": counters[1:],
         }
+        for name, value in self.live_inputs().items():
+            state[name] = value.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore :meth:`state_dict` (e.g. after loading a checkpoint).
@@ -263,9 +306,19 @@ class MaskStream:
         ]
         step = check_int("state['step']", state["step"], minimum=0, maximum=_MAX_INT64)
         epoch = check_int("state['epoch']", state["epoch"], minimum=0, maximum=_MAX_INT64)
+        live = self.live_inputs()
+        for name in self.LIVE_INPUTS:
+            if name in state and name not in live:
+                raise ValueError(
+                    f"state holds a live {name} state but this collator's {name} is "
+                    f"{type(getattr(self, name, None)).__name__}; construct it with the same kind of {name}"
+                )
         shared = self._shared
         shared[_STEP], shared[_EPOCH], shared[_SEED], shared[_SEED_IS_SET] = step, epoch, seed, 1
         shared[_HEADER:] = counters + [0] * (_MAX_WORKER_SLOTS - len(counters))
+        for name, value in live.items():
+            if name in state:
+                value.load_state_dict(state[name])
 
     # -- pickling: the shared block travels to processes being started (DataLoader workers under
     # spawn); any other copy (deepcopy, pickle, datasets.map) gets a block of its own.

@@ -21,6 +21,7 @@ from ._constants import IGNORE_INDEX
 from ._validation import check_int
 from .mask_stream import MaskStream
 from .padding import pad_features, read_fixed_length_ids
+from .schedules import is_schedule
 from .sentinel_spans import (
     _check_density,
     _check_mean_span,
@@ -105,6 +106,11 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
     Keyword-only: ``model``, ``eos_token_id`` / ``pad_token_id`` (default: the tokenizer's),
     ``row_key_column`` (a feature column of per-example integer keys, removed from the batch),
     ``return_tensors`` (``"pt"`` or ``"np"``) and ``backend`` (the op's).
+
+    ``noise_density`` is a number, never a schedule or a live rate (:class:`fastmask.AdaptiveRate`):
+    with ``mean_noise_span_length`` it fixes ``expanded_input_length``, the length every row is
+    packed to, and ``target_length``, so it cannot change between batches (the text-infilling and
+    source-noise collators take live rates).
     """
 
     tokenizer: Any
@@ -123,6 +129,13 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
     backend: str = "auto"
 
     def __post_init__(self):
+        if is_schedule(self.noise_density):
+            raise TypeError(
+                f"noise_density={self.noise_density!r}: span corruption takes a fixed density, not a schedule or a "
+                "live rate, because the density fixes the expanded input length every row is packed to "
+                "(fastmask.span_corruption_lengths); pass a float such as 0.15, or use DataCollatorForTextInfilling "
+                "(its mask_ratio may be live)"
+            )
         self.noise_density = _check_density(self.noise_density)
         self.mean_noise_span_length = _check_mean_span(self.mean_noise_span_length)
         check_int("input_length", self.input_length, minimum=2)

@@ -61,7 +61,16 @@ class DataCollatorForSeq2Seq(MaskStream, _HFDataCollatorForSeq2Seq):
     padding). The three probabilities are per eligible token (per word with ``whole_word``) and
     sum to at most 1. ``labels`` and ``decoder_input_ids`` (from ``model``) are those of
     transformers' collator.
+
+    Each probability may also be a schedule of the step (:class:`fastmask.MaskingSchedule`, any
+    callable; ``set_step`` advances it) or a live rate (:class:`fastmask.AdaptiveRate`, steered
+    by the model's feedback), read per batch: DataLoader workers see a rate's updates after the
+    loader's prefetch (lag: :class:`fastmask.DataCollatorForLanguageModeling`), and
+    :meth:`state_dict` includes the rates' states. Their sum must stay at most 1 in every batch.
     """
+
+    LIVE_RATES = ("source_mask_probability", "source_random_probability", "source_delete_probability")
+    LIVE_INPUTS = LIVE_RATES
 
     _: KW_ONLY
     source_mask_probability: float = 0.0
@@ -74,23 +83,19 @@ class DataCollatorForSeq2Seq(MaskStream, _HFDataCollatorForSeq2Seq):
     backend: str = "auto"
 
     def __post_init__(self):
-        check_noise_probabilities(
-            source_mask_probability=self.source_mask_probability,
-            source_random_probability=self.source_random_probability,
-            source_delete_probability=self.source_delete_probability,
-        )
-        if self.source_mask_probability > 0 and self.tokenizer.mask_token_id is None:
+        check_noise_probabilities(**self.current_rates(step=0))
+        if self.may_be_positive("source_mask_probability") and self.tokenizer.mask_token_id is None:
             raise ValueError(
                 f"source_mask_probability={self.source_mask_probability} needs a tokenizer with a mask token, and "
                 f"{type(self.tokenizer).__name__} has none; set source_mask_probability=0 (random replacement / "
                 "deletion only) or add a mask token (then resize the model's embeddings)"
             )
-        if self.source_delete_probability > 0 and self._no_padding():
+        if self.may_be_positive("source_delete_probability") and self._no_padding():
             raise ValueError(
                 f"source_delete_probability={self.source_delete_probability} shortens rows, so the batch must be "
                 f"re-padded, but padding={self.padding!r}; pass padding=True (or 'max_length')"
             )
-        if self.source_delete_probability > 0 and self.tokenizer.pad_token_id is None:
+        if self.may_be_positive("source_delete_probability") and self.tokenizer.pad_token_id is None:
             raise ValueError(
                 f"source_delete_probability={self.source_delete_probability} re-pads the shortened rows, but "
                 f"{type(self.tokenizer).__name__} has no pad token; add one (tokenizer.pad_token = ...)"
@@ -112,8 +117,7 @@ class DataCollatorForSeq2Seq(MaskStream, _HFDataCollatorForSeq2Seq):
     @property
     def adds_noise(self) -> bool:
         """Whether the next batch gets noise: training mode and a non-zero probability."""
-        total = self.source_mask_probability + self.source_random_probability + self.source_delete_probability
-        return self.training and total > 0
+        return self.training and sum(self.current_rates().values()) > 0
 
     def train(self, mode: bool = True):
         """Noise the encoder input (training mode, the default). Returns ``self``."""
@@ -135,12 +139,14 @@ class DataCollatorForSeq2Seq(MaskStream, _HFDataCollatorForSeq2Seq):
             key_values = [f[self.row_key_column] for f in features]
             features = [{k: v for k, v in f.items() if k != self.row_key_column} for f in features]
         batch = super().__call__(features, return_tensors)
-        if self.adds_noise:
-            self._noise(batch, key_values, return_tensors or self.return_tensors)
+        rates = self.current_rates()  # read once per batch (live rates may change meanwhile)
+        if self.training and sum(rates.values()) > 0:
+            check_noise_probabilities(**rates)  # live rates: their sum at this step
+            self._noise(batch, key_values, return_tensors or self.return_tensors, rates)
         return batch
 
     # -- noise
-    def _noise(self, batch, key_values, fmt) -> None:
+    def _noise(self, batch, key_values, fmt, rates: dict) -> None:
         if fmt not in ("pt", "np"):
             raise ValueError(f"source noise needs return_tensors='pt' or 'np', got {fmt!r}")
         ids = _to_torch(batch["input_ids"])
@@ -166,9 +172,9 @@ class DataCollatorForSeq2Seq(MaskStream, _HFDataCollatorForSeq2Seq):
             ineligible,
             vocab_size=len(tokenizer),
             mask_token_id=tokenizer.mask_token_id,
-            mask_probability=self.source_mask_probability,
-            random_probability=self.source_random_probability,
-            delete_probability=self.source_delete_probability,
+            mask_probability=rates["source_mask_probability"],
+            random_probability=rates["source_random_probability"],
+            delete_probability=rates["source_delete_probability"],
             word_starts=word_starts,
             seed=self._effective_seed(),
             row_keys=keys,

@@ -70,7 +70,7 @@ SUITES = {
     "adaptive": Suite(
         "adaptive",
         "adaptive",
-        "adaptive masking: tracker update vs the fused head, live vs static collator inputs",
+        "adaptive masking: feedback + tracker update vs the fused head, live vs static collator inputs",
         False,
         ("tokenizer",),
     ),
