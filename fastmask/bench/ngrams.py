@@ -117,7 +117,7 @@ def run(
     from fastmask.masking import plan_masking
     from fastmask.ngrams import build_ngram_vocabulary, ngram_unit_starts
 
-    min_time, min_reps = (0.3, 3) if quick else (2.0, 20)
+    min_time, min_reps = (0.3, 10) if quick else (2.0, 20)
     tok, source = common.load_tokenizer(tokenizer)
     bar = common.Progress(progress, "ngrams")
     bar.start(4)
