@@ -58,11 +58,16 @@ class OpPlan:
         )
         return cls(**values)
 
-    def cpp_fields(self) -> dict:
-        """The dict a C++ binding takes: numpy views of the (CPU) tensors, bool as uint8, and ints."""
-        fields = {
-            name: None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
-            for name, t in self.buffers().items()
-        }
-        fields.update(self.scalars())
+    def cpp_fields(self, names: Optional[tuple] = None) -> dict:
+        """The dict a C++ binding takes: numpy views of the (CPU) tensors, bool as uint8, and ints;
+        only the fields in ``names`` when given (a binding that reads a few skips converting the rest)."""
+        fields = {}
+        for name in self._tensor_fields if names is None else names:
+            if name in self._tensor_fields:
+                t = getattr(self, name)
+                fields[name] = None if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).numpy()
+            else:
+                fields[name] = int(getattr(self, name))
+        if names is None:
+            fields.update(self.scalars())
         return fields

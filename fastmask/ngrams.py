@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import numbers
 import os
+import sys
 from collections.abc import Sequence
 from typing import Optional
 
@@ -142,10 +144,14 @@ class NgramVocabulary:
         (:func:`fastmask.reference.ngrams.probe_table`; built once, cached per device)."""
         if self._table is None:
             self._table = _ref.probe_table([e["words"] for entries in self.ngrams.values() for e in entries])
-        key = str(torch.device(device))
-        if key not in self._tables_on:
-            self._tables_on[key] = self._table.to(device)
-        return self._tables_on[key]
+        table = self._tables_on.get(device)  # keyed by the argument as given: no conversion per call
+        if table is None:
+            table = self._tables_on.get(str(torch.device(device)))
+            if table is None:
+                table = self._table.to(device)
+                self._tables_on[str(torch.device(device))] = table
+            self._tables_on[device] = table
+        return table
 
     def check_tokenizer(self, tokenizer) -> None:
         """Raises ValueError when ``tokenizer`` is not the one the vocabulary was built with."""
@@ -221,13 +227,9 @@ def _counter_class():
 
 def _source_kind(source) -> str:
     """``"dataset"``, ``"texts"`` or ``"ids"``."""
-    try:
-        import datasets
-
-        if isinstance(source, datasets.Dataset):
-            return "dataset"
-    except ImportError:
-        pass
+    datasets = sys.modules.get("datasets")  # not imported: source cannot be a Dataset (and the import costs ~1 s)
+    if datasets is not None and isinstance(source, datasets.Dataset):
+        return "dataset"
     if isinstance(source, (str, bytes)):
         raise TypeError("source is one string; pass a list of texts (e.g. [text]) or token-id rows")
     if isinstance(source, (torch.Tensor, np.ndarray)):
@@ -248,7 +250,7 @@ def _flatten(rows) -> tuple[np.ndarray, np.ndarray]:
     lengths = [len(r) for r in rows]
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    ids = np.fromiter((int(t) for r in rows for t in r), dtype=np.int64, count=int(offsets[-1]))
+    ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
     if ids.size and ids.min() < 0:
         raise ValueError(f"source holds the negative token id {int(ids.min())}; pass token ids >= 0")
     return ids, offsets
@@ -540,9 +542,13 @@ def _scheme(tokenizer) -> str:
 
 
 # ----------------------------------------------------------------------------- the unit op
+# the plan fields csrc/ngrams.cpp's ngram_units reads (the others are not converted per call)
+_CPP_UNIT_FIELDS = ("input_ids", "special_mask", "attention_mask", "word_starts", "vocab_flags", "pad_token_id")
+
+
 def _cpp_units(plan: MaskingPlan, table: torch.Tensor, max_n: int) -> torch.Tensor:
     out = torch.empty(plan.input_ids.shape, dtype=torch.uint8)
-    _backend.cpp_kernels().ngram_units(plan.cpp_fields(), table.numpy(), max_n, out.numpy())
+    _backend.cpp_kernels().ngram_units(plan.cpp_fields(_CPP_UNIT_FIELDS), table.numpy(), max_n, out.numpy())
     return out.view(torch.bool)
 
 

@@ -250,3 +250,41 @@ def test_collator_pmi_in_dataloader_workers():
             for unit in unit_of[b][selected[row]].unique().tolist():
                 members = (unit_of[b] == unit) & ~torch.isin(ids[b], torch.tensor(tok.all_special_ids))
                 assert selected[row][members].all()  # a selected unit is selected whole
+
+
+def test_pmi_opcheck_and_compile():
+    """The unit op passes opcheck (reference, C++), and strategy="pmi" runs inside
+    torch.compile (fullgraph) with the same masks as eager, as whole-word masking does."""
+    from fastmask.ngrams import _ngram_units_op
+
+    tok, vocabulary = _setup()
+    plan = _plans(tok, 32, 2)[0]
+    table = vocabulary.probe_table()
+    for backend in ("reference", "cpp"):
+        buffers, scalars = plan.to_op_args()
+        torch.library.opcheck(
+            _ngram_units_op,
+            (buffers, scalars, table, vocabulary.max_n, backend),
+            test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+        )
+    ids = plan.input_ids
+    kwargs = dict(
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        word_start_table=word_start_table(tok),
+        special_token_ids=tok.all_special_ids,
+        mlm_probability=0.3,
+        seed=5,
+    )
+
+    def step(x):
+        masked, labels = mask_tokens(x, strategy="pmi", ngram_vocabulary=vocabulary, **kwargs)
+        return masked * 2, labels
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got, expected = compiled(ids), step(ids)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert (expected[1] != -100).any()
+    # the compiled masks are PMI masks: they differ from whole-word masking's on this batch
+    whole_word = mask_tokens(ids, strategy="whole_word", **kwargs)[1]
+    assert not torch.equal(expected[1], whole_word)

@@ -2,12 +2,16 @@
 
 * counting: the C++ ``NgramCounter`` over the embedded corpus (tokenized once, not timed),
   n-grams of 1..5 words; words per second of wall time and of the calling thread's CPU time
-  (the second is what the counter costs on a machine shared with other work), then the
-  scoring and ranking (:func:`fastmask.ngrams.build_ngram_vocabulary`'s last step);
+  (the second is what the counter costs on a machine shared with other work). Then where the
+  wall time of :func:`fastmask.build_ngram_vocabulary` from texts goes: tokenization, the
+  conversion of the rows to one id array, counting, and the scoring and ranking;
 * masking: ``mask_tokens`` on a 64 x 512 batch of packed real text with the word-start table,
   ``strategy="pmi"`` (the unit op, then whole-word masking) against ``strategy="whole_word"``
-  on the same batch and backend, and the unit op alone. The vocabulary is the corpus'
-  (``min_count=5``, 20000 n-grams of 2..5 words).
+  on the same batch and backend, and the unit op alone. The cases alternate call by call in
+  one process (so load on a shared machine hits them alike): wall time with the default
+  threads, then CPU time of the calling thread with one thread (``torch.set_num_threads(1)``,
+  so that the kernels' work is all on the timed thread); medians and fastest calls. The
+  vocabulary is the corpus' (``min_count=5``, up to 20000 n-grams of 2..5 words).
 
     fastmask bench --suite ngrams [--quick]
     python -m fastmask.bench.ngrams [--quick] [--json PATH] [--markdown PATH]
@@ -20,18 +24,86 @@ import statistics
 import time
 from typing import Optional
 
-import numpy as np
-
 from . import common
 
 MAX_N = 5
 BATCH, LENGTH = 64, 512
 
 
-def _times_ms(fn, min_time, min_reps) -> tuple[float, float]:
-    """(median, fastest) ms per call: the fastest is less sensitive to other load on the machine."""
-    calls = common.time_calls(fn, min_time=min_time, min_reps=min_reps)
-    return 1e3 * statistics.median(calls), 1e3 * min(calls)
+def _alternating(cases: dict, *, min_time: float, min_reps: int, clock) -> dict:
+    """Seconds per call of each case by ``clock`` (``time.perf_counter`` or ``time.thread_time``),
+    the cases called in turn (one warm-up round first) until ``min_time`` seconds of wall time
+    have passed and each case ran ``min_reps`` times."""
+    for fn in cases.values():
+        fn()
+    times = {name: [] for name in cases}
+    start = time.perf_counter()
+    while len(times[next(iter(cases))]) < min_reps or time.perf_counter() - start < min_time:
+        for name, fn in cases.items():
+            t0 = clock()
+            fn()
+            times[name].append(clock() - t0)
+    return times
+
+
+def _summary(times: dict, baseline: str) -> dict:
+    """Per case: median and fastest ms; the ratios of both to the baseline case."""
+    out = {}
+    for name, calls in times.items():
+        median, best = 1e3 * statistics.median(calls), 1e3 * min(calls)
+        out[name] = dict(ms=median, best_ms=best, calls=len(calls))
+    for name in out:
+        out[name]["ratio"] = out[name]["ms"] / out[baseline]["ms"]
+        out[name]["ratio_best"] = out[name]["best_ms"] / out[baseline]["best_ms"]
+    return out
+
+
+def _counting(tok, texts, rows, quick: bool) -> dict:
+    """The counter alone (wall and thread CPU), then build_ngram_vocabulary's parts from texts."""
+    from fastmask import _backend
+    from fastmask.ngrams import _flatten, _rank, count_ngrams, vocab_flags
+
+    ids, offsets = _flatten(rows)
+    flags = vocab_flags(tok)
+    counter_class = _backend.cpp_module().NgramCounter
+    walls, cpus, counter = [], [], None
+    for _ in range(2 if quick else 5):
+        counter = counter_class(MAX_N)
+        wall, cpu = time.perf_counter(), time.thread_time()
+        counter.add_rows(ids, offsets, flags)
+        cpus.append(time.thread_time() - cpu)
+        walls.append(time.perf_counter() - wall)
+    words = int(counter.positions()[0])
+
+    def timed(fn):
+        # process CPU time: the tokenizer runs threads of its own
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        return result, dict(wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu)
+
+    parts = {}
+    _, parts["word_start_flags"] = timed(lambda: vocab_flags(tok))
+    tokenized, parts["tokenize"] = timed(lambda: tok(list(texts), add_special_tokens=False)["input_ids"])
+    _, parts["to_id_array"] = timed(lambda: _flatten(tokenized))
+    (_, positions), parts["count_ngrams (texts, 1000 per call)"] = timed(lambda: count_ngrams(texts, tok, max_n=MAX_N))
+    _, parts["score and rank"] = timed(
+        lambda: _rank(counter, counter.positions(), tok, max_n=MAX_N, min_count=5, size=20_000, measure="pmi")
+    )
+    return dict(
+        words=words,
+        tokens=int(ids.size),
+        max_n=MAX_N,
+        wall_s=statistics.median(walls),
+        cpu_s=statistics.median(cpus),
+        words_per_s=words / statistics.median(walls),
+        words_per_cpu_s=words / statistics.median(cpus),
+        best_words_per_s=words / min(walls),
+        distinct=[int(counter.distinct(n)) for n in range(1, MAX_N + 1)],
+        rank_s=parts["score and rank"]["wall_s"],
+        parts=parts,
+        end_to_end_words_per_s=words / parts["count_ngrams (texts, 1000 per call)"]["wall_s"],
+        end_to_end_words_per_cpu_s=words / parts["count_ngrams (texts, 1000 per call)"]["cpu_s"],
+    )
 
 
 def run(
@@ -43,35 +115,19 @@ def run(
     import fastmask
     from fastmask import _backend, data
     from fastmask.masking import plan_masking
-    from fastmask.ngrams import _rank, build_ngram_vocabulary, ngram_unit_starts, vocab_flags
+    from fastmask.ngrams import build_ngram_vocabulary, ngram_unit_starts
 
-    min_time, min_reps = (0.3, 3) if quick else (2.0, 5)
+    min_time, min_reps = (0.3, 10) if quick else (2.0, 20)
     tok, source = common.load_tokenizer(tokenizer)
     bar = common.Progress(progress, "ngrams")
     bar.start(4)
     texts = data.corpus_texts()
     rows = tok(texts, add_special_tokens=False)["input_ids"]
-    ids = np.fromiter((t for r in rows for t in r), dtype=np.int64)
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    flags = vocab_flags(tok)
-    counter_class = _backend.cpp_module().NgramCounter
-
-    walls, cpus, counter = [], [], None
-    for _ in range(2 if quick else 5):
-        counter = counter_class(MAX_N)
-        wall, cpu = time.perf_counter(), time.thread_time()
-        counter.add_rows(ids, offsets, flags)
-        cpus.append(time.thread_time() - cpu)
-        walls.append(time.perf_counter() - wall)
-    words = int(counter.positions()[0])
-    bar.step(f"counting {words / statistics.median(walls) / 1e6:.2f}M words/s")
-    start = time.perf_counter()
-    _rank(counter, counter.positions(), tok, max_n=MAX_N, min_count=5, size=20_000, measure="pmi")
-    rank_s = time.perf_counter() - start
-    bar.step(f"ranking {rank_s:.2f} s")
+    counting = _counting(tok, texts, rows, quick)
+    bar.step(f"counting {counting['words_per_s'] / 1e6:.2f}M words/s")
 
     vocabulary = build_ngram_vocabulary(rows, tok, max_n=MAX_N, min_count=5, size=20_000)
+    bar.step(f"vocabulary {len(vocabulary)} n-grams")
     batch = torch.tensor(data.tokenized_rows(tok, texts, LENGTH, rows=BATCH))
     table = fastmask.word_start_table(tok)
     common_kwargs = dict(
@@ -92,10 +148,14 @@ def run(
         ),
         "units only": lambda: ngram_unit_starts(plan, vocabulary, backend),
     }
-    masking_ms, best_ms = {}, {}
-    for name, fn in cases.items():
-        masking_ms[name], best_ms[name] = _times_ms(fn, min_time, min_reps)
-    bar.step(f"pmi {masking_ms['pmi']:.3f} ms vs whole_word {masking_ms['whole_word']:.3f} ms")
+    wall = _summary(_alternating(cases, min_time=min_time, min_reps=min_reps, clock=time.perf_counter), "whole_word")
+    bar.step(f"pmi {wall['pmi']['ratio']:.2f}x whole_word (wall)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cpu = _summary(_alternating(cases, min_time=min_time, min_reps=min_reps, clock=time.thread_time), "whole_word")
+    finally:
+        torch.set_num_threads(threads)
     word_count = int(plan_words(plan))
     bar.close()
     return dict(
@@ -103,27 +163,23 @@ def run(
         quick=quick,
         machine=common.machine_info(),
         backend=backend,
-        counting=dict(
-            words=words,
-            tokens=int(ids.size),
-            max_n=MAX_N,
-            wall_s=statistics.median(walls),
-            cpu_s=statistics.median(cpus),
-            words_per_s=words / statistics.median(walls),
-            words_per_cpu_s=words / statistics.median(cpus),
-            distinct=[int(counter.distinct(n)) for n in range(1, MAX_N + 1)],
-            rank_s=rank_s,
-        ),
+        counting=counting,
         masking=dict(
             batch=BATCH,
             length=LENGTH,
             vocabulary=len(vocabulary),
             words=word_count,
             units=int(units.sum()),
-            ms=masking_ms,
-            best_ms=best_ms,
-            ratio=masking_ms["pmi"] / masking_ms["whole_word"],
-            ratio_best=best_ms["pmi"] / best_ms["whole_word"],
+            threads=threads,
+            wall=wall,
+            cpu_one_thread=cpu,
+            # the headline figures (wall, default threads)
+            ms={name: v["ms"] for name, v in wall.items()},
+            best_ms={name: v["best_ms"] for name, v in wall.items()},
+            ratio=wall["pmi"]["ratio"],
+            ratio_best=wall["pmi"]["ratio_best"],
+            cpu_ratio=cpu["pmi"]["ratio"],
+            cpu_ratio_best=cpu["pmi"]["ratio_best"],
         ),
     )
 
@@ -147,9 +203,11 @@ def headlines(result: dict) -> list:
     c, m = result["counting"], result["masking"]
     return [
         f"ngrams: counting {c['words_per_s'] / 1e6:.2f}M words/s wall ({c['words_per_cpu_s'] / 1e6:.2f}M per CPU "
-        f"second), n <= {c['max_n']}",
+        f"second), n <= {c['max_n']}; from texts {c['end_to_end_words_per_s'] / 1e6:.2f}M words/s wall "
+        f"(tokenization included)",
         f"ngrams: PMI masking {m['batch']}x{m['length']} {m['ms']['pmi']:.3f} ms = {m['ratio']:.2f}x whole-word "
-        f"({m['ms']['whole_word']:.3f} ms; units {m['ms']['units only']:.3f} ms); fastest calls {m['ratio_best']:.2f}x",
+        f"({m['ms']['whole_word']:.3f} ms; units {m['ms']['units only']:.3f} ms), fastest calls "
+        f"{m['ratio_best']:.2f}x; one thread, CPU time {m['cpu_ratio']:.2f}x (fastest {m['cpu_ratio_best']:.2f}x)",
     ]
 
 
@@ -186,19 +244,30 @@ def to_markdown(result: dict) -> str:
         "| --- | ---: |",
         f"| words (tokens) | {c['words']} ({c['tokens']}) |",
         f"| n-grams counted, n = 1..{c['max_n']} | {', '.join(map(str, c['distinct']))} distinct |",
-        f"| words/s (wall, median) | {c['words_per_s'] / 1e6:.2f}M |",
+        f"| words/s (wall, median; fastest) | {c['words_per_s'] / 1e6:.2f}M; {c['best_words_per_s'] / 1e6:.2f}M |",
         f"| words/s (thread CPU time) | {c['words_per_cpu_s'] / 1e6:.2f}M |",
-        f"| scoring + ranking (min_count 5, 20000 kept) | {c['rank_s']:.2f} s |",
+        f"| words/s from texts (count_ngrams: tokenize + convert + count; wall, process CPU) | "
+        f"{c['end_to_end_words_per_s'] / 1e6:.2f}M, {c['end_to_end_words_per_cpu_s'] / 1e6:.2f}M |",
         "",
-        f"| masking {m['batch']} x {m['length']} ({m['words']} words -> {m['units']} units, "
-        f"{m['vocabulary']} n-grams) | ms (median) | vs whole_word | ms (fastest) | vs whole_word |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| build_ngram_vocabulary from texts, by part | wall s | process CPU s |",
+        "| --- | ---: | ---: |",
     ]
-    for name, ms in m["ms"].items():
-        best = m["best_ms"][name]
+    for name, part in c["parts"].items():
+        lines.append(f"| {name} | {part['wall_s']:.3f} | {part['cpu_s']:.3f} |")
+    lines += [
+        "",
+        f"Masking {m['batch']} x {m['length']} ({m['words']} words -> {m['units']} units, {m['vocabulary']} "
+        f"n-grams); the cases alternate call by call.",
+        "",
+        f"| case | wall ms, {m['threads']} threads (median) | vs whole_word | fastest | vs whole_word | "
+        "CPU ms, 1 thread (median) | vs whole_word | fastest | vs whole_word |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, w in m["wall"].items():
+        u = m["cpu_one_thread"][name]
         lines.append(
-            f"| {name} | {ms:.3f} | {ms / m['ms']['whole_word']:.2f}x | {best:.3f} | "
-            f"{best / m['best_ms']['whole_word']:.2f}x |"
+            f"| {name} | {w['ms']:.3f} | {w['ratio']:.2f}x | {w['best_ms']:.3f} | {w['ratio_best']:.2f}x | "
+            f"{u['ms']:.3f} | {u['ratio']:.2f}x | {u['best_ms']:.3f} | {u['ratio_best']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
 
