@@ -29,7 +29,6 @@ floating-point rounding can make two backends disagree.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -90,7 +89,6 @@ def resolve_seed(seed) -> int:
     return draw_seed() if seed is None else check_int("seed", seed)
 
 
-@functools.lru_cache(maxsize=256)
 def seed_mix(seed: int) -> tuple[int, int]:
     """The two 32-bit seed mixes that every backend receives instead of the raw seed."""
     seed &= (1 << 64) - 1

@@ -41,17 +41,22 @@ from .loss_feedback import check_feedback, deliver_feedback
 
 __all__ = ["fused_masked_lm_loss", "default_chunk_size", "CHUNK_ELEMENTS"]
 
-# Default chunk: the most rows whose logits hold at most 2**24 elements (64 MiB in fp32):
-# 549 rows for V = 30522, 333 for 50265, 130 for 128256. Larger chunks make the matmuls more
-# efficient; measured on 2 CPU cores (H = 384, V = 30522, 15% of N = 4096 / 8192 rows
-# labelled), 2**24 gave 8.0x naive linear + CE and 1.28x gather + torch, 2**23 gave 7.4x and
-# 1.19x for a chunk 32 MiB smaller.
+# Default chunk: the most rows whose logits hold at most max(2**24, V * H) elements, i.e. 64 MiB
+# of fp32 or the size of the weight gradient, which exists anyway, whichever is larger: 549 rows
+# for V = 30522, H = 384; 768 for BERT-base (V = 30522, H = 768); 1024 for V = 128256, H = 1024.
+# Each chunk reads and writes the whole [V, H] weight gradient with an update of rank = its
+# rows, so at a large V many small chunks are memory-bound: on 2 CPU cores (H = 1024,
+# V = 128256, 30% of N = 4096 rows labelled) one chunk of 1229 rows ran 2.3x and chunks of 512
+# rows 1.6x faster than chunks of 130 (the 2**24 rule alone). At V = 30522, H = 384, 2**24 gave
+# 8.0x naive linear + CE and 2**23 gave 7.4x.
 CHUNK_ELEMENTS = 1 << 24
 
 
-def default_chunk_size(vocab: int) -> int:
-    """Rows per chunk when ``chunk_size=None``: ``max(1, 2**24 // vocab)``."""
-    return max(1, CHUNK_ELEMENTS // max(1, vocab))
+def default_chunk_size(vocab: int, width: int = 0) -> int:
+    """Rows per chunk when ``chunk_size=None``: ``max(1, 2**24 // vocab, width)`` for a head of
+    ``vocab`` rows of ``width`` (the chunk's logits stay within 64 MiB of fp32 or the weight's
+    own size)."""
+    return max(1, CHUNK_ELEMENTS // max(1, vocab), width)
 
 
 def _accumulate(acc: Optional[torch.Tensor], update: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -383,8 +388,9 @@ def fused_masked_lm_loss(
         weight: ``[V, H]`` decoder weight, same dtype and device (may be tied to embeddings).
         labels: ``hidden.shape[:-1]`` int64/int32 class ids or ``ignore_index``.
         bias: optional ``[V]`` decoder bias.
-        chunk_size: labelled rows per chunk of logits; None: ``max(1, 2**24 // V)`` (the
-            chunk's logits stay within 64 MiB of fp32).
+        chunk_size: labelled rows per chunk of logits; None: :func:`default_chunk_size`,
+            ``max(2**24 // V, H)`` (the chunk's logits stay within 64 MiB of fp32 or the size of
+            the weight, whichever is larger).
         ignore_index, reduction, label_smoothing, z_loss, num_items_in_batch,
         global_normalization, backend: as :func:`fastmask.masked_cross_entropy`; ``backend``
             picks the cross-entropy kernel run on each chunk.
@@ -432,7 +438,9 @@ def fused_masked_lm_loss(
         ignore_index, reduction, label_smoothing, z_loss
     )
     check_feedback(feedback)
-    chunk_size = default_chunk_size(vocab) if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
+    chunk_size = (
+        default_chunk_size(vocab, width) if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
+    )
     chunk_size = min(chunk_size, labels.numel())  # more rows than the batch has is the whole batch
     flat_labels = labels.reshape(-1).to(torch.int64)
     denominator, loss_scale = loss_normalizer(

@@ -149,6 +149,10 @@ def test_default_chunk_size():
     assert fused_ops.default_chunk_size(30522) == 2**24 // 30522 == 549
     assert fused_ops.default_chunk_size(128256) == 130
     assert fused_ops.default_chunk_size(2**25) == 1
+    # at least the head's width: the chunk's logits may be as large as the weight
+    assert fused_ops.default_chunk_size(30522, 384) == 549
+    assert fused_ops.default_chunk_size(30522, 768) == 768
+    assert fused_ops.default_chunk_size(128256, 1024) == 1024
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -184,7 +188,7 @@ def _op_args(kwargs: dict, backend: str):
     denominator, scale = loss_common.loss_normalizer(
         flat_labels, options.get("ignore_index", -100), reduction, options.get("num_items_in_batch"), False
     )
-    chunk = options.get("chunk_size") or fused_ops.default_chunk_size(weight.shape[0])
+    chunk = options.get("chunk_size") or fused_ops.default_chunk_size(*weight.shape)
     return (
         hidden.reshape(-1, hidden.shape[-1]).detach().requires_grad_(),
         weight.detach().requires_grad_(),

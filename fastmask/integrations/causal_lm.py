@@ -144,7 +144,7 @@ def causal_lm_loss(
         return head_loss(model, state, rows, targets, num_items_in_batch)
 
     def softcap_loss(rows, weight, bias, targets):
-        chunk = state.chunk_size or default_chunk_size(weight.shape[0])
+        chunk = state.chunk_size or default_chunk_size(*weight.shape)
         total = softcap_cross_entropy_sum(rows, weight, bias, targets, float(cap), chunk)
         if num_items_in_batch is None:
             return total / targets.numel()
