@@ -26,6 +26,13 @@ std::string where_of(const py::object& key, int64_t row) {
   return name + " of row " + std::to_string(row);
 }
 
+// A row's location, spelled out (where_of) only when an error needs it.
+struct RowWhere {
+  const py::object& key;
+  int64_t row;
+  std::string str() const { return where_of(key, row); }
+};
+
 // ---------------------------------------------------------------- row access
 // A new reference to features[row][key] (or features[row] when key is None).
 py::object row_value(PyObject* features, int64_t row, const py::object& key) {
@@ -66,7 +73,7 @@ struct Row {
   }
 };
 
-void open_row(py::object value, const std::string& where, Row* row) {
+void open_row(py::object value, const RowWhere& where, Row* row) {
   PyObject* o = value.ptr();
   if (PyList_Check(o) || PyTuple_Check(o)) {
     row->owner = std::move(value);
@@ -86,7 +93,7 @@ void open_row(py::object value, const std::string& where, Row* row) {
     if (PyObject_GetBuffer(o, &row->view, PyBUF_RECORDS_RO) != 0) throw py::error_already_set();
     row->is_buffer = true;
     row->owner = std::move(value);
-    if (row->view.ndim < 1) fail_type(where, "expected a sequence, got a 0-d array");
+    if (row->view.ndim < 1) fail_type(where.str(), "expected a sequence, got a 0-d array");
     row->length = row->view.shape[0];
     return;
   }
@@ -94,7 +101,7 @@ void open_row(py::object value, const std::string& where, Row* row) {
   PyObject* tuple = PySequence_Tuple(o);
   if (tuple == nullptr) {
     PyErr_Clear();
-    fail_type(where, std::string("expected a list, tuple, array or tensor, got ") + Py_TYPE(o)->tp_name);
+    fail_type(where.str(), std::string("expected a list, tuple, array or tensor, got ") + Py_TYPE(o)->tp_name);
   }
   row->owner = py::reinterpret_steal<py::object>(tuple);
   row->seq = tuple;
@@ -153,12 +160,34 @@ T read_object(PyObject* o, PyObject* none_value, const Where& where) {
   return from_double<T>(d, where);
 }
 
+// A Python int of one digit (|v| < 2**30: nearly every token id) read straight from the object:
+// true and *v; false for other ints (PyLong_AsLongLongAndOverflow reads those). CPython 3.11+
+// (3.12 has an API for it); other builds always take the call.
+inline bool read_compact_int(PyObject* o, long long* v) {
+#if !defined(Py_LIMITED_API) && !defined(PYPY_VERSION) && PY_VERSION_HEX >= 0x030C0000
+  PyLongObject* value = reinterpret_cast<PyLongObject*>(o);
+  if (!PyUnstable_Long_IsCompact(value)) return false;
+  *v = static_cast<long long>(PyUnstable_Long_CompactValue(value));
+  return true;
+#elif !defined(Py_LIMITED_API) && !defined(PYPY_VERSION) && PY_VERSION_HEX >= 0x030B0000
+  const Py_ssize_t size = Py_SIZE(o);  // digits, with the sign
+  if (size < -1 || size > 1) return false;
+  *v = static_cast<long long>(size) * static_cast<long long>(reinterpret_cast<PyLongObject*>(o)->ob_digit[0]);
+  return true;
+#else
+  (void)o;
+  (void)v;
+  return false;
+#endif
+}
+
 // read_object with the common case first: a Python int that fits T.
 template <typename T>
-inline T read_item(PyObject* o, PyObject* none_value, const std::string& row_where, int64_t pos) {
+inline T read_item(PyObject* o, PyObject* none_value, const RowWhere& row_where, int64_t pos) {
   if (PyLong_CheckExact(o)) {
     int overflow = 0;
-    const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    long long v;
+    if (!read_compact_int(o, &v)) v = PyLong_AsLongLongAndOverflow(o, &overflow);
     if (overflow == 0) {
       if (std::is_same<T, int64_t>::value || std::is_floating_point<T>::value) return static_cast<T>(v);
       if (!std::is_same<T, bool>::value && v >= static_cast<long long>(std::numeric_limits<T>::min()) &&
@@ -167,18 +196,18 @@ inline T read_item(PyObject* o, PyObject* none_value, const std::string& row_whe
       }
     }
   }
-  return read_object<T>(o, none_value, [&] { return row_where + ", position " + std::to_string(pos); });
+  return read_object<T>(o, none_value, [&] { return row_where.str() + ", position " + std::to_string(pos); });
 }
 
 // Reads one element of type S at p as T.
 template <typename T, typename S>
-inline T convert_buffer(const char* p, const std::string& where) {
+inline T convert_buffer(const char* p, const RowWhere& where) {
   S s;
   std::memcpy(&s, p, sizeof(S));
-  auto at = [&] { return where; };
+  auto at = [&] { return where.str(); };
   if (std::is_floating_point<S>::value) return from_double<T>(static_cast<double>(s), at);
   if (std::is_same<S, uint64_t>::value && static_cast<uint64_t>(s) > static_cast<uint64_t>(INT64_MAX)) {
-    fail_value(where, "value does not fit in 64 bits");
+    fail_value(where.str(), "value does not fit in 64 bits");
   }
   const long long v = static_cast<long long>(s);
   if (std::is_same<T, int64_t>::value) return static_cast<T>(v);
@@ -186,14 +215,14 @@ inline T convert_buffer(const char* p, const std::string& where) {
 }
 
 template <typename T>
-using Reader = T (*)(const char*, const std::string&);
+using Reader = T (*)(const char*, const RowWhere&);
 
 template <typename T>
-Reader<T> buffer_reader(const Py_buffer& view, const std::string& where) {
+Reader<T> buffer_reader(const Py_buffer& view, const RowWhere& where) {
   const char* f = view.format ? view.format : "B";
   while (*f == '@' || *f == '=' || *f == '<' || *f == '>' || *f == '!') ++f;
   const char code = f[0];
-  if (f[0] == '\0' || f[1] != '\0') fail_type(where, std::string("unsupported array format '") + view.format + "'");
+  if (f[0] == '\0' || f[1] != '\0') fail_type(where.str(), std::string("unsupported array format '") + view.format + "'");
   switch (code) {
     case '?': return &convert_buffer<T, uint8_t>;
     case 'b': return &convert_buffer<T, int8_t>;
@@ -208,7 +237,7 @@ Reader<T> buffer_reader(const Py_buffer& view, const std::string& where) {
     case 'Q': return &convert_buffer<T, uint64_t>;
     case 'f': return &convert_buffer<T, float>;
     case 'd': return &convert_buffer<T, double>;
-    default: fail_type(where, std::string("unsupported array dtype (format '") + view.format + "')");
+    default: fail_type(where.str(), std::string("unsupported array dtype (format '") + view.format + "')");
   }
 }
 
@@ -226,12 +255,12 @@ void pad_rows_typed(PyObject* features, const py::object& key, py::array& out, c
   PyObject* none = none_value.ptr();
 
   for (int64_t b = 0; b < batch; ++b) {
-    const std::string row_where = where_of(key, b);
+    const RowWhere row_where{key, b};
     Row row;
     open_row(row_value(features, b, key), row_where, &row);
     const int64_t n = row.length;
     if (n > length) {
-      fail_value(row_where, "has " + std::to_string(n) + " items, more than the padded length " + std::to_string(length));
+      fail_value(row_where.str(), "has " + std::to_string(n) + " items, more than the padded length " + std::to_string(length));
     }
     T* dst = base + b * length * width;
     const int64_t offset = left ? length - n : 0;
@@ -243,7 +272,7 @@ void pad_rows_typed(PyObject* features, const py::object& key, py::array& out, c
       const Py_buffer& v = row.view;
       const int expect_dims = nested ? 2 : 1;
       if (v.ndim != expect_dims || (nested && v.shape[1] != width)) {
-        fail_value(row_where, "array has shape of " + std::to_string(v.ndim) + " dims; expected " +
+        fail_value(row_where.str(), "array has shape of " + std::to_string(v.ndim) + " dims; expected " +
                                   (nested ? "[n, " + std::to_string(width) + "]" : std::string("[n]")));
       }
       const Reader<T> read = buffer_reader<T>(v, row_where);
@@ -264,7 +293,7 @@ void pad_rows_typed(PyObject* features, const py::object& key, py::array& out, c
       PyObject* inner = items[i];
       if (PyList_Check(inner) || PyTuple_Check(inner)) {
         if (Py_SIZE(inner) != width) {
-          fail_value(row_where, "position " + std::to_string(i) + " has " + std::to_string(Py_SIZE(inner)) +
+          fail_value(row_where.str(), "position " + std::to_string(i) + " has " + std::to_string(Py_SIZE(inner)) +
                                     " values; expected " + std::to_string(width));
         }
         PyObject** values = PySequence_Fast_ITEMS(inner);
@@ -273,7 +302,7 @@ void pad_rows_typed(PyObject* features, const py::object& key, py::array& out, c
         Row sub;
         open_row(py::reinterpret_borrow<py::object>(inner), row_where, &sub);
         if (sub.length != width || (sub.is_buffer && sub.view.ndim != 1)) {
-          fail_value(row_where, "position " + std::to_string(i) + " is not a sequence of " + std::to_string(width) + " values");
+          fail_value(row_where.str(), "position " + std::to_string(i) + " is not a sequence of " + std::to_string(width) + " values");
         }
         if (sub.is_buffer) {
           const Reader<T> read = buffer_reader<T>(sub.view, row_where);
@@ -320,31 +349,44 @@ void pad_rows(const py::object& features_obj, const py::object& key, py::array o
 
 // Lengths of features[i][key] (features[i] when key is None) as int64 [B]; -1 for a scalar
 // (int, float, bool, None, numpy scalar or 0-d array).
+int64_t row_length(PyObject* features, int64_t row, const py::object& key) {
+  py::object value = row_value(features, row, key);
+  PyObject* o = value.ptr();
+  if (PyList_Check(o) || PyTuple_Check(o)) return Py_SIZE(o);
+  if (PyLong_Check(o) || PyFloat_Check(o) || o == Py_None) return -1;
+  const Py_ssize_t n = PyObject_Length(o);
+  if (n < 0) {  // no len(): numpy scalars, 0-d arrays / tensors, other objects
+    PyErr_Clear();
+    return -1;
+  }
+  return n;
+}
+
 py::array_t<int64_t> row_lengths(const py::object& features_obj, const py::object& key) {
   py::list features = as_list(features_obj);
   const int64_t batch = PyList_GET_SIZE(features.ptr());
   py::array_t<int64_t> out(batch);
   int64_t* lengths = out.mutable_data();
-  for (int64_t b = 0; b < batch; ++b) {
-    py::object value = row_value(features.ptr(), b, key);
-    PyObject* o = value.ptr();
-    if (PyList_Check(o) || PyTuple_Check(o)) {
-      lengths[b] = Py_SIZE(o);
-      continue;
-    }
-    if (PyLong_Check(o) || PyFloat_Check(o) || o == Py_None) {
-      lengths[b] = -1;
-      continue;
-    }
-    const Py_ssize_t n = PyObject_Length(o);
-    if (n < 0) {  // no len(): numpy scalars, 0-d arrays / tensors, other objects
-      PyErr_Clear();
-      lengths[b] = -1;
-      continue;
-    }
-    lengths[b] = n;
-  }
+  for (int64_t b = 0; b < batch; ++b) lengths[b] = row_length(features.ptr(), b, key);
   return out;
+}
+
+// int64 [B, length]: features[i][key] (features[i] when key is None) read in one call, when
+// `features` is a non-empty list of objects of one type whose rows all hold exactly `length`
+// items; None otherwise (the caller's general path then pads and names what is wrong). Values
+// are read as pad_rows reads them, with its errors.
+py::object fixed_length_rows(const py::object& features_obj, const py::object& key, int64_t length) {
+  PyObject* f = features_obj.ptr();
+  if (!PyList_Check(f) || PyList_GET_SIZE(f) == 0 || length < 0) return py::none();
+  const int64_t batch = PyList_GET_SIZE(f);
+  PyTypeObject* kind = Py_TYPE(PyList_GET_ITEM(f, 0));
+  for (int64_t b = 1; b < batch; ++b)
+    if (Py_TYPE(PyList_GET_ITEM(f, b)) != kind) return py::none();
+  for (int64_t b = 0; b < batch; ++b)
+    if (row_length(f, b, key) != length) return py::none();
+  py::array out(py::dtype::of<int64_t>(), {batch, length});
+  pad_rows_typed<int64_t>(f, key, out, py::int_(0), false, py::none());
+  return std::move(out);
 }
 
 }  // namespace
@@ -356,6 +398,10 @@ void register_collate(py::module_& m) {
         "[B, L] or [B, L, W] numpy array, padding each row with pad_value on the right (left=True: on\n"
         "the left). Rows may be lists/tuples of numbers (or of W-tuples), numpy arrays or tensors.\n"
         "None items become none_value (an error when none_value is None).");
+  m.def("fixed_length_rows", &fixed_length_rows, py::arg("features"), py::arg("key"), py::arg("length"),
+        "int64 [B, length]: features[i][key] (features[i] when key is None) in one call, when features is a\n"
+        "non-empty list of objects of one type and every row holds exactly length items; None otherwise.\n"
+        "Values are read (and rejected) as pad_rows reads them.");
   m.def("row_lengths", &row_lengths, py::arg("features"), py::arg("key") = py::none(),
         "int64 [B]: len(features[i][key]) (features[i] when key is None), -1 for scalar values.");
 }

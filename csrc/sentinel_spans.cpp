@@ -2,10 +2,11 @@
 // (which documents the semantics) through the generator in common.h.
 //
 // Rows are independent: one thread takes a row and (1) counts its units, (2) draws the two
-// random compositions (the S - 1 smallest gap keys: a threshold pass, then nth_element over the
-// few candidates, then sorted), (3) walks the row once more, writing inputs and targets at
-// running offsets (the per-row prefix sums), then pads. Scratch lives in a thread-local
-// workspace that only grows.
+// random compositions (all gap draws in one vectorised loop, then the S - 1 smallest gap keys:
+// a threshold pass, nth_element over the few candidates, sorted), (3) writes inputs and
+// targets at running offsets (the per-row prefix sums): token units copy whole segments of
+// the row's real tokens, word units walk the row once more; then pads. Scratch lives in a
+// thread-local workspace that only grows.
 // The binding validates every buffer; the kernel trusts its arguments.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -13,12 +14,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "checks.h"
 #include "common.h"
+#include "isa.h"
 
 namespace fastmask {
 namespace {
@@ -41,95 +44,145 @@ struct Params {
   int64_t first_sentinel_id = 0, eos_token_id = 0, pad_token_id = 0;
 };
 
+// Per-thread scratch, grown to the longest row seen and then re-used (no allocation per row).
+template <typename Id>
 struct Workspace {
-  std::vector<uint64_t> keys;        // gap keys (draw >> 1) << 32 | gap, then the candidates
-  std::vector<int64_t> ns, ks;       // segment starts (S + 1 each)
-  std::vector<uint8_t> marker;       // per unit: a segment starts here
+  std::vector<int32_t> draws;               // per gap: draw >> 1 (31 bits)
+  std::vector<int32_t> cand_key, cand_gap;  // the candidate cuts: their draws and gaps, in gap order
+  std::vector<int32_t> counts;              // candidates per bucket of draws
+  std::vector<uint64_t> keys;               // (draw >> 1) << 32 | gap of the boundary bucket's candidates
+  std::vector<int64_t> ns, ks;              // segment starts (S + 1 each)
+  std::vector<uint8_t> marker;              // per unit: a segment starts here (word units)
+  std::vector<Id> tokens;                   // a row's real tokens, when padding sits between them
 };
+
+// draws[g - 1] = draw(g, stream) >> 1 for the gaps g in 1 .. gaps: a loop the compiler
+// vectorises (8 hashes per instruction with AVX2).
+FM_INLINE void gap_draws(const RowState& rng, int64_t gaps, int stream, int32_t* draws) {
+  const uint32_t s1 = rng.s1, s2 = rng.s2;
+  const uint32_t n = static_cast<uint32_t>(gaps);
+  for (uint32_t g = 1; g <= n; ++g) {
+    const uint32_t counter = g * static_cast<uint32_t>(kNumStreams) + static_cast<uint32_t>(stream);
+    draws[g - 1] = static_cast<int32_t>(lowbias32(lowbias32(counter ^ s1) ^ s2) >> 1);
+  }
+}
 
 // Starts of a random composition of `items` into `segments` parts (reference:
 // composition_starts), written to out[0 .. segments], with out[segments] = items.
 //
-// The cuts are the segments - 1 smallest of the distinct keys (draw >> 1) << 32 | gap. The
-// draws are uniform, so the keys whose top bits fall below a threshold a little above the
-// expected quantile are nearly always enough: they are collected in one pass and only they are
-// ordered; when too few fall below it, every key is ranked. Either way the result is the set
-// of smallest keys, so it is the same set as the reference's sort.
-void composition_starts(const RowState& rng, int64_t items, int64_t segments, int stream,
-                        std::vector<uint64_t>& keys, std::vector<int64_t>& out) {
-  out.assign(segments + 1, 0);
+// The cuts are the gaps with the segments - 1 smallest keys (draw >> 1, gap), compared
+// lexicographically (distinct keys). The draws are uniform, so the gaps whose draw falls below
+// a threshold a little above the expected quantile are nearly always enough: they are
+// collected in one pass, in gap order (when too few fall below it, every gap is). The largest
+// cut key T is found without sorting: a histogram of the candidates' draws over about one
+// bucket per candidate gives the bucket that holds it, and nth_element orders the few
+// candidates of that bucket. The cuts are then the candidates with keys <= T, taken in gap
+// order, so already sorted: the reference's set, with no data-dependent branch per gap.
+template <typename Id>
+FM_INLINE void composition_starts(const RowState& rng, int64_t items, int64_t segments, int stream, Workspace<Id>& w,
+                                  std::vector<int64_t>& out) {
+  out.resize(segments + 1);
+  out[0] = 0;
   out[segments] = items;
   if (segments <= 1) return;
   const int64_t gaps = items - 1, cuts = segments - 1;
-  keys.resize(gaps);
+  if (static_cast<int64_t>(w.draws.size()) < gaps) {
+    w.draws.resize(gaps);
+    w.cand_key.resize(gaps);
+    w.cand_gap.resize(gaps);
+  }
+  int32_t* draws = w.draws.data();
+  int32_t* key = w.cand_key.data();
+  int32_t* gap = w.cand_gap.data();
+  gap_draws(rng, gaps, stream, draws);
   // threshold on draw >> 1 (31 bits): expected cuts + 4 sd + 8 keys below it
   const double want = static_cast<double>(cuts) + 4.0 * std::sqrt(static_cast<double>(cuts)) + 8.0;
-  const uint64_t limit = want >= static_cast<double>(gaps)
-                             ? (uint64_t{1} << 31)
-                             : static_cast<uint64_t>(want / static_cast<double>(gaps) * 2147483648.0) + 1;
+  int64_t bound = want >= static_cast<double>(gaps)
+                      ? (int64_t{1} << 31)
+                      : static_cast<int64_t>(want / static_cast<double>(gaps) * 2147483648.0) + 1;
   int64_t found = 0;
   for (int64_t g = 1; g <= gaps; ++g) {
-    const uint64_t hi = rng.draw(g, stream) >> 1;
-    keys[found] = (hi << 32) | static_cast<uint64_t>(g);
-    found += hi < limit;
+    const int32_t d = draws[g - 1];
+    key[found] = d;
+    gap[found] = static_cast<int32_t>(g);
+    found += d < bound;
   }
-  if (found < cuts) {  // rare: rank every key
-    for (int64_t g = 1; g <= gaps; ++g)
-      keys[g - 1] = (static_cast<uint64_t>(rng.draw(g, stream) >> 1) << 32) | static_cast<uint64_t>(g);
+  if (found < cuts) {  // rare: every gap is a candidate
+    for (int64_t g = 1; g <= gaps; ++g) {
+      key[g - 1] = draws[g - 1];
+      gap[g - 1] = static_cast<int32_t>(g);
+    }
     found = gaps;
+    bound = int64_t{1} << 31;
   }
-  if (cuts < found) std::nth_element(keys.begin(), keys.begin() + (cuts - 1), keys.begin() + found);
-  // the cuts smallest keys are now keys[0 .. cuts)
-  for (int64_t j = 0; j < cuts; ++j) out[j + 1] = static_cast<int64_t>(keys[j] & 0xFFFFFFFFull);
-  std::sort(out.begin() + 1, out.begin() + segments);
+  // candidates' draws lie in [0, bound): buckets of 2^shift draws, about one candidate each
+  int bucket_bits = 0;
+  while (bucket_bits < 12 && (int64_t{1} << bucket_bits) < found) ++bucket_bits;
+  int draw_bits = 0;
+  while ((int64_t{1} << draw_bits) < bound) ++draw_bits;
+  const int shift = std::max(0, draw_bits - bucket_bits);
+  const int64_t buckets = ((bound - 1) >> shift) + 1;
+  w.counts.assign(buckets, 0);
+  int32_t* counts = w.counts.data();
+  for (int64_t i = 0; i < found; ++i) ++counts[key[i] >> shift];
+  int64_t below = 0, b = 0;
+  while (below + counts[b] < cuts) below += counts[b++];
+  // the largest cut is the (cuts - below)-th smallest key of bucket b
+  w.keys.clear();
+  for (int64_t i = 0; i < found; ++i)
+    if ((key[i] >> shift) == b)
+      w.keys.push_back((static_cast<uint64_t>(key[i]) << 32) | static_cast<uint64_t>(static_cast<uint32_t>(gap[i])));
+  const auto nth = w.keys.begin() + (cuts - below - 1);
+  std::nth_element(w.keys.begin(), nth, w.keys.end());
+  const int32_t last_key = static_cast<int32_t>(*nth >> 32), last_gap = static_cast<int32_t>(*nth & 0xFFFFFFFFull);
+  int64_t k = 1;
+  for (int64_t i = 0; i < found; ++i) {
+    out[k] = gap[i];
+    k += (key[i] < last_key) | ((key[i] == last_key) & (gap[i] <= last_gap));
+  }
+  out[segments] = items;  // the loop may have written past the last cut
 }
 
+// The row's outputs from its real tokens `tokens[0 .. units)` (token units): kept segments are
+// copied to `in`, each span becomes its sentinel in `in` and the sentinel plus its tokens in
+// `out`. Returns the ids written to each.
 template <typename Id>
-void corrupt_row(const Params& p, const Id* ids_all, Id* inputs_all, Id* targets_all, int64_t row, Workspace& w) {
-  const int64_t L = p.length;
-  const Id* ids = ids_all + row * L;
-  const uint8_t* att = p.attention_mask ? p.attention_mask + row * L : nullptr;
-  const uint8_t* ws = p.word_starts ? p.word_starts + row * L : nullptr;
-  Id* in = inputs_all + row * p.inputs_length;
-  Id* out = targets_all + row * p.targets_length;
-  const Id pad = static_cast<Id>(p.pad_token_id);
-  auto real = [&](int64_t i) { return att ? att[i] != 0 : ids[i] != pad; };
-
-  // pass 1: units (real tokens, or words: the first real token and real word starts)
-  int64_t units = 0;
-  if (ws == nullptr) {
-    if (att) {
-      for (int64_t i = 0; i < L; ++i) units += att[i] != 0;
-    } else {
-      for (int64_t i = 0; i < L; ++i) units += ids[i] != pad;
-    }
-  } else {
-    bool first = true;
-    for (int64_t i = 0; i < L; ++i) {
-      if (!real(i)) continue;
-      units += first || ws[i] != 0;
-      first = false;
-    }
-  }
-  const int64_t noise = p.noise_table[units], spans = p.spans_table[units], keep = units - noise;
-  const RowState rng(p.seed_mix1, p.seed_mix2, p.row_keys[row]);
-  composition_starts(rng, noise, spans, kStreamNoiseCut, w.keys, w.ns);
-  composition_starts(rng, keep, spans, kStreamKeepCut, w.keys, w.ks);
-  w.marker.assign(units + 1, 0);
+FM_INLINE void write_runs(const Params& p, const Id* tokens, const int64_t* ns, const int64_t* ks, int64_t spans,
+                          Id* in, Id* out, int64_t* n_in, int64_t* n_out) {
+  int64_t a = 0, b = 0;
   for (int64_t j = 0; j < spans; ++j) {
-    if (j > 0) w.marker[w.ks[j] + w.ns[j]] = 1;
-    w.marker[w.ks[j + 1] + w.ns[j]] = 1;
+    const int64_t keep_begin = ks[j] + ns[j], noise_begin = ks[j + 1] + ns[j], noise_end = ks[j + 1] + ns[j + 1];
+    std::memcpy(in + a, tokens + keep_begin, (noise_begin - keep_begin) * sizeof(Id));
+    a += noise_begin - keep_begin;
+    const Id sentinel = static_cast<Id>(p.first_sentinel_id - j);
+    in[a++] = sentinel;
+    out[b++] = sentinel;
+    std::memcpy(out + b, tokens + noise_begin, (noise_end - noise_begin) * sizeof(Id));
+    b += noise_end - noise_begin;
   }
+  *n_in = a;
+  *n_out = b;
+}
 
-  // pass 2: the outputs, at running offsets (the per-row prefix sums)
-  int64_t segment = 0, unit = -1, n_in = 0, n_out = 0;
+// The row's outputs by walking its tokens (word units: a word takes its first token's status).
+template <typename Id>
+FM_INLINE void write_words(const Params& p, const Id* ids, const uint8_t* att, const uint8_t* ws, int64_t units,
+                           const int64_t* ns, const int64_t* ks, int64_t spans, std::vector<uint8_t>& marker, Id* in,
+                           Id* out, int64_t* n_in, int64_t* n_out) {
+  const Id pad = static_cast<Id>(p.pad_token_id);
+  marker.assign(units + 1, 0);
+  for (int64_t j = 0; j < spans; ++j) {
+    if (j > 0) marker[ks[j] + ns[j]] = 1;
+    marker[ks[j + 1] + ns[j]] = 1;
+  }
+  int64_t segment = 0, unit = -1, a = 0, b = 0;
   bool first = true;
-  for (int64_t i = 0; i < L; ++i) {
-    if (!real(i)) continue;
+  for (int64_t i = 0; i < p.length; ++i) {
+    if (att ? att[i] == 0 : ids[i] == pad) continue;
     bool span_first = false;
-    if (ws == nullptr || first || ws[i] != 0) {
+    if (first || ws[i] != 0) {
       ++unit;
-      if (w.marker[unit]) {
+      if (marker[unit]) {
         ++segment;
         span_first = (segment & 1) != 0;
       }
@@ -139,13 +192,69 @@ void corrupt_row(const Params& p, const Id* ids_all, Id* inputs_all, Id* targets
     if (segment & 1) {
       if (span_first) {
         const Id sentinel = static_cast<Id>(p.first_sentinel_id - (segment >> 1));
-        in[n_in++] = sentinel;
-        out[n_out++] = sentinel;
+        in[a++] = sentinel;
+        out[b++] = sentinel;
       }
-      out[n_out++] = token;
+      out[b++] = token;
     } else {
-      in[n_in++] = token;
+      in[a++] = token;
     }
+  }
+  *n_in = a;
+  *n_out = b;
+}
+
+template <typename Id>
+FM_INLINE void corrupt_row(const Params& p, const Id* ids_all, Id* inputs_all, Id* targets_all, int64_t row,
+                           Workspace<Id>& w) {
+  const int64_t L = p.length;
+  const Id* ids = ids_all + row * L;
+  const uint8_t* att = p.attention_mask ? p.attention_mask + row * L : nullptr;
+  const uint8_t* ws = p.word_starts ? p.word_starts + row * L : nullptr;
+  Id* in = inputs_all + row * p.inputs_length;
+  Id* out = targets_all + row * p.targets_length;
+  const Id pad = static_cast<Id>(p.pad_token_id);
+
+  // pass 1: units (real tokens, or words: the first real token and real word starts) and,
+  // for token units, the span [lo, hi) holding the real tokens (padding usually sits at an end)
+  int64_t units = 0, lo = 0, hi = L;
+  if (ws == nullptr) {
+    if (att) {
+      for (int64_t i = 0; i < L; ++i) units += att[i] != 0;
+      while (lo < hi && att[lo] == 0) ++lo;
+      while (hi > lo && att[hi - 1] == 0) --hi;
+    } else {
+      for (int64_t i = 0; i < L; ++i) units += ids[i] != pad;
+      while (lo < hi && ids[lo] == pad) ++lo;
+      while (hi > lo && ids[hi - 1] == pad) --hi;
+    }
+  } else {
+    bool first = true;
+    for (int64_t i = 0; i < L; ++i) {
+      if (att ? att[i] == 0 : ids[i] == pad) continue;
+      units += first || ws[i] != 0;
+      first = false;
+    }
+  }
+  const int64_t noise = p.noise_table[units], spans = p.spans_table[units], keep = units - noise;
+  const RowState rng(p.seed_mix1, p.seed_mix2, p.row_keys[row]);
+  composition_starts<Id>(rng, noise, spans, kStreamNoiseCut, w, w.ns);
+  composition_starts<Id>(rng, keep, spans, kStreamKeepCut, w, w.ks);
+
+  // pass 2: the outputs, at running offsets (the per-row prefix sums)
+  int64_t n_in = 0, n_out = 0;
+  if (ws == nullptr) {
+    const Id* tokens = ids + lo;
+    if (hi - lo != units) {  // padding between real tokens: gather them first
+      w.tokens.resize(units);
+      int64_t n = 0;
+      for (int64_t i = lo; i < hi; ++i)
+        if (att ? att[i] != 0 : ids[i] != pad) w.tokens[n++] = ids[i];
+      tokens = w.tokens.data();
+    }
+    write_runs<Id>(p, tokens, w.ns.data(), w.ks.data(), spans, in, out, &n_in, &n_out);
+  } else {
+    write_words<Id>(p, ids, att, ws, units, w.ns.data(), w.ks.data(), spans, w.marker, in, out, &n_in, &n_out);
   }
   in[n_in++] = static_cast<Id>(p.eos_token_id);
   out[n_out++] = static_cast<Id>(p.eos_token_id);
@@ -154,12 +263,26 @@ void corrupt_row(const Params& p, const Id* ids_all, Id* inputs_all, Id* targets
 }
 
 template <typename Id>
+void corrupt_rows(const Params& p, const Id* ids, Id* inputs, Id* targets, int64_t begin, int64_t end) {
+  thread_local Workspace<Id> w;
+  for (int64_t row = begin; row < end; ++row) corrupt_row<Id>(p, ids, inputs, targets, row, w);
+}
+
+// The same code compiled for AVX2 (the gap draws: 8 hashes per instruction), picked at run time
+// with the masking kernel's level (isa.h, IsaFamily::kMasking; both give identical results).
+template <typename Id>
+FM_TARGET_AVX2 FM_FLATTEN void corrupt_rows_avx2(const Params& p, const Id* ids, Id* inputs, Id* targets,
+                                                 int64_t begin, int64_t end) {
+  corrupt_rows<Id>(p, ids, inputs, targets, begin, end);
+}
+
+template <typename Id>
 void span_corruption_kernel(const Params& p, const Id* ids, Id* inputs, Id* targets) {
+  using RowsFn = void (*)(const Params&, const Id*, Id*, Id*, int64_t, int64_t);
+  const RowsFn rows_fn =
+      active_isa(IsaFamily::kMasking) >= Isa::kAvx2 ? &corrupt_rows_avx2<Id> : &corrupt_rows<Id>;
   const int64_t grain = std::max<int64_t>(1, kMinTokensPerChunk / std::max<int64_t>(p.length, 1));
-  parallel_for(p.batch, grain, [&](int64_t begin, int64_t end) {
-    thread_local Workspace w;
-    for (int64_t row = begin; row < end; ++row) corrupt_row<Id>(p, ids, inputs, targets, row, w);
-  });
+  parallel_for(p.batch, grain, [&](int64_t begin, int64_t end) { rows_fn(p, ids, inputs, targets, begin, end); });
 }
 
 // ------------------------------------------------------------------------- binding

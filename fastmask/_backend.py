@@ -327,13 +327,14 @@ class PlanOp:
         self.custom_op = torch.library.custom_op(f"fastmask::{name}", mutates_args=())(run)
         self.custom_op.register_fake(run_fake)
 
-    def __call__(self, plan, backend: str = "auto"):
+    def backend_for(self, plan, backend: str = "auto") -> str:
+        """The concrete backend a call of ``plan`` on ``backend`` runs on (:func:`choose_backend`)."""
         check_backend_name(backend)
-        device_type = getattr(plan, self.on).device.type
-        chosen = choose_backend(
-            self.name, backend, device_type, self.cpp_symbol, (), self.triton_kernels, self.row_length(plan)
-        )
-        return call_op(self.custom_op, self.impls, chosen, plan)
+        device_type, length = getattr(plan, self.on).device.type, self.row_length(plan)
+        return choose_backend(self.name, backend, device_type, self.cpp_symbol, (), self.triton_kernels, length)
+
+    def __call__(self, plan, backend: str = "auto"):
+        return call_op(self.custom_op, self.impls, self.backend_for(plan, backend), plan)
 
 
 def deferred(module: str, name: str) -> Callable:

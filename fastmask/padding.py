@@ -305,25 +305,17 @@ def pad_features(
 
 def read_fixed_length_ids(features, length: int) -> Optional[np.ndarray]:
     """int64 ``[B, length]``: the ``input_ids`` of ``features`` (a list of dicts, or of sequences
-    of ids) read straight into one array — nothing else is read — when every row holds exactly
-    ``length`` ids. None when that does not hold or the rows need :func:`pad_features`' general
-    path (no C++ extension, mixed kinds of rows, no ``input_ids`` key): callers then use it,
-    which also names what is wrong. Features are never modified."""
+    of ids) read straight into one array by one C++ call — nothing else is read — when every row
+    holds exactly ``length`` ids. None when that does not hold or the rows need
+    :func:`pad_features`' general path (no C++ extension, mixed kinds of rows, no ``input_ids``
+    key): callers then use it, which also names what is wrong. Features are never modified."""
     module = _collate_module()
-    if module is None or not isinstance(features, list) or not features:
+    if module is None or not isinstance(features, list) or not features or not hasattr(module, "fixed_length_rows"):
         return None
-    kind = type(features[0])
-    if any(type(f) is not kind for f in features):
-        return None
-    key = "input_ids" if issubclass(kind, Mapping) else None
+    key = "input_ids" if isinstance(features[0], Mapping) else None
     if key is not None and key not in features[0]:
         return None
-    lengths = module.row_lengths(features, key)
-    if (lengths != length).any():
-        return None
-    out = np.empty((len(features), length), dtype=np.int64)
-    module.pad_rows(features, key, out, 0, False, None)
-    return out
+    return module.fixed_length_rows(features, key, length)
 
 
 def _feature(feature, key, row):

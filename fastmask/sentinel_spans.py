@@ -36,6 +36,7 @@ __all__ = [
     "plan_span_corruption",
     "run_span_corruption",
     "with_new_rows",
+    "SpanCorruptionRunner",
     "span_corruption_lengths",
     "span_counts",
 ]
@@ -120,12 +121,19 @@ def _count_tables(
 
 
 # ----------------------------------------------------------------------------- backends
-def _cpp_impl(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
-    B = plan.input_ids.shape[0]
-    inputs = torch.empty((B, plan.inputs_length), dtype=plan.input_ids.dtype)
-    targets = torch.empty((B, plan.targets_length), dtype=plan.input_ids.dtype)
-    _backend.cpp_kernels().span_corruption(plan.cpp_fields(), inputs.numpy(), targets.numpy())
+def _cpp_run(fields: dict, inputs_length: int, targets_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The C++ kernel on a plan's :meth:`~fastmask._plan.OpPlan.cpp_fields`: numpy
+    ``(inputs, targets)`` in the ids' dtype."""
+    ids = fields["input_ids"]
+    inputs = np.empty((ids.shape[0], inputs_length), dtype=ids.dtype)
+    targets = np.empty((ids.shape[0], targets_length), dtype=ids.dtype)
+    _backend.cpp_kernels().span_corruption(fields, inputs, targets)
     return inputs, targets
+
+
+def _cpp_impl(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, targets = _cpp_run(plan.cpp_fields(), plan.inputs_length, plan.targets_length)
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
 def _span_corruption_fake(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,6 +247,14 @@ def plan_span_corruption(
     return plan
 
 
+def _check_reusable(plan: SpanCorruptionPlan) -> None:
+    if plan.attention_mask is None or plan.word_starts is not None:
+        raise ValueError(
+            "with_new_rows needs a plan made with attention_mask= and without word_starts= (its unit counts "
+            "must not depend on the ids); call plan_span_corruption for these rows"
+        )
+
+
 def with_new_rows(
     plan: SpanCorruptionPlan, input_ids: torch.Tensor, *, seed: int, row_keys: torch.Tensor
 ) -> SpanCorruptionPlan:
@@ -248,11 +264,7 @@ def with_new_rows(
     ``attention_mask`` and without ``word_starts`` (e.g. a collator's packed rows) — and raises
     otherwise. It skips :func:`plan_span_corruption`'s per-batch reductions; ids are still
     checked (>= 0)."""
-    if plan.attention_mask is None or plan.word_starts is not None:
-        raise ValueError(
-            "with_new_rows needs a plan made with attention_mask= and without word_starts= (its unit counts "
-            "must not depend on the ids); call plan_span_corruption for these rows"
-        )
+    _check_reusable(plan)
     check_tensor("input_ids", input_ids, dtypes=(plan.input_ids.dtype,))
     if input_ids.shape != plan.input_ids.shape or input_ids.device != plan.input_ids.device:
         raise ValueError(
@@ -271,6 +283,58 @@ def with_new_rows(
         seed_mix1=mix1,
         seed_mix2=mix2,
     )
+
+
+class SpanCorruptionRunner:
+    """Span corruption of batch after batch of one plan's shape, for a collator: calling it with
+    numpy ``input_ids`` ``[B, L]``, ``seed`` and ``row_keys`` ``[B]`` returns numpy
+    ``(inputs, targets)``, exactly ``run_span_corruption(with_new_rows(plan, ...), backend)``
+    (the same conditions on ``plan``, the same checks and errors).
+
+    On the C++ backend outside ``torch.compile`` it skips the per-call work of that route: the
+    plan's constant fields are converted for the kernel once, and each call swaps in its ids,
+    row keys and seed mixes (the kernel's binding still checks every buffer). Other backends take
+    the route above.
+    """
+
+    def __init__(self, plan: SpanCorruptionPlan, backend: str = "auto"):
+        _check_reusable(plan)
+        self.plan, self.backend = plan, _backend.check_backend_name(backend)
+        self._fields: Optional[dict] = None  # plan.cpp_fields(), made at the first C++ call
+        self._seed: Optional[tuple[int, int, int]] = None  # (seed, mix1, mix2) of the last call
+
+    def __getstate__(self):  # pickled without the kernel's views (rebuilt on first use)
+        return dict(self.__dict__, _fields=None)
+
+    def __call__(self, input_ids: np.ndarray, *, seed: int, row_keys) -> tuple[np.ndarray, np.ndarray]:
+        plan = self.plan
+        keys = row_keys.numpy() if isinstance(row_keys, torch.Tensor) else np.asarray(row_keys)
+        if _SPAN_CORRUPTION.backend_for(plan, self.backend) != "cpp" or torch.compiler.is_compiling():
+            return self._via_plan(input_ids, seed, keys)
+        expected = plan.input_ids
+        if (
+            not isinstance(input_ids, np.ndarray)
+            or input_ids.shape != tuple(expected.shape)
+            or input_ids.dtype != expected.numpy().dtype
+            or keys.dtype != np.int64
+            or keys.shape != (input_ids.shape[0],)
+            or int(input_ids.min()) < 0
+        ):  # with_new_rows names what is wrong (or takes what it can convert)
+            return self._via_plan(input_ids, seed, keys)
+        if self._seed is None or self._seed[0] != seed:
+            self._seed = (check_int("seed", seed), *_rng.seed_mix(seed))
+        if self._fields is None:
+            self._fields = plan.cpp_fields()
+        fields = dict(self._fields)
+        fields["input_ids"] = np.ascontiguousarray(input_ids)
+        fields["row_keys"] = np.ascontiguousarray(keys)
+        fields["seed_mix1"], fields["seed_mix2"] = self._seed[1], self._seed[2]
+        return _cpp_run(fields, plan.inputs_length, plan.targets_length)
+
+    def _via_plan(self, input_ids, seed: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = with_new_rows(self.plan, torch.as_tensor(input_ids), seed=seed, row_keys=torch.as_tensor(keys))
+        inputs, targets = run_span_corruption(rows, self.backend)
+        return inputs.cpu().numpy(), targets.cpu().numpy()
 
 
 def span_corruption(

@@ -23,13 +23,12 @@ from .mask_stream import MaskStream
 from .padding import pad_features, read_fixed_length_ids
 from .schedules import is_schedule
 from .sentinel_spans import (
+    SpanCorruptionRunner,
     _check_density,
     _check_mean_span,
     plan_span_corruption,
-    run_span_corruption,
     span_corruption_lengths,
     span_counts,
-    with_new_rows,
 )
 
 __all__ = ["DataCollatorForSpanCorruption", "add_sentinel_tokens", "sentinel_token_id"]
@@ -176,7 +175,7 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
             check_int("seed", self.seed)
         _backend.check_backend_name(self.backend)
         self._init_stream()
-        self._plans = {}  # batch size -> plan (see _plan_for)
+        self._runners = {}  # batch size -> SpanCorruptionRunner (see _runner_for)
 
     def torch_call(self, features):
         return self._collate(features, "pt")
@@ -209,11 +208,7 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
             ids = data["input_ids"]
         batch = ids.shape[0]
         keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
-        plan = with_new_rows(self._plan_for(batch), torch.from_numpy(ids), seed=self._effective_seed(), row_keys=keys)
-        inputs, targets = run_span_corruption(plan, self.backend)
-        if inputs.device.type != "cpu":
-            inputs, targets = inputs.cpu(), targets.cpu()
-        inputs, labels = inputs.numpy(), targets.numpy()
+        inputs, labels = self._runner_for(batch)(ids, seed=self._effective_seed(), row_keys=keys)
         widened = labels.shape[1] < self.target_length
         if widened:
             wide = np.full((batch, self.target_length), IGNORE_INDEX, dtype=labels.dtype)
@@ -231,13 +226,13 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
             out = {k: torch.from_numpy(v) for k, v in out.items()}
         return BatchEncoding(out)
 
-    def _plan_for(self, batch: int):
-        """The validated plan for batches of ``batch`` rows, made once: every row is
+    def _runner_for(self, batch: int) -> SpanCorruptionRunner:
+        """The op for batches of ``batch`` rows, with its plan validated once: every row is
         ``expanded_input_length`` real tokens (pad ids too), so the counts and widths depend only
-        on the shape, and each batch only swaps in its ids, seed and row keys (``with_new_rows``)."""
-        plan = self._plans.get(batch)
-        if plan is None:
-            plan = self._plans[batch] = plan_span_corruption(
+        on the shape, and each batch only swaps in its ids, seed and row keys."""
+        runner = self._runners.get(batch)
+        if runner is None:
+            plan = plan_span_corruption(
                 torch.zeros((batch, self.expanded_input_length), dtype=torch.int64),
                 first_sentinel_id=self.first_sentinel_id,
                 eos_token_id=self.eos_token_id,
@@ -249,4 +244,5 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
                 attention_mask=torch.from_numpy(np.ones((batch, self.expanded_input_length), dtype=bool)),
                 seed=0,
             )
-        return plan
+            runner = self._runners[batch] = SpanCorruptionRunner(plan, self.backend)
+        return runner

@@ -242,6 +242,21 @@ def test_read_fixed_length_ids():
         read_fixed_length_ids([{"input_ids": rows[0]}, {"ids": rows[1]}], 4)
 
 
+def test_read_fixed_length_ids_reads_every_kind_of_int():
+    """Ints of one digit are read straight from the object, others through the C API: both exact,
+    at the digit boundary and beyond 64 bits (an error, as pad_rows)."""
+    from fastmask.padding import read_fixed_length_ids
+
+    values = [0, 1, -1, 2**30 - 1, 2**30, -(2**30) + 1, -(2**30), 2**62, -(2**63), 2**63 - 1, np.int64(-5), True]
+    rows = [values, list(reversed(values))]
+    got = read_fixed_length_ids([{"input_ids": r} for r in rows], len(values))
+    assert got.dtype == np.int64 and got.tolist() == [[int(v) for v in r] for r in rows]
+    with pytest.raises(ValueError, match="row 1, position 2: integer does not fit in 64 bits"):
+        read_fixed_length_ids([[1, 2, 3], [4, 5, 2**64]], 3)
+    with pytest.raises(TypeError, match="row 0, position 1: float value"):
+        read_fixed_length_ids([[1, 2.5, 3]], 3)
+
+
 def test_read_fixed_length_ids_without_the_extension(no_extension):
     from fastmask.padding import read_fixed_length_ids
 

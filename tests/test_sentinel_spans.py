@@ -279,3 +279,94 @@ def test_triton_kernel_compiles_offline_without_spills():
     from fastmask.kernels import offline
 
     assert_compiles_offline(offline.variants("sentinel_spans"))
+
+
+@pytest.fixture(params=["default", "avx2"])
+def cpp_isa(request):
+    """The C++ kernel at each instruction-set level this CPU has (the span-corruption kernel
+    follows the masking kernel's level, ``_C._masking_isa``)."""
+    require_backend("cpp")
+    module = _backend.cpp_module()
+    before = module._masking_isa()
+    if module._masking_isa(request.param) != request.param:
+        module._masking_isa(before)
+        pytest.skip(f"this CPU has no {request.param}")
+    yield request.param
+    module._masking_isa(before)
+
+
+def _kernel_path_cases():
+    """Rows for every path of the C++ kernel: padding inside rows (attention holes, pad ids) and
+    at either end, word units, and compositions with few, many, or thousands of candidate cuts
+    (several per bucket of draws)."""
+    g = torch.Generator().manual_seed(7)
+    base = dict(first_sentinel_id=20000, eos_token_id=EOS, pad_token_id=PAD)
+    for batch, length, density, mean in [
+        (6, 50, 0.15, 3.0),
+        (4, 568, 0.15, 3.0),
+        (3, 3000, 0.3, 2.0),
+        (2, 12000, 0.5, 1.0),
+    ]:
+        ids = torch.randint(2, VOCAB, (batch, length), generator=g)
+        holes = (torch.rand(batch, length, generator=g) < 0.2).to(torch.int64)
+        holes[:, :2] = 1  # at least two real tokens
+        left = (torch.arange(length)[None, :] >= torch.randint(0, length - 2, (batch, 1), generator=g)).to(torch.int64)
+        with_pads = torch.where(torch.rand(batch, length, generator=g) < 0.1, torch.full_like(ids, PAD), ids)
+        with_pads[:, :2] = 7
+        starts = torch.rand(batch, length, generator=g) < 0.6
+        kw = dict(
+            base,
+            noise_density=density,
+            mean_noise_span_length=mean,
+            seed=int(torch.randint(0, 2**62, (1,), generator=g)),
+        )
+        name = f"{batch}x{length}-d{density}-m{mean}"
+        yield name + "-holes", dict(kw, input_ids=ids, attention_mask=1 - holes)
+        yield name + "-left", dict(kw, input_ids=ids, attention_mask=left)
+        yield name + "-pad-ids", dict(kw, input_ids=with_pads.to(torch.int32))
+        if length <= 3000:
+            yield name + "-words", dict(kw, input_ids=ids, attention_mask=1 - holes, word_starts=starts)
+
+
+KERNEL_PATHS = list(_kernel_path_cases())
+
+
+@pytest.mark.parametrize("name,kwargs", KERNEL_PATHS, ids=[n for n, _ in KERNEL_PATHS])
+def test_cpp_kernel_paths_match_reference(cpp_isa, name, kwargs):
+    _assert_matches_reference(kwargs, "cpp")
+
+
+def test_runner_equals_with_new_rows():
+    """SpanCorruptionRunner (the collator's per-batch call) gives run_span_corruption(with_new_rows(...))'s
+    outputs on every backend, across seeds and after pickling, and rejects what with_new_rows rejects."""
+    import pickle
+
+    from fastmask.sentinel_spans import SpanCorruptionRunner, run_span_corruption, with_new_rows
+
+    ones = torch.ones(4, 60, dtype=torch.bool)
+    kw = dict(first_sentinel_id=FIRST_SENTINEL, eos_token_id=EOS, pad_token_id=PAD, attention_mask=ones)
+    template = plan_span_corruption(torch.zeros(4, 60, dtype=torch.int64), seed=0, **kw)
+    ids = torch.randint(0, 400, (4, 60))
+    keys = torch.tensor([3, -9, 1 << 50, 0])
+    for backend in ("reference", "cpp"):
+        require_backend(backend)
+        runner = SpanCorruptionRunner(template, backend)
+        for seed in (5, 5, 6):  # a repeated seed and a new one
+            expected = run_span_corruption(with_new_rows(template, ids, seed=seed, row_keys=keys), backend)
+            got = runner(ids.numpy(), seed=seed, row_keys=keys)
+            assert all(isinstance(x, np.ndarray) and np.array_equal(x, e.numpy()) for x, e in zip(got, expected))
+        copy = pickle.loads(pickle.dumps(runner))
+        assert all(np.array_equal(a, b) for a, b in zip(copy(ids.numpy(), seed=6, row_keys=keys.numpy()), got))
+        with pytest.raises(ValueError, match="negative id -4"):
+            runner(np.full((4, 60), -4), seed=1, row_keys=keys)
+        with pytest.raises(ValueError, match="shape"):
+            runner(ids.numpy()[:2], seed=1, row_keys=keys[:2])
+        with pytest.raises(TypeError, match="dtype"):
+            runner(ids.numpy().astype(np.int32), seed=1, row_keys=keys)
+        with pytest.raises(ValueError, match="row_keys has 2 entries"):
+            runner(ids.numpy(), seed=1, row_keys=keys[:2])
+        with pytest.raises(TypeError, match="seed"):
+            runner(ids.numpy(), seed=1.5, row_keys=keys)
+    unmasked = plan_span_corruption(ids, first_sentinel_id=FIRST_SENTINEL, eos_token_id=EOS, pad_token_id=PAD, seed=0)
+    with pytest.raises(ValueError, match="attention_mask"):
+        SpanCorruptionRunner(unmasked)
