@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bits.h"
 #include "checks.h"
 #include "common.h"
 #include "isa.h"
@@ -67,6 +68,25 @@ FM_INLINE void gap_draws(const RowState& rng, int64_t gaps, int stream, int32_t*
   }
 }
 
+// The candidate cuts: the gaps g whose draws[g - 1] <= last, in gap order, as key[i] (the
+// draw) and gap[i]; returns how many. Blocks of 64 gaps become bit masks whose set bits (about
+// one in eight) are visited: no branch per gap.
+FM_INLINE int64_t collect_candidates(const int32_t* draws, int64_t gaps, int32_t last, int32_t* key, int32_t* gap) {
+  int64_t found = 0;
+  alignas(64) uint8_t below[64];
+  for (int64_t g0 = 0; g0 < gaps; g0 += 64) {
+    const int n = static_cast<int>(std::min<int64_t>(64, gaps - g0));
+    for (int j = 0; j < n; ++j) below[j] = draws[g0 + j] <= last;
+    for (uint64_t bits = selected_bits(below, n); bits != 0; bits &= bits - 1) {
+      const int64_t g = g0 + count_trailing_zeros(bits);
+      key[found] = draws[g];
+      gap[found] = static_cast<int32_t>(g + 1);
+      ++found;
+    }
+  }
+  return found;
+}
+
 // Starts of a random composition of `items` into `segments` parts (reference:
 // composition_starts), written to out[0 .. segments], with out[segments] = items.
 //
@@ -100,13 +120,7 @@ FM_INLINE void composition_starts(const RowState& rng, int64_t items, int64_t se
   int64_t bound = want >= static_cast<double>(gaps)
                       ? (int64_t{1} << 31)
                       : static_cast<int64_t>(want / static_cast<double>(gaps) * 2147483648.0) + 1;
-  int64_t found = 0;
-  for (int64_t g = 1; g <= gaps; ++g) {
-    const int32_t d = draws[g - 1];
-    key[found] = d;
-    gap[found] = static_cast<int32_t>(g);
-    found += d < bound;
-  }
+  int64_t found = collect_candidates(draws, gaps, static_cast<int32_t>(bound - 1), key, gap);
   if (found < cuts) {  // rare: every gap is a candidate
     for (int64_t g = 1; g <= gaps; ++g) {
       key[g - 1] = draws[g - 1];
@@ -143,21 +157,37 @@ FM_INLINE void composition_starts(const RowState& rng, int64_t items, int64_t se
   out[segments] = items;  // the loop may have written past the last cut
 }
 
-// The row's outputs from its real tokens `tokens[0 .. units)` (token units): kept segments are
-// copied to `in`, each span becomes its sentinel in `in` and the sentinel plus its tokens in
-// `out`. Returns the ids written to each.
+// dst[0 .. n) = src[0 .. n). When dst has room for whole 32-byte blocks up to dst_end and src
+// can be read that far (up to src_end), it copies whole blocks: no call and no tail loop for the
+// short runs of a row; the ids written past n are overwritten by the row's later writes.
 template <typename Id>
-FM_INLINE void write_runs(const Params& p, const Id* tokens, const int64_t* ns, const int64_t* ks, int64_t spans,
-                          Id* in, Id* out, int64_t* n_in, int64_t* n_out) {
+FM_INLINE void copy_ids(Id* dst, const Id* dst_end, const Id* src, const Id* src_end, int64_t n) {
+  constexpr int64_t kBlock = 32 / static_cast<int64_t>(sizeof(Id));
+  const int64_t whole = (n + kBlock - 1) / kBlock * kBlock;
+  if (whole <= dst_end - dst && whole <= src_end - src) {
+    for (int64_t i = 0; i < whole; i += kBlock) std::memcpy(dst + i, src + i, 32);
+    return;
+  }
+  std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(Id));
+}
+
+// The row's outputs from its real tokens `tokens[0 .. units)` (token units; readable up to
+// `tokens_end`): kept segments are copied to `in`, each span becomes its sentinel in `in` and
+// the sentinel plus its tokens in `out`. Returns the ids written to each.
+template <typename Id>
+FM_INLINE void write_runs(const Params& p, const Id* tokens, const Id* tokens_end, const int64_t* ns,
+                          const int64_t* ks, int64_t spans, Id* in, Id* out, int64_t* n_in, int64_t* n_out) {
+  const Id* in_end = in + p.inputs_length;
+  const Id* out_end = out + p.targets_length;
   int64_t a = 0, b = 0;
   for (int64_t j = 0; j < spans; ++j) {
     const int64_t keep_begin = ks[j] + ns[j], noise_begin = ks[j + 1] + ns[j], noise_end = ks[j + 1] + ns[j + 1];
-    std::memcpy(in + a, tokens + keep_begin, (noise_begin - keep_begin) * sizeof(Id));
+    copy_ids(in + a, in_end, tokens + keep_begin, tokens_end, noise_begin - keep_begin);
     a += noise_begin - keep_begin;
     const Id sentinel = static_cast<Id>(p.first_sentinel_id - j);
     in[a++] = sentinel;
     out[b++] = sentinel;
-    std::memcpy(out + b, tokens + noise_begin, (noise_end - noise_begin) * sizeof(Id));
+    copy_ids(out + b, out_end, tokens + noise_begin, tokens_end, noise_end - noise_begin);
     b += noise_end - noise_begin;
   }
   *n_in = a;
@@ -245,14 +275,16 @@ FM_INLINE void corrupt_row(const Params& p, const Id* ids_all, Id* inputs_all, I
   int64_t n_in = 0, n_out = 0;
   if (ws == nullptr) {
     const Id* tokens = ids + lo;
+    const Id* tokens_end = ids_all + p.batch * L;  // reading past the row is harmless
     if (hi - lo != units) {  // padding between real tokens: gather them first
       w.tokens.resize(units);
       int64_t n = 0;
       for (int64_t i = lo; i < hi; ++i)
         if (att ? att[i] != 0 : ids[i] != pad) w.tokens[n++] = ids[i];
       tokens = w.tokens.data();
+      tokens_end = tokens + units;
     }
-    write_runs<Id>(p, tokens, w.ns.data(), w.ks.data(), spans, in, out, &n_in, &n_out);
+    write_runs<Id>(p, tokens, tokens_end, w.ns.data(), w.ks.data(), spans, in, out, &n_in, &n_out);
   } else {
     write_words<Id>(p, ids, att, ws, units, w.ns.data(), w.ks.data(), spans, w.marker, in, out, &n_in, &n_out);
   }
