@@ -10,8 +10,9 @@ then per batch sentinel ids (``create_sentinel_ids``) and the filtering of maske
 (``filter_input_ids``) for inputs and labels, and ``decoder_input_ids`` shifted right. Both
 collators take the same features: 64 dicts of Python lists of real text, packed to the
 expanded length of ``input_length`` 512 (568 tokens with T5's defaults), tokenized by MiniLM's
-WordPiece with T5's sentinels added. Median time per batch (wall clock, and thread CPU time),
-one process.
+WordPiece with T5's sentinels added. One process; the collators take turns (a few calls each per
+turn, the first untimed), and each reports its median and fastest wall time per batch and its
+median thread CPU time.
 
 The text-infilling row: the baseline is a numpy reimplementation of the BART example's
 collator (:class:`NumpyBartCollator`: per-row special-token masks from the tokenizer, Poisson span
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import time
 from typing import Optional
@@ -226,12 +228,13 @@ def _text_infilling_row(*, quick: bool, batch: int, input_length: int, tokenizer
         reason = _check_infilling(collate(features), features, tok.mask_token_id, mine)
         if reason:
             failures.append(f"seq2seq text infilling {name}: {reason}")
-    times, best, cpu = {}, {}, {}
-    for name, collate in list(ours.items()) + [("flax numpy", theirs)]:
-        calls = common.time_calls(lambda: collate(features), min_time=min_time, min_reps=min_reps)
-        times[name], best[name] = statistics.median(calls), min(calls)
-        if name in ("fastmask np", "flax numpy"):
-            cpu[name] = statistics.median(_cpu_times(lambda: collate(features), min_reps))
+    collators = dict(ours, **{"flax numpy": theirs})
+    times, best, cpu = _time_in_turns(
+        {name: functools.partial(collate, features) for name, collate in collators.items()},
+        min_time=min_time,
+        min_reps=min_reps,
+    )
+    for name in collators:
         bar.step(f"infilling {name} {1e3 * times[name]:.3f} ms")
     row = dict(
         strategy="text_infilling",
@@ -340,11 +343,13 @@ def run(
             failures.append(f"seq2seq {name}: {reason}")
     bar = common.Progress(progress, "seq2seq")
     bar.start(7)
-    times, best, cpu = {}, {}, {}
-    for name, collate in (("fastmask np", ours["np"]), ("fastmask pt", ours["pt"]), ("flax numpy", theirs)):
-        calls = common.time_calls(lambda: collate(features), min_time=min_time, min_reps=min_reps)
-        times[name], best[name] = statistics.median(calls), min(calls)
-        cpu[name] = statistics.median(_cpu_times(lambda: collate(features), min_reps))
+    collators = {"fastmask np": ours["np"], "fastmask pt": ours["pt"], "flax numpy": theirs}
+    times, best, cpu = _time_in_turns(
+        {name: functools.partial(collate, features) for name, collate in collators.items()},
+        min_time=min_time,
+        min_reps=min_reps,
+    )
+    for name in collators:
         bar.step(f"{name} {1e3 * times[name]:.3f} ms")
     tokens = batch * expanded
     row = dict(
@@ -380,15 +385,31 @@ def run(
     )
 
 
-def _cpu_times(fn, reps: int) -> list:
-    """Thread CPU seconds of ``reps`` calls. At the default batch both collators run on the calling
-    thread only, so on a shared machine this approximates a quiet machine's wall time."""
-    out = []
-    for _ in range(reps):
-        start = time.thread_time()
-        fn()
-        out.append(time.thread_time() - start)
-    return out
+def _time_in_turns(calls: dict, *, min_time: float, min_reps: int, per_turn: int = 4) -> tuple[dict, dict, dict]:
+    """``(median wall, fastest wall, median thread CPU)`` seconds per call of each ``calls[name]()``.
+
+    The calls take turns, ``per_turn`` timed calls each after one untimed call that warms the
+    caches (the previous turn's collator evicted them), until each has ``min_reps`` timed calls
+    and ``min_time`` seconds have passed: load that comes and goes on a shared machine then
+    weighs on every collator alike. Wall and thread CPU time come from the same calls; at the
+    default batch every collator runs on the calling thread only, so CPU time approximates a
+    quiet machine's wall time."""
+    walls = {name: [] for name in calls}
+    cpus = {name: [] for name in calls}
+    start = time.perf_counter()
+    while min(map(len, walls.values())) < min_reps or time.perf_counter() - start < min_time:
+        for name, fn in calls.items():
+            fn()
+            for _ in range(per_turn):
+                wall, cpu = time.perf_counter(), time.thread_time()
+                fn()
+                cpus[name].append(time.thread_time() - cpu)
+                walls[name].append(time.perf_counter() - wall)
+    return (
+        {name: statistics.median(v) for name, v in walls.items()},
+        {name: min(v) for name, v in walls.items()},
+        {name: statistics.median(v) for name, v in cpus.items()},
+    )
 
 
 def failures(result: dict) -> list:
