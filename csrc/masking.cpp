@@ -537,8 +537,8 @@ Every buffer must be C-contiguous. Raises ValueError on a wrong dtype, shape or 
         return isa_name(std::min(active_isa(IsaFamily::kMasking), Isa::kAvx2));
       },
       py::arg("isa") = py::none(),
-      "The instruction set the masking kernel uses ('avx2' or 'default'); pass one to choose it "
-      "(for tests: both give identical results).");
+      "The instruction set the masking and span-corruption kernels use ('avx2' or 'default'); pass "
+      "one to choose it (for tests: both give identical results).");
 }
 
 }  // namespace fastmask
