@@ -3,10 +3,10 @@
 //
 // Rows are independent: one thread takes a row and (1) counts its units, (2) draws the two
 // random compositions (all gap draws in one vectorised loop, then the S - 1 smallest gap keys:
-// a threshold pass, nth_element over the few candidates, sorted), (3) writes inputs and
-// targets at running offsets (the per-row prefix sums): token units copy whole segments of
-// the row's real tokens, word units walk the row once more; then pads. Scratch lives in a
-// thread-local workspace that only grows.
+// the candidates below a threshold, a histogram of their draws, nth_element within one bucket;
+// no sort), (3) writes inputs and targets at running offsets (the per-row prefix sums): token
+// units copy whole segments of the row's real tokens, word units walk the row once more; then
+// pads. Scratch lives in a thread-local workspace that only grows.
 // The binding validates every buffer; the kernel trusts its arguments.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
