@@ -251,6 +251,63 @@ void text_infilling_binding(const py::dict& plan, const py::object& out_obj, con
   if (bad_row >= 0) fail_value(kOp, "width is too small for row " + std::to_string(bad_row) + " (a bad plan)");
 }
 
+// Step 3 of the plan (fastmask/reference/infilling.py draw_spans, which documents it): per row,
+// Poisson span lengths drawn at positions 0, 1, ... until they cover the row's masked-word budget
+// (the last one cut to fit; at most `cap`), zero lengths counted as inserts, the others packed
+// and rotated by a drawn offset. Returns (span_lengths int32 [B, max(1, max S)], span_count
+// int32 [B], insert_count int32 [B]).
+py::tuple span_lengths_binding(const py::object& keys_obj, int64_t seed_mix1, int64_t seed_mix2,
+                               const py::object& budgets_obj, const py::object& thresholds_obj, int64_t cap) {
+  constexpr const char* op = "infilling_span_lengths";
+  int64_t batch = 0, n_bounds = 0;
+  const int64_t* keys = typed_array<int64_t>(op, keys_obj, "row_keys", {-1}, false, &batch);
+  const int64_t* budgets = typed_array<int64_t>(op, budgets_obj, "budgets", {batch}, false);
+  const int64_t* bounds = typed_array<int64_t>(op, thresholds_obj, "thresholds", {-1}, false, &n_bounds);
+  check_range(op, seed_mix1, "seed_mix1", 0, 0xFFFFFFFFll);
+  check_range(op, seed_mix2, "seed_mix2", 0, 0xFFFFFFFFll);
+  check_range(op, cap, "cap", 1, kMaxLength);
+  for (int64_t t = 1; t < n_bounds; ++t) {
+    if (bounds[t] < bounds[t - 1]) fail_value(op, "thresholds must be non-decreasing");
+  }
+  std::vector<std::vector<int32_t>> spans(static_cast<size_t>(batch));
+  py::array_t<int32_t> count_arr(batch), insert_arr(batch);
+  int32_t* count = count_arr.mutable_data();
+  int32_t* inserts = insert_arr.mutable_data();
+  int64_t width = 1;
+  for (int64_t b = 0; b < batch; ++b) {
+    const RowState state(static_cast<uint32_t>(seed_mix1), static_cast<uint32_t>(seed_mix2), keys[b]);
+    std::vector<int32_t>& row = spans[static_cast<size_t>(b)];
+    int64_t covered = 0, zero = 0;
+    for (int64_t k = 0; budgets[b] > 0 && k < cap; ++k) {
+      const int64_t draw = prob_draw(state.draw(k, kStreamSpanLength));
+      int64_t length = std::upper_bound(bounds, bounds + n_bounds, draw) - bounds;  // searchsorted, right
+      const bool reached = covered + length >= budgets[b];
+      if (reached) length = budgets[b] - covered;
+      covered += length;
+      if (length > 0) {
+        row.push_back(static_cast<int32_t>(length));
+      } else {
+        ++zero;
+      }
+      if (reached) break;
+    }
+    count[b] = static_cast<int32_t>(row.size());
+    inserts[b] = static_cast<int32_t>(zero);
+    width = std::max<int64_t>(width, static_cast<int64_t>(row.size()));
+  }
+  py::array_t<int32_t> lengths_arr({batch, width});
+  int32_t* lengths = lengths_arr.mutable_data();
+  std::fill(lengths, lengths + batch * width, 0);
+  for (int64_t b = 0; b < batch; ++b) {
+    const std::vector<int32_t>& row = spans[static_cast<size_t>(b)];
+    const int64_t n = static_cast<int64_t>(row.size());
+    const RowState state(static_cast<uint32_t>(seed_mix1), static_cast<uint32_t>(seed_mix2), keys[b]);
+    const int64_t offset = static_cast<int64_t>(state.draw(kInfillInsertOffset, kStreamSpanLength)) % std::max<int64_t>(n, 1);
+    for (int64_t r = 0; r < n; ++r) lengths[b * width + r] = row[static_cast<size_t>((r + offset) % n)];
+  }
+  return py::make_tuple(lengths_arr, count_arr, insert_arr);
+}
+
 }  // namespace
 
 void register_text_infilling(py::module_& m) {
@@ -264,6 +321,11 @@ input_ids' dtype; attention_out: int64 [B, width]. attention_mask, special_token
 word_starts: None or uint8 [B, L]. row_keys: int64 [B]. span_lengths: int32 [B, n]; span_count,
 insert_count: int32 [B]; insert_table: int32. Raises ValueError on a wrong dtype, shape, layout
 or count.)doc");
+  m.def("infilling_span_lengths", &span_lengths_binding, py::arg("row_keys"), py::arg("seed_mix1"),
+        py::arg("seed_mix2"), py::arg("budgets"), py::arg("thresholds"), py::arg("cap"),
+        "The plan's span lengths (fastmask/reference/infilling.py draw_spans) for int64 row_keys [B] "
+        "and budgets [B]; thresholds: int64, non-decreasing. Returns (span_lengths int32 [B, max(1, max S)], "
+        "span_count int32 [B], insert_count int32 [B]).");
 }
 
 }  // namespace fastmask

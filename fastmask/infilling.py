@@ -87,6 +87,24 @@ def _budget_table(size: int, mask_ratio: float) -> np.ndarray:
     return np.array([ceil_ratio(w, mask_ratio) for w in range(size + 1)], dtype=np.int64)
 
 
+def _span_lengths(keys: torch.Tensor, mix1: int, mix2: int, budgets: torch.Tensor, thresholds: tuple, cap: int):
+    """:func:`fastmask.reference.infilling.draw_spans` (the oracle), by the C++ extension when it
+    is built: the same arrays, without numpy's passes over ``[B, cap]`` draws."""
+    module = _backend.cpp_module()
+    spans = getattr(module, "infilling_span_lengths", None)
+    if spans is None:
+        return draw_spans(keys, mix1, mix2, budgets, list(thresholds), cap)
+    lengths, count, inserts = spans(
+        keys.cpu().numpy(), mix1, mix2, budgets.numpy().astype(np.int64), _thresholds_array(thresholds), cap
+    )
+    return torch.from_numpy(lengths), torch.from_numpy(count), torch.from_numpy(inserts)
+
+
+@functools.lru_cache(maxsize=64)
+def _thresholds_array(thresholds: tuple) -> np.ndarray:
+    return np.asarray(thresholds, dtype=np.int64)  # read only
+
+
 def _insert_table(size: int, insert_ratio: float) -> torch.Tensor:
     """``[size + 1]`` int32: ``ceil_ratio(x, insert_ratio)`` (a slice of a table cached per power of two)."""
     return _insert_table_pow2(1 << max(4, size.bit_length()), insert_ratio)[: size + 1]
@@ -184,8 +202,8 @@ def plan_text_infilling(
     words = word_start.sum(axis=1)
     budgets = torch.from_numpy(_budget_table(length, mask_ratio)[words])
     mix1, mix2 = _rng.seed_mix(seed)
-    span_lengths, span_count, insert_count = draw_spans(
-        keys, mix1, mix2, budgets, list(_thresholds(poisson_lambda)), 4 * length + 64
+    span_lengths, span_count, insert_count = _span_lengths(
+        keys, mix1, mix2, budgets, _thresholds(poisson_lambda), 4 * length + 64
     )
     grown = real.sum(axis=1) + insert_count.numpy()  # m + I is at most this
     table = _insert_table(length + int(insert_count.max()), insert_ratio)  # any row of L tokens

@@ -54,6 +54,35 @@ def test_triton_matches_reference(name, kwargs):
         assert torch.equal(e, g)
 
 
+@pytest.mark.parametrize("poisson_lambda", [0.5, 3.0, 12.0])
+def test_cpp_span_lengths_equal_the_reference_draw(poisson_lambda):
+    """The plan's step 3 on the C++ extension equals reference draw_spans (its oracle), budgets
+    from none to past the span cap included."""
+    require_backend("cpp")
+    from fastmask._rng import seed_mix
+    from fastmask.infilling import _span_lengths, _thresholds
+    from fastmask.reference.infilling import draw_spans
+
+    generator = torch.Generator().manual_seed(int(poisson_lambda * 10))
+    thresholds = _thresholds(poisson_lambda)
+    for trial in range(12):
+        batch = int(torch.randint(1, 40, (1,), generator=generator))
+        keys = torch.randint(-(2**62), 2**62, (batch,), generator=generator)
+        budgets = torch.randint(0, 300, (batch,), generator=generator)
+        budgets[0] = 0
+        cap = 4 * 64 + 64 if trial % 3 else 5  # a cap small enough that budgets outrun it
+        mix1, mix2 = seed_mix(trial)
+        expected = draw_spans(keys, mix1, mix2, budgets, list(thresholds), cap)
+        got = _span_lengths(keys, mix1, mix2, budgets, thresholds, cap)
+        for e, g in zip(expected, got):
+            assert g.dtype == e.dtype and torch.equal(g, e)
+    module = _backend.cpp_module()
+    with pytest.raises(ValueError, match="thresholds must be non-decreasing"):
+        module.infilling_span_lengths(np.zeros(1, np.int64), 1, 2, np.ones(1, np.int64), np.array([5, 3]), 8)
+    with pytest.raises(ValueError, match="budgets"):
+        module.infilling_span_lengths(np.zeros(2, np.int64), 1, 2, np.ones(3, np.int64), np.array([3, 5]), 8)
+
+
 # ----------------------------------------------------------------------------- semantics
 @pytest.mark.parametrize("name,kwargs", SAMPLES[::2], ids=[n for n, _ in SAMPLES[::2]])
 def test_layout_and_special_tokens(name, kwargs):
