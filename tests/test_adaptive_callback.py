@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from collator_support import features, tokenizer
+from tiny_models import tiny_bert
 
 from fastmask import (
     AdaptiveMaskingCallback,
@@ -40,16 +41,7 @@ def test_trainer_feeds_tracker_and_rate(tmp_path, patched):
     import transformers
 
     tok = tokenizer()
-    config = transformers.BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    model = transformers.BertForMaskedLM(config)
+    model = tiny_bert(len(tok))
     if patched:  # no logits in training: the feedback comes from the fused loss's kernels
         apply_fastmask(model)
     tracker = TokenLossTracker(len(tok), decay=0.9)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from backends import require_backend
+from tiny_models import tiny_t5
 
 import fastmask
 from fastmask import data
@@ -176,23 +177,8 @@ def test_tiny_t5_trains_on_the_batches(target_length):
     """A small random T5ForConditionalGeneration takes the batches as they come (decoder inputs
     from model=, T5's own shift; labels padded with -100 when target_length is longer) and
     learns: finite losses that fall over a few steps, each step on a fresh batch."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
     tok = _tokenizer()
-    torch.manual_seed(0)
-    config = T5Config(
-        vocab_size=len(tok),
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=1,
-        num_decoder_layers=1,
-        num_heads=2,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        decoder_start_token_id=tok.pad_token_id,
-    )
-    model = T5ForConditionalGeneration(config)
+    model = tiny_t5(len(tok), pad=tok.pad_token_id, eos=tok.eos_token_id)
     collator = DataCollatorForSpanCorruption(
         tok, input_length=INPUT_LENGTH, target_length=target_length, seed=0, model=model
     )

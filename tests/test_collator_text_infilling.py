@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from backends import require_backend
+from tiny_models import tiny_bart
 
 import fastmask
 from fastmask import data
@@ -220,27 +221,8 @@ def test_bad_input():
 
 
 def test_tiny_bart_trains_on_the_batches():
-    from transformers import BartConfig, BartForConditionalGeneration
-
     tok = _tokenizer()
-    torch.manual_seed(0)
-    config = BartConfig(
-        vocab_size=len(tok),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id,
-        decoder_start_token_id=tok.sep_token_id,
-        forced_eos_token_id=None,
-    )
-    model = BartForConditionalGeneration(config)
+    model = tiny_bart(len(tok), pad=tok.pad_token_id, bos=tok.cls_token_id, eos=tok.sep_token_id)
     collator = DataCollatorForTextInfilling(tok, seed=0, model=model)
     batch = collator(_features(4, 32))
     assert "decoder_input_ids" in batch

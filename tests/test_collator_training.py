@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from collator_support import batch_labels, collator, data_loader, features, tokenizer
+from tiny_models import tiny_bert
 
 from fastmask.collator import DataCollatorForLanguageModeling, MaskingSchedule, MaskingScheduleCallback
 
@@ -110,16 +111,7 @@ def test_trainer_runs_with_whole_word_masking_after_column_removal(tmp_path):
     import transformers
 
     tok = tokenizer()
-    config = transformers.BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    model = transformers.BertForMaskedLM(config)
+    model = tiny_bert(len(tok), layers=2)
     train = features(rows=16, max_length=64)  # with offset_mapping and special_tokens_mask
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

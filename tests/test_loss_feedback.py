@@ -179,34 +179,12 @@ def test_bad_feedback():
 
 
 def _tiny_model(kind: str):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
+    pytest.importorskip("transformers")
+    from tiny_models import tiny_bert, tiny_llama
+
     if kind == "mlm":
-        config = transformers.BertConfig(
-            vocab_size=61,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=32,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-        return transformers.BertForMaskedLM(config).train()
-    config = transformers.LlamaConfig(
-        vocab_size=61,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    config._attn_implementation = "eager"
-    return transformers.LlamaForCausalLM(config).train()
+        return tiny_bert(61, hidden=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    return tiny_llama(61, pad=0, bos=1, eos=2, hidden=16).train()
 
 
 @pytest.mark.parametrize("kind", ["mlm", "causal"])

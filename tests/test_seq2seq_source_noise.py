@@ -15,6 +15,7 @@ import torch
 import transformers
 from backends import require_backend
 from collator_support import as_numpy, table_word_ids
+from tiny_models import tiny_bart
 
 import fastmask
 from fastmask import data
@@ -63,24 +64,7 @@ def _indexed_features(rows: int, length: int) -> list:
 
 @functools.cache
 def _bart(vocab: int, pad: int, start: int):
-    torch.manual_seed(0)
-    config = transformers.BartConfig(
-        vocab_size=vocab,
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=128,
-        pad_token_id=pad,
-        bos_token_id=start,
-        eos_token_id=start,
-        decoder_start_token_id=start,
-        forced_eos_token_id=None,
-    )
-    return transformers.BartForConditionalGeneration(config)
+    return tiny_bart(vocab, pad=pad, bos=start, eos=start)
 
 
 def _model():

@@ -13,27 +13,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tiny_models import tiny_llama  # noqa: E402
+
 from fastmask import DataCollatorForCompletionOnlyLM, apply_fastmask, data  # noqa: E402
 
 STEPS = 8
-
-
-def tiny_llama(tokenizer):
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-    )
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config)
 
 
 def trainer_losses(model, features, collator, output_dir) -> list:
@@ -62,7 +46,9 @@ def test_trainer_trains_a_patched_llama_like_the_stock_one(tmp_path):
     tokenizer = data.train_tokenizer("wordpiece", texts[:800], vocab_size=400)
     features = [{"input_ids": ids} for ids in tokenizer(texts[:96], truncation=True, max_length=48)["input_ids"]]
     collator = DataCollatorForCompletionOnlyLM(data.RESPONSE_TEMPLATE, tokenizer=tokenizer, seed=0)
-    stock = tiny_llama(tokenizer).train()
+    stock = tiny_llama(
+        len(tokenizer), pad=tokenizer.pad_token_id, bos=tokenizer.cls_token_id, eos=tokenizer.sep_token_id
+    ).train()
     patched = apply_fastmask(copy.deepcopy(stock))
 
     batch = collator(features[:8])
