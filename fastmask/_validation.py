@@ -11,6 +11,7 @@ import torch
 
 INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+ID_DTYPES = (torch.int32, torch.int64)  # token ids
 
 
 def check_int(name: str, value, *, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
@@ -156,3 +157,17 @@ def check_not_leaf_for_inplace(logits: torch.Tensor) -> None:
             "destroyed values); pass the output of an operation (a non-leaf, e.g. a model's "
             "logits) or use inplace_backward=False"
         )
+
+
+def check_token_rows(input_ids, *, max_length: int, what: str = "tokens") -> tuple[int, int]:
+    """``(batch, length)`` of ``input_ids``, checked to be an int32 / int64 ``[B, L]`` tensor with at
+    least one row of ``what`` and rows shorter than ``max_length``; errors name the argument."""
+    check_tensor("input_ids", input_ids, dtypes=ID_DTYPES)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, length] (or [length]), got shape {tuple(input_ids.shape)}")
+    batch, length = input_ids.shape
+    if batch == 0 or length == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one row of {what}")
+    if length >= max_length:
+        raise ValueError(f"input_ids rows have {length} tokens; at most {max_length - 1} are supported")
+    return batch, length

@@ -21,12 +21,10 @@ import torch
 
 from . import _backend
 from ._plan import OpPlan, op_plan
-from ._validation import check_tensor
+from ._validation import ID_DTYPES, check_tensor
 from .reference.completion_labels import MISSING_INSTRUCTION, MISSING_RESPONSE, reference_completion_mask
 
 __all__ = ["completion_mask", "CompletionPlan", "MISSING_RESPONSE", "MISSING_INSTRUCTION"]
-
-_ID_DTYPES = (torch.int32, torch.int64)
 
 
 @op_plan
@@ -69,7 +67,7 @@ _COMPLETION_MASK = _backend.PlanOp(
 
 def _template(name: str, value, device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
-        check_tensor(name, value, dtypes=_ID_DTYPES + (torch.int16, torch.int8, torch.uint8))
+        check_tensor(name, value, dtypes=ID_DTYPES + (torch.int16, torch.int8, torch.uint8))
         ids = value.reshape(-1).to(device=device, dtype=torch.int64)
     else:
         try:
@@ -99,7 +97,7 @@ def completion_mask(
         backend: ``"auto"``, ``"reference"``, ``"cpp"`` or ``"triton"``.
     """
     _backend.check_backend_name(backend)
-    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES, dim=2)
+    check_tensor("input_ids", input_ids, dtypes=ID_DTYPES, dim=2)
     device = input_ids.device
     response = _template("response_ids", response_ids, device)
     instruction = None if instruction_ids is None else _template("instruction_ids", instruction_ids, device)

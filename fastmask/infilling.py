@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import _backend, _rng
-from ._validation import check_int, check_probability, check_tensor
+from ._validation import ID_DTYPES, check_int, check_probability, check_tensor, check_token_rows
 from .infilling_plan import TextInfillingPlan
 from .masking import _as_mask, _check_ids, _row_keys
 from .reference.infilling import (
@@ -39,7 +39,6 @@ from .reference.infilling import (
 
 __all__ = ["text_infilling", "plan_text_infilling", "run_text_infilling"]
 
-_ID_DTYPES = (torch.int32, torch.int64)
 REPLACE_LENGTHS = (-1, 0, 1)
 MAX_ROW_LENGTH = _rng.INFILL_INSERT_OFFSET // 4  # insertion slots draw at INFILL_INSERT_OFFSET + p
 
@@ -164,14 +163,7 @@ def plan_text_infilling(
     row_keys: Union[torch.Tensor, Sequence[int], None] = None,
 ) -> TextInfillingPlan:
     """Validate :func:`text_infilling`'s arguments (``input_ids`` ``[B, L]``) into a plan."""
-    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [batch, length] (or [length]), got shape {tuple(input_ids.shape)}")
-    batch, length = input_ids.shape
-    if batch == 0 or length == 0:
-        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one row of tokens")
-    if length >= MAX_ROW_LENGTH:
-        raise ValueError(f"input_ids rows have {length} tokens; text infilling takes at most {MAX_ROW_LENGTH - 1}")
+    batch, length = check_token_rows(input_ids, max_length=MAX_ROW_LENGTH)
     mask_ratio = check_mask_ratio(mask_ratio)
     poisson_lambda = check_poisson_lambda(poisson_lambda)
     random_ratio = check_probability("random_ratio", random_ratio)
@@ -279,7 +271,7 @@ def text_infilling(
         trim with ``attention_mask.sum(1).max()``.
     """
     _backend.check_backend_name(backend)
-    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
+    check_tensor("input_ids", input_ids, dtypes=ID_DTYPES)
     squeeze = input_ids.dim() == 1
     if squeeze:
         input_ids = input_ids.unsqueeze(0)

@@ -21,7 +21,16 @@ import torch
 
 from . import _backend, _rng
 from ._constants import IGNORE_INDEX
-from ._validation import check_choice, check_int, check_probability, check_same_shape, check_tensor, value_range
+from ._validation import (
+    ID_DTYPES,
+    check_choice,
+    check_int,
+    check_probability,
+    check_same_shape,
+    check_tensor,
+    check_token_rows,
+    value_range,
+)
 from .masking_plan import BUDGETS, FLAG_SPECIAL, FLAG_WORD_START, STRATEGIES, MaskingPlan
 from .reference.masking import reference_mask_tokens
 
@@ -34,7 +43,6 @@ WEIGHT_BITS = 16
 # Integer thresholds with token weights stay below 2**63: 2**24 * 2**16 * units.
 MAX_WEIGHTED_LENGTH = 1 << 22
 _MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-_ID_DTYPES = (torch.int32, torch.int64)
 _WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 __all__ = ["mask_tokens", "plan_masking", "run_masking", "STRATEGIES", "BUDGETS", "SPAN_DISTRIBUTIONS", "IGNORE_INDEX"]
@@ -275,14 +283,7 @@ def plan_masking(
     ids at or past ``vocab_size``: they are masked like any other, random ids still come from
     ``[0, vocab_size)``. Negative ids are always an error.
     """
-    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [batch, length] (or [length]), got shape {tuple(input_ids.shape)}")
-    batch, length = input_ids.shape
-    if batch == 0 or length == 0:
-        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token")
-    if length >= _rng.MAX_SEQUENCE_LENGTH:
-        raise ValueError(f"input_ids rows have {length} tokens; at most {_rng.MAX_SEQUENCE_LENGTH - 1} are supported")
+    batch, length = check_token_rows(input_ids, max_length=_rng.MAX_SEQUENCE_LENGTH)
     device = input_ids.device
     id_max = torch.iinfo(input_ids.dtype).max
     # random ids are (draw * vocab_size) >> 32 in int64: vocab_size must stay below 2**31
@@ -456,7 +457,7 @@ def mask_tokens(
         )
     if ngram_vocabulary is not None and not pmi:
         raise ValueError(f"ngram_vocabulary is used by strategy='pmi' only, got strategy={strategy!r}")
-    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
+    check_tensor("input_ids", input_ids, dtypes=ID_DTYPES)
     squeeze = input_ids.dim() == 1
     if squeeze:
         input_ids = input_ids.unsqueeze(0)

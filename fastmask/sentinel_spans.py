@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import _backend, _rng
-from ._validation import check_int, check_tensor
+from ._validation import ID_DTYPES, check_int, check_tensor, check_token_rows
 from .masking import _as_mask, _check_ids, _row_keys
 from .reference.sentinel_spans import reference_span_corruption
 from .sentinel_spans_plan import SpanCorruptionPlan
@@ -40,8 +40,6 @@ __all__ = [
     "span_corruption_lengths",
     "span_counts",
 ]
-
-_ID_DTYPES = (torch.int32, torch.int64)
 
 
 # ----------------------------------------------------------------------------- counts
@@ -171,14 +169,7 @@ def plan_span_corruption(
     row_keys: Union[torch.Tensor, Sequence[int], None] = None,
 ) -> SpanCorruptionPlan:
     """Validate :func:`span_corruption`'s arguments (``input_ids`` ``[B, L]``) into a plan."""
-    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [batch, length] (or [length]), got shape {tuple(input_ids.shape)}")
-    batch, length = input_ids.shape
-    if batch == 0 or length == 0:
-        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one row of 2 tokens")
-    if length >= _rng.MAX_SEQUENCE_LENGTH:
-        raise ValueError(f"input_ids rows have {length} tokens; at most {_rng.MAX_SEQUENCE_LENGTH - 1} are supported")
+    batch, length = check_token_rows(input_ids, max_length=_rng.MAX_SEQUENCE_LENGTH, what="2 tokens")
     noise_density = _check_density(noise_density)
     mean_noise_span_length = _check_mean_span(mean_noise_span_length)
     id_max = torch.iinfo(input_ids.dtype).max
@@ -386,7 +377,7 @@ def span_corruption(
         may be all padding.
     """
     _backend.check_backend_name(backend)
-    check_tensor("input_ids", input_ids, dtypes=_ID_DTYPES)
+    check_tensor("input_ids", input_ids, dtypes=ID_DTYPES)
     squeeze = input_ids.dim() == 1
     if squeeze:
         input_ids = input_ids.unsqueeze(0)
