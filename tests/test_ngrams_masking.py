@@ -14,7 +14,7 @@ from test_ngrams import _planted_corpus, needs_cpp
 from fastmask import DataCollatorForLanguageModeling, mask_tokens, word_start_table
 from fastmask.masking import plan_masking
 from fastmask.ngrams import build_ngram_vocabulary, ngram_unit_starts
-from fastmask.reference.masking import eligibility_and_units
+from fastmask.reference.masking import plan_units
 
 pytestmark = needs_cpp
 
@@ -61,15 +61,7 @@ def test_unit_starts_bit_identical_cpp_reference():
     for plan in _plans(tok, 128, 8):
         expected = ngram_unit_starts(plan, vocabulary, "reference")
         assert torch.equal(ngram_unit_starts(plan, vocabulary, "cpp"), expected)
-        _, words = eligibility_and_units(
-            plan.input_ids,
-            special_mask=plan.special_mask,
-            attention_mask=plan.attention_mask,
-            word_starts=plan.word_starts,
-            vocab_flags=plan.vocab_flags,
-            pad_token_id=plan.pad_token_id,
-            strategy="whole_word",
-        )
+        _, words = plan_units(plan, "whole_word")
         assert not (expected & ~words).any()  # units start at words
         assert expected.sum() < 0.9 * words.sum()  # and n-grams merge some of them
 
@@ -189,15 +181,7 @@ def test_prefix_stop_gives_the_longest_match():
     tok, vocabulary = _setup()
     plan = _plans(tok, 128, 4)[0]
     full = {ref.ngram_key(e["words"]) for entries in vocabulary.ngrams.values() for e in entries}
-    _, starts = eligibility_and_units(
-        plan.input_ids,
-        special_mask=plan.special_mask,
-        attention_mask=plan.attention_mask,
-        word_starts=plan.word_starts,
-        vocab_flags=plan.vocab_flags,
-        pad_token_id=plan.pad_token_id,
-        strategy="whole_word",
-    )
+    _, starts = plan_units(plan, "whole_word")
     expected = torch.zeros_like(starts)
     for b in range(plan.input_ids.shape[0]):
         positions = starts[b].nonzero().flatten().tolist() + [None]

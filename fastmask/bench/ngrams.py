@@ -185,17 +185,9 @@ def run(
 
 
 def plan_words(plan) -> int:
-    from fastmask.reference.masking import eligibility_and_units
+    from fastmask.reference.masking import plan_units
 
-    _, starts = eligibility_and_units(
-        plan.input_ids,
-        special_mask=plan.special_mask,
-        attention_mask=plan.attention_mask,
-        word_starts=plan.word_starts,
-        vocab_flags=plan.vocab_flags,
-        pad_token_id=plan.pad_token_id,
-        strategy="whole_word",
-    )
+    _, starts = plan_units(plan, "whole_word")
     return int(starts.sum())
 
 

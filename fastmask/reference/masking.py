@@ -172,20 +172,26 @@ def _select_exact(
     return selected
 
 
-def reference_select(plan: MaskingPlan) -> torch.Tensor:
-    """Bool ``[B, L]``: the positions selected for prediction (step 1-3 above)."""
-    ids = plan.input_ids
-    strategy = plan.strategy_name
-    B, L = ids.shape
-    eligible, unit_start = eligibility_and_units(
-        ids,
+def plan_units(plan: MaskingPlan, strategy: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`eligibility_and_units` of a plan's tokens: ``(eligible, unit_start)``, bool ``[B, L]``,
+    for ``strategy`` (default: the plan's)."""
+    return eligibility_and_units(
+        plan.input_ids,
         special_mask=plan.special_mask,
         attention_mask=plan.attention_mask,
         word_starts=plan.word_starts,
         vocab_flags=plan.vocab_flags,
         pad_token_id=plan.pad_token_id,
-        strategy=strategy,
+        strategy=plan.strategy_name if strategy is None else strategy,
     )
+
+
+def reference_select(plan: MaskingPlan) -> torch.Tensor:
+    """Bool ``[B, L]``: the positions selected for prediction (step 1-3 above)."""
+    ids = plan.input_ids
+    strategy = plan.strategy_name
+    B, L = ids.shape
+    eligible, unit_start = plan_units(plan)
     positions = torch.arange(L, device=ids.device)
     s1, s2 = (s[:, None] for s in _rng.row_states(plan.row_keys.to(ids.device), plan.seed_mix1, plan.seed_mix2))
     select_draws = _rng.draw(s1, s2, positions, _rng.STREAM_SELECT)
