@@ -270,6 +270,7 @@ py::tuple span_lengths_binding(const py::object& keys_obj, int64_t seed_mix1, in
     if (bounds[t] < bounds[t - 1]) fail_value(op, "thresholds must be non-decreasing");
   }
   std::vector<std::vector<int32_t>> spans(static_cast<size_t>(batch));
+  std::vector<int64_t> rotation(static_cast<size_t>(batch));
   py::array_t<int32_t> count_arr(batch), insert_arr(batch);
   int32_t* count = count_arr.mutable_data();
   int32_t* inserts = insert_arr.mutable_data();
@@ -291,7 +292,10 @@ py::tuple span_lengths_binding(const py::object& keys_obj, int64_t seed_mix1, in
       }
       if (reached) break;
     }
-    count[b] = static_cast<int32_t>(row.size());
+    const int64_t n = static_cast<int64_t>(row.size());
+    rotation[static_cast<size_t>(b)] =
+        static_cast<int64_t>(state.draw(kInfillInsertOffset, kStreamSpanLength)) % std::max<int64_t>(n, 1);
+    count[b] = static_cast<int32_t>(n);
     inserts[b] = static_cast<int32_t>(zero);
     width = std::max<int64_t>(width, static_cast<int64_t>(row.size()));
   }
@@ -301,8 +305,7 @@ py::tuple span_lengths_binding(const py::object& keys_obj, int64_t seed_mix1, in
   for (int64_t b = 0; b < batch; ++b) {
     const std::vector<int32_t>& row = spans[static_cast<size_t>(b)];
     const int64_t n = static_cast<int64_t>(row.size());
-    const RowState state(static_cast<uint32_t>(seed_mix1), static_cast<uint32_t>(seed_mix2), keys[b]);
-    const int64_t offset = static_cast<int64_t>(state.draw(kInfillInsertOffset, kStreamSpanLength)) % std::max<int64_t>(n, 1);
+    const int64_t offset = rotation[static_cast<size_t>(b)];
     for (int64_t r = 0; r < n; ++r) lengths[b * width + r] = row[static_cast<size_t>((r + offset) % n)];
   }
   return py::make_tuple(lengths_arr, count_arr, insert_arr);

@@ -86,16 +86,15 @@ def _budget_table(size: int, mask_ratio: float) -> np.ndarray:
     return np.array([ceil_ratio(w, mask_ratio) for w in range(size + 1)], dtype=np.int64)
 
 
-def _span_lengths(keys: torch.Tensor, mix1: int, mix2: int, budgets: torch.Tensor, thresholds: tuple, cap: int):
-    """:func:`fastmask.reference.infilling.draw_spans` (the oracle), by the C++ extension when it
-    is built: the same arrays, without numpy's passes over ``[B, cap]`` draws."""
+def _span_lengths(keys: torch.Tensor, mix1: int, mix2: int, budgets: np.ndarray, thresholds: tuple, cap: int):
+    """:func:`fastmask.reference.infilling.draw_spans` (the oracle) for int64 ``budgets`` ``[B]``,
+    by the C++ extension when it is built: the same arrays, without numpy's passes over
+    ``[B, cap]`` draws."""
     module = _backend.cpp_module()
     spans = getattr(module, "infilling_span_lengths", None)
     if spans is None:
-        return draw_spans(keys, mix1, mix2, budgets, list(thresholds), cap)
-    lengths, count, inserts = spans(
-        keys.cpu().numpy(), mix1, mix2, budgets.numpy().astype(np.int64), _thresholds_array(thresholds), cap
-    )
+        return draw_spans(keys, mix1, mix2, torch.from_numpy(budgets), list(thresholds), cap)
+    lengths, count, inserts = spans(keys.cpu().numpy(), mix1, mix2, budgets, _thresholds_array(thresholds), cap)
     return torch.from_numpy(lengths), torch.from_numpy(count), torch.from_numpy(inserts)
 
 
@@ -192,7 +191,7 @@ def plan_text_infilling(
     word_start = eligible & ~previous
     word_start |= eligible if starts is None else eligible & starts.cpu().numpy()
     words = word_start.sum(axis=1)
-    budgets = torch.from_numpy(_budget_table(length, mask_ratio)[words])
+    budgets = _budget_table(length, mask_ratio)[words]  # int64 [B]
     mix1, mix2 = _rng.seed_mix(seed)
     span_lengths, span_count, insert_count = _span_lengths(
         keys, mix1, mix2, budgets, _thresholds(poisson_lambda), 4 * length + 64

@@ -73,7 +73,7 @@ def test_cpp_span_lengths_equal_the_reference_draw(poisson_lambda):
         cap = 4 * 64 + 64 if trial % 3 else 5  # a cap small enough that budgets outrun it
         mix1, mix2 = seed_mix(trial)
         expected = draw_spans(keys, mix1, mix2, budgets, list(thresholds), cap)
-        got = _span_lengths(keys, mix1, mix2, budgets, thresholds, cap)
+        got = _span_lengths(keys, mix1, mix2, budgets.numpy(), thresholds, cap)
         for e, g in zip(expected, got):
             assert g.dtype == e.dtype and torch.equal(g, e)
     module = _backend.cpp_module()
