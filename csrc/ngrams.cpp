@@ -4,8 +4,11 @@
 //
 //   mix64(x)            the splitmix64 finaliser
 //   word hash           h = kWordSeed; for each token t of the word: h = mix64(h ^ t)
-//   n-gram key          g = hash(word 0); for each next word w: g = mix64(mix64(g) ^ hash(w));
+//   counting key        g = hash(word 0); for each next word w: g = mix64(mix64(g) ^ hash(w));
 //                       key = g | 1 (never 0, the empty slot)
+//   word code           the word's token id if it has one token, else hash(word) | 2**63
+//   matching key        g = code(word 0); for each next word w: g = mix64(rotl32(g) ^ code(w));
+//                       key = g | 1 (the probe table's keys; cheaper per word than counting keys)
 //
 // Counting (NgramCounter): rows of token ids are split into words by a per-vocabulary flag table
 // (bit 0: special, bit 1: starts a word, as fastmask/masking_plan.py's vocab_flags); a special
@@ -16,7 +19,8 @@
 //
 // Segmentation (ngram_units): per row, the words of the masking plan (eligible positions, word
 // starts) are grouped left to right into units: at each word the longest n-gram of 2..max_n
-// words (inside the segment) whose key is in the plan's probe table, else the word alone. The
+// words (inside the segment) whose matching key (not the counting key above: a word's code is
+// its token id when it has one token) is in the plan's probe table, else the word alone. The
 // table also holds every prefix of a vocabulary n-gram (marked), so the search at a word stops
 // at the first run of words that no vocabulary n-gram starts with.
 #include <pybind11/numpy.h>
@@ -417,30 +421,39 @@ inline int lookup(const UnitParams& p, uint64_t key) {
   }
 }
 
+// Matching keys (fastmask/reference/ngrams.py): a word's code is its token id (one token) or its
+// hash | 2**63; an n-gram's key chains extend_ngram_key over the codes.
+constexpr uint64_t kMultiTokenCode = uint64_t{1} << 63;
+inline uint64_t extend_ngram_key(uint64_t g, uint64_t code) { return mix64(((g << 32) | (g >> 32)) ^ code); }
+
 template <typename Id>
 void units_rows(const UnitParams& p, const Id* ids_all, uint8_t* out_all, int64_t b0, int64_t b1) {
   const int64_t L = p.length;
-  // per word (one spare slot: stores for a non-starting token land there or are overwritten)
-  std::vector<uint64_t> hash(L + 1), pair(L + 1);
-  std::vector<int64_t> pos(L + 1), seg(L + 1);
+  // per word; one spare slot: stores for a token that starts no word land there or are overwritten
+  std::vector<uint64_t> code(L + 1), pair(L + 1);
+  std::vector<int32_t> pos(L + 1), seg(L + 1);
+  // the tokens that continue a word (after its first), and their word
+  std::vector<int32_t> continuing(L + 1), continued_word(L + 1);
   const uint64_t table_mask = static_cast<uint64_t>(p.table_mask);
   for (int64_t b = b0; b < b1; ++b) {
     const Id* ids = ids_all + b * L;
     uint8_t* out = out_all + b * L;
     std::fill(out, out + L, uint8_t{0});
-    // pass 1, branch-free: words (first position, segment, hash); the plan's fields in locals,
-    // so the stores below cannot make the compiler reload them
+    // pass 1, branch-free: words (first position, segment, code as if one token) and the
+    // continuing tokens; the plan's fields in locals, so the stores cannot make the compiler
+    // reload them
     const uint8_t* special = p.special ? p.special + b * L : nullptr;
     const uint8_t* attention = p.attention ? p.attention + b * L : nullptr;
     const uint8_t* word_starts = p.word_starts ? p.word_starts + b * L : nullptr;
     const uint8_t* flags = p.flags;
     const int64_t n_flags = p.n_flags, pad = p.pad;
-    uint64_t* hash_out = hash.data();
-    int64_t* pos_out = pos.data();
-    int64_t* seg_out = seg.data();
-    int64_t words = 0, segment = 0;
+    uint64_t* code_out = code.data();
+    int32_t* pos_out = pos.data();
+    int32_t* seg_out = seg.data();
+    int32_t* cont_out = continuing.data();
+    int32_t* cont_word_out = continued_word.data();
+    int64_t words = 0, segment = 0, continuations = 0;
     int64_t previous = 0;  // the previous position was eligible
-    uint64_t h = 0;
     for (int64_t i = 0; i < L; ++i) {
       const int64_t id = static_cast<int64_t>(ids[i]);
       const uint8_t f = flags ? ((id >= 0 && id < n_flags) ? flags[id] : kDefaultFlags) : kDefaultFlags;
@@ -451,17 +464,30 @@ void units_rows(const UnitParams& p, const Id* ids_all, uint8_t* out_all, int64_
       const int64_t new_segment = eligible & (previous ^ 1);
       const int64_t new_word = eligible & (starts | new_segment);
       segment += new_segment;
-      pos_out[words] = i;
-      seg_out[words] = segment;
+      pos_out[words] = static_cast<int32_t>(i);
+      seg_out[words] = static_cast<int32_t>(segment);
+      code_out[words] = static_cast<uint64_t>(id);
       words += new_word;
-      const uint64_t next = mix64((new_word ? kWordSeed : h) ^ static_cast<uint64_t>(id));
-      h = eligible ? next : h;
-      hash_out[eligible ? words - 1 : L] = h;
+      cont_out[continuations] = static_cast<int32_t>(i);
+      cont_word_out[continuations] = static_cast<int32_t>(words - 1);
+      continuations += eligible & (new_word ^ 1);
       previous = eligible;
+    }
+    // the codes of words of several tokens (a minority): their hashes
+    int64_t hashed = -1;
+    uint64_t h = 0;
+    for (int64_t j = 0; j < continuations; ++j) {
+      const int64_t v = continued_word[j];
+      if (v != hashed) {
+        h = mix64(kWordSeed ^ static_cast<uint64_t>(static_cast<int64_t>(ids[pos[v]])));
+        hashed = v;
+      }
+      h = mix64(h ^ static_cast<uint64_t>(static_cast<int64_t>(ids[continuing[j]])));
+      code[v] = h | kMultiTokenCode;
     }
     // the two-word keys, prefetching their slots: the walk below then finds them in cache
     for (int64_t v = 0; v + 1 < words; ++v) {
-      pair[v] = extend_key(hash[v], hash[v + 1]);
+      pair[v] = extend_ngram_key(code[v], code[v + 1]);
       if (seg[v + 1] == seg[v]) __builtin_prefetch(&p.table[slot_of(pair[v] | 1, table_mask)], 0, 1);
     }
     // pass 2: greedy longest match, left to right
@@ -473,7 +499,7 @@ void units_rows(const UnitParams& p, const Id* ids_all, uint8_t* out_all, int64_
         int found = lookup(p, g | 1);  // 0: no vocabulary n-gram starts with these words
         if (found == 2) best = 2;
         for (int k = 2; found && k < p.max_n && w + k < words && seg[w + k] == seg[w]; ++k) {
-          g = extend_key(g, hash[w + k]);
+          g = extend_ngram_key(g, code[w + k]);
           found = lookup(p, g | 1);
           if (found == 2) best = k + 1;
         }

@@ -30,8 +30,9 @@ vocabulary n-gram (2..``max_n`` words, inside one run of eligible tokens) that s
 current word, else the word alone; the next unit starts after it (greedy longest match, left to
 right). The unit starts ``[B, L]`` bool then replace the word starts of whole-word masking, so
 budget, weights and 80/10/10 replacement are whole-word masking's. Matching uses 63-bit keys of
-the hashed word sequences (:mod:`fastmask.reference.ngrams`); two distinct n-grams sharing a key
-(probability about ``2**-63`` per pair) would match each other.
+the word sequences (:mod:`fastmask.reference.ngrams`: a one-token word enters by its id, a longer
+one by its hash); two distinct n-grams sharing a key (never for bigrams of one-token words, else
+probability about ``2**-63`` per pair) would match each other.
 
 File format (:meth:`NgramVocabulary.save`): JSON, ``{"format": "fastmask-ngram-vocabulary",
 "version": 1, "tokenizer": {"fingerprint", "class", "vocab_size", "scheme"}, "max_n",

@@ -272,3 +272,18 @@ def test_pmi_opcheck_and_compile():
     # the compiled masks are PMI masks: they differ from whole-word masking's on this batch
     whole_word = mask_tokens(ids, strategy="whole_word", **kwargs)[1]
     assert not torch.equal(expected[1], whole_word)
+
+
+def test_matching_keys_of_one_token_words_are_exact():
+    """A word of one token is coded by its id, so the bigram keys of one-token words are
+    ``mix64(id_0 << 32 | id_1) | 1`` and never collide; a word of several tokens gets its hash
+    with the top bit set, a code no token id has."""
+    from fastmask.reference import ngrams as ref
+
+    assert ref.word_code([7]) == 7
+    assert ref.word_code([7, 9]) == ref.word_hash([7, 9]) | ref.MULTI_TOKEN_CODE
+    assert ref.ngram_key([[5], [30521]]) == ref.mix64(5 << 32 | 30521) | 1
+    ids = range(0, 1 << 31, (1 << 31) // 120)
+    keys = {ref.ngram_key([[a], [b]]) for a in ids for b in ids}
+    keys |= {ref.ngram_key([[a, b], [b]]) for a in ids[:20] for b in ids[:20]}
+    assert len(keys) == len(ids) ** 2 + 400

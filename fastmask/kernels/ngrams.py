@@ -1,12 +1,12 @@
 """Triton PMI unit kernel, bit-identical to :func:`fastmask.reference.ngrams.reference_ngram_units`
 (which defines the semantics; hashes as in :mod:`fastmask.reference.ngrams`).
 
-One program handles one row in two sequential passes (word hashes chain ``mix64`` over a word's
+One program handles one row in two sequential passes (a word's hash chains ``mix64`` over its
 tokens and the greedy match chases words left to right, neither of which is a parallel scan):
 
 1. walk the tokens: eligibility and word starts as whole-word masking has them, each word's
-   first position, segment and hash go to per-row scratch (indexed by word), the output row is
-   cleared;
+   first position, segment and code (its token id, or its hash with the top bit set when it has
+   several tokens) go to per-row scratch (indexed by word), the output row is cleared;
 2. walk the words: at word ``w`` extend the n-gram key over the next ``max_n - 1`` words of the
    segment while the table holds it (an n-gram, or a prefix of one), mark ``w``'s first token
    as a unit start and jump past the longest n-gram found.
@@ -24,9 +24,10 @@ import triton
 import triton.language as tl
 
 from ..masking_plan import MaskingPlan
-from ..reference.ngrams import WORD_SEED
+from ..reference.ngrams import MULTI_TOKEN_CODE, WORD_SEED
 
 _WORD_SEED = tl.constexpr(WORD_SEED)
+_MULTI_TOKEN_CODE = tl.constexpr(MULTI_TOKEN_CODE)
 
 
 @triton.jit
@@ -47,7 +48,7 @@ def _ngram_units_kernel(
     flags_ptr,
     table_ptr,
     out_ptr,
-    word_hash_ptr,
+    word_code_ptr,
     word_pos_ptr,
     word_seg_ptr,
     L,
@@ -89,30 +90,31 @@ def _ngram_units_kernel(
             starts = ((f & 2) != 0).to(tl.int32)
         new_word = eligible & (starts | (previous == 0).to(tl.int32))
         segment += eligible & (previous == 0).to(tl.int32)
-        tl.store(word_hash_ptr + base + words - 1, h.to(tl.int64, bitcast=True), mask=(new_word != 0) & (words > 0))
         tl.store(word_pos_ptr + base + words, i, mask=new_word != 0)
         tl.store(word_seg_ptr + base + words, segment, mask=new_word != 0)
         words += new_word
-        h = tl.where(new_word != 0, tl.full((), _WORD_SEED, tl.uint64), h)
-        h = tl.where(eligible != 0, _mix64(h ^ token.to(tl.uint64, bitcast=True)), h)
+        # the word's hash so far, and its code: the token id for a word's first token
+        bits = token.to(tl.uint64, bitcast=True)
+        h = _mix64(tl.where(new_word != 0, tl.full((), _WORD_SEED, tl.uint64), h) ^ bits)
+        code = tl.where(new_word != 0, bits, h | _MULTI_TOKEN_CODE)
+        tl.store(word_code_ptr + base + words - 1, code.to(tl.int64, bitcast=True), mask=eligible != 0)
         previous = eligible
         tl.store(out_ptr + base + i, tl.zeros((), tl.uint8))
-    tl.store(word_hash_ptr + base + words - 1, h.to(tl.int64, bitcast=True), mask=words > 0)
     tl.debug_barrier()
 
     mask = table_mask.to(tl.uint64)
     w = tl.zeros((), tl.int32)
     while w < words:
-        g = tl.load(word_hash_ptr + base + w).to(tl.uint64, bitcast=True)
+        g = tl.load(word_code_ptr + base + w).to(tl.uint64, bitcast=True)
         seg = tl.load(word_seg_ptr + base + w)
         best = tl.full((), 1, tl.int32)
         alive = w >= 0  # the words so far start some vocabulary n-gram
         for k in tl.static_range(1, MAX_N):
             alive = alive & (w + k < words)
-            hk = tl.load(word_hash_ptr + base + w + k, mask=alive, other=0).to(tl.uint64, bitcast=True)
+            ck = tl.load(word_code_ptr + base + w + k, mask=alive, other=0).to(tl.uint64, bitcast=True)
             sk = tl.load(word_seg_ptr + base + w + k, mask=alive, other=-1)
             alive = alive & (sk == seg)
-            g = _mix64(_mix64(g) ^ hk)
+            g = _mix64(((g << 32) | (g >> 32)) ^ ck)
             key = g | 1
             slot = (key >> 1) & mask
             at = tl.load(table_ptr + slot.to(tl.int64), mask=alive, other=0).to(tl.uint64, bitcast=True)
@@ -143,7 +145,7 @@ def triton_ngram_units(plan: MaskingPlan, table: torch.Tensor, max_n: int) -> to
     batch, length = ids.shape
     device = ids.device
     out = torch.empty((batch, length), dtype=torch.uint8, device=device)
-    word_hash = torch.empty((batch, length), dtype=torch.int64, device=device)
+    word_code = torch.empty((batch, length), dtype=torch.int64, device=device)
     word_pos = torch.empty((batch, length), dtype=torch.int32, device=device)
     word_seg = torch.empty((batch, length), dtype=torch.int32, device=device)
     flags = plan.vocab_flags
@@ -155,7 +157,7 @@ def triton_ngram_units(plan: MaskingPlan, table: torch.Tensor, max_n: int) -> to
         _as_buffer(flags, out),
         table,
         out,
-        word_hash,
+        word_code,
         word_pos,
         word_seg,
         length,

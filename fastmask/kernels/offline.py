@@ -319,7 +319,7 @@ def ngrams_variants(block: int) -> list:
             "flags_ptr": "*u8",
             "table_ptr": "*i64",
             "out_ptr": "*u8",
-            "word_hash_ptr": "*i64",
+            "word_code_ptr": "*i64",
             "word_pos_ptr": "*i32",
             "word_seg_ptr": "*i32",
             "L": "i32",

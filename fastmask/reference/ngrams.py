@@ -5,9 +5,18 @@ Hashes (64-bit, wrapping):
 
 * ``mix64(x)``: the splitmix64 finaliser.
 * a word's hash: ``h = WORD_SEED``, then ``h = mix64(h ^ t)`` for each of its token ids ``t``.
-* an n-gram's key: ``g = hash(word_0)``, then ``g = mix64(mix64(g) ^ hash(word_j))`` for each
-  next word; the key is ``g | 1`` (never 0, which marks an empty slot). A unigram's key is
-  ``hash | 1``.
+
+Counting keys (``csrc/ngrams.cpp``'s counter): an n-gram's key is ``g = hash(word_0)``, then
+``g = mix64(mix64(g) ^ hash(word_j))`` for each next word, and ``g | 1`` (never 0, which marks an
+empty slot); a unigram's key is ``hash | 1``.
+
+Matching keys (the probe table and the unit kernels, which hash every word of every batch, so they
+are cheaper): a word's *code* is its token id when it has one token, else its hash with the top
+bit set (``code | 2**63``); an n-gram's key is ``g = code(word_0)``, then
+``g = mix64(rotl32(g) ^ code(word_j))`` for each next word (``rotl32``: rotate the 64 bits left by
+32), and ``g | 1``. A bigram of two one-token words is ``mix64(id_0 << 32 | id_1) | 1`` (ids below
+``2**32``): distinct such bigrams never share ``mix64``'s output; other distinct n-grams share a key
+with probability about ``2**-63`` per pair.
 
 Words (counting): a row is split at special tokens into *segments*; inside one, a word starts at
 a token flagged as a word start (bit 1 of the flag table; ids past the table start words) and
@@ -33,6 +42,7 @@ import torch
 
 MASK64 = (1 << 64) - 1
 WORD_SEED = 0x9E3779B97F4A7C15
+MULTI_TOKEN_CODE = 1 << 63  # set in the code of a word of several tokens
 FLAG_SPECIAL, FLAG_WORD_START = 1, 2
 
 
@@ -57,11 +67,23 @@ def extend_key(g: int, next_word_hash: int) -> int:
     return mix64(mix64(g) ^ next_word_hash)
 
 
+def word_code(tokens: Sequence[int]) -> int:
+    """A word's code in matching keys: its token id (one token), else its hash | 2**63."""
+    if len(tokens) == 1:
+        return int(tokens[0]) & MASK64
+    return word_hash(tokens) | MULTI_TOKEN_CODE
+
+
+def extend_ngram_key(g: int, next_word_code: int) -> int:
+    """The matching key's state after one more word (``g``: the state so far, or the first code)."""
+    return mix64(((g << 32) | (g >> 32)) & MASK64 ^ next_word_code)
+
+
 def ngram_key(words: Sequence[Sequence[int]]) -> int:
-    """The 63-bit key (as an unsigned int, odd) of an n-gram given as its words' token ids."""
-    g = word_hash(words[0])
+    """The 63-bit matching key (as an unsigned int, odd) of an n-gram given as its words' token ids."""
+    g = word_code(words[0])
     for word in words[1:]:
-        g = extend_key(g, word_hash(word))
+        g = extend_ngram_key(g, word_code(word))
     return g | 1
 
 
@@ -130,10 +152,9 @@ def reference_ngram_units(plan, table: torch.Tensor, max_n: int) -> torch.Tensor
     eligible, starts = eligible.tolist(), starts.tolist()
     out = torch.zeros(plan.input_ids.shape, dtype=torch.bool)
     for b, row in enumerate(ids):
-        # words: (first position, hash, segment)
-        words: list[tuple[int, int, int]] = []
+        # words: [first position, segment, token ids]
+        words: list[tuple[int, int, list[int]]] = []
         segment, previous = 0, False
-        h = 0
         for i, token in enumerate(row):
             if not eligible[b][i]:
                 previous = False
@@ -141,21 +162,17 @@ def reference_ngram_units(plan, table: torch.Tensor, max_n: int) -> torch.Tensor
             if not previous:
                 segment += 1
             if starts[b][i]:
-                if words:
-                    words[-1] = (words[-1][0], h, words[-1][2])
-                words.append((i, 0, segment))
-                h = WORD_SEED
-            h = mix64(h ^ (token & MASK64))
+                words.append((i, segment, []))
+            words[-1][2].append(token)
             previous = True
-        if words:
-            words[-1] = (words[-1][0], h, words[-1][2])
+        codes = [word_code(tokens) for _, _, tokens in words]
         w = 0
         while w < len(words):
-            best, g = 1, words[w][1]
+            best, g = 1, codes[w]
             for k in range(1, max_n):
-                if w + k >= len(words) or words[w + k][2] != words[w][2]:
+                if w + k >= len(words) or words[w + k][1] != words[w][1]:
                     break
-                g = extend_key(g, words[w + k][1])
+                g = extend_ngram_key(g, codes[w + k])
                 found = entries.get(g | 1)
                 if found is None:
                     break  # no vocabulary n-gram starts with these words
@@ -174,9 +191,9 @@ def probe_table(ngrams: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
     empty. (A prefix whose key is 1, probability 2**-63, would read as empty.)"""
     entries: dict[int, int] = {}
     for words in ngrams:
-        g = word_hash(words[0])
+        g = word_code(words[0])
         for m in range(2, len(words) + 1):
-            g = extend_key(g, word_hash(words[m - 1]))
+            g = extend_ngram_key(g, word_code(words[m - 1]))
             key = g | 1
             if m == len(words):
                 entries[key] = 1
