@@ -20,6 +20,7 @@ _EXPORTS = {
     # PMI n-gram masking
     "build_ngram_vocabulary": "fastmask.ngrams",
     "NgramVocabulary": "fastmask.ngrams",
+    "ngram_unit_ids": "fastmask.ngrams",
     # seq2seq noise
     "span_corruption": "fastmask.sentinel_spans",
     "span_corruption_lengths": "fastmask.sentinel_spans",

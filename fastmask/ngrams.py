@@ -66,6 +66,7 @@ __all__ = [
     "NgramVocabulary",
     "build_ngram_vocabulary",
     "ngram_unit_starts",
+    "ngram_unit_ids",
     "tokenizer_fingerprint",
     "embedded_ngram_vocabulary",
     "MEASURES",
@@ -609,6 +610,59 @@ def pmi_plan(plan: MaskingPlan, vocabulary, backend: str = "auto") -> MaskingPla
             f"got {type(vocabulary).__name__}"
         )
     return dataclasses.replace(plan, word_starts=ngram_unit_starts(plan, vocabulary, backend))
+
+
+def ngram_unit_ids(input_ids, vocabulary: NgramVocabulary, tokenizer, *, backend: str = "auto"):
+    """PMI units as ``word_ids``, computed once when the data is tokenized: a unit's tokens share
+    its index (0, 1, ... per row), special and padding tokens get ``-1``.
+
+    Units depend on the token ids alone, not on the seed or the epoch. Stored as a ``word_ids``
+    column (``dataset.map(lambda b: {"word_ids": ngram_unit_ids(b["input_ids"], vocabulary, tok)},
+    batched=True)``), they let ``DataCollatorForLanguageModeling(tok, strategy="whole_word")`` mask
+    exactly what ``strategy="pmi"`` masks on the fly, at the cost of whole-word masking.
+
+    Args:
+        input_ids: token-id rows (lists of ints, ragged allowed) or an int ``[B, L]`` tensor.
+        vocabulary: built with ``tokenizer`` (checked); words come from ``tokenizer``'s word
+            starts and its special ids are not part of any unit, as in the collator.
+
+    Returns:
+        The rows as lists of ints (for lists) or an int64 ``[B, L]`` tensor (for a tensor).
+    """
+    from . import masking
+    from .reference.masking import plan_units
+    from .words import word_start_table
+
+    check_vocabulary(vocabulary, tokenizer)
+    as_rows = not isinstance(input_ids, torch.Tensor)
+    if as_rows:
+        rows = [np.asarray(row, dtype=np.int64).reshape(-1) for row in input_ids]
+        lengths = [len(row) for row in rows]
+        ids = np.zeros((len(rows), max(lengths, default=0)), dtype=np.int64)
+        attention = np.zeros(ids.shape, dtype=bool)
+        for b, row in enumerate(rows):
+            ids[b, : len(row)] = row
+            attention[b, : len(row)] = True
+        ids, attention = torch.from_numpy(ids), torch.from_numpy(attention)
+    else:
+        ids, attention = input_ids, None
+    plan = masking.plan_masking(
+        ids,
+        mask_token_id=tokenizer.mask_token_id,
+        vocab_size=len(tokenizer),
+        strategy="whole_word",
+        word_start_table=word_start_table(tokenizer),
+        special_token_ids=tokenizer.all_special_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        attention_mask=attention,
+        ids_beyond_vocab=True,
+    )
+    eligible, _ = plan_units(plan)
+    starts = ngram_unit_starts(plan, vocabulary, backend)
+    unit_ids = torch.where(eligible, starts.to(torch.int64).cumsum(1) - 1, -1)
+    if not as_rows:
+        return unit_ids
+    return [row[:n] for row, n in zip(unit_ids.tolist(), lengths)]
 
 
 # ----------------------------------------------------------------------------- embedded corpus

@@ -287,3 +287,29 @@ def test_matching_keys_of_one_token_words_are_exact():
     keys = {ref.ngram_key([[a], [b]]) for a in ids for b in ids}
     keys |= {ref.ngram_key([[a, b], [b]]) for a in ids[:20] for b in ids[:20]}
     assert len(keys) == len(ids) ** 2 + 400
+
+
+@pytest.mark.parametrize("budget", ["bernoulli", "exact"])
+def test_units_precomputed_as_word_ids_mask_like_pmi(budget):
+    """Units stored by datasets.map as a word_ids column: a whole-word collator then gives the
+    PMI collator's batch bit for bit (ragged rows, padding), and tensors get the same ids."""
+    import datasets
+
+    from fastmask import ngram_unit_ids
+
+    tok, vocabulary = _setup()
+    ids = text_fixtures.packed_batch("minilm", 48, 6 * 46)["input_ids"][:6]
+    rows = [row[: 48 - 5 * b].tolist() for b, row in enumerate(ids)]  # ragged: the collator pads
+    dataset = datasets.Dataset.from_dict({"input_ids": rows})
+    dataset = dataset.map(lambda batch: {"word_ids": ngram_unit_ids(batch["input_ids"], vocabulary, tok)}, batched=True)
+    settings = dict(seed=5, budget=budget, mlm_probability=0.3)
+    pmi = DataCollatorForLanguageModeling(tok, strategy="pmi", ngram_vocabulary=vocabulary, **settings)
+    whole_word = DataCollatorForLanguageModeling(tok, strategy="whole_word", **settings)
+    expected = pmi([{"input_ids": row} for row in rows])
+    got = whole_word([dict(example) for example in dataset])
+    assert torch.equal(got["input_ids"], expected["input_ids"])
+    assert torch.equal(got["labels"], expected["labels"])
+    assert (expected["labels"] != -100).any()
+    first = dataset[0]["word_ids"]
+    assert first[0] == -1 and first[1] == 0 and first[-1] == -1  # [CLS] and [SEP] are in no unit
+    assert torch.equal(ngram_unit_ids(ids, vocabulary, tok)[0, : len(rows[0])], torch.tensor(first))

@@ -7,7 +7,8 @@
   conversion of the rows to one id array, counting, and the scoring and ranking;
 * masking: ``mask_tokens`` on a 64 x 512 batch of packed real text with the word-start table,
   ``strategy="pmi"`` (the unit op, then whole-word masking) against ``strategy="whole_word"``
-  on the same batch and backend, and the unit op alone. The cases alternate call by call in
+  on the same batch and backend, the unit op alone, and whole-word masking over units computed
+  beforehand (what :func:`fastmask.ngram_unit_ids` at tokenization gives). The cases alternate call by call in
   one process (so load on a shared machine hits them alike): wall time with the default
   threads, then CPU time of the calling thread with one thread (``torch.set_num_threads(1)``,
   so that the kernels' work is all on the timed thread); medians and fastest calls. The
@@ -141,12 +142,17 @@ def run(
     backend = _backend.resolve_backend("auto", torch.device("cpu"), op="mask_tokens")
     plan = plan_masking(batch, strategy="whole_word", **common_kwargs)
     units = ngram_unit_starts(plan, vocabulary, backend)
+    precomputed_kwargs = {k: v for k, v in common_kwargs.items() if k != "word_start_table"}
     cases = {
         "whole_word": lambda: fastmask.mask_tokens(batch, strategy="whole_word", backend=backend, **common_kwargs),
         "pmi": lambda: fastmask.mask_tokens(
             batch, strategy="pmi", ngram_vocabulary=vocabulary, backend=backend, **common_kwargs
         ),
         "units only": lambda: ngram_unit_starts(plan, vocabulary, backend),
+        # units computed once at tokenization (fastmask.ngram_unit_ids), then whole-word masking
+        "pmi, units precomputed": lambda: fastmask.mask_tokens(
+            batch, strategy="whole_word", word_starts=units, backend=backend, **precomputed_kwargs
+        ),
     }
     wall = _summary(_alternating(cases, min_time=min_time, min_reps=min_reps, clock=time.perf_counter), "whole_word")
     bar.step(f"pmi {wall['pmi']['ratio']:.2f}x whole_word (wall)")
@@ -180,6 +186,8 @@ def run(
             ratio_best=wall["pmi"]["ratio_best"],
             cpu_ratio=cpu["pmi"]["ratio"],
             cpu_ratio_best=cpu["pmi"]["ratio_best"],
+            precomputed_ratio=wall["pmi, units precomputed"]["ratio"],
+            precomputed_cpu_ratio=cpu["pmi, units precomputed"]["ratio"],
         ),
     )
 
@@ -200,6 +208,8 @@ def headlines(result: dict) -> list:
         f"ngrams: PMI masking {m['batch']}x{m['length']} {m['ms']['pmi']:.3f} ms = {m['ratio']:.2f}x whole-word "
         f"({m['ms']['whole_word']:.3f} ms; units {m['ms']['units only']:.3f} ms), fastest calls "
         f"{m['ratio_best']:.2f}x; one thread, CPU time {m['cpu_ratio']:.2f}x (fastest {m['cpu_ratio_best']:.2f}x)",
+        f"ngrams: PMI masking with units precomputed at tokenization (ngram_unit_ids) "
+        f"{m['precomputed_ratio']:.2f}x whole-word (CPU time {m['precomputed_cpu_ratio']:.2f}x)",
     ]
 
 
