@@ -510,7 +510,7 @@ void units_rows(const UnitParams& p, const Id* ids_all, uint8_t* out_all, int64_
   }
 }
 
-void ngram_units_binding(const py::dict& plan, const py::object& table_obj, int max_n, const py::object& out_obj) {
+void ngram_units_binding(const py::dict& plan, const py::object& out_obj) {
   const char* op = "ngram_units";
   py::array input_ids = as_array(op, plan_field(op, plan, "input_ids"), "input_ids");
   const bool is64 = has_dtype<int64_t>(input_ids);
@@ -527,10 +527,10 @@ void ngram_units_binding(const py::dict& plan, const py::object& table_obj, int 
   p.pad = plan_int(op, plan, "pad_token_id");
   if (!p.word_starts && !p.flags) fail_value(op, "the plan has neither word_starts nor vocab_flags");
   int64_t C = 0;
-  p.table = typed_array<int64_t>(op, table_obj, "table", {-1}, false, &C);
+  p.table = typed_array<int64_t>(op, plan_field(op, plan, "table"), "table", {-1}, false, &C);
   if (C < 2 || (C & (C - 1))) fail_value(op, "table must have a power-of-two size >= 2, got " + std::to_string(C));
   p.table_mask = C - 1;
-  p.max_n = static_cast<int>(check_range(op, max_n, "max_n", 2, kMaxN));
+  p.max_n = static_cast<int>(check_range(op, plan_int(op, plan, "max_n"), "max_n", 2, kMaxN));
   py::array out = as_array(op, out_obj, "out");
   if (!has_dtype<uint8_t>(out)) fail_value(op, "out must be uint8, got " + dtype_string(out));
   check_layout(op, out, "out", {B, L}, true);
@@ -566,13 +566,13 @@ void register_ngrams(py::module_& m) {
            "PMI against the least surprising segmentation, in entries(n, min_count)' order.")
       .def("positions", &NgramCounter::positions, "k-word windows counted, k = 1..max_n.")
       .def("distinct", &NgramCounter::distinct, py::arg("n"), "Distinct n-grams of n words counted.");
-  m.def("ngram_units", &ngram_units_binding, py::arg("plan"), py::arg("table"), py::arg("max_n"), py::arg("out"),
+  m.def("ngram_units", &ngram_units_binding, py::arg("plan"), py::arg("out"),
         R"doc(Unit starts of PMI masking into out (uint8 [B, L]); see fastmask/reference/ngrams.py.
 
-plan: a dict of fastmask.masking_plan.MaskingPlan's fields (input_ids, special_mask,
-attention_mask, word_starts, vocab_flags, pad_token_id are read). table: int64 [C], C a power of
-two, the probe table of the vocabulary's n-gram keys and prefixes (fastmask.reference.ngrams.
-probe_table). max_n in [2, 8].)doc");
+plan: a dict of fastmask.ngram_units_plan.NgramUnitsPlan's fields (input_ids, special_mask,
+attention_mask, word_starts, vocab_flags, pad_token_id; table: int64 [C], C a power of two, the
+probe table of the vocabulary's n-gram keys and prefixes (fastmask.reference.ngrams.probe_table);
+max_n in [2, 8]).)doc");
 }
 
 }  // namespace fastmask

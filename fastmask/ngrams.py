@@ -60,6 +60,7 @@ import torch
 
 from . import _backend
 from .masking_plan import FLAG_SPECIAL, FLAG_WORD_START, MaskingPlan
+from .ngram_units_plan import NgramUnitsPlan
 from .reference import ngrams as _ref
 
 __all__ = [
@@ -544,52 +545,32 @@ def _scheme(tokenizer) -> str:
 
 
 # ----------------------------------------------------------------------------- the unit op
-# the plan fields csrc/ngrams.cpp's ngram_units reads (the others are not converted per call)
-_CPP_UNIT_FIELDS = ("input_ids", "special_mask", "attention_mask", "word_starts", "vocab_flags", "pad_token_id")
-
-
-def _cpp_units(plan: MaskingPlan, table: torch.Tensor, max_n: int) -> torch.Tensor:
+def _cpp_units(plan: NgramUnitsPlan) -> torch.Tensor:
     out = torch.empty(plan.input_ids.shape, dtype=torch.uint8)
-    _backend.cpp_kernels().ngram_units(plan.cpp_fields(_CPP_UNIT_FIELDS), table.numpy(), max_n, out.numpy())
+    _backend.cpp_kernels().ngram_units(plan.cpp_fields(), out.numpy())
     return out.view(torch.bool)
 
 
-def _triton_units(plan: MaskingPlan, table: torch.Tensor, max_n: int) -> torch.Tensor:
-    from .kernels.ngrams import triton_ngram_units
-
-    return triton_ngram_units(plan, table, max_n)
+def _units_fake(plan: NgramUnitsPlan) -> torch.Tensor:
+    return torch.empty(plan.input_ids.shape, dtype=torch.bool, device=plan.input_ids.device)
 
 
-_IMPLS = {"reference": _ref.reference_ngram_units, "cpp": _cpp_units, "triton": _triton_units}
-
-
-@torch.library.custom_op("fastmask::ngram_units", mutates_args=())
-def _ngram_units_op(
-    buffers: list[Optional[torch.Tensor]], scalars: list[int], table: torch.Tensor, max_n: int, backend: str
-) -> torch.Tensor:
-    return _IMPLS[backend](MaskingPlan.from_op_args(buffers, scalars), table, max_n)
-
-
-@_ngram_units_op.register_fake
-def _ngram_units_fake(buffers, scalars, table, max_n, backend):
-    return torch.empty(buffers[0].shape, dtype=torch.bool, device=buffers[0].device)
+_NGRAM_UNITS = _backend.PlanOp(
+    "ngram_units",
+    NgramUnitsPlan,
+    _units_fake,
+    reference=_ref.reference_ngram_units,
+    cpp=_cpp_units,
+    triton=("ngrams", "triton_ngram_units"),
+    returns=torch.Tensor,
+)
 
 
 def ngram_unit_starts(plan: MaskingPlan, vocabulary: NgramVocabulary, backend: str = "auto") -> torch.Tensor:
     """Bool ``[B, L]``: the first token of each PMI unit of a whole-word masking plan (module
     docstring: greedy longest vocabulary match, left to right)."""
-    _backend.check_backend_name(backend)
-    if plan.word_starts is None and plan.vocab_flags is None:
-        raise ValueError("PMI masking needs word boundaries: pass word_starts or word_start_table")
-    device_type = plan.input_ids.device.type
-    chosen = _backend.choose_backend(
-        "ngram_units", backend, device_type, "ngram_units", (), "ngrams", plan.input_ids.shape[1]
-    )
     table = vocabulary.probe_table(plan.input_ids.device)
-    if torch.compiler.is_compiling():
-        buffers, scalars = plan.to_op_args()
-        return _ngram_units_op(buffers, scalars, table, vocabulary.max_n, chosen)
-    return _IMPLS[chosen](plan, table, vocabulary.max_n)
+    return _NGRAM_UNITS(NgramUnitsPlan.of(plan, table, vocabulary.max_n), backend)
 
 
 def check_vocabulary(vocabulary, tokenizer) -> None:

@@ -239,16 +239,16 @@ def test_collator_pmi_in_dataloader_workers():
 def test_pmi_opcheck_and_compile():
     """The unit op passes opcheck (reference, C++), and strategy="pmi" runs inside
     torch.compile (fullgraph) with the same masks as eager, as whole-word masking does."""
-    from fastmask.ngrams import _ngram_units_op
+    from fastmask.ngram_units_plan import NgramUnitsPlan
+    from fastmask.ngrams import _NGRAM_UNITS
 
     tok, vocabulary = _setup()
-    plan = _plans(tok, 32, 2)[0]
-    table = vocabulary.probe_table()
+    plan = NgramUnitsPlan.of(_plans(tok, 32, 2)[0], vocabulary.probe_table(), vocabulary.max_n)
     for backend in ("reference", "cpp"):
         buffers, scalars = plan.to_op_args()
         torch.library.opcheck(
-            _ngram_units_op,
-            (buffers, scalars, table, vocabulary.max_n, backend),
+            _NGRAM_UNITS.custom_op,
+            (buffers, scalars, backend),
             test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
         )
     ids = plan.input_ids

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..masking_plan import MaskingPlan
+from ..ngram_units_plan import NgramUnitsPlan
 from ..reference.ngrams import MULTI_TOKEN_CODE, WORD_SEED
 
 _WORD_SEED = tl.constexpr(WORD_SEED)
@@ -139,9 +139,9 @@ def _as_buffer(t: Optional[torch.Tensor], dummy: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8) if t.dtype == torch.bool else t
 
 
-def triton_ngram_units(plan: MaskingPlan, table: torch.Tensor, max_n: int) -> torch.Tensor:
-    """Bool ``[B, L]`` unit starts for a validated whole-word plan and an int64 probe table."""
-    ids = plan.input_ids
+def triton_ngram_units(plan: NgramUnitsPlan) -> torch.Tensor:
+    """Bool ``[B, L]`` unit starts of a validated :class:`~fastmask.ngram_units_plan.NgramUnitsPlan`."""
+    ids, table = plan.input_ids, plan.table
     batch, length = ids.shape
     device = ids.device
     out = torch.empty((batch, length), dtype=torch.uint8, device=device)
@@ -169,7 +169,7 @@ def triton_ngram_units(plan: MaskingPlan, table: torch.Tensor, max_n: int) -> to
         HAS_WORD_STARTS=plan.word_starts is not None,
         HAS_FLAGS=flags is not None,
         HAS_PAD=plan.pad_token_id >= 0,
-        MAX_N=max_n,
+        MAX_N=plan.max_n,
         num_warps=1,
     )
     return out.view(torch.bool)
