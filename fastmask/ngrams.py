@@ -593,6 +593,16 @@ def pmi_plan(plan: MaskingPlan, vocabulary, backend: str = "auto") -> MaskingPla
     return dataclasses.replace(plan, word_starts=ngram_unit_starts(plan, vocabulary, backend))
 
 
+def _id_row(row, b: int) -> np.ndarray:
+    values = np.asarray(row)
+    if values.ndim != 1 or (values.size and values.dtype.kind not in "iu"):
+        raise ValueError(
+            f"input_ids[{b}] must be a flat row of integer token ids, got {values.ndim} dimensions of {values.dtype}; "
+            "pass a list of rows (a datasets batch column) or an int [B, L] tensor"
+        )
+    return values.astype(np.int64)
+
+
 def ngram_unit_ids(input_ids, vocabulary: NgramVocabulary, tokenizer, *, backend: str = "auto"):
     """PMI units as ``word_ids``, computed once when the data is tokenized: a unit's tokens share
     its index (0, 1, ... per row), special and padding tokens get ``-1``.
@@ -617,7 +627,7 @@ def ngram_unit_ids(input_ids, vocabulary: NgramVocabulary, tokenizer, *, backend
     check_vocabulary(vocabulary, tokenizer)
     as_rows = not isinstance(input_ids, torch.Tensor)
     if as_rows:
-        rows = [np.asarray(row, dtype=np.int64).reshape(-1) for row in input_ids]
+        rows = [_id_row(row, b) for b, row in enumerate(input_ids)]
         lengths = [len(row) for row in rows]
         ids = np.zeros((len(rows), max(lengths, default=0)), dtype=np.int64)
         attention = np.zeros(ids.shape, dtype=bool)

@@ -313,3 +313,7 @@ def test_units_precomputed_as_word_ids_mask_like_pmi(budget):
     first = dataset[0]["word_ids"]
     assert first[0] == -1 and first[1] == 0 and first[-1] == -1  # [CLS] and [SEP] are in no unit
     assert torch.equal(ngram_unit_ids(ids, vocabulary, tok)[0, : len(rows[0])], torch.tensor(first))
+    with pytest.raises(ValueError, match=r"input_ids\[1\] must be a flat row of integer token ids"):
+        ngram_unit_ids([[101, 102], [[101, 102]]], vocabulary, tok)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        ngram_unit_ids(rows, vocabulary, text_fixtures.tokenizer("bpe"))
