@@ -25,6 +25,11 @@ def check_int(name: str, value, *, minimum: Optional[int] = None, maximum: Optio
     return value
 
 
+def check_token_id(name: str, value, dtype: torch.dtype) -> int:
+    """``value`` as an int id that ``dtype`` (the ids' integer dtype) holds: ``0 .. iinfo(dtype).max``."""
+    return check_int(name, value, minimum=0, maximum=torch.iinfo(dtype).max)
+
+
 def _real(name: str, value, expected: str) -> float:
     """``value`` as a float; TypeError naming ``name`` and what was ``expected`` for a bool or a non-number."""
     if type(value) is float:  # the common case, without the numbers.Real ABC check
