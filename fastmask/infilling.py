@@ -28,7 +28,7 @@ import torch
 
 from . import _backend, _rng
 from ._op_rows import as_batch, checked_rows, real_positions, unbatch
-from ._validation import check_int, check_probability, check_token_id, check_token_rows
+from ._validation import check_int, check_probability, check_real, check_token_id, check_token_rows
 from .infilling_plan import TextInfillingPlan
 from .reference.infilling import (
     ceil_ratio,
@@ -49,9 +49,7 @@ def check_mask_ratio(mask_ratio) -> float:
 
 
 def check_poisson_lambda(poisson_lambda) -> float:
-    if isinstance(poisson_lambda, bool) or not isinstance(poisson_lambda, numbers.Real):
-        raise TypeError(f"poisson_lambda must be a positive float, got {type(poisson_lambda).__name__}")
-    value = float(poisson_lambda)
+    value = check_real("poisson_lambda", poisson_lambda, "a positive float")
     if not (value > 0.0) or math.isinf(value):
         raise ValueError(
             f"poisson_lambda={poisson_lambda!r} must be a finite number > 0 (the mean span length in words), "

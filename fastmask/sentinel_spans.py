@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -27,7 +26,7 @@ import torch
 
 from . import _backend, _rng
 from ._op_rows import as_batch, checked_rows, real_positions, unbatch
-from ._validation import check_int, check_tensor, check_token_id, check_token_rows
+from ._validation import check_int, check_real, check_tensor, check_token_id, check_token_rows
 from .masking import _check_ids, _row_keys
 from .reference.sentinel_spans import reference_span_corruption
 from .sentinel_spans_plan import SpanCorruptionPlan
@@ -45,9 +44,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- counts
 def _check_density(noise_density) -> float:
-    if isinstance(noise_density, bool) or not isinstance(noise_density, numbers.Real):
-        raise TypeError(f"noise_density must be a float in (0, 1), got {type(noise_density).__name__}")
-    value = float(noise_density)
+    value = check_real("noise_density", noise_density, "a float in (0, 1)")
     if not (0.0 < value < 1.0):
         raise ValueError(
             f"noise_density={noise_density!r} is outside (0, 1); pass the fraction of tokens to corrupt, "
@@ -57,9 +54,7 @@ def _check_density(noise_density) -> float:
 
 
 def _check_mean_span(mean_noise_span_length) -> float:
-    if isinstance(mean_noise_span_length, bool) or not isinstance(mean_noise_span_length, numbers.Real):
-        raise TypeError(f"mean_noise_span_length must be a number >= 1, got {type(mean_noise_span_length).__name__}")
-    value = float(mean_noise_span_length)
+    value = check_real("mean_noise_span_length", mean_noise_span_length, "a number >= 1")
     if not (value >= 1.0) or math.isinf(value):
         raise ValueError(
             f"mean_noise_span_length={mean_noise_span_length!r} must be a finite number >= 1 (tokens per span), "
