@@ -36,22 +36,22 @@ def _real(kwargs) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- backends agree
+def _assert_matches_reference(kwargs, backend):
+    require_backend(backend)
+    expected = text_infilling(**kwargs, backend="reference")
+    got = text_infilling(**kwargs, backend=backend)
+    for e, g in zip(expected, got, strict=True):
+        assert e.dtype == g.dtype and torch.equal(e, g)
+
+
 @pytest.mark.parametrize("name,kwargs", SAMPLES, ids=[n for n, _ in SAMPLES])
 def test_cpp_matches_reference(name, kwargs):
-    require_backend("cpp")
-    expected = text_infilling(**kwargs, backend="reference")
-    got = text_infilling(**kwargs, backend="cpp")
-    for e, g in zip(expected, got):
-        assert e.dtype == g.dtype and torch.equal(e, g)
+    _assert_matches_reference(kwargs, "cpp")
 
 
 @pytest.mark.parametrize("name,kwargs", SMALL, ids=[n for n, _ in SMALL])
 def test_triton_matches_reference(name, kwargs):
-    require_backend("triton")
-    expected = text_infilling(**kwargs, backend="reference")
-    got = text_infilling(**kwargs, backend="triton")
-    for e, g in zip(expected, got):
-        assert torch.equal(e, g)
+    _assert_matches_reference(kwargs, "triton")
 
 
 @pytest.mark.parametrize("poisson_lambda", [0.5, 3.0, 12.0])
