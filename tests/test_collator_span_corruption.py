@@ -12,7 +12,7 @@ import pytest
 import torch
 from backends import require_backend
 from collator_support import check_mask_stream, check_workers_draw_new_noise_every_epoch
-from tiny_models import tiny_t5
+from tiny_models import tiny_t5, train_losses
 
 import fastmask
 from fastmask import data
@@ -167,24 +167,16 @@ def test_tiny_t5_trains_on_the_batches(target_length):
         tok, input_length=INPUT_LENGTH, target_length=target_length, seed=0, model=model
     )
     features = _features(8)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: intra-op threads only contend on a small machine
-    try:
+
+    def batches():
         for _ in range(8):
             batch = collator(features)  # new spans every step
             assert torch.equal(batch["decoder_input_ids"], model._shift_right(batch["labels"]))
             if target_length is not None:
                 assert batch["labels"].shape[1] == target_length and bool((batch["labels"] == -100).any())
-            loss = model(**batch).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-    finally:
-        torch.set_num_threads(threads)
-    assert all(np.isfinite(losses))
+            yield batch
+
+    losses = train_losses(model, batches())
     assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses
 
 

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from backends import assert_compiles_offline, require_backend
+from backends import assert_compiles_offline, assert_matches_reference, require_backend
 from infilling_samples import BOS, EOS, MASK, PAD, VOCAB, sample_inputs
 
 import fastmask
@@ -36,22 +36,14 @@ def _real(kwargs) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- backends agree
-def _assert_matches_reference(kwargs, backend):
-    require_backend(backend)
-    expected = text_infilling(**kwargs, backend="reference")
-    got = text_infilling(**kwargs, backend=backend)
-    for e, g in zip(expected, got, strict=True):
-        assert e.dtype == g.dtype and torch.equal(e, g)
-
-
 @pytest.mark.parametrize("name,kwargs", SAMPLES, ids=[n for n, _ in SAMPLES])
 def test_cpp_matches_reference(name, kwargs):
-    _assert_matches_reference(kwargs, "cpp")
+    assert_matches_reference(text_infilling, kwargs, "cpp")
 
 
 @pytest.mark.parametrize("name,kwargs", SMALL, ids=[n for n, _ in SMALL])
 def test_triton_matches_reference(name, kwargs):
-    _assert_matches_reference(kwargs, "triton")
+    assert_matches_reference(text_infilling, kwargs, "triton")
 
 
 @pytest.mark.parametrize("poisson_lambda", [0.5, 3.0, 12.0])

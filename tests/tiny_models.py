@@ -3,8 +3,30 @@ small enough for CPU steps in milliseconds; keyword overrides reach the config."
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import transformers
+
+
+def train_losses(model, batches, *, lr: float = 1e-2) -> list[float]:
+    """One Adam (``lr``) step of ``model`` on each batch of ``batches`` in turn, on one torch
+    thread (a tiny model: intra-op threads only contend on a small machine); the losses, checked
+    finite."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for batch in batches:
+            loss = model(**batch).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(np.isfinite(losses)), losses
+    return losses
 
 
 def tiny_bert(vocab_size: int, *, layers: int = 1, hidden: int = 32, **overrides) -> transformers.BertForMaskedLM:
