@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from backends import assert_compiles_offline, assert_matches_reference, require_backend
+from backends import assert_compiles_offline, assert_matches_reference, backend_cases, require_backend
 from sentinel_spans_samples import EOS, FIRST_SENTINEL, PAD, VOCAB, sample_inputs
 
 import fastmask
@@ -89,14 +89,9 @@ def test_reference_semantics(name, kwargs):
         assert inputs.shape[1] >= max(widths_in) and targets.shape[1] >= max(widths_out)
 
 
-@pytest.mark.parametrize("name,kwargs", SAMPLES, ids=[n for n, _ in SAMPLES])
-def test_cpp_matches_reference(name, kwargs):
-    assert_matches_reference(span_corruption, kwargs, "cpp")
-
-
-@pytest.mark.parametrize("name,kwargs", SMALL, ids=[n for n, _ in SMALL])
-def test_triton_matches_reference(name, kwargs):
-    assert_matches_reference(span_corruption, kwargs, "triton")
+@pytest.mark.parametrize("backend,kwargs", backend_cases(SAMPLES, SMALL))
+def test_backend_matches_reference(backend, kwargs):
+    assert_matches_reference(span_corruption, kwargs, backend)
 
 
 def _t5_lengths(input_length, density, mean):
