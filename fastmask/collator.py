@@ -332,7 +332,7 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
         ids = data["input_ids"]
         if self.mlm:
             batch = len(ids)
-            keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
+            keys = self._batch_row_keys(key_values, batch)
             data["input_ids"], data["labels"] = self._mask_batch(fmt, ids, special, offsets, keys, word_starts)
         return BatchEncoding(data) if padded.from_mappings else data
 
@@ -668,7 +668,7 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
         ineligible = ineligible | ~inside
         if tokenizer.pad_token_id is not None:
             ineligible |= ids == tokenizer.pad_token_id
-        keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
+        keys = self._batch_row_keys(key_values, batch)
         offsets = data["offset_mapping"] if "offset_mapping" in data else None
         probabilities = (rates["mask_probability"], rates["random_replace_probability"], rates["delete_probability"])
         out, to_delete = _collator_noise(self, ids, ineligible, offsets, keys, probabilities)

@@ -151,7 +151,7 @@ class DataCollatorForSeq2Seq(MaskStream, _HFDataCollatorForSeq2Seq):
         ids = _to_torch(batch["input_ids"])
         _check_ids(ids, None)  # shifted past the vocabulary by noise_tokens: a negative id would pass
         rows, length = ids.shape
-        keys = self._column_row_keys(key_values, rows) if key_values is not None else self._next_row_keys(rows)
+        keys = self._batch_row_keys(key_values, rows)
         if ids.numel() == 0:
             return
         tokenizer = self.tokenizer
