@@ -25,7 +25,12 @@ def check_int(name: str, value, *, minimum: Optional[int] = None, maximum: Optio
     return value
 
 
-def _real(name: str, value, expected: str) -> float:
+def check_token_id(name: str, value, dtype: torch.dtype) -> int:
+    """``value`` as an int id that ``dtype`` (the ids' integer dtype) holds: ``0 .. iinfo(dtype).max``."""
+    return check_int(name, value, minimum=0, maximum=torch.iinfo(dtype).max)
+
+
+def check_real(name: str, value, expected: str) -> float:
     """``value`` as a float; TypeError naming ``name`` and what was ``expected`` for a bool or a non-number."""
     if type(value) is float:  # the common case, without the numbers.Real ABC check
         return value
@@ -35,7 +40,7 @@ def _real(name: str, value, expected: str) -> float:
 
 
 def check_probability(name: str, value) -> float:
-    value = _real(name, value, "a float in [0, 1]")
+    value = check_real(name, value, "a float in [0, 1]")
     if not (0.0 <= value <= 1.0) or math.isnan(value):
         raise ValueError(f"{name}={value} is outside [0, 1]; pass a probability between 0 and 1")
     return value
@@ -98,7 +103,7 @@ def check_bool(name: str, value) -> bool:
 
 
 def check_nonnegative_float(name: str, value) -> float:
-    value = _real(name, value, "a float >= 0")
+    value = check_real(name, value, "a float >= 0")
     if not (value >= 0.0 and value != float("inf")):
         raise ValueError(f"{name}={value} must be finite and >= 0")
     return value

@@ -99,6 +99,36 @@ class _TokenizerTables:
         return tuple(sorted({int(i) for i in (tokenizer.all_special_ids or ()) if i is not None and int(i) >= 0}))
 
 
+def _collator_noise(
+    collator, ids: torch.Tensor, ineligible: torch.Tensor, offsets, row_keys: torch.Tensor, probabilities: tuple
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~fastmask.token_noise.noise_tokens` of a token-noise collator's padded ``ids``
+    ``[B, L]`` (``ineligible`` bool ``[B, L]``) with its tokenizer, seed and backend, and
+    ``probabilities`` (mask, random, delete); with ``collator.whole_word``, per word, the words
+    from ``offsets`` (an offset mapping ``[B, L, 2]``) when given, else from the word-start table."""
+    tokenizer = collator.tokenizer
+    word_starts = None
+    if collator.whole_word:
+        if offsets is not None:
+            word_starts = word_starts_from_offsets(offsets, ineligible)
+        else:
+            word_starts = collator._tables.word_starts(tokenizer, ids)["word_starts"]
+    mask, random, delete = probabilities
+    return noise_tokens(
+        ids,
+        ineligible,
+        vocab_size=len(tokenizer),
+        mask_token_id=tokenizer.mask_token_id,
+        mask_probability=mask,
+        random_probability=random,
+        delete_probability=delete,
+        word_starts=word_starts,
+        seed=collator._effective_seed(),
+        row_keys=row_keys,
+        backend=collator.backend,
+    )
+
+
 def _special_mask(ids: torch.Tensor, special_ids: tuple) -> torch.Tensor:
     if ids.device.type == "cpu":
         return torch.from_numpy(np.isin(ids.numpy(), np.asarray(special_ids, dtype=np.int64)))
@@ -302,7 +332,7 @@ class DataCollatorForLanguageModeling(MaskStream, _HFDataCollatorForLanguageMode
         ids = data["input_ids"]
         if self.mlm:
             batch = len(ids)
-            keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
+            keys = self._batch_row_keys(key_values, batch)
             data["input_ids"], data["labels"] = self._mask_batch(fmt, ids, special, offsets, keys, word_starts)
         return BatchEncoding(data) if padded.from_mappings else data
 
@@ -626,7 +656,6 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
         _check_ids(ids, None)  # shifted past the vocabulary below, a negative id would pass as a real one
         batch, length = ids.shape
         tokenizer = self.tokenizer
-        vocab = len(tokenizer)
         special_ids = self._tables.special_ids(tokenizer)
         if "special_tokens_mask" in data:
             ineligible = data["special_tokens_mask"].bool()
@@ -639,26 +668,10 @@ class DataCollatorForMaskedAugmentation(MaskStream, DataCollatorMixin):
         ineligible = ineligible | ~inside
         if tokenizer.pad_token_id is not None:
             ineligible |= ids == tokenizer.pad_token_id
-        word_starts = None
-        if self.whole_word:
-            if "offset_mapping" in data:
-                word_starts = word_starts_from_offsets(data["offset_mapping"], ineligible)
-            else:
-                word_starts = self._tables.word_starts(tokenizer, ids)["word_starts"]
-        keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
-        out, to_delete = noise_tokens(
-            ids,
-            ineligible,
-            vocab_size=vocab,
-            mask_token_id=tokenizer.mask_token_id,
-            mask_probability=rates["mask_probability"],
-            random_probability=rates["random_replace_probability"],
-            delete_probability=rates["delete_probability"],
-            word_starts=word_starts,
-            seed=self._effective_seed(),
-            row_keys=keys,
-            backend=self.backend,
-        )
+        keys = self._batch_row_keys(key_values, batch)
+        offsets = data["offset_mapping"] if "offset_mapping" in data else None
+        probabilities = (rates["mask_probability"], rates["random_replace_probability"], rates["delete_probability"])
+        out, to_delete = _collator_noise(self, ids, ineligible, offsets, keys, probabilities)
         data["input_ids"] = out
         if to_delete.any():
             self._close_up(data, padded, to_delete, inside, left, padding)

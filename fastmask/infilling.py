@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from . import _backend, _rng
-from ._validation import ID_DTYPES, check_int, check_probability, check_tensor, check_token_rows
+from ._op_rows import as_batch, checked_rows, real_positions, unbatch
+from ._validation import check_int, check_probability, check_real, check_token_id, check_token_rows
 from .infilling_plan import TextInfillingPlan
-from .masking import _as_mask, _check_ids, _row_keys
 from .reference.infilling import (
     ceil_ratio,
     draw_spans,
@@ -49,9 +49,7 @@ def check_mask_ratio(mask_ratio) -> float:
 
 
 def check_poisson_lambda(poisson_lambda) -> float:
-    if isinstance(poisson_lambda, bool) or not isinstance(poisson_lambda, numbers.Real):
-        raise TypeError(f"poisson_lambda must be a positive float, got {type(poisson_lambda).__name__}")
-    value = float(poisson_lambda)
+    value = check_real("poisson_lambda", poisson_lambda, "a positive float")
     if not (value > 0.0) or math.isinf(value):
         raise ValueError(
             f"poisson_lambda={poisson_lambda!r} must be a finite number > 0 (the mean span length in words), "
@@ -162,29 +160,29 @@ def plan_text_infilling(
     row_keys: Union[torch.Tensor, Sequence[int], None] = None,
 ) -> TextInfillingPlan:
     """Validate :func:`text_infilling`'s arguments (``input_ids`` ``[B, L]``) into a plan."""
-    batch, length = check_token_rows(input_ids, max_length=MAX_ROW_LENGTH)
+    _, length = check_token_rows(input_ids, max_length=MAX_ROW_LENGTH)
     mask_ratio = check_mask_ratio(mask_ratio)
     poisson_lambda = check_poisson_lambda(poisson_lambda)
     random_ratio = check_probability("random_ratio", random_ratio)
     replace_length = check_replace_length(replace_length)
     insert_ratio = check_probability("insert_ratio", insert_ratio)
+    mask_token_id = check_token_id("mask_token_id", mask_token_id, input_ids.dtype)
+    pad_token_id = check_token_id("pad_token_id", pad_token_id, input_ids.dtype)
     id_max = torch.iinfo(input_ids.dtype).max
-    mask_token_id = check_int("mask_token_id", mask_token_id, minimum=0, maximum=id_max)
-    pad_token_id = check_int("pad_token_id", pad_token_id, minimum=0, maximum=id_max)
     vocab_size = check_int("vocab_size", vocab_size, minimum=1, maximum=min(id_max, 2**31 - 1) + 1)
     seed = _rng.resolve_seed(seed)
 
-    input_ids = input_ids.contiguous()
-    _check_ids(input_ids, None)
-    attention = _as_mask("attention_mask", attention_mask, input_ids)
-    special = _as_mask("special_tokens_mask", special_tokens_mask, input_ids)
-    starts = _as_mask("word_starts", word_starts, input_ids)
+    input_ids, keys, attention, special, starts = checked_rows(
+        input_ids,
+        row_keys,
+        attention_mask=attention_mask,
+        special_tokens_mask=special_tokens_mask,
+        word_starts=word_starts,
+    )
     device = input_ids.device
-    keys = _row_keys(row_keys, batch, device)
 
     # host side (numpy): words per row -> budgets -> span lengths (step 3), and the output width
-    ids_np = input_ids.cpu().numpy()
-    real = attention.cpu().numpy() if attention is not None else ids_np != pad_token_id
+    real = real_positions(input_ids, attention, pad_token_id)
     eligible = real & ~special.cpu().numpy() if special is not None else real
     previous = np.zeros_like(eligible)
     previous[:, 1:] = eligible[:, :-1]
@@ -270,13 +268,9 @@ def text_infilling(
         trim with ``attention_mask.sum(1).max()``.
     """
     _backend.check_backend_name(backend)
-    check_tensor("input_ids", input_ids, dtypes=ID_DTYPES)
-    squeeze = input_ids.dim() == 1
-    if squeeze:
-        input_ids = input_ids.unsqueeze(0)
-        attention_mask, word_starts, special_tokens_mask = (
-            None if t is None else t.reshape(1, -1) for t in (attention_mask, word_starts, special_tokens_mask)
-        )
+    one_row, input_ids, attention_mask, word_starts, special_tokens_mask = as_batch(
+        input_ids, attention_mask, word_starts, special_tokens_mask
+    )
     plan = plan_text_infilling(
         input_ids,
         mask_token_id=mask_token_id,
@@ -293,7 +287,4 @@ def text_infilling(
         seed=seed,
         row_keys=row_keys,
     )
-    noised, attention = run_text_infilling(plan, backend)
-    if squeeze:
-        return noised[0], attention[0]
-    return noised, attention
+    return unbatch(one_row, run_text_infilling(plan, backend))

@@ -15,9 +15,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from transformers.data.data_collator import DataCollatorMixin
-from transformers.tokenization_utils_base import BatchEncoding
 
-from . import _backend, _rng
+from . import _rng
 from ._constants import IGNORE_INDEX
 from ._validation import check_int, check_probability
 from .collator import _TokenizerTables
@@ -31,6 +30,7 @@ from .infilling import (
 from .mask_stream import MaskStream
 from .padding import pad_features, round_up
 from .schedules import is_schedule
+from .seq2seq import _EncoderDecoderCollator
 
 __all__ = ["DataCollatorForTextInfilling", "permute_sentences"]
 
@@ -111,7 +111,7 @@ def permute_sentences(
 
 
 @dataclass
-class DataCollatorForTextInfilling(MaskStream, DataCollatorMixin):
+class DataCollatorForTextInfilling(MaskStream, _EncoderDecoderCollator, DataCollatorMixin):
     """BART text infilling of tokenized rows (fairseq's ``DenoisingDataset`` noise, the collator
     of transformers' ``run_bart_dlm_flax.py``), with fastmask's reproducible, resumable mask
     stream.
@@ -194,18 +194,9 @@ class DataCollatorForTextInfilling(MaskStream, DataCollatorMixin):
                 )
         if self.full_stop_token_id is not None:
             check_int("full_stop_token_id", self.full_stop_token_id, minimum=0)
-        if self.decoder_start_token_id is None and self.model is not None:
-            config = getattr(self.model, "config", None)
-            self.decoder_start_token_id = getattr(config, "decoder_start_token_id", None)
-        if self.decoder_start_token_id is not None:
-            check_int("decoder_start_token_id", self.decoder_start_token_id, minimum=0)
         if self.pad_to_multiple_of is not None:
             check_int("pad_to_multiple_of", self.pad_to_multiple_of, minimum=1)
-        if self.return_tensors not in ("pt", "np"):
-            raise ValueError(f"return_tensors={self.return_tensors!r}: pass 'pt' or 'np'")
-        if self.seed is not None:
-            check_int("seed", self.seed)
-        _backend.check_backend_name(self.backend)
+        self._check_common_fields()
         self.vocab_size = len(self.tokenizer)
         self._tables = _TokenizerTables()
         special_ids = _TokenizerTables.special_ids(self.tokenizer)
@@ -213,20 +204,10 @@ class DataCollatorForTextInfilling(MaskStream, DataCollatorMixin):
         self._special_table[list(special_ids)] = True
         self._init_stream()
 
-    def torch_call(self, features):
-        return self._collate(features, "pt")
-
-    def numpy_call(self, features):
-        return self._collate(features, "np")
-
     def _collate(self, features, fmt: str):
         padded = pad_features(features, self.tokenizer, keep_dtype_of=())
         data = padded.data
-        key_values = None
-        if self.row_key_column is not None:
-            if self.row_key_column not in data:
-                raise ValueError(f"row_key_column={self.row_key_column!r} is not among the features' keys {list(data)}")
-            key_values = data.pop(self.row_key_column)
+        key_values = self._pop_row_key_column(data)
         ids_np = np.ascontiguousarray(data["input_ids"], dtype=np.int64)
         batch, length = ids_np.shape
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
@@ -237,7 +218,7 @@ class DataCollatorForTextInfilling(MaskStream, DataCollatorMixin):
         if "special_tokens_mask" in data:
             special |= np.asarray(data["special_tokens_mask"]).astype(bool)
         special &= real
-        keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
+        keys = self._batch_row_keys(key_values, batch)
         seed = self._effective_seed()
         source = ids_np
         if self.permute_sentences > 0:
@@ -282,13 +263,4 @@ class DataCollatorForTextInfilling(MaskStream, DataCollatorMixin):
         label_width = round_up(length, self.pad_to_multiple_of)
         labels = np.full((batch, label_width), IGNORE_INDEX, dtype=np.int64)
         labels[:, :length] = np.where(real, ids_np, IGNORE_INDEX)
-        out = {"input_ids": inputs, "attention_mask": mask, "labels": labels}
-        if self.decoder_start_token_id is not None:
-            shifted = np.empty_like(labels)
-            shifted[:, 0] = self.decoder_start_token_id
-            shifted[:, 1:] = labels[:, :-1]
-            shifted[shifted == IGNORE_INDEX] = self.pad_token_id
-            out["decoder_input_ids"] = shifted
-        if fmt == "pt":
-            out = {k: torch.from_numpy(v) for k, v in out.items()}
-        return BatchEncoding(out)
+        return self._batch({"input_ids": inputs, "attention_mask": mask, "labels": labels}, fmt, pad_ignored=True)

@@ -182,6 +182,11 @@ class MaskStream:
         self._shared[_EPOCH] = check_int("epoch", epoch, minimum=0, maximum=_MAX_INT64)
 
     # -- row keys
+    def _batch_row_keys(self, key_values, batch: int) -> torch.Tensor:
+        """A batch's ``[batch]`` int64 row keys: from its ``row_key_column`` values, or the
+        stream's next default keys when ``key_values`` is None."""
+        return self._next_row_keys(batch) if key_values is None else self._column_row_keys(key_values, batch)
+
     def _next_row_keys(self, batch: int) -> torch.Tensor:
         slot, rank = _worker_slot(), _rank()
         if slot >= _MAX_WORKER_SLOTS or rank >= _MAX_RANKS:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -26,8 +25,9 @@ import numpy as np
 import torch
 
 from . import _backend, _rng
-from ._validation import ID_DTYPES, check_int, check_tensor, check_token_rows
-from .masking import _as_mask, _check_ids, _row_keys
+from ._op_rows import as_batch, checked_rows, real_positions, unbatch
+from ._validation import check_int, check_real, check_tensor, check_token_id, check_token_rows
+from .masking import _check_ids, _row_keys
 from .reference.sentinel_spans import reference_span_corruption
 from .sentinel_spans_plan import SpanCorruptionPlan
 
@@ -44,9 +44,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- counts
 def _check_density(noise_density) -> float:
-    if isinstance(noise_density, bool) or not isinstance(noise_density, numbers.Real):
-        raise TypeError(f"noise_density must be a float in (0, 1), got {type(noise_density).__name__}")
-    value = float(noise_density)
+    value = check_real("noise_density", noise_density, "a float in (0, 1)")
     if not (0.0 < value < 1.0):
         raise ValueError(
             f"noise_density={noise_density!r} is outside (0, 1); pass the fraction of tokens to corrupt, "
@@ -56,9 +54,7 @@ def _check_density(noise_density) -> float:
 
 
 def _check_mean_span(mean_noise_span_length) -> float:
-    if isinstance(mean_noise_span_length, bool) or not isinstance(mean_noise_span_length, numbers.Real):
-        raise TypeError(f"mean_noise_span_length must be a number >= 1, got {type(mean_noise_span_length).__name__}")
-    value = float(mean_noise_span_length)
+    value = check_real("mean_noise_span_length", mean_noise_span_length, "a number >= 1")
     if not (value >= 1.0) or math.isinf(value):
         raise ValueError(
             f"mean_noise_span_length={mean_noise_span_length!r} must be a finite number >= 1 (tokens per span), "
@@ -169,25 +165,21 @@ def plan_span_corruption(
     row_keys: Union[torch.Tensor, Sequence[int], None] = None,
 ) -> SpanCorruptionPlan:
     """Validate :func:`span_corruption`'s arguments (``input_ids`` ``[B, L]``) into a plan."""
-    batch, length = check_token_rows(input_ids, max_length=_rng.MAX_SEQUENCE_LENGTH, what="2 tokens")
+    _, length = check_token_rows(input_ids, max_length=_rng.MAX_SEQUENCE_LENGTH, what="2 tokens")
     noise_density = _check_density(noise_density)
     mean_noise_span_length = _check_mean_span(mean_noise_span_length)
-    id_max = torch.iinfo(input_ids.dtype).max
-    first_sentinel_id = check_int("first_sentinel_id", first_sentinel_id, minimum=0, maximum=id_max)
-    eos_token_id = check_int("eos_token_id", eos_token_id, minimum=0, maximum=id_max)
-    pad_token_id = check_int("pad_token_id", pad_token_id, minimum=0, maximum=id_max)
+    first_sentinel_id = check_token_id("first_sentinel_id", first_sentinel_id, input_ids.dtype)
+    eos_token_id = check_token_id("eos_token_id", eos_token_id, input_ids.dtype)
+    pad_token_id = check_token_id("pad_token_id", pad_token_id, input_ids.dtype)
     seed = _rng.resolve_seed(seed)
 
-    input_ids = input_ids.contiguous()
-    _check_ids(input_ids, None)
-    attention = _as_mask("attention_mask", attention_mask, input_ids)
-    starts = _as_mask("word_starts", word_starts, input_ids)
+    input_ids, keys, attention, starts = checked_rows(
+        input_ids, row_keys, attention_mask=attention_mask, word_starts=word_starts
+    )
     device = input_ids.device
-    keys = _row_keys(row_keys, batch, device)
 
     # per-row unit counts (host side, numpy): the output widths and the row checks need them
-    ids_np = input_ids.cpu().numpy()
-    real = attention.cpu().numpy() if attention is not None else ids_np != pad_token_id
+    real = real_positions(input_ids, attention, pad_token_id)
     if starts is None:
         units = real.sum(axis=1)
     else:
@@ -377,11 +369,7 @@ def span_corruption(
         may be all padding.
     """
     _backend.check_backend_name(backend)
-    check_tensor("input_ids", input_ids, dtypes=ID_DTYPES)
-    squeeze = input_ids.dim() == 1
-    if squeeze:
-        input_ids = input_ids.unsqueeze(0)
-        attention_mask, word_starts = (None if t is None else t.reshape(1, -1) for t in (attention_mask, word_starts))
+    one_row, input_ids, attention_mask, word_starts = as_batch(input_ids, attention_mask, word_starts)
     plan = plan_span_corruption(
         input_ids,
         first_sentinel_id=first_sentinel_id,
@@ -394,7 +382,4 @@ def span_corruption(
         seed=seed,
         row_keys=row_keys,
     )
-    inputs, targets = run_span_corruption(plan, backend)
-    if squeeze:
-        return inputs[0], targets[0]
-    return inputs, targets
+    return unbatch(one_row, run_span_corruption(plan, backend))

@@ -84,8 +84,61 @@ def sentinel_token_id(tokenizer, spans: int = 1) -> int:
     return first
 
 
+class _EncoderDecoderCollator:
+    """What the encoder-decoder pre-training collators share (:class:`DataCollatorForSpanCorruption`,
+    :class:`~fastmask.infilling_collator.DataCollatorForTextInfilling`): the checks of their
+    common fields, the row-key column, the decoder inputs and the return format. Needs the fields
+    ``model``, ``decoder_start_token_id``, ``pad_token_id``, ``row_key_column``,
+    ``return_tensors``, ``seed``, ``backend`` and a ``_collate(features, fmt)``."""
+
+    def _check_common_fields(self) -> None:
+        """``decoder_start_token_id`` (default: ``model.config``'s), ``return_tensors``, ``seed``,
+        ``backend``."""
+        if self.decoder_start_token_id is None and self.model is not None:
+            config = getattr(self.model, "config", None)
+            self.decoder_start_token_id = getattr(config, "decoder_start_token_id", None)
+        if self.decoder_start_token_id is not None:
+            check_int("decoder_start_token_id", self.decoder_start_token_id, minimum=0)
+        if self.return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors={self.return_tensors!r}: pass 'pt' or 'np'")
+        if self.seed is not None:
+            check_int("seed", self.seed)
+        _backend.check_backend_name(self.backend)
+
+    def torch_call(self, features):
+        return self._collate(features, "pt")
+
+    def numpy_call(self, features):
+        return self._collate(features, "np")
+
+    def _pop_row_key_column(self, data: dict):
+        """The ``row_key_column`` values, removed from the padded features ``data`` (None without
+        the column)."""
+        if self.row_key_column is None:
+            return None
+        if self.row_key_column not in data:
+            raise ValueError(f"row_key_column={self.row_key_column!r} is not among the features' keys {list(data)}")
+        return data.pop(self.row_key_column)
+
+    def _batch(self, out: dict, fmt: str, *, pad_ignored: bool) -> BatchEncoding:
+        """``out`` (numpy ``input_ids``, ``attention_mask``, ``labels``), with ``decoder_input_ids``
+        when a decoder start id is known: the labels shifted right behind it, ``IGNORE_INDEX``
+        replaced by the pad id when ``pad_ignored``; torch tensors when ``fmt`` is ``"pt"``."""
+        if self.decoder_start_token_id is not None:
+            labels = out["labels"]
+            shifted = np.empty_like(labels)
+            shifted[:, 0] = self.decoder_start_token_id
+            shifted[:, 1:] = labels[:, :-1]
+            if pad_ignored:
+                shifted[shifted == IGNORE_INDEX] = self.pad_token_id
+            out["decoder_input_ids"] = shifted
+        if fmt == "pt":
+            out = {k: torch.from_numpy(v) for k, v in out.items()}
+        return BatchEncoding(out)
+
+
 @dataclass
-class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
+class DataCollatorForSpanCorruption(MaskStream, _EncoderDecoderCollator, DataCollatorMixin):
     """T5 span corruption of pre-tokenized rows (the collator of transformers'
     ``run_t5_mlm_flax.py``, with fastmask's reproducible, resumable mask stream).
 
@@ -164,24 +217,9 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
             raise ValueError("the tokenizer has no pad_token_id; pass pad_token_id= or add a pad token")
         check_int("eos_token_id", self.eos_token_id, minimum=0)
         check_int("pad_token_id", self.pad_token_id, minimum=0)
-        if self.decoder_start_token_id is None and self.model is not None:
-            config = getattr(self.model, "config", None)
-            self.decoder_start_token_id = getattr(config, "decoder_start_token_id", None)
-        if self.decoder_start_token_id is not None:
-            check_int("decoder_start_token_id", self.decoder_start_token_id, minimum=0)
-        if self.return_tensors not in ("pt", "np"):
-            raise ValueError(f"return_tensors={self.return_tensors!r}: pass 'pt' or 'np'")
-        if self.seed is not None:
-            check_int("seed", self.seed)
-        _backend.check_backend_name(self.backend)
+        self._check_common_fields()
         self._init_stream()
         self._runners = {}  # batch size -> SpanCorruptionRunner (see _runner_for)
-
-    def torch_call(self, features):
-        return self._collate(features, "pt")
-
-    def numpy_call(self, features):
-        return self._collate(features, "np")
 
     def _collate(self, features, fmt: str):
         expected = self.expanded_input_length
@@ -199,15 +237,10 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
                     f"{self.input_length}, {self.noise_density}, {self.mean_noise_span_length}) = "
                     f"{(expected, self.target_length)}); pack the tokenized corpus into rows of {expected} tokens"
                 )
-            if self.row_key_column is not None:
-                if self.row_key_column not in data:
-                    raise ValueError(
-                        f"row_key_column={self.row_key_column!r} is not among the features' keys {list(data)}"
-                    )
-                key_values = data.pop(self.row_key_column)
+            key_values = self._pop_row_key_column(data)
             ids = data["input_ids"]
         batch = ids.shape[0]
-        keys = self._column_row_keys(key_values, batch) if key_values is not None else self._next_row_keys(batch)
+        keys = self._batch_row_keys(key_values, batch)
         inputs, labels = self._runner_for(batch)(ids, seed=self._effective_seed(), row_keys=keys)
         widened = labels.shape[1] < self.target_length
         if widened:
@@ -215,16 +248,7 @@ class DataCollatorForSpanCorruption(MaskStream, DataCollatorMixin):
             wide[:, : labels.shape[1]] = labels
             labels = wide
         out = {"input_ids": inputs, "attention_mask": np.ones(inputs.shape, dtype=np.int64), "labels": labels}
-        if self.decoder_start_token_id is not None:
-            shifted = np.empty_like(labels)
-            shifted[:, 0] = self.decoder_start_token_id
-            shifted[:, 1:] = labels[:, :-1]
-            if widened:
-                shifted[shifted == IGNORE_INDEX] = self.pad_token_id
-            out["decoder_input_ids"] = shifted
-        if fmt == "pt":
-            out = {k: torch.from_numpy(v) for k, v in out.items()}
-        return BatchEncoding(out)
+        return self._batch(out, fmt, pad_ignored=widened)
 
     def _runner_for(self, batch: int) -> SpanCorruptionRunner:
         """The op for batches of ``batch`` rows, with its plan validated once: every row is

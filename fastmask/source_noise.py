@@ -19,12 +19,11 @@ from transformers import DataCollatorForSeq2Seq as _HFDataCollatorForSeq2Seq
 
 from . import _backend
 from ._validation import check_int
-from .collator import _special_mask, _TokenizerTables
+from .collator import _collator_noise, _special_mask, _TokenizerTables
 from .mask_stream import MaskStream
 from .masking import _check_ids
 from .padding import pad_value, round_up
-from .token_noise import check_noise_probabilities, compact_rows, noise_tokens
-from .words import word_starts_from_offsets
+from .token_noise import check_noise_probabilities, compact_rows
 
 __all__ = ["DataCollatorForSeq2Seq"]
 
@@ -152,7 +151,7 @@ class DataCollatorForSeq2Seq(MaskStream, _HFDataCollatorForSeq2Seq):
         ids = _to_torch(batch["input_ids"])
         _check_ids(ids, None)  # shifted past the vocabulary by noise_tokens: a negative id would pass
         rows, length = ids.shape
-        keys = self._column_row_keys(key_values, rows) if key_values is not None else self._next_row_keys(rows)
+        keys = self._batch_row_keys(key_values, rows)
         if ids.numel() == 0:
             return
         tokenizer = self.tokenizer
@@ -161,24 +160,14 @@ class DataCollatorForSeq2Seq(MaskStream, _HFDataCollatorForSeq2Seq):
         ineligible = _special_mask(ids, self._tables.special_ids(tokenizer)) | ~inside
         if batch.get("special_tokens_mask") is not None:
             ineligible |= _to_torch(batch["special_tokens_mask"]).bool()
-        word_starts = None
-        if self.whole_word:
-            if batch.get("offset_mapping") is not None:
-                word_starts = word_starts_from_offsets(_to_torch(batch["offset_mapping"]), ineligible)
-            else:
-                word_starts = self._tables.word_starts(tokenizer, ids)["word_starts"]
-        noised, deleted = noise_tokens(
-            ids,
-            ineligible,
-            vocab_size=len(tokenizer),
-            mask_token_id=tokenizer.mask_token_id,
-            mask_probability=rates["source_mask_probability"],
-            random_probability=rates["source_random_probability"],
-            delete_probability=rates["source_delete_probability"],
-            word_starts=word_starts,
-            seed=self._effective_seed(),
-            row_keys=keys,
-            backend=self.backend,
+        offsets = batch.get("offset_mapping")
+        probabilities = (
+            rates["source_mask_probability"],
+            rates["source_random_probability"],
+            rates["source_delete_probability"],
+        )
+        noised, deleted = _collator_noise(
+            self, ids, ineligible, None if offsets is None else _to_torch(offsets), keys, probabilities
         )
         batch["input_ids"] = _like(noised.to(ids.dtype), batch["input_ids"])
         if bool(deleted.any()):

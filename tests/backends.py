@@ -26,6 +26,26 @@ def require_backend(name: str, device: str = "cpu") -> None:
     pytest.skip(f"backend {name!r} unavailable: {reason}")
 
 
+def backend_cases(samples: list, small: list) -> list:
+    """``(backend, kwargs)`` pytest params for :func:`assert_matches_reference`: C++ on each of
+    ``samples`` (``(name, kwargs)`` pairs), Triton (slow in the interpreter) on each of ``small``."""
+    return [
+        pytest.param(backend, kwargs, id=f"{backend}-{name}")
+        for backend, cases in (("cpp", samples), ("triton", small))
+        for name, kwargs in cases
+    ]
+
+
+def assert_matches_reference(op, kwargs: dict, backend: str) -> None:
+    """``op(**kwargs)``'s outputs on ``backend`` equal the reference backend's (dtype and values);
+    fails, or skips, like :func:`require_backend` when ``backend`` cannot run here."""
+    require_backend(backend)
+    expected = op(**kwargs, backend="reference")
+    got = op(**kwargs, backend=backend)
+    for e, g in zip(expected, got, strict=True):
+        assert e.dtype == g.dtype and torch.equal(e, g)
+
+
 def assert_compiles_offline(variants) -> list[dict]:
     """Compiles Triton kernel ``variants`` (:func:`fastmask.kernels.offline.variants`) for every
     offline target and checks each compiled, in order, with 0 spills and registers that fit its

@@ -141,3 +141,57 @@ def assert_mlm_invariants(
     changed = masked[selected]
     assert ((changed == mask_id) | ((changed >= 0) & (changed < vocab))).all()
     return selected
+
+
+def assert_same_batch(a, b):
+    """Two batches with the same keys, each the same type, dtype and values."""
+    assert list(a.keys()) == list(b.keys())
+    for key in a:
+        assert type(a[key]) is type(b[key]), key
+        assert a[key].dtype == b[key].dtype, key
+        np.testing.assert_array_equal(as_numpy(a[key]), as_numpy(b[key]), err_msg=key)
+
+
+def check_mask_stream(make, features, *, seed: int):
+    """The mask stream of the collators ``make(**kwargs)`` builds, on ``features`` (>= 3 rows): one
+    ``seed`` gives one batch and the next batch new noise; ``state_dict`` resumes the stream;
+    with ``row_key_column`` a row alone gets the noise it gets in the batch (the column is
+    dropped) and a new epoch changes it. Returns the first batch."""
+
+    def differ(x, y):  # in the columns both batches have (deletions change the width)
+        width = min(x.shape[1], y.shape[1])
+        return not torch.equal(x[:, :width], y[:, :width])
+
+    a, b = make(seed=seed), make(seed=seed)
+    first = a(features)
+    assert_same_batch(first, b(features))
+    assert differ(first["input_ids"], a(features)["input_ids"])  # a new batch draws new noise
+    state = a.state_dict()
+    third = a(features)
+    resumed = make(seed=seed)
+    resumed.load_state_dict(state)
+    assert_same_batch(resumed(features), third)
+    keyed = [dict(f, idx=i) for i, f in enumerate(features)]
+    by_key = make(seed=seed, row_key_column="idx")
+    full = by_key(keyed)
+    assert "idx" not in full
+    part = make(seed=seed, row_key_column="idx")(keyed[2:3])
+    n = int(part["attention_mask"][0].sum())
+    assert torch.equal(part["input_ids"][0, :n], full["input_ids"][2, :n])
+    by_key.set_epoch(1)
+    assert differ(by_key(keyed)["input_ids"], full["input_ids"])
+    return first
+
+
+def check_workers_draw_new_noise_every_epoch(make, features, *, seed: int):
+    """With 2 DataLoader workers (the stream lives in shared memory) every epoch of the collators
+    ``make(seed)`` builds draws new noise, and the run is reproducible under the same seed."""
+
+    def epochs():
+        loader = data_loader(features, make(seed), workers=2, batch_size=4)
+        return [torch.cat([b["input_ids"] for b in loader]) for _ in range(2)]
+
+    first, second = epochs()
+    assert first.shape == second.shape and not torch.equal(first, second)
+    again = epochs()
+    assert torch.equal(again[0], first) and torch.equal(again[1], second)

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 from collator_support import features, tokenizer
-from tiny_models import tiny_bert
+from tiny_models import tiny_bert, trainer_args
 
 from fastmask import (
     AdaptiveMaskingCallback,
@@ -49,17 +49,7 @@ def test_trainer_feeds_tracker_and_rate(tmp_path, patched):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         collator = DataCollatorForLanguageModeling(tok, mlm_probability=rate, token_weights=tracker, seed=0)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=4,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = trainer_args(tmp_path, max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3)
     callback = AdaptiveMaskingCallback(collator, model)
     assert callback.tracker is tracker and callback.rate is rate
     assert (callback._patched is model) == patched

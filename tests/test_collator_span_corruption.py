@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 from backends import require_backend
-from tiny_models import tiny_t5
+from collator_support import check_mask_stream, check_workers_draw_new_noise_every_epoch
+from tiny_models import tiny_t5, train_losses
 
 import fastmask
 from fastmask import data
@@ -120,26 +121,9 @@ def test_decoder_start_from_model():
 
 def test_stream_seed_epoch_state_and_row_keys():
     tok = _tokenizer()
-    features = _features(4)
-    make = lambda **kw: DataCollatorForSpanCorruption(tok, input_length=INPUT_LENGTH, **kw)  # noqa: E731
-    a, b = make(seed=3), make(seed=3)
-    first = a(features)
-    assert torch.equal(first["input_ids"], b(features)["input_ids"])
-    second = a(features)
-    assert not torch.equal(first["input_ids"], second["input_ids"])  # a new batch draws new spans
-    state = a.state_dict()
-    third = a(features)
-    resumed = make(seed=3)
-    resumed.load_state_dict(state)
-    assert torch.equal(resumed(features)["input_ids"], third["input_ids"])
-    keyed = [dict(f, idx=i) for i, f in enumerate(features)]
-    k1 = make(seed=3, row_key_column="idx")
-    full = k1(keyed)
-    assert "idx" not in full
-    part = make(seed=3, row_key_column="idx")(keyed[2:3])
-    assert torch.equal(part["input_ids"][0], full["input_ids"][2])
-    k1.set_epoch(1)
-    assert not torch.equal(k1(keyed)["input_ids"], full["input_ids"])
+    check_mask_stream(
+        lambda **kw: DataCollatorForSpanCorruption(tok, input_length=INPUT_LENGTH, **kw), _features(4), seed=3
+    )
 
 
 def test_backends_agree_in_the_collator():
@@ -183,39 +167,21 @@ def test_tiny_t5_trains_on_the_batches(target_length):
         tok, input_length=INPUT_LENGTH, target_length=target_length, seed=0, model=model
     )
     features = _features(8)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: intra-op threads only contend on a small machine
-    try:
+
+    def batches():
         for _ in range(8):
             batch = collator(features)  # new spans every step
             assert torch.equal(batch["decoder_input_ids"], model._shift_right(batch["labels"]))
             if target_length is not None:
                 assert batch["labels"].shape[1] == target_length and bool((batch["labels"] == -100).any())
-            loss = model(**batch).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-    finally:
-        torch.set_num_threads(threads)
-    assert all(np.isfinite(losses))
+            yield batch
+
+    losses = train_losses(model, batches())
     assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses
 
 
 def test_dataloader_workers_draw_new_spans_every_epoch():
-    """With DataLoader workers (the stream lives in shared memory) every epoch draws new spans,
-    and the run is reproducible under the same seed."""
     tok = _tokenizer()
-    features = _features(8)
-
-    def epochs(seed):
-        collator = DataCollatorForSpanCorruption(tok, input_length=INPUT_LENGTH, seed=seed)
-        loader = torch.utils.data.DataLoader(features, batch_size=4, num_workers=2, collate_fn=collator)
-        return [torch.cat([b["input_ids"] for b in loader]) for _ in range(2)]
-
-    first, second = epochs(11)
-    assert not torch.equal(first, second)
-    again = epochs(11)
-    assert torch.equal(again[0], first) and torch.equal(again[1], second)
+    check_workers_draw_new_noise_every_epoch(
+        lambda seed: DataCollatorForSpanCorruption(tok, input_length=INPUT_LENGTH, seed=seed), _features(8), seed=11
+    )

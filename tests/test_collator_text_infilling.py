@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 from backends import require_backend
-from tiny_models import tiny_bart
+from collator_support import check_mask_stream, check_workers_draw_new_noise_every_epoch
+from tiny_models import tiny_bart, train_losses
 
 import fastmask
 from fastmask import data
@@ -154,27 +155,7 @@ def test_sentence_permutation():
 
 def test_stream_seed_epoch_state_and_row_keys():
     tok = _tokenizer()
-    features = _features(4)
-    make = lambda **kw: DataCollatorForTextInfilling(tok, **kw)  # noqa: E731
-    a, b = make(seed=3), make(seed=3)
-    first = a(features)
-    assert torch.equal(first["input_ids"], b(features)["input_ids"])
-    second = a(features)
-    assert not torch.equal(first["input_ids"], second["input_ids"])
-    state = a.state_dict()
-    third = a(features)
-    resumed = make(seed=3)
-    resumed.load_state_dict(state)
-    assert torch.equal(resumed(features)["input_ids"], third["input_ids"])
-    keyed = [dict(f, idx=i) for i, f in enumerate(features)]
-    k1 = make(seed=3, row_key_column="idx")
-    full = k1(keyed)
-    assert "idx" not in full
-    part = make(seed=3, row_key_column="idx")(keyed[2:3])
-    n = int(part["attention_mask"][0].sum())
-    assert torch.equal(part["input_ids"][0, :n], full["input_ids"][2, :n])
-    k1.set_epoch(1)
-    assert not torch.equal(k1(keyed)["input_ids"], full["input_ids"])
+    check_mask_stream(lambda **kw: DataCollatorForTextInfilling(tok, **kw), _features(4), seed=3)
 
 
 def test_backends_agree_in_the_collator():
@@ -226,30 +207,14 @@ def test_tiny_bart_trains_on_the_batches():
     collator = DataCollatorForTextInfilling(tok, seed=0, model=model)
     batch = collator(_features(4, 32))
     assert "decoder_input_ids" in batch
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(6):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    assert all(np.isfinite(losses))
+    losses = train_losses(model, [batch] * 6)
     assert losses[-1] < losses[0] * 0.9, losses
 
 
 def test_dataloader_workers_draw_new_masks_every_epoch():
-    """With 2 DataLoader workers (the stream lives in shared memory) every epoch draws new masks,
-    and the run is reproducible under the same seed."""
     tok = _tokenizer()
-    features = _features(8)
-
-    def epochs(seed):
-        collator = DataCollatorForTextInfilling(tok, seed=seed, replace_length=-1, poisson_lambda=20.0)
-        loader = torch.utils.data.DataLoader(features, batch_size=4, num_workers=2, collate_fn=collator)
-        return [torch.cat([b["input_ids"] for b in loader]) for _ in range(2)]
-
-    first, second = epochs(11)
-    assert first.shape == second.shape and not torch.equal(first, second)
-    again = epochs(11)
-    assert torch.equal(again[0], first) and torch.equal(again[1], second)
+    check_workers_draw_new_noise_every_epoch(
+        lambda seed: DataCollatorForTextInfilling(tok, seed=seed, replace_length=-1, poisson_lambda=20.0),
+        _features(8),
+        seed=11,
+    )

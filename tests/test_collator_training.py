@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 from collator_support import batch_labels, collator, data_loader, features, tokenizer
-from tiny_models import tiny_bert
+from tiny_models import tiny_bert, trainer_args
 
 from fastmask.collator import DataCollatorForLanguageModeling, MaskingSchedule, MaskingScheduleCallback
 
@@ -121,18 +121,7 @@ def test_trainer_runs_with_whole_word_masking_after_column_removal(tmp_path):
             seed=0,
             mlm_probability=MaskingSchedule("linear", start=0.3, end=0.15, total_steps=3),
         )
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        logging_steps=1,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = trainer_args(tmp_path, max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1)
     trainer = transformers.Trainer(
         model=model, args=args, train_dataset=train, data_collator=c, callbacks=[MaskingScheduleCallback(c)]
     )

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from backends import assert_compiles_offline, require_backend
+from backends import assert_compiles_offline, assert_matches_reference, backend_cases, require_backend
 from infilling_samples import BOS, EOS, MASK, PAD, VOCAB, sample_inputs
 
 import fastmask
@@ -36,22 +36,9 @@ def _real(kwargs) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- backends agree
-@pytest.mark.parametrize("name,kwargs", SAMPLES, ids=[n for n, _ in SAMPLES])
-def test_cpp_matches_reference(name, kwargs):
-    require_backend("cpp")
-    expected = text_infilling(**kwargs, backend="reference")
-    got = text_infilling(**kwargs, backend="cpp")
-    for e, g in zip(expected, got):
-        assert e.dtype == g.dtype and torch.equal(e, g)
-
-
-@pytest.mark.parametrize("name,kwargs", SMALL, ids=[n for n, _ in SMALL])
-def test_triton_matches_reference(name, kwargs):
-    require_backend("triton")
-    expected = text_infilling(**kwargs, backend="reference")
-    got = text_infilling(**kwargs, backend="triton")
-    for e, g in zip(expected, got):
-        assert torch.equal(e, g)
+@pytest.mark.parametrize("backend,kwargs", backend_cases(SAMPLES, SMALL))
+def test_backend_matches_reference(backend, kwargs):
+    assert_matches_reference(text_infilling, kwargs, backend)
 
 
 @pytest.mark.parametrize("poisson_lambda", [0.5, 3.0, 12.0])

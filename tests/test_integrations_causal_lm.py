@@ -106,22 +106,30 @@ def assert_same_grads(patched, stock):
         torch.testing.assert_close(g1[name], g2[name], **GRAD_TOL, msg=name)
 
 
-def run_both(family, call, **overrides):
-    stock = make(family, **overrides)
-    patched = apply_fastmask(copy.deepcopy(stock))
+def assert_matches_stock(patched, stock, call):
+    """``call(model)`` on both models, then backward: the same loss and the same gradients.
+    Returns both outputs."""
     out_p, out_s = call(patched), call(stock)
     out_p.loss.backward()
     out_s.loss.backward()
-    return patched, stock, out_p, out_s
+    torch.testing.assert_close(out_p.loss, out_s.loss, **LOSS_TOL)
+    assert_same_grads(patched, stock)
+    return out_p, out_s
+
+
+def run_both(family, call, **overrides):
+    """:func:`assert_matches_stock` of a ``family`` model (config ``overrides``) and its patched
+    copy: ``(patched, stock, patched output, stock output)``."""
+    stock = make(family, **overrides)
+    patched = apply_fastmask(copy.deepcopy(stock))
+    return (patched, stock, *assert_matches_stock(patched, stock, call))
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_loss_and_gradients_match_stock(family):
     ids, attention, labels = completion_batch()
-    patched, stock, out_p, out_s = run_both(family, lambda m: m(input_ids=ids, attention_mask=attention, labels=labels))
+    _, _, out_p, out_s = run_both(family, lambda m: m(input_ids=ids, attention_mask=attention, labels=labels))
     assert out_p.logits is None and out_s.logits is not None
-    torch.testing.assert_close(out_p.loss, out_s.loss, **LOSS_TOL)
-    assert_same_grads(patched, stock)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
@@ -149,11 +157,7 @@ def test_shift_labels_keyword_is_used_as_given(family):
     ids, attention, labels = completion_batch(3)
     shift = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].contiguous()
     shift[0, 5] = -100  # differs from labels shifted: the stock loss reads shift_labels
-    patched, stock, out_p, out_s = run_both(
-        family, lambda m: m(input_ids=ids, attention_mask=attention, labels=labels, shift_labels=shift)
-    )
-    torch.testing.assert_close(out_p.loss, out_s.loss, **LOSS_TOL)
-    assert_same_grads(patched, stock)
+    run_both(family, lambda m: m(input_ids=ids, attention_mask=attention, labels=labels, shift_labels=shift))
 
 
 def test_untied_embeddings_and_lm_head_bias():
@@ -163,23 +167,16 @@ def test_untied_embeddings_and_lm_head_bias():
     stock.lm_head = torch.nn.Linear(32, VOCAB, bias=True)
     patched = apply_fastmask(copy.deepcopy(stock))
     assert patched.lm_head.weight is not patched.model.embed_tokens.weight
-    out_p = patched(input_ids=ids, attention_mask=attention, labels=labels)
-    out_s = stock(input_ids=ids, attention_mask=attention, labels=labels)
-    out_p.loss.backward()
-    out_s.loss.backward()
-    torch.testing.assert_close(out_p.loss, out_s.loss, **LOSS_TOL)
-    assert_same_grads(patched, stock)
+    assert_matches_stock(patched, stock, lambda m: m(input_ids=ids, attention_mask=attention, labels=labels))
     assert patched.lm_head.bias.grad.abs().sum() > 0
 
 
 def test_tied_embeddings_share_one_gradient():
     ids, attention, labels = completion_batch(5)
-    patched, stock, out_p, out_s = run_both(
+    patched, _, _, _ = run_both(
         "llama", lambda m: m(input_ids=ids, attention_mask=attention, labels=labels), tie_word_embeddings=True
     )
     assert patched.lm_head.weight is patched.model.embed_tokens.weight
-    torch.testing.assert_close(out_p.loss, out_s.loss, **LOSS_TOL)
-    assert_same_grads(patched, stock)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -239,12 +236,7 @@ def test_softcap_path_chunks_and_matches():
     ids, attention, labels = completion_batch(10)
     stock = make("gemma2")
     patched = apply_fastmask(copy.deepcopy(stock), chunk_size=3)
-    out_p = patched(input_ids=ids, attention_mask=attention, labels=labels)
-    out_s = stock(input_ids=ids, attention_mask=attention, labels=labels)
-    out_p.loss.backward()
-    out_s.loss.backward()
-    torch.testing.assert_close(out_p.loss, out_s.loss, **LOSS_TOL)
-    assert_same_grads(patched, stock)
+    assert_matches_stock(patched, stock, lambda m: m(input_ids=ids, attention_mask=attention, labels=labels))
 
 
 def test_unsupported_family_lists_supported_classes():

@@ -18,6 +18,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tiny_models import trainer_args  # noqa: E402
+
 import fastmask  # noqa: E402
 import fastmask.integrations._head_loss as head_loss  # noqa: E402
 import fastmask.integrations.transformers as fm_tf  # noqa: E402
@@ -465,26 +467,19 @@ def _stock_and_patched(base):
         yield name, model
 
 
-def _training_args(output_dir, **options):
-    """CPU ``TrainingArguments`` with a fixed seed, no reporting and no progress bar."""
-    return transformers.TrainingArguments(
-        output_dir=str(output_dir), report_to=[], use_cpu=True, seed=0, disable_tqdm=True, **options
-    )
-
-
 def test_trainer_steps_and_prediction_step(tmp_path):
     pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
     data = _tiny_dataset()
     base = build("bert")
     trained = {}
     for name, model in _stock_and_patched(base):
-        args = _training_args(
+        args = trainer_args(
             tmp_path / name,
+            seed=0,
             max_steps=3,
             per_device_train_batch_size=4,
             learning_rate=1e-3,
             logging_steps=1,
-            save_strategy="no",
             eval_strategy="no",
         )
         trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
@@ -533,7 +528,7 @@ def test_trainer_evaluate_with_run_mlm_metrics_matches_stock(arch, tmp_path):
     base = build(arch)
     results = {}
     for name, model in _stock_and_patched(base):
-        args = _training_args(tmp_path / name, per_device_eval_batch_size=4)
+        args = trainer_args(tmp_path / name, seed=0, per_device_eval_batch_size=4)
         trainer = transformers.Trainer(
             model=model,
             args=args,

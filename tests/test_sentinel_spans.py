@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from backends import assert_compiles_offline, require_backend
+from backends import assert_compiles_offline, assert_matches_reference, backend_cases, require_backend
 from sentinel_spans_samples import EOS, FIRST_SENTINEL, PAD, VOCAB, sample_inputs
 
 import fastmask
@@ -89,22 +89,9 @@ def test_reference_semantics(name, kwargs):
         assert inputs.shape[1] >= max(widths_in) and targets.shape[1] >= max(widths_out)
 
 
-def _assert_matches_reference(kwargs: dict, backend: str) -> None:
-    require_backend(backend)
-    expected = span_corruption(**kwargs, backend="reference")
-    got = span_corruption(**kwargs, backend=backend)
-    for e, g in zip(expected, got):
-        assert torch.equal(e, g)
-
-
-@pytest.mark.parametrize("name,kwargs", SAMPLES, ids=[n for n, _ in SAMPLES])
-def test_cpp_matches_reference(name, kwargs):
-    _assert_matches_reference(kwargs, "cpp")
-
-
-@pytest.mark.parametrize("name,kwargs", SMALL, ids=[n for n, _ in SMALL])
-def test_triton_matches_reference(name, kwargs):
-    _assert_matches_reference(kwargs, "triton")
+@pytest.mark.parametrize("backend,kwargs", backend_cases(SAMPLES, SMALL))
+def test_backend_matches_reference(backend, kwargs):
+    assert_matches_reference(span_corruption, kwargs, backend)
 
 
 def _t5_lengths(input_length, density, mean):
@@ -333,7 +320,7 @@ KERNEL_PATHS = list(_kernel_path_cases())
 
 @pytest.mark.parametrize("name,kwargs", KERNEL_PATHS, ids=[n for n, _ in KERNEL_PATHS])
 def test_cpp_kernel_paths_match_reference(cpp_isa, name, kwargs):
-    _assert_matches_reference(kwargs, "cpp")
+    assert_matches_reference(span_corruption, kwargs, "cpp")
 
 
 def test_runner_equals_with_new_rows():

@@ -14,8 +14,14 @@ import pytest
 import torch
 import transformers
 from backends import require_backend
-from collator_support import as_numpy, table_word_ids
-from tiny_models import tiny_bart
+from collator_support import (
+    as_numpy,
+    assert_same_batch,
+    check_mask_stream,
+    check_workers_draw_new_noise_every_epoch,
+    table_word_ids,
+)
+from tiny_models import tiny_bart, train_losses
 
 import fastmask
 from fastmask import data
@@ -72,14 +78,6 @@ def _model():
     return _bart(len(tok), tok.pad_token_id, tok.sep_token_id)
 
 
-def _same(a, b):
-    assert list(a.keys()) == list(b.keys())
-    for key in a:
-        assert type(a[key]) is type(b[key]), key
-        assert a[key].dtype == b[key].dtype, key
-        np.testing.assert_array_equal(as_numpy(a[key]), as_numpy(b[key]), err_msg=key)
-
-
 # ----------------------------------------------------------------------------- noise off
 @pytest.mark.parametrize(
     "kwargs",
@@ -99,12 +97,12 @@ def test_noise_off_gives_transformers_batches(kwargs):
         kwargs["model"] = _model()
     features = _features()
     expected = transformers.DataCollatorForSeq2Seq(tok, **kwargs)(copy.deepcopy(features))
-    _same(Seq2Seq(tok, **kwargs)(features), expected)
+    assert_same_batch(Seq2Seq(tok, **kwargs)(features), expected)
     if "model" in kwargs:
         assert "decoder_input_ids" in expected
     noisy = Seq2Seq(tok, **kwargs, **NOISE, seed=0)
     assert noisy.adds_noise and not Seq2Seq(tok, **kwargs).adds_noise
-    _same(noisy.eval()(features), expected)  # eval: no noise
+    assert_same_batch(noisy.eval()(features), expected)  # eval: no noise
     assert not noisy.adds_noise
     got = noisy.train()(features)
     assert not np.array_equal(as_numpy(got["input_ids"]), as_numpy(expected["input_ids"]))
@@ -228,41 +226,15 @@ def test_seed_epoch_state_and_row_keys():
     tok = _tok()
     features = _features()
     make = lambda **kw: Seq2Seq(tok, **NOISE, **kw)  # noqa: E731
-    a, b = make(seed=5), make(seed=5)
-    first = a(features)
-    _same(first, b(features))
-    second = a(features)
-    assert not torch.equal(first["input_ids"][:, :10], second["input_ids"][:, :10])  # new noise per batch
-    state = a.state_dict()
-    third = a(features)
-    resumed = make(seed=5)
-    resumed.load_state_dict(state)
-    _same(resumed(features), third)
+    first = check_mask_stream(make, features, seed=5)
     assert not torch.equal(make(seed=6)(features)["input_ids"][:, :10], first["input_ids"][:, :10])
-    keyed = [dict(f, idx=i) for i, f in enumerate(features)]
-    by_key = make(seed=5, row_key_column="idx")
-    full = by_key(keyed)
-    assert "idx" not in full
-    part = make(seed=5, row_key_column="idx")(keyed[2:3])
-    n = int(part["attention_mask"].sum())
-    assert torch.equal(part["input_ids"][0, :n], full["input_ids"][2, :n])
-    by_key.set_epoch(1)
-    assert not torch.equal(by_key(keyed)["input_ids"], full["input_ids"])
 
 
 def test_dataloader_workers_draw_new_noise_every_epoch():
     tok = _tok()
-    features = _features(rows=8)
-
-    def epochs(seed):
-        collator = Seq2Seq(tok, **NOISE, seed=seed, padding="max_length", max_length=40)
-        loader = torch.utils.data.DataLoader(features, batch_size=4, num_workers=2, collate_fn=collator)
-        return [torch.cat([b["input_ids"] for b in loader]) for _ in range(2)]
-
-    first, second = epochs(7)
-    assert not torch.equal(first, second)
-    again = epochs(7)
-    assert torch.equal(again[0], first) and torch.equal(again[1], second)
+    check_workers_draw_new_noise_every_epoch(
+        lambda seed: Seq2Seq(tok, **NOISE, seed=seed, padding="max_length", max_length=40), _features(rows=8), seed=7
+    )
 
 
 def test_backends_agree_in_the_collator():
@@ -270,7 +242,7 @@ def test_backends_agree_in_the_collator():
     tok = _tok()
     features = _features()
     ref = Seq2Seq(tok, **NOISE, whole_word=True, seed=8, backend="reference")(features)
-    _same(Seq2Seq(tok, **NOISE, whole_word=True, seed=8, backend="cpp")(features), ref)
+    assert_same_batch(Seq2Seq(tok, **NOISE, whole_word=True, seed=8, backend="cpp")(features), ref)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -302,31 +274,19 @@ def test_bad_input():
 
 
 # ----------------------------------------------------------------------------- training
-@pytest.fixture
-def one_torch_thread():
-    """Tiny models train fastest on one thread (intra-op threads only contend on a small machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_tiny_bart_trains_on_the_batches(one_torch_thread):
+def test_tiny_bart_trains_on_the_batches():
     tok = _tok()
     model = copy.deepcopy(_model())
     collator = Seq2Seq(tok, model=model, **NOISE, whole_word=True, seed=0)
     features = _features(rows=8, max_length=32)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(8):
-        batch = collator(features)  # new noise every step
-        assert batch["input_ids"].shape[1] <= 32 and torch.equal(
-            batch["decoder_input_ids"], model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-        )
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    assert all(np.isfinite(losses))
+
+    def batches():
+        for _ in range(8):
+            batch = collator(features)  # new noise every step
+            assert batch["input_ids"].shape[1] <= 32 and torch.equal(
+                batch["decoder_input_ids"], model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+            )
+            yield batch
+
+    losses = train_losses(model, batches())
     assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses

@@ -13,7 +13,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from tiny_models import tiny_llama  # noqa: E402
+from tiny_models import tiny_llama, trainer_args  # noqa: E402
 
 from fastmask import DataCollatorForCompletionOnlyLM, apply_fastmask, data  # noqa: E402
 
@@ -21,20 +21,15 @@ STEPS = 8
 
 
 def trainer_losses(model, features, collator, output_dir) -> list:
-    args = transformers.TrainingArguments(
-        output_dir=str(output_dir),
+    args = trainer_args(
+        output_dir,
         max_steps=STEPS,
         per_device_train_batch_size=8,
         learning_rate=3e-3,
         lr_scheduler_type="constant",
         logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
         seed=0,
-        disable_tqdm=True,
         remove_unused_columns=False,
-        dataloader_num_workers=0,
     )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=features, data_collator=collator)
     trainer.train()

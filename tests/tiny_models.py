@@ -1,10 +1,40 @@
 """Tiny randomly initialised transformers models for the tests: one builder per family, sizes
-small enough for CPU steps in milliseconds; keyword overrides reach the config."""
+small enough for CPU steps in milliseconds; keyword overrides reach the config. Also their
+training loop (:func:`train_losses`) and ``Trainer`` arguments (:func:`trainer_args`)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import transformers
+
+
+def trainer_args(output_dir, **options) -> transformers.TrainingArguments:
+    """CPU ``TrainingArguments`` for a test's ``Trainer``: no reporting, progress bar, checkpoints
+    or DataLoader workers; ``options`` add to or override these."""
+    quiet = dict(report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no", dataloader_num_workers=0)
+    return transformers.TrainingArguments(output_dir=str(output_dir), **{**quiet, **options})
+
+
+def train_losses(model, batches, *, lr: float = 1e-2) -> list[float]:
+    """One Adam (``lr``) step of ``model`` on each batch of ``batches`` in turn, on one torch
+    thread (a tiny model: intra-op threads only contend on a small machine); the losses, checked
+    finite."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for batch in batches:
+            loss = model(**batch).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(np.isfinite(losses)), losses
+    return losses
 
 
 def tiny_bert(vocab_size: int, *, layers: int = 1, hidden: int = 32, **overrides) -> transformers.BertForMaskedLM:

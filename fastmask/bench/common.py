@@ -366,6 +366,28 @@ def measured_rows(
     ]
 
 
+def step_rows(suite: str, case: str, shape: str, timings: dict, *, model: str, tokens: float, **keys) -> list:
+    """:func:`table_row` of a training step of the stock ``model`` (its class name; the baseline)
+    and of the same model under ``apply_fastmask``: ``timings["stock"]`` and
+    ``timings["fastmask"]`` hold each one's ``step_s`` (seconds); ``keys``: ``table_row``'s
+    ``device``, ``length``, ``batch``."""
+    stock = f"stock {model}"
+    return [
+        table_row(
+            suite,
+            case,
+            shape,
+            impl,
+            ms=1e3 * timings[name]["step_s"],
+            tokens=tokens,
+            baseline=stock,
+            baseline_ms=1e3 * timings["stock"]["step_s"],
+            **keys,
+        )
+        for name, impl in (("stock", stock), ("fastmask", "apply_fastmask"))
+    ]
+
+
 def text_table(rows: Sequence[dict]) -> str:
     """The flat rows of one suite as an aligned plain-text table (optional columns only when used)."""
     columns = [

@@ -207,7 +207,6 @@ def _check_infilling(batch: dict, features: list, mask_id: int, ours: bool) -> O
 def _text_infilling_row(*, quick: bool, batch: int, input_length: int, tokenizer, seed: int, bar) -> tuple:
     import fastmask
 
-    min_time, min_reps = (0.3, 3) if quick else (2.0, 10)
     tok, _ = common.load_tokenizer(tokenizer)
     features = bracketed_features(tok, batch, input_length, seed=seed)
     start = tok.sep_token_id
@@ -228,36 +227,59 @@ def _text_infilling_row(*, quick: bool, batch: int, input_length: int, tokenizer
         reason = _check_infilling(collate(features), features, tok.mask_token_id, mine)
         if reason:
             failures.append(f"seq2seq text infilling {name}: {reason}")
-    collators = dict(ours, **{"flax numpy": theirs})
+    timings = _time_collators(dict(ours, **{"flax numpy": theirs}), features, quick=quick, bar=bar, label="infilling ")
+    row = _timed_row(
+        "text_infilling",
+        timings,
+        batch=batch,
+        length=input_length,
+        input_length=input_length,
+        target_length=input_length,
+    )
+    row["fastmask_words_ms"] = 1e3 * timings[0]["fastmask words np"]
+    row["speedup_words"] = row["flax_numpy_ms"] / row["fastmask_words_ms"]
+    return row, failures
+
+
+def _time_collators(collators: dict, features: list, *, quick: bool, bar, label: str = "") -> tuple[dict, dict, dict]:
+    """:func:`_time_in_turns` of each collator on ``features`` (``quick``: fewer repeats), one
+    progress step (``label`` + name) each."""
+    min_time, min_reps = (0.3, 3) if quick else (2.0, 10)
     times, best, cpu = _time_in_turns(
         {name: functools.partial(collate, features) for name, collate in collators.items()},
         min_time=min_time,
         min_reps=min_reps,
     )
     for name in collators:
-        bar.step(f"infilling {name} {1e3 * times[name]:.3f} ms")
+        bar.step(f"{label}{name} {1e3 * times[name]:.3f} ms")
+    return times, best, cpu
+
+
+def _timed_row(
+    strategy: str, timings: tuple, *, batch: int, length: int, input_length: int, target_length: int
+) -> dict:
+    """A result row of ``batch`` rows of ``length`` tokens from :func:`_time_collators`' seconds
+    (collators ``"fastmask np"``, ``"fastmask pt"`` and ``"flax numpy"``): milliseconds and
+    speed-ups over the Flax collator."""
+    times, best, cpu = timings
     row = dict(
-        strategy="text_infilling",
+        strategy=strategy,
         words="",
-        length=input_length,
+        length=length,
         input_length=input_length,
-        target_length=input_length,
+        target_length=target_length,
         batch=batch,
-        tokens=batch * input_length,
-        fastmask_ms=1e3 * times["fastmask np"],
-        fastmask_pt_ms=1e3 * times["fastmask pt"],
-        fastmask_words_ms=1e3 * times["fastmask words np"],
-        flax_numpy_ms=1e3 * times["flax numpy"],
-        fastmask_best_ms=1e3 * best["fastmask np"],
-        flax_numpy_best_ms=1e3 * best["flax numpy"],
+        tokens=batch * length,
     )
+    for key, seconds in (("ms", times), ("best_ms", best), ("cpu_ms", cpu)):
+        row[f"fastmask_{key}"] = 1e3 * seconds["fastmask np"]
+        row[f"flax_numpy_{key}"] = 1e3 * seconds["flax numpy"]
+    row["fastmask_pt_ms"] = 1e3 * times["fastmask pt"]
     row["speedup"] = row["flax_numpy_ms"] / row["fastmask_ms"]
     row["speedup_best"] = row["flax_numpy_best_ms"] / row["fastmask_best_ms"]
-    row["speedup_pt"] = row["flax_numpy_ms"] / row["fastmask_pt_ms"]
-    row["speedup_words"] = row["flax_numpy_ms"] / row["fastmask_words_ms"]
-    row.update(fastmask_cpu_ms=1e3 * cpu["fastmask np"], flax_numpy_cpu_ms=1e3 * cpu["flax numpy"])
     row["speedup_cpu"] = row["flax_numpy_cpu_ms"] / row["fastmask_cpu_ms"]
-    return row, failures
+    row["speedup_pt"] = row["flax_numpy_ms"] / row["fastmask_pt_ms"]
+    return row
 
 
 def t5_style_tokenizer(name_or_path: Optional[str] = None):
@@ -308,7 +330,6 @@ def run(
     import fastmask
     from fastmask import _backend
 
-    min_time, min_reps = (0.3, 3) if quick else (2.0, 10)
     tok, source = t5_style_tokenizer(tokenizer)
     expanded, target = fastmask.span_corruption_lengths(input_length, NOISE_DENSITY, MEAN_NOISE_SPAN_LENGTH)
     features = make_features(tok, batch, expanded, seed=seed)
@@ -344,32 +365,10 @@ def run(
     bar = common.Progress(progress, "seq2seq")
     bar.start(7)
     collators = {"fastmask np": ours["np"], "fastmask pt": ours["pt"], "flax numpy": theirs}
-    times, best, cpu = _time_in_turns(
-        {name: functools.partial(collate, features) for name, collate in collators.items()},
-        min_time=min_time,
-        min_reps=min_reps,
+    timings = _time_collators(collators, features, quick=quick, bar=bar)
+    row = _timed_row(
+        "span_corruption", timings, batch=batch, length=expanded, input_length=input_length, target_length=target
     )
-    for name in collators:
-        bar.step(f"{name} {1e3 * times[name]:.3f} ms")
-    tokens = batch * expanded
-    row = dict(
-        strategy="span_corruption",
-        words="",
-        length=expanded,
-        input_length=input_length,
-        target_length=target,
-        batch=batch,
-        tokens=tokens,
-        fastmask_ms=1e3 * times["fastmask np"],
-        fastmask_pt_ms=1e3 * times["fastmask pt"],
-        flax_numpy_ms=1e3 * times["flax numpy"],
-    )
-    row.update(fastmask_best_ms=1e3 * best["fastmask np"], flax_numpy_best_ms=1e3 * best["flax numpy"])
-    row.update(fastmask_cpu_ms=1e3 * cpu["fastmask np"], flax_numpy_cpu_ms=1e3 * cpu["flax numpy"])
-    row["speedup_cpu"] = row["flax_numpy_cpu_ms"] / row["fastmask_cpu_ms"]
-    row["speedup"] = row["flax_numpy_ms"] / row["fastmask_ms"]
-    row["speedup_best"] = row["flax_numpy_best_ms"] / row["fastmask_best_ms"]
-    row["speedup_pt"] = row["flax_numpy_ms"] / row["fastmask_pt_ms"]
     infilling, infilling_failures = _text_infilling_row(
         quick=quick, batch=batch, input_length=input_length, tokenizer=tokenizer, seed=seed, bar=bar
     )

@@ -276,20 +276,9 @@ def _step_rows(step: Optional[dict]) -> list:
     if not step:
         return []
     shape = f"{step['batch']}x{step['seq_len']} V={step['vocab']}"
-    return [
-        common.table_row(
-            "sft",
-            "Llama SFT step",
-            shape,
-            impl,
-            ms=1e3 * step[name]["step_s"],
-            tokens=step["tokens"],
-            device=step["device"],
-            baseline="stock LlamaForCausalLM",
-            baseline_ms=1e3 * step["stock"]["step_s"],
-        )
-        for name, impl in (("stock", "stock LlamaForCausalLM"), ("fastmask", "apply_fastmask"))
-    ]
+    return common.step_rows(
+        "sft", "Llama SFT step", shape, step, model="LlamaForCausalLM", tokens=step["tokens"], device=step["device"]
+    )
 
 
 def failures(result: dict) -> list:

@@ -267,24 +267,17 @@ def to_markdown(result: dict) -> str:
 
 def table_rows(result: dict) -> list:
     """The flat rows of :func:`common.table_row`: median step of stock and apply_fastmask."""
-    shape = f"{result['batch_size']}x{result['seq_len']}"
-    stock_ms = 1e3 * result["stock"]["step_s"]
-    return [
-        common.table_row(
-            "train-step",
-            "train step",
-            shape,
-            impl,
-            ms=1e3 * result[name]["step_s"],
-            tokens=result["tokens_per_step"],
-            device=result["device"],
-            length=result["seq_len"],
-            batch=result["batch_size"],
-            baseline="stock BertForMaskedLM",
-            baseline_ms=stock_ms,
-        )
-        for name, impl in (("stock", "stock BertForMaskedLM"), ("fastmask", "apply_fastmask"))
-    ]
+    return common.step_rows(
+        "train-step",
+        "train step",
+        f"{result['batch_size']}x{result['seq_len']}",
+        result,
+        model="BertForMaskedLM",
+        tokens=result["tokens_per_step"],
+        device=result["device"],
+        length=result["seq_len"],
+        batch=result["batch_size"],
+    )
 
 
 def headlines(result: dict) -> list:

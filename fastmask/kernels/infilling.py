@@ -27,7 +27,8 @@ import triton.language as tl
 
 from .. import _rng
 from ..infilling_plan import TextInfillingPlan
-from .masking import _draw, _max_combine, _row_state
+from .masking import _as_buffer, _draw, _max_combine, _row_state, block_size
+from .masking import _num_warps as num_warps  # the masking kernel's rule: about 8 positions per thread
 from .sentinel_spans import _smallest
 
 MAX_BLOCK = 16384
@@ -183,16 +184,6 @@ def triton_call_reason(length: int) -> Optional[str]:
     return None
 
 
-def _as_buffer(t: Optional[torch.Tensor], dummy: torch.Tensor) -> torch.Tensor:
-    if t is None:
-        return dummy
-    return t.view(torch.uint8) if t.dtype == torch.bool else t
-
-
-def num_warps(block: int) -> int:
-    return max(1, min(32, block // 256))
-
-
 def triton_text_infilling(plan: TextInfillingPlan) -> tuple[torch.Tensor, torch.Tensor]:
     """``(noised, attention_mask)`` for a validated plan (see the module docstring)."""
     input_ids = plan.input_ids
@@ -200,8 +191,7 @@ def triton_text_infilling(plan: TextInfillingPlan) -> tuple[torch.Tensor, torch.
     device = input_ids.device
     out = torch.empty((batch, plan.width), dtype=input_ids.dtype, device=device)
     attention = torch.empty((batch, plan.width), dtype=torch.int64, device=device)
-    block_l = max(16, triton.next_power_of_2(length))
-    block_w = max(16, triton.next_power_of_2(plan.width))
+    block_l, block_w = block_size(length), block_size(plan.width)
     reach = torch.empty((batch, block_l), dtype=torch.int64, device=device)
     tokens = torch.empty((batch, block_w), dtype=torch.int64, device=device)
     _text_infilling_kernel[(batch,)](

@@ -335,6 +335,14 @@ def ngrams_variants(block: int) -> list:
     return out
 
 
+def _row_op_types(present: bool) -> tuple[str, str, str]:
+    """``(ids, optional mask, seed mix)`` types of a row op's two argument sets: int64 ids, uint8
+    masks and seed mixes >= 2**31 (``present``); or int32 ids, which the launcher also passes as
+    the absent masks' dummy pointer, and seed mixes < 2**31."""
+    ids = "*i64" if present else "*i32"
+    return ids, "*u8" if present else ids, "i64" if present else "i32"
+
+
 def infilling_variants(block: int) -> list:
     """The text-infilling kernel for rows that take ``BLOCK_L = block`` and outputs up to twice
     as long (``BLOCK_W = 2 * block``: a row of ``block`` tokens with inserts), at the launcher's
@@ -359,9 +367,7 @@ def infilling_variants(block: int) -> list:
             BLOCK_W=block_w,
             LOG2_BLOCK_W=block_w.bit_length() - 1,
         )
-        ids = "*i64" if present else "*i32"
-        optional = "*u8" if present else ids
-        seed = "i64" if present else "i32"
+        ids, optional, seed = _row_op_types(present)
         types = {
             "ids_ptr": ids,
             "attention_ptr": optional,
@@ -404,9 +410,7 @@ def sentinel_spans_variants(block: int) -> list:
             LOG2_BLOCK_L=block.bit_length() - 1,
             BLOCK_OUT=block,
         )
-        ids = "*i64" if present else "*i32"
-        optional = "*u8" if present else ids
-        seed = "i64" if present else "i32"
+        ids, optional, seed = _row_op_types(present)
         types = {
             "ids_ptr": ids,
             "attention_ptr": optional,

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .. import _rng
 from ..sentinel_spans_plan import SpanCorruptionPlan
-from .masking import _as_buffer, _draw, _num_warps, _row_state
+from .masking import _as_buffer, _draw, _num_warps, _row_state, block_size
 
 MAX_BLOCK_L = 16384
 
@@ -159,8 +159,7 @@ def triton_span_corruption(plan: SpanCorruptionPlan) -> tuple[torch.Tensor, torc
     device = input_ids.device
     inputs = torch.empty((batch, plan.inputs_length), dtype=input_ids.dtype, device=device)
     targets = torch.empty((batch, plan.targets_length), dtype=input_ids.dtype, device=device)
-    block_l = max(16, triton.next_power_of_2(length))
-    block_out = max(16, triton.next_power_of_2(max(plan.inputs_length, plan.targets_length)))
+    block_l, block_out = block_size(length), block_size(max(plan.inputs_length, plan.targets_length))
     scratch = torch.zeros((batch, 3 * (block_l + 1)), dtype=torch.int32, device=device)
     _span_corruption_kernel[(batch,)](
         input_ids,
