@@ -48,13 +48,8 @@ class NgramUnitsPlan(OpPlan):
         """The unit op's plan for the words of a validated masking ``plan``."""
         if plan.word_starts is None and plan.vocab_flags is None:
             raise ValueError("PMI masking needs word boundaries: pass word_starts or word_start_table")
-        return cls(
-            input_ids=plan.input_ids,
-            special_mask=plan.special_mask,
-            attention_mask=plan.attention_mask,
-            word_starts=plan.word_starts,
-            vocab_flags=plan.vocab_flags,
-            table=table,
-            pad_token_id=plan.pad_token_id,
-            max_n=max_n,
-        )
+        return cls(**{name: getattr(plan, name) for name in _WORD_FIELDS}, table=table, max_n=max_n)
+
+
+# the masking plan's fields that define the words
+_WORD_FIELDS = ("input_ids", "special_mask", "attention_mask", "word_starts", "vocab_flags", "pad_token_id")

@@ -11,7 +11,7 @@ import torch
 from backends import assert_compiles_offline
 from test_ngrams import _planted_corpus, needs_cpp
 
-from fastmask import DataCollatorForLanguageModeling, mask_tokens, word_start_table
+from fastmask import DataCollatorForLanguageModeling, mask_tokens, ngram_unit_ids, word_start_table
 from fastmask.masking import plan_masking
 from fastmask.ngrams import build_ngram_vocabulary, ngram_unit_starts
 from fastmask.reference.masking import plan_units
@@ -214,16 +214,7 @@ def test_collator_pmi_in_dataloader_workers():
     loader = torch.utils.data.DataLoader(
         [{"input_ids": row.tolist()} for row in ids], batch_size=4, num_workers=2, collate_fn=collator
     )
-    plan = plan_masking(
-        ids,
-        mask_token_id=tok.mask_token_id,
-        vocab_size=len(tok),
-        strategy="whole_word",
-        word_start_table=word_start_table(tok),
-        special_token_ids=tok.all_special_ids,
-    )
-    units = ngram_unit_starts(plan, vocabulary, "cpp")
-    unit_of = torch.cumsum(units.long(), dim=1)
+    unit_of = ngram_unit_ids(ids, vocabulary, tok)  # -1 on special tokens
     batches = list(loader)
     assert len(batches) == 2
     for i, batch in enumerate(batches):
@@ -232,7 +223,7 @@ def test_collator_pmi_in_dataloader_workers():
         for row in range(4):
             b = 4 * i + row
             for unit in unit_of[b][selected[row]].unique().tolist():
-                members = (unit_of[b] == unit) & ~torch.isin(ids[b], torch.tensor(tok.all_special_ids))
+                members = unit_of[b] == unit
                 assert selected[row][members].all()  # a selected unit is selected whole
 
 
@@ -294,8 +285,6 @@ def test_units_precomputed_as_word_ids_mask_like_pmi(budget):
     """Units stored by datasets.map as a word_ids column: a whole-word collator then gives the
     PMI collator's batch bit for bit (ragged rows, padding), and tensors get the same ids."""
     import datasets
-
-    from fastmask import ngram_unit_ids
 
     tok, vocabulary = _setup()
     ids = text_fixtures.packed_batch("minilm", 48, 6 * 46)["input_ids"][:6]

@@ -174,7 +174,8 @@ def _select_exact(
 
 def plan_units(plan: MaskingPlan, strategy: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`eligibility_and_units` of a plan's tokens: ``(eligible, unit_start)``, bool ``[B, L]``,
-    for ``strategy`` (default: the plan's)."""
+    for ``strategy`` (default: the plan's). Any plan with a masking plan's word fields will do
+    (:class:`~fastmask.ngram_units_plan.NgramUnitsPlan` too)."""
     return eligibility_and_units(
         plan.input_ids,
         special_mask=plan.special_mask,

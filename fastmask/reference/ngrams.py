@@ -144,17 +144,9 @@ def reference_ngram_units(plan) -> torch.Tensor:
     """Bool ``[B, L]`` unit starts for a :class:`~fastmask.ngram_units_plan.NgramUnitsPlan`: its
     words as whole-word masking has them and its int64 probe table (power-of-two size, 0 = empty,
     linear probing from ``(key >> 1) & (size - 1)``)."""
-    from .masking import eligibility_and_units
+    from .masking import plan_units
 
-    eligible, starts = eligibility_and_units(
-        plan.input_ids,
-        special_mask=plan.special_mask,
-        attention_mask=plan.attention_mask,
-        word_starts=plan.word_starts,
-        vocab_flags=plan.vocab_flags,
-        pad_token_id=plan.pad_token_id,
-        strategy="whole_word",
-    )
+    eligible, starts = plan_units(plan, "whole_word")
     table, max_n = plan.table.cpu(), plan.max_n
     entries = {(v & MASK64) | 1: v & 1 for v in table.tolist() if v != 0}  # key -> 1 n-gram, 0 prefix only
     ids = plan.input_ids.tolist()
