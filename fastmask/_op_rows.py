@@ -9,17 +9,24 @@ import numpy as np
 import torch
 
 from ._validation import ID_DTYPES, check_tensor
-from .masking import _as_mask, _check_ids, _row_keys
 
 
-def as_batch(input_ids, *row_masks: Optional[torch.Tensor]) -> tuple:
+def as_batch(input_ids, **row_masks: Optional[torch.Tensor]) -> tuple:
     """``(one_row, input_ids [B, L], *row_masks)``: ``input_ids`` checked to be an id tensor; a
-    single row ``[L]`` (``one_row`` True) becomes ``[1, L]`` and so does each mask given (None
-    stays None). :func:`unbatch` undoes it on the outputs."""
+    single row ``[L]`` (``one_row`` True) becomes ``[1, L]`` and so does each mask given (keyword
+    name -> tensor or None, returned in that order; None stays None), which must then be ``[L]``
+    too. :func:`unbatch` undoes it on the outputs."""
     check_tensor("input_ids", input_ids, dtypes=ID_DTYPES)
     if input_ids.dim() != 1:
-        return (False, input_ids, *row_masks)
-    return (True, input_ids.unsqueeze(0), *(None if t is None else t.reshape(1, -1) for t in row_masks))
+        return (False, input_ids, *row_masks.values())
+    for name, t in row_masks.items():
+        if isinstance(t, torch.Tensor) and t.dim() != 1:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but input_ids is 1-D; pass [L] masks with [L] ids")
+    return (
+        True,
+        input_ids.unsqueeze(0),
+        *(t.reshape(1, -1) if isinstance(t, torch.Tensor) else t for t in row_masks.values()),
+    )
 
 
 def unbatch(one_row: bool, outputs: tuple) -> tuple:
@@ -31,6 +38,8 @@ def checked_rows(input_ids: torch.Tensor, row_keys, **row_masks) -> tuple:
     """``(input_ids, row_keys, *row_masks)`` for a plan: the ``[B, L]`` ids contiguous and checked
     to be >= 0, each mask (keyword name -> ``[B, L]`` tensor or None) as a bool tensor on the ids'
     device, in the order given, and the ``[B]`` int64 row keys (default ``0 .. B-1``)."""
+    from .masking import _as_mask, _check_ids, _row_keys  # masking imports this module
+
     input_ids = input_ids.contiguous()
     _check_ids(input_ids, None)
     masks = [_as_mask(name, value, input_ids) for name, value in row_masks.items()]

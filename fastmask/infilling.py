@@ -269,7 +269,7 @@ def text_infilling(
     """
     _backend.check_backend_name(backend)
     one_row, input_ids, attention_mask, word_starts, special_tokens_mask = as_batch(
-        input_ids, attention_mask, word_starts, special_tokens_mask
+        input_ids, attention_mask=attention_mask, word_starts=word_starts, special_tokens_mask=special_tokens_mask
     )
     plan = plan_text_infilling(
         input_ids,

@@ -21,8 +21,8 @@ import torch
 
 from . import _backend, _rng
 from ._constants import IGNORE_INDEX
+from ._op_rows import as_batch, unbatch
 from ._validation import (
-    ID_DTYPES,
     check_choice,
     check_int,
     check_probability,
@@ -457,21 +457,9 @@ def mask_tokens(
         )
     if ngram_vocabulary is not None and not pmi:
         raise ValueError(f"ngram_vocabulary is used by strategy='pmi' only, got strategy={strategy!r}")
-    check_tensor("input_ids", input_ids, dtypes=ID_DTYPES)
-    squeeze = input_ids.dim() == 1
-    if squeeze:
-        input_ids = input_ids.unsqueeze(0)
-        masks = {
-            "special_tokens_mask": special_tokens_mask,
-            "attention_mask": attention_mask,
-            "word_starts": word_starts,
-        }
-        for name, t in masks.items():
-            if isinstance(t, torch.Tensor) and t.dim() != 1:
-                raise ValueError(f"{name} has shape {tuple(t.shape)} but input_ids is 1-D; pass [L] masks with [L] ids")
-        special_tokens_mask, attention_mask, word_starts = (
-            t.reshape(1, -1) if isinstance(t, torch.Tensor) else t for t in masks.values()
-        )
+    one_row, input_ids, special_tokens_mask, attention_mask, word_starts = as_batch(
+        input_ids, special_tokens_mask=special_tokens_mask, attention_mask=attention_mask, word_starts=word_starts
+    )
     plan = plan_masking(
         input_ids,
         mask_token_id=mask_token_id,
@@ -498,7 +486,4 @@ def mask_tokens(
         from .ngrams import pmi_plan
 
         plan = pmi_plan(plan, ngram_vocabulary, backend)
-    masked, labels = run_masking(plan, backend)
-    if squeeze:
-        return masked[0], labels[0]
-    return masked, labels
+    return unbatch(one_row, run_masking(plan, backend))

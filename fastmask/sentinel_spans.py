@@ -369,7 +369,9 @@ def span_corruption(
         may be all padding.
     """
     _backend.check_backend_name(backend)
-    one_row, input_ids, attention_mask, word_starts = as_batch(input_ids, attention_mask, word_starts)
+    one_row, input_ids, attention_mask, word_starts = as_batch(
+        input_ids, attention_mask=attention_mask, word_starts=word_starts
+    )
     plan = plan_span_corruption(
         input_ids,
         first_sentinel_id=first_sentinel_id,
