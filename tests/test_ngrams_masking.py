@@ -280,17 +280,23 @@ def test_matching_keys_of_one_token_words_are_exact():
     assert len(keys) == len(ids) ** 2 + 400
 
 
-@pytest.mark.parametrize("budget", ["bernoulli", "exact"])
-def test_units_precomputed_as_word_ids_mask_like_pmi(budget):
-    """Units stored by datasets.map as a word_ids column: a whole-word collator then gives the
-    PMI collator's batch bit for bit (ragged rows, padding), and tensors get the same ids."""
+@pytest.mark.parametrize("budget,num_proc", [("bernoulli", None), ("exact", 2)])
+def test_units_precomputed_as_word_ids_mask_like_pmi(budget, num_proc):
+    """Units stored by datasets.map (in the process, or in 2 forked ones) as a word_ids column: a
+    whole-word collator then gives the PMI collator's batch bit for bit (ragged rows, padding),
+    and tensors get the same ids."""
     import datasets
 
     tok, vocabulary = _setup()
     ids = text_fixtures.packed_batch("minilm", 48, 6 * 46)["input_ids"][:6]
     rows = [row[: 48 - 5 * b].tolist() for b, row in enumerate(ids)]  # ragged: the collator pads
     dataset = datasets.Dataset.from_dict({"input_ids": rows})
-    dataset = dataset.map(lambda batch: {"word_ids": ngram_unit_ids(batch["input_ids"], vocabulary, tok)}, batched=True)
+    dataset = dataset.map(
+        lambda batch: {"word_ids": ngram_unit_ids(batch["input_ids"], vocabulary, tok)},
+        batched=True,
+        batch_size=4,
+        num_proc=num_proc,
+    )
     settings = dict(seed=5, budget=budget, mlm_probability=0.3)
     pmi = DataCollatorForLanguageModeling(tok, strategy="pmi", ngram_vocabulary=vocabulary, **settings)
     whole_word = DataCollatorForLanguageModeling(tok, strategy="whole_word", **settings)
