@@ -573,23 +573,23 @@ def ngram_unit_starts(plan: MaskingPlan, vocabulary: NgramVocabulary, backend: s
     return _NGRAM_UNITS(NgramUnitsPlan.of(plan, table, vocabulary.max_n), backend)
 
 
-def check_vocabulary(vocabulary, tokenizer) -> None:
-    """Raises TypeError for a non-vocabulary, ValueError for one built with another tokenizer."""
+def _check_is_vocabulary(vocabulary) -> None:
     if not isinstance(vocabulary, NgramVocabulary):
         raise TypeError(
             f"ngram_vocabulary must be a fastmask.NgramVocabulary (build_ngram_vocabulary / NgramVocabulary.load), "
             f"got {type(vocabulary).__name__}"
         )
+
+
+def check_vocabulary(vocabulary, tokenizer) -> None:
+    """Raises TypeError for a non-vocabulary, ValueError for one built with another tokenizer."""
+    _check_is_vocabulary(vocabulary)
     vocabulary.check_tokenizer(tokenizer)
 
 
 def pmi_plan(plan: MaskingPlan, vocabulary, backend: str = "auto") -> MaskingPlan:
     """A whole-word plan whose words are the vocabulary's units (what ``strategy="pmi"`` runs)."""
-    if not isinstance(vocabulary, NgramVocabulary):
-        raise TypeError(
-            f"ngram_vocabulary must be a fastmask.NgramVocabulary (build_ngram_vocabulary / NgramVocabulary.load), "
-            f"got {type(vocabulary).__name__}"
-        )
+    _check_is_vocabulary(vocabulary)
     return dataclasses.replace(plan, word_starts=ngram_unit_starts(plan, vocabulary, backend))
 
 
