@@ -23,14 +23,36 @@ def run(*args, timeout=600, module=("-m", "fastmask")):
     return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # cli.main sets these with setdefault; the fixture keeps them out of the other tests' env
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+def main_in_process(*args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``fastmask ARGS`` run by ``cli.main`` in this process
+    (argparse's own exits included); the subprocess tests cover the ``python -m`` entry point."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
 def test_help_documents_every_option():
     parser = cli.build_parser()
     for name in ("info", "bench", "train"):
         sub = parser._subparsers._group_actions[0].choices[name]
         for action in sub._actions:
             assert action.help, f"`fastmask {name}` option {action.option_strings} has no help"
-    result = run("train", "--help")
-    assert result.returncode == 0
+    code, out, _ = main_in_process("train", "--help")
+    assert code == 0
     for option in (
         "--max-steps",
         "--seq-len",
@@ -47,7 +69,7 @@ def test_help_documents_every_option():
         "--poisson-lambda",
         "--adaptive",
     ):
-        assert option in result.stdout
+        assert option in out
 
 
 @pytest.mark.parametrize(
@@ -62,12 +84,23 @@ def test_help_documents_every_option():
     ],
 )
 def test_errors_are_one_line(args, message):
-    result = run(*args, timeout=120)
+    code, _, err = main_in_process(*args)
+    assert code == 2
+    assert_one_line_error(err, message)
+
+
+def test_errors_are_one_line_from_the_command():
+    """The same through `python -m fastmask`: exit status 2, one line, no traceback."""
+    result = run("train", "--max-steps", "0", "--no-save", timeout=120)
     assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
+    assert_one_line_error(result.stderr, "--max-steps must be at least 1")
+
+
+def assert_one_line_error(stderr: str, message: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
     assert lines[0].startswith("fastmask: error:") and message in lines[0]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in stderr
 
 
 def test_suite_choices_are_the_bench_suites():
@@ -81,8 +114,8 @@ def test_suite_choices_are_the_bench_suites():
 
 
 def test_help_names_the_traceback_variable():
-    result = run("bench", "--help", timeout=120)
-    assert result.returncode == 0 and f"{cli.TRACEBACK_ENV}=1" in result.stdout
+    code, out, _ = main_in_process("bench", "--help")
+    assert code == 0 and f"{cli.TRACEBACK_ENV}=1" in out
     assert cli.TRACEBACK_ENV == "FASTMASK_TRACEBACK"  # FASTMASK_DEBUG is setup.py's debug build
 
 
@@ -204,9 +237,9 @@ def test_traceback_variable_shows_usage_errors_in_full():
 
 
 def test_info_lists_backends():
-    result = run("info", timeout=120)
-    assert result.returncode == 0
-    assert "backends for cpu tensors:" in result.stdout and "cpp" in result.stdout and "reference" in result.stdout
+    code, out, _ = main_in_process("info")
+    assert code == 0
+    assert "backends for cpu tensors:" in out and "cpp" in out and "reference" in out
 
 
 @pytest.mark.slow
