@@ -59,7 +59,7 @@ KERNELS = (
 TEST_BLOCKS = {
     "masking": (512, 2048),
     "cross_entropy": (16384, 8192),
-    "ngrams": (1,),
+    "ngrams": (512,),
     "infilling": (512,),
     "sentinel_spans": (1024,),  # T5's 568-token rows
     "completion_labels": (1024,),
@@ -68,7 +68,7 @@ TEST_BLOCKS = {
 EXTRA_BLOCK_VARIANTS = {
     "masking": 2,
     "cross_entropy": 1,
-    "ngrams": 0,
+    "ngrams": 2,
     "infilling": 0,
     "sentinel_spans": 0,
     "completion_labels": 0,
@@ -88,7 +88,7 @@ KNOWN_SPILLS = {"masking": (128, 4096, 8192, 16384)}
 REPORT_BLOCKS = {
     "masking": TEST_BLOCKS["masking"] + (128, 4096, 8192),
     "cross_entropy": TEST_BLOCKS["cross_entropy"],
-    "ngrams": TEST_BLOCKS["ngrams"],  # the n-gram unit kernel walks a row serially: no block, "block" 1
+    "ngrams": TEST_BLOCKS["ngrams"] + (2048,),
     "infilling": TEST_BLOCKS["infilling"],
     "sentinel_spans": TEST_BLOCKS["sentinel_spans"],
     "completion_labels": TEST_BLOCKS["completion_labels"],
@@ -295,10 +295,12 @@ def cross_entropy_variants(block: int) -> list:
 
 
 def ngrams_variants(block: int) -> list:
-    """The n-gram unit kernel (one warp, ``block`` unused) in two argument sets that between them
-    take every constexpr branch, at ``MAX_N`` 8 (the most unrolled probes, the most registers):
-    (a) int64 ids, special-tokens mask, word starts; (b) int32 ids, attention mask, the
-    vocabulary flag table, a pad id."""
+    """The n-gram unit kernel at the launcher's warps for ``block`` in two argument sets that
+    between them take every constexpr branch, at ``MAX_N`` 8 (the most unrolled probes, the most
+    registers): (a) int64 ids, special-tokens mask, word starts; (b) int32 ids, attention mask,
+    the vocabulary flag table, a pad id."""
+    from .ngrams import num_warps
+
     names = _arg_names("ngrams")
     out = []
     for variant, max_n in itertools.product((0, 1), (8,)):
@@ -309,6 +311,7 @@ def ngrams_variants(block: int) -> list:
             HAS_FLAGS=variant == 1,
             HAS_PAD=variant == 1,
             MAX_N=max_n,
+            BLOCK_L=block,
         )
         ids = "*i64" if variant == 0 else "*i32"
         types = {
@@ -320,8 +323,8 @@ def ngrams_variants(block: int) -> list:
             "table_ptr": "*i64",
             "out_ptr": "*u8",
             "word_code_ptr": "*i64",
-            "word_pos_ptr": "*i32",
             "word_seg_ptr": "*i32",
+            "word_state_ptr": "*i32",
             "L": "i32",
             "n_flags": "i32",
             "pad_token_id": "i64",
@@ -331,7 +334,7 @@ def ngrams_variants(block: int) -> list:
         label = f"max_n {max_n} " + (
             "i64 ids, special mask, word starts" if variant == 0 else "i32 ids, attention, flags, pad"
         )
-        out.append(Variant("ngrams", label, block, 1, signature, constexprs))
+        out.append(Variant("ngrams", label, block, num_warps(block), signature, constexprs))
     return out
 
 
