@@ -67,6 +67,7 @@ TEST_STEPS = [
     ("cross-entropy", ["tests/test_cross_entropy.py", "-m", "triton"], 150),
     ("fused-linear-cross-entropy", ["tests/test_fused_linear_cross_entropy.py", "-m", "triton"], 120),
     ("loss", ["tests/test_loss.py", "-m", "triton"], 60),
+    ("ngram-units", ["tests/test_ngrams_masking.py", "-m", "triton"], 60),
     ("collator-cuda", ["tests/test_collator.py", "-k", "device_moves_the_padded_batch and cuda"], 60),
 ]
 DRY_TEST_STEPS = [("kernels-masking-dry", ["tests/test_kernels_masking.py", "-m", "triton", "-k", "row_limit"], 120)]

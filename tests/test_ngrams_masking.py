@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import text_fixtures
 import torch
@@ -27,12 +28,18 @@ def _setup():
     return tok, vocabulary
 
 
-def _plans(tok, length: int, rows: int):
+def _triton_device() -> str:
+    """Where the Triton tests run the kernel: the GPU when there is one, else the interpreter."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _plans(tok, length: int, rows: int, device: str = "cpu"):
     """Two argument sets: (a) int64 ids, the vocabulary table, special ids, a pad id;
     (b) int32 ids, word_starts, special_tokens_mask, attention_mask with padding."""
     batch = text_fixtures.packed_batch("minilm", length, rows * (length - 2))
+    batch = {k: batch[k].to(device) for k in ("input_ids", "special_tokens_mask")}
     ids = batch["input_ids"][:rows]
-    table = word_start_table(tok)
+    table = word_start_table(tok).to(device)
     a = plan_masking(
         ids,
         mask_token_id=tok.mask_token_id,
@@ -66,12 +73,73 @@ def test_unit_starts_bit_identical_cpp_reference():
         assert expected.sum() < 0.9 * words.sum()  # and n-grams merge some of them
 
 
+@pytest.mark.triton
 def test_unit_starts_bit_identical_triton():
     pytest.importorskip("triton")
     tok, vocabulary = _setup()
-    for plan in _plans(tok, 24, 2):
+    for plan, on_device in zip(_plans(tok, 128, 4), _plans(tok, 128, 4, _triton_device())):
         expected = ngram_unit_starts(plan, vocabulary, "reference")
-        assert torch.equal(ngram_unit_starts(plan, vocabulary, "triton").cpu(), expected)
+        assert torch.equal(ngram_unit_starts(on_device, vocabulary, "triton").cpu(), expected)
+
+
+def _dense_rows(tok, rows: int, length: int, seed: int = 0) -> list:
+    """Rows of fixed phrases of 2 to 8 words over few distinct words (three of one token, three
+    of two to twelve), [SEP] now and then: most words fall inside a vocabulary n-gram, and
+    hashed words are long."""
+    rng = np.random.default_rng(0)
+    starts = tok.convert_tokens_to_ids(["the", "value", "of", "new", "york", "city"])
+    pieces = tok.convert_tokens_to_ids(["##s", "##ing", "##ed"])
+    words = [[t] for t in starts[:3]]
+    words += [[t] + [pieces[int(i)] for i in rng.integers(0, 3, size=n)] for t, n in zip(starts[3:], (1, 5, 11))]
+    phrases = [sum((words[int(i)] for i in rng.integers(0, 6, size=n)), []) for n in range(2, 9)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(rows):
+        row = []
+        while len(row) < length:
+            row += [tok.sep_token_id] if rng.random() < 0.1 else phrases[int(rng.integers(len(phrases)))]
+        out.append(row[:length])
+    return out
+
+
+@pytest.mark.triton
+def test_unit_starts_triton_on_a_dense_vocabulary_with_long_words():
+    """Where the walk is hardest for the block kernel: 8-word n-grams, most words inside one,
+    words of up to 12 tokens (its hashing steps), segments cut by [SEP], a padded row."""
+    pytest.importorskip("triton")
+    tok = text_fixtures.tokenizer("minilm")
+    vocabulary = build_ngram_vocabulary(_dense_rows(tok, 200, 64), tok, max_n=8, min_count=2, size=10**5)
+    assert len(vocabulary.ngrams[8]) > 0
+    rows = _dense_rows(tok, 4, 96, seed=1)
+    ids = torch.tensor(rows)
+    ids[1, 70:] = tok.pad_token_id
+
+    def plan_on(device):
+        return plan_masking(
+            ids.to(device),
+            mask_token_id=tok.mask_token_id,
+            vocab_size=len(tok),
+            strategy="whole_word",
+            word_start_table=word_start_table(tok).to(device),
+            special_token_ids=tok.all_special_ids,
+            pad_token_id=tok.pad_token_id,
+        )
+
+    plan = plan_on("cpu")
+    expected = ngram_unit_starts(plan, vocabulary, "reference")
+    _, words = plan_units(plan, "whole_word")
+    assert expected.sum() < 0.5 * words.sum()  # n-grams merge most words
+    assert torch.equal(ngram_unit_starts(plan, vocabulary, "cpp"), expected)
+    assert torch.equal(ngram_unit_starts(plan_on(_triton_device()), vocabulary, "triton").cpu(), expected)
+
+
+@pytest.mark.triton
+def test_triton_row_limit_is_reported():
+    pytest.importorskip("triton")
+    from fastmask.kernels import ngrams as kernels
+
+    assert kernels.triton_call_reason(kernels.MAX_BLOCK_L) is None
+    assert str(kernels.MAX_BLOCK_L) in kernels.triton_call_reason(kernels.MAX_BLOCK_L + 1)
 
 
 @pytest.mark.parametrize("budget", ["bernoulli", "exact"])
