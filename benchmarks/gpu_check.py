@@ -15,7 +15,7 @@ limit inside the overall one (a child that overruns is killed with its process g
    there (skipped with ``--no-build``; without pybind11 the check goes on without C++ and
    says so);
 3. tests: the Triton tests of ``tests/test_kernels_masking.py``, ``test_cross_entropy.py``,
-   ``test_fused_linear_cross_entropy.py``, ``test_loss.py`` (``-m triton``: on a GPU they run
+   ``test_fused_linear_cross_entropy.py``, ``test_loss.py``, ``test_ngrams_masking.py`` (``-m triton``: on a GPU they run
    the compiled kernels on CUDA tensors against the reference) and the collator's
    ``device="cuda"`` test, one pytest per file, ``TRITON_INTERPRET`` removed from the
    environment. Results are read from pytest's JUnit XML (``--junitxml``), not its text
@@ -29,7 +29,8 @@ limit inside the overall one (a child that overruns is killed with its process g
    ``fastmask.kernels.offline.KNOWN_SPILLS``, which are reported) fails the check;
 5. benchmarks through ``fastmask bench --device cuda``: masking (reference, cpp, triton;
    L = 128..8192), the collator (with ``device="cuda"``), the loss suite (Liger when
-   importable; GB/s against a device copy), then the loss suite in bfloat16 if time is left.
+   importable; GB/s against a device copy), then, if time is left, PMI masking against
+   whole-word masking (``python -m fastmask.bench.ngrams --quick``) and the loss suite in bfloat16.
 
 OUTDIR receives four flat files, rewritten after every step so a failure or a kill keeps
 what ran: ``gpu_check.json`` (everything), ``gpu_check.md`` (the report: GPU, versions, test
@@ -76,6 +77,7 @@ BENCH_STEPS = [
     ("bench-masking", ["fastmask", "bench", "--suite", "masking", "--quick", "--lengths", *LENGTHS], 150, None),
     ("bench-collator", ["fastmask", "bench", "--suite", "collator", "--quick", "--lengths", *LENGTHS], 180, None),
     ("bench-loss", ["fastmask", "bench", "--suite", "loss"], 180, None),
+    ("bench-ngrams", ["fastmask.bench.ngrams", "--quick"], 120, 150),
     ("bench-loss-bf16", ["fastmask.bench.loss", "--dtype", "bfloat16"], 120, 150),
 ]
 DRY_BENCH_STEPS = [

@@ -12,10 +12,12 @@
   one process (so load on a shared machine hits them alike): wall time with the default
   threads, then CPU time of the calling thread with one thread (``torch.set_num_threads(1)``,
   so that the kernels' work is all on the timed thread); medians and fastest calls. The
-  vocabulary is the corpus' (``min_count=5``, up to 20000 n-grams of 2..5 words).
+  vocabulary is the corpus' (``min_count=5``, up to 20000 n-grams of 2..5 words). On
+  ``--device cuda`` the masking runs on the GPU (Triton), each call timed to its
+  ``torch.cuda.synchronize``, wall time only; counting stays on the CPU.
 
-    fastmask bench --suite ngrams [--quick]
-    python -m fastmask.bench.ngrams [--quick] [--json PATH] [--markdown PATH]
+    fastmask bench --suite ngrams [--quick] [--device cpu|cuda]
+    python -m fastmask.bench.ngrams [--quick] [--device ...] [--json PATH] [--markdown PATH]
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def _counting(tok, texts, rows, quick: bool) -> dict:
 def run(
     *, quick: bool = False, device: str = "cpu", tokenizer: Optional[str] = None, progress=True, lengths=None
 ) -> dict:
-    """Time counting and PMI masking on the embedded corpus (CPU)."""
+    """Time counting (CPU) and PMI masking (on ``device``) on the embedded corpus."""
     import torch
 
     import fastmask
@@ -118,6 +120,7 @@ def run(
     from fastmask.masking import plan_masking
     from fastmask.ngrams import build_ngram_vocabulary, ngram_unit_starts
 
+    on = torch.device(common.resolve_device(device))
     min_time, min_reps = (0.3, 10) if quick else (2.0, 20)
     tok, source = common.load_tokenizer(tokenizer)
     bar = common.Progress(progress, "ngrams")
@@ -129,8 +132,8 @@ def run(
 
     vocabulary = build_ngram_vocabulary(rows, tok, max_n=MAX_N, min_count=5, size=20_000)
     bar.step(f"vocabulary {len(vocabulary)} n-grams")
-    batch = torch.tensor(data.tokenized_rows(tok, texts, LENGTH, rows=BATCH))
-    table = fastmask.word_start_table(tok)
+    batch = torch.tensor(data.tokenized_rows(tok, texts, LENGTH, rows=BATCH)).to(on)
+    table = fastmask.word_start_table(tok).to(on)
     common_kwargs = dict(
         mask_token_id=tok.mask_token_id,
         vocab_size=len(tok),
@@ -139,7 +142,7 @@ def run(
         pad_token_id=tok.pad_token_id,
         seed=0,
     )
-    backend = _backend.resolve_backend("auto", torch.device("cpu"), op="mask_tokens")
+    backend = _backend.resolve_backend("auto", on, op="mask_tokens")
     plan = plan_masking(batch, strategy="whole_word", **common_kwargs)
     units = ngram_unit_starts(plan, vocabulary, backend)
     precomputed_kwargs = {k: v for k, v in common_kwargs.items() if k != "word_start_table"}
@@ -154,20 +157,28 @@ def run(
             batch, strategy="whole_word", word_starts=units, backend=backend, **precomputed_kwargs
         ),
     }
+    sync = common.device_sync(on)
+    if sync:
+        cases = {name: (lambda fn=fn: (fn(), sync())) for name, fn in cases.items()}
     wall = _summary(_alternating(cases, min_time=min_time, min_reps=min_reps, clock=time.perf_counter), "whole_word")
     bar.step(f"pmi {wall['pmi']['ratio']:.2f}x whole_word (wall)")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cpu = _summary(_alternating(cases, min_time=min_time, min_reps=min_reps, clock=time.thread_time), "whole_word")
-    finally:
-        torch.set_num_threads(threads)
+    cpu = None  # one thread's CPU time: what the CPU kernels cost; not a GPU's cost
+    if on.type == "cpu":
+        torch.set_num_threads(1)
+        try:
+            cpu = _summary(
+                _alternating(cases, min_time=min_time, min_reps=min_reps, clock=time.thread_time), "whole_word"
+            )
+        finally:
+            torch.set_num_threads(threads)
     word_count = int(plan_words(plan))
     bar.close()
     return dict(
         tokenizer=source,
         quick=quick,
         machine=common.machine_info(),
+        device=on.type,
         backend=backend,
         counting=counting,
         masking=dict(
@@ -184,10 +195,10 @@ def run(
             best_ms={name: v["best_ms"] for name, v in wall.items()},
             ratio=wall["pmi"]["ratio"],
             ratio_best=wall["pmi"]["ratio_best"],
-            cpu_ratio=cpu["pmi"]["ratio"],
-            cpu_ratio_best=cpu["pmi"]["ratio_best"],
+            cpu_ratio=cpu and cpu["pmi"]["ratio"],
+            cpu_ratio_best=cpu and cpu["pmi"]["ratio_best"],
             precomputed_ratio=wall["pmi, units precomputed"]["ratio"],
-            precomputed_cpu_ratio=cpu["pmi, units precomputed"]["ratio"],
+            precomputed_cpu_ratio=cpu and cpu["pmi, units precomputed"]["ratio"],
         ),
     )
 
@@ -201,6 +212,14 @@ def plan_words(plan) -> int:
 
 def headlines(result: dict) -> list:
     c, m = result["counting"], result["masking"]
+    where = f"{result.get('device', 'cpu')}, {result['backend']}"
+    if m["cpu_one_thread"] is None:
+        return [
+            f"ngrams: counting {c['words_per_s'] / 1e6:.2f}M words/s wall (CPU)",
+            f"ngrams ({where}): PMI masking {m['batch']}x{m['length']} {m['ms']['pmi']:.3f} ms = {m['ratio']:.2f}x "
+            f"whole-word ({m['ms']['whole_word']:.3f} ms; units {m['ms']['units only']:.3f} ms); units precomputed "
+            f"{m['precomputed_ratio']:.2f}x",
+        ]
     return [
         f"ngrams: counting {c['words_per_s'] / 1e6:.2f}M words/s wall ({c['words_per_cpu_s'] / 1e6:.2f}M per CPU "
         f"second), n <= {c['max_n']}; from texts {c['end_to_end_words_per_s'] / 1e6:.2f}M words/s wall "
@@ -239,7 +258,8 @@ def to_markdown(result: dict) -> str:
     lines = [
         "# PMI n-grams: counting and masking",
         "",
-        f"Tokenizer {result['tokenizer']}; backend {result['backend']}. Machine: "
+        f"Tokenizer {result['tokenizer']}; masking on {result.get('device', 'cpu')}, backend {result['backend']}. "
+        "Machine: "
         f"{common.machine_line(result['machine'])}.",
         "",
         "| counting (embedded corpus) | value |",
@@ -256,21 +276,23 @@ def to_markdown(result: dict) -> str:
     ]
     for name, part in c["parts"].items():
         lines.append(f"| {name} | {part['wall_s']:.3f} | {part['cpu_s']:.3f} |")
+    cpu = m["cpu_one_thread"]
+    wall_title = f"wall ms, {m['threads']} threads (median)" if cpu else "wall ms to synchronize (median)"
     lines += [
         "",
         f"Masking {m['batch']} x {m['length']} ({m['words']} words -> {m['units']} units, {m['vocabulary']} "
         f"n-grams); the cases alternate call by call.",
         "",
-        f"| case | wall ms, {m['threads']} threads (median) | vs whole_word | fastest | vs whole_word | "
-        "CPU ms, 1 thread (median) | vs whole_word | fastest | vs whole_word |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| case | {wall_title} | vs whole_word | fastest | vs whole_word |"
+        + (" CPU ms, 1 thread (median) | vs whole_word | fastest | vs whole_word |" if cpu else ""),
+        "| --- | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: | ---: |" if cpu else ""),
     ]
     for name, w in m["wall"].items():
-        u = m["cpu_one_thread"][name]
-        lines.append(
-            f"| {name} | {w['ms']:.3f} | {w['ratio']:.2f}x | {w['best_ms']:.3f} | {w['ratio_best']:.2f}x | "
-            f"{u['ms']:.3f} | {u['ratio']:.2f}x | {u['best_ms']:.3f} | {u['ratio_best']:.2f}x |"
-        )
+        line = f"| {name} | {w['ms']:.3f} | {w['ratio']:.2f}x | {w['best_ms']:.3f} | {w['ratio_best']:.2f}x |"
+        if cpu:
+            u = cpu[name]
+            line += f" {u['ms']:.3f} | {u['ratio']:.2f}x | {u['best_ms']:.3f} | {u['ratio_best']:.2f}x |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -278,9 +300,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastmask.bench.ngrams", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tokenizer")
+    parser.add_argument("--device", default="cpu", help="where the masking runs: cpu (default), cuda or auto")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, tokenizer=args.tokenizer, progress=not args.no_progress)
+    result = run(quick=args.quick, device=args.device, tokenizer=args.tokenizer, progress=not args.no_progress)
     common.emit(result, to_markdown(result), args)
     return 0
 
