@@ -162,6 +162,31 @@ def test_mask_tokens_pmi_backends_agree(budget):
     assert (expected[1] != -100).any()
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("budget", ["bernoulli", "exact"])
+def test_mask_tokens_pmi_triton_matches_the_reference(budget):
+    """strategy="pmi" end to end on the Triton backend (the unit kernel, then the masking kernel
+    over its units, on the GPU when there is one)."""
+    pytest.importorskip("triton")
+    tok, vocabulary = _setup()
+    ids = text_fixtures.packed_batch("minilm", 64, 4 * 62)["input_ids"][:4]
+    device = _triton_device()
+    kwargs = dict(
+        mask_token_id=tok.mask_token_id,
+        vocab_size=len(tok),
+        strategy="pmi",
+        ngram_vocabulary=vocabulary,
+        special_token_ids=tok.all_special_ids,
+        mlm_probability=0.3,
+        budget=budget,
+        seed=11,
+    )
+    expected = mask_tokens(ids, backend="reference", word_start_table=word_start_table(tok), **kwargs)
+    got = mask_tokens(ids.to(device), backend="triton", word_start_table=word_start_table(tok).to(device), **kwargs)
+    assert torch.equal(got[0].cpu(), expected[0]) and torch.equal(got[1].cpu(), expected[1])
+    assert (expected[1] != -100).sum() > 10
+
+
 def test_masked_planted_ngram_is_never_split():
     tok = text_fixtures.tokenizer("minilm")
     rows, planted = _planted_corpus(tok, rows=200)
