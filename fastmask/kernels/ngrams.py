@@ -1,8 +1,9 @@
 """Triton PMI unit kernel, bit-identical to :func:`fastmask.reference.ngrams.reference_ngram_units`
 (which defines the semantics; hashes as in :mod:`fastmask.reference.ngrams`).
 
-One program handles one row as a block of ``BLOCK_L`` lanes (the masking kernel's block size and
-warps), in four data-parallel steps ordered by ``tl.debug_barrier()`` through per-row scratch:
+One program handles one row as a block of ``BLOCK_L`` lanes (the masking kernel's block size;
+warps by :func:`num_warps`), in four data-parallel steps ordered by ``tl.debug_barrier()``
+through per-row scratch:
 
 1. tokens: eligibility and word starts as whole-word masking has them (``_tokens_at``), segments
    and word indices by prefix sums; each word's code (its token id, or the ``mix64`` chain over
