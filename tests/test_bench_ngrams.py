@@ -14,6 +14,7 @@ from fastmask.bench import ngrams
 pytestmark = needs_cpp
 
 CASES = ("whole_word", "pmi", "units only", "pmi, units precomputed")
+COLLATOR_CASES = ("collator whole_word", "collator pmi", "collator, units precomputed")
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,17 @@ def test_ngrams_suite_runs_and_reports_every_case(result):
         assert set(timing) == set(CASES) and all(t["ms"] > 0 and t["calls"] >= 10 for t in timing.values())
         assert timing["whole_word"]["ratio"] == 1.0
     assert m["ratio"] == m["wall"]["pmi"]["ratio"] and m["cpu_ratio"] == m["cpu_one_thread"]["pmi"]["ratio"]
-    assert [r["case"] for r in ngrams.table_rows(result)] == [f"masking {name}" for name in CASES]
+    k = result["collator"]
+    for timing in (k["wall"], k["cpu_one_thread"]):
+        assert set(timing) == set(COLLATOR_CASES) and timing["collator whole_word"]["ratio"] == 1.0
+    assert k["ratio"] == k["wall"]["collator pmi"]["ratio"] > 0
+    rows = ngrams.table_rows(result)
+    assert [r["case"] for r in rows] == [f"masking {name}" for name in CASES] + list(COLLATOR_CASES)
     text = ngrams.to_markdown(result)
-    assert "CPU ms, 1 thread (median)" in text and all(f"| {name} |" in text for name in CASES)
-    assert len(ngrams.headlines(result)) == 3
+    assert "CPU ms, 1 thread (median)" in text and all(f"| {name} |" in text for name in CASES + COLLATOR_CASES)
+    assert "| vs collator whole_word |" in text
+    lines = ngrams.headlines(result)
+    assert len(lines) == 4 and "the collator on 4 rows of 64: PMI" in lines[3] and "CPU time" in lines[3]
     assert "ngrams" in bench.SUITES and not bench.SUITES["ngrams"].default
 
 
@@ -45,11 +53,13 @@ def test_a_result_without_cpu_time_renders_wall_time_only(result):
     gpu = copy.deepcopy(result)
     gpu.update(device="cuda", backend="triton")
     gpu["masking"].update(cpu_one_thread=None, cpu_ratio=None, cpu_ratio_best=None, precomputed_cpu_ratio=None)
+    gpu["collator"].update(cpu_one_thread=None, cpu_ratio=None)
     text = ngrams.to_markdown(gpu)
     assert "masking on cuda, backend triton" in text and "wall ms to synchronize (median)" in text
-    assert "CPU ms" not in text and all(f"| {name} |" in text for name in CASES)
+    assert "CPU ms" not in text and all(f"| {name} |" in text for name in CASES + COLLATOR_CASES)
     lines = ngrams.headlines(gpu)
-    assert len(lines) == 2 and "(cuda, triton)" in lines[1] and "PMI masking 4x64" in lines[1]
+    assert len(lines) == 3 and "(cuda, triton)" in lines[1] and "PMI masking 4x64" in lines[1]
+    assert "CPU time" not in lines[2]
 
 
 def test_device_cuda_without_cuda_is_a_clear_error(monkeypatch):

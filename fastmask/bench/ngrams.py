@@ -12,9 +12,13 @@
   one process (so load on a shared machine hits them alike): wall time with the default
   threads, then CPU time of the calling thread with one thread (``torch.set_num_threads(1)``,
   so that the kernels' work is all on the timed thread); medians and fastest calls. The
-  vocabulary is the corpus' (``min_count=5``, up to 20000 n-grams of 2..5 words). On
-  ``--device cuda`` the masking runs on the GPU (Triton), each call timed to its
-  ``torch.cuda.synchronize``, wall time only; counting stays on the CPU.
+  vocabulary is the corpus' (``min_count=5``, up to 20000 n-grams of 2..5 words);
+* the collator: ``DataCollatorForLanguageModeling`` on the same rows as features (lists of
+  ids), ``strategy="whole_word"`` against ``"pmi"`` and against whole-word over ``word_ids``
+  from ``ngram_unit_ids``, timed the same way.
+
+On ``--device cuda`` the masking (and the collators' masking) runs on the GPU (Triton), each
+call timed to its ``torch.cuda.synchronize``, wall time only; counting stays on the CPU.
 
     fastmask bench --suite ngrams [--quick] [--device cpu|cuda]
     python -m fastmask.bench.ngrams [--quick] [--device ...] [--json PATH] [--markdown PATH]
@@ -47,6 +51,27 @@ def _alternating(cases: dict, *, min_time: float, min_reps: int, clock) -> dict:
             fn()
             times[name].append(clock() - t0)
     return times
+
+
+def _timed(cases: dict, baseline: str, device, *, min_time: float, min_reps: int) -> tuple:
+    """``(wall, cpu)`` summaries of ``cases`` (:func:`_summary`): wall time with the default
+    threads (each call to its synchronize on a GPU), then, on the CPU only, the calling thread's
+    CPU time with one thread (``None`` on a GPU: its cost is its wall time)."""
+    import torch
+
+    sync = common.device_sync(device)
+    if sync:
+        cases = {name: (lambda fn=fn: (fn(), sync())) for name, fn in cases.items()}
+    wall = _summary(_alternating(cases, min_time=min_time, min_reps=min_reps, clock=time.perf_counter), baseline)
+    if torch.device(device).type != "cpu":
+        return wall, None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cpu = _summary(_alternating(cases, min_time=min_time, min_reps=min_reps, clock=time.thread_time), baseline)
+    finally:
+        torch.set_num_threads(threads)
+    return wall, cpu
 
 
 def _summary(times: dict, baseline: str) -> dict:
@@ -157,21 +182,11 @@ def run(
             batch, strategy="whole_word", word_starts=units, backend=backend, **precomputed_kwargs
         ),
     }
-    sync = common.device_sync(on)
-    if sync:
-        cases = {name: (lambda fn=fn: (fn(), sync())) for name, fn in cases.items()}
-    wall = _summary(_alternating(cases, min_time=min_time, min_reps=min_reps, clock=time.perf_counter), "whole_word")
+    timing = dict(min_time=min_time, min_reps=min_reps)
+    wall, cpu = _timed(cases, "whole_word", on, **timing)
     bar.step(f"pmi {wall['pmi']['ratio']:.2f}x whole_word (wall)")
-    threads = torch.get_num_threads()
-    cpu = None  # one thread's CPU time: what the CPU kernels cost; not a GPU's cost
-    if on.type == "cpu":
-        torch.set_num_threads(1)
-        try:
-            cpu = _summary(
-                _alternating(cases, min_time=min_time, min_reps=min_reps, clock=time.thread_time), "whole_word"
-            )
-        finally:
-            torch.set_num_threads(threads)
+    collator = _collator_cases(tok, vocabulary, batch, backend, on)
+    collator_wall, collator_cpu = _timed(collator, "collator whole_word", on, **timing)
     word_count = int(plan_words(plan))
     bar.close()
     return dict(
@@ -187,7 +202,7 @@ def run(
             vocabulary=len(vocabulary),
             words=word_count,
             units=int(units.sum()),
-            threads=threads,
+            threads=torch.get_num_threads(),
             wall=wall,
             cpu_one_thread=cpu,
             # the headline figures (wall, default threads)
@@ -200,7 +215,33 @@ def run(
             precomputed_ratio=wall["pmi, units precomputed"]["ratio"],
             precomputed_cpu_ratio=cpu and cpu["pmi, units precomputed"]["ratio"],
         ),
+        collator=dict(
+            wall=collator_wall,
+            cpu_one_thread=collator_cpu,
+            ratio=collator_wall["collator pmi"]["ratio"],
+            cpu_ratio=collator_cpu and collator_cpu["collator pmi"]["ratio"],
+        ),
     )
+
+
+def _collator_cases(tok, vocabulary, batch, backend: str, device) -> dict:
+    """The drop-in collator on the batch's rows as features (lists of ids, as a dataset gives
+    them): whole-word, PMI on the fly, and whole-word over ``word_ids`` from
+    :func:`fastmask.ngram_unit_ids` (80/10/10 in all three)."""
+    from fastmask import DataCollatorForLanguageModeling, ngram_unit_ids
+
+    rows = batch.cpu().tolist()
+    features = [{"input_ids": row} for row in rows]
+    with_units = [{"input_ids": row, "word_ids": ids} for row, ids in zip(rows, ngram_unit_ids(rows, vocabulary, tok))]
+    options = dict(seed=0, backend=backend, device=None if device.type == "cpu" else device)
+    whole_word = DataCollatorForLanguageModeling(tok, strategy="whole_word", **options)
+    pmi = DataCollatorForLanguageModeling(tok, strategy="pmi", ngram_vocabulary=vocabulary, **options)
+    over_units = DataCollatorForLanguageModeling(tok, strategy="whole_word", **options)
+    return {
+        "collator whole_word": lambda: whole_word(features),
+        "collator pmi": lambda: pmi(features),
+        "collator, units precomputed": lambda: over_units(with_units),
+    }
 
 
 def plan_words(plan) -> int:
@@ -213,12 +254,18 @@ def plan_words(plan) -> int:
 def headlines(result: dict) -> list:
     c, m = result["counting"], result["masking"]
     where = f"{result.get('device', 'cpu')}, {result['backend']}"
+    k = result["collator"]
+    collator = (
+        f"ngrams: the collator on {m['batch']} rows of {m['length']}: PMI {k['ratio']:.2f}x whole-word (wall)"
+        + (f", CPU time {k['cpu_ratio']:.2f}x" if k["cpu_ratio"] is not None else "")
+    )
     if m["cpu_one_thread"] is None:
         return [
             f"ngrams: counting {c['words_per_s'] / 1e6:.2f}M words/s wall (CPU)",
             f"ngrams ({where}): PMI masking {m['batch']}x{m['length']} {m['ms']['pmi']:.3f} ms = {m['ratio']:.2f}x "
             f"whole-word ({m['ms']['whole_word']:.3f} ms; units {m['ms']['units only']:.3f} ms); units precomputed "
             f"{m['precomputed_ratio']:.2f}x",
+            collator,
         ]
     return [
         f"ngrams: counting {c['words_per_s'] / 1e6:.2f}M words/s wall ({c['words_per_cpu_s'] / 1e6:.2f}M per CPU "
@@ -229,32 +276,36 @@ def headlines(result: dict) -> list:
         f"{m['ratio_best']:.2f}x; one thread, CPU time {m['cpu_ratio']:.2f}x (fastest {m['cpu_ratio_best']:.2f}x)",
         f"ngrams: PMI masking with units precomputed at tokenization (ngram_unit_ids) "
         f"{m['precomputed_ratio']:.2f}x whole-word (CPU time {m['precomputed_cpu_ratio']:.2f}x)",
+        collator,
     ]
 
 
 def table_rows(result: dict) -> list:
     m = result["masking"]
-    tokens = m["batch"] * m["length"]
-    base = m["ms"]["whole_word"]
+    groups = (
+        ("masking ", {name: v["ms"] for name, v in m["wall"].items()}, "whole_word"),
+        ("", {name: v["ms"] for name, v in result["collator"]["wall"].items()}, "collator whole_word"),
+    )
     return [
         common.table_row(
             "ngrams",
-            f"masking {name}",
+            prefix + name,
             f"{m['batch']}x{m['length']}",
             f"fastmask {result['backend']}",
             ms=ms,
-            tokens=tokens,
-            baseline="whole_word",
-            baseline_ms=base,
+            tokens=m["batch"] * m["length"],
+            baseline=baseline,
+            baseline_ms=times[baseline],
             length=m["length"],
             batch=m["batch"],
         )
-        for name, ms in m["ms"].items()
+        for prefix, times, baseline in groups
+        for name, ms in times.items()
     ]
 
 
 def to_markdown(result: dict) -> str:
-    c, m = result["counting"], result["masking"]
+    c, m, k = result["counting"], result["masking"], result["collator"]
     lines = [
         "# PMI n-grams: counting and masking",
         "",
@@ -276,24 +327,36 @@ def to_markdown(result: dict) -> str:
     ]
     for name, part in c["parts"].items():
         lines.append(f"| {name} | {part['wall_s']:.3f} | {part['cpu_s']:.3f} |")
-    cpu = m["cpu_one_thread"]
-    wall_title = f"wall ms, {m['threads']} threads (median)" if cpu else "wall ms to synchronize (median)"
     lines += [
         "",
         f"Masking {m['batch']} x {m['length']} ({m['words']} words -> {m['units']} units, {m['vocabulary']} "
         f"n-grams); the cases alternate call by call.",
         "",
-        f"| case | {wall_title} | vs whole_word | fastest | vs whole_word |"
-        + (" CPU ms, 1 thread (median) | vs whole_word | fastest | vs whole_word |" if cpu else ""),
+        *_timing_table(m["wall"], m["cpu_one_thread"], m["threads"], "whole_word"),
+        "",
+        "The drop-in collator on the same rows as features (lists of ids; padding, masking and the",
+        "batch's tensors), 80/10/10 in all cases:",
+        "",
+        *_timing_table(k["wall"], k["cpu_one_thread"], m["threads"], "collator whole_word"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _timing_table(wall: dict, cpu: Optional[dict], threads: int, baseline: str) -> list:
+    wall_title = f"wall ms, {threads} threads (median)" if cpu else "wall ms to synchronize (median)"
+    vs = f"vs {baseline}"
+    lines = [
+        f"| case | {wall_title} | {vs} | fastest | {vs} |"
+        + (f" CPU ms, 1 thread (median) | {vs} | fastest | {vs} |" if cpu else ""),
         "| --- | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: | ---: |" if cpu else ""),
     ]
-    for name, w in m["wall"].items():
+    for name, w in wall.items():
         line = f"| {name} | {w['ms']:.3f} | {w['ratio']:.2f}x | {w['best_ms']:.3f} | {w['ratio_best']:.2f}x |"
         if cpu:
             u = cpu[name]
             line += f" {u['ms']:.3f} | {u['ratio']:.2f}x | {u['best_ms']:.3f} | {u['ratio_best']:.2f}x |"
         lines.append(line)
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None) -> int:
