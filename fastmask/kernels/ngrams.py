@@ -142,7 +142,8 @@ def _ngram_units_kernel(
         probing = alive & (at != 0) & ((at | 1) != key)
         while tl.max(probing.to(tl.int32), 0) > 0:
             slot = tl.where(probing, (slot + 1) & mask, slot)
-            at = tl.where(probing, tl.load(table_ptr + slot.to(tl.int64), mask=probing, other=0), at)
+            again = tl.load(table_ptr + slot.to(tl.int64), mask=probing, other=0).to(tl.uint64, bitcast=True)
+            at = tl.where(probing, again, at)
             probing = probing & (at != 0) & ((at | 1) != key)
         alive = alive & (at != 0)
         best = tl.where(alive & ((at & 1) == 1), k + 1, best)
