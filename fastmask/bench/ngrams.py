@@ -252,38 +252,33 @@ def plan_words(plan) -> int:
 
 
 def headlines(result: dict) -> list:
-    c, m = result["counting"], result["masking"]
-    where = f"{result.get('device', 'cpu')}, {result['backend']}"
-    k = result["collator"]
-    collator = (
-        f"ngrams: the collator on {m['batch']} rows of {m['length']}: PMI {k['ratio']:.2f}x whole-word (wall)"
-        + (f", CPU time {k['cpu_ratio']:.2f}x" if k["cpu_ratio"] is not None else "")
-    )
-    if m["cpu_one_thread"] is None:
-        return [
-            f"ngrams: counting {c['words_per_s'] / 1e6:.2f}M words/s wall (CPU)",
-            f"ngrams ({where}): PMI masking {m['batch']}x{m['length']} {m['ms']['pmi']:.3f} ms = {m['ratio']:.2f}x "
-            f"whole-word ({m['ms']['whole_word']:.3f} ms; units {m['ms']['units only']:.3f} ms); units precomputed "
-            f"{m['precomputed_ratio']:.2f}x",
-            collator,
-        ]
+    c, m, k = result["counting"], result["masking"], result["collator"]
+
+    def cpu_time(ratio: Optional[float], fastest: Optional[float] = None) -> str:
+        """The one-thread CPU-time ratio (measured on the CPU only)."""
+        if ratio is None:
+            return ""
+        return f"; one thread, CPU time {ratio:.2f}x" + (f" (fastest {fastest:.2f}x)" if fastest is not None else "")
+
     return [
         f"ngrams: counting {c['words_per_s'] / 1e6:.2f}M words/s wall ({c['words_per_cpu_s'] / 1e6:.2f}M per CPU "
         f"second), n <= {c['max_n']}; from texts {c['end_to_end_words_per_s'] / 1e6:.2f}M words/s wall "
         f"(tokenization included)",
-        f"ngrams: PMI masking {m['batch']}x{m['length']} {m['ms']['pmi']:.3f} ms = {m['ratio']:.2f}x whole-word "
-        f"({m['ms']['whole_word']:.3f} ms; units {m['ms']['units only']:.3f} ms), fastest calls "
-        f"{m['ratio_best']:.2f}x; one thread, CPU time {m['cpu_ratio']:.2f}x (fastest {m['cpu_ratio_best']:.2f}x)",
+        f"ngrams ({result['device']}, {result['backend']}): PMI masking {m['batch']}x{m['length']} "
+        f"{m['ms']['pmi']:.3f} ms = {m['ratio']:.2f}x whole-word ({m['ms']['whole_word']:.3f} ms; units "
+        f"{m['ms']['units only']:.3f} ms), fastest calls {m['ratio_best']:.2f}x"
+        + cpu_time(m["cpu_ratio"], m["cpu_ratio_best"]),
         f"ngrams: PMI masking with units precomputed at tokenization (ngram_unit_ids) "
-        f"{m['precomputed_ratio']:.2f}x whole-word (CPU time {m['precomputed_cpu_ratio']:.2f}x)",
-        collator,
+        f"{m['precomputed_ratio']:.2f}x whole-word" + cpu_time(m["precomputed_cpu_ratio"]),
+        f"ngrams: the collator on {m['batch']} rows of {m['length']}: PMI {k['ratio']:.2f}x whole-word (wall)"
+        + cpu_time(k["cpu_ratio"]),
     ]
 
 
 def table_rows(result: dict) -> list:
     m = result["masking"]
     groups = (
-        ("masking ", {name: v["ms"] for name, v in m["wall"].items()}, "whole_word"),
+        ("masking ", m["ms"], "whole_word"),
         ("", {name: v["ms"] for name, v in result["collator"]["wall"].items()}, "collator whole_word"),
     )
     return [
@@ -309,7 +304,7 @@ def to_markdown(result: dict) -> str:
     lines = [
         "# PMI n-grams: counting and masking",
         "",
-        f"Tokenizer {result['tokenizer']}; masking on {result.get('device', 'cpu')}, backend {result['backend']}. "
+        f"Tokenizer {result['tokenizer']}; masking on {result['device']}, backend {result['backend']}. "
         "Machine: "
         f"{common.machine_line(result['machine'])}.",
         "",
