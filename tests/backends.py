@@ -16,6 +16,12 @@ import torch
 from fastmask import _backend
 
 
+def kernel_device() -> str:
+    """Where the Triton tests run the kernels: the GPU when there is one, else the CPU (through
+    the interpreter, which conftest.py turns on there)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def require_backend(name: str, device: str = "cpu") -> None:
     reason = _backend.unavailable_reason(name, torch.device(device))
     if reason is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from backends import require_backend
+from backends import kernel_device, require_backend
 from loss_samples import TOLERANCES, assert_close, leaf, reference_masked_cross_entropy, sample_inputs
 
 import fastmask
@@ -37,12 +37,8 @@ QUICK = [
 ]
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _on_device(kwargs: dict) -> dict:
-    device = _device()
+    device = kernel_device()
     return {
         k: v.to(device) if isinstance(v, torch.Tensor) and k in ("logits", "labels") else v for k, v in kwargs.items()
     }
@@ -85,24 +81,24 @@ def _check_against_oracle(backend: str, kwargs: dict, *, inplace: bool = False) 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,kwargs", SAMPLES, ids=SAMPLE_IDS)
 def test_matches_torch(backend, name, kwargs):
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     _check_against_oracle(backend, kwargs)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,kwargs", QUICK, ids=[n for n, _ in QUICK])
 def test_inplace_backward_matches_torch(backend, name, kwargs):
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     _check_against_oracle(backend, kwargs, inplace=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_inplace_backward_overwrites_logits(backend):
     """The gradient reaching the logits is the logits' own buffer (no second N x V buffer)."""
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     g = torch.Generator().manual_seed(3)
-    base = torch.randn(30, 200, generator=g).to(_device()).requires_grad_()
-    labels = torch.randint(0, 200, (30,), generator=g).to(_device())
+    base = torch.randn(30, 200, generator=g).to(kernel_device()).requires_grad_()
+    labels = torch.randint(0, 200, (30,), generator=g).to(kernel_device())
     labels[::2] = -100
     logits = base * 2
     seen = []
@@ -118,7 +114,7 @@ def test_inplace_backward_overwrites_logits(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_strided_rows_reach_the_kernel_without_a_copy(backend, monkeypatch):
     """Rows with a stride larger than V are read in place; a non-unit class stride is copied."""
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     strides = []
     original = ce_ops.cross_entropy_rows
 
@@ -127,11 +123,11 @@ def test_strided_rows_reach_the_kernel_without_a_copy(backend, monkeypatch):
         return original(backend_name, logits, *args, **kwargs)
 
     monkeypatch.setattr(ce_ops, "cross_entropy_rows", spy)
-    wide = torch.randn(20, 700, device=_device())
-    labels = torch.randint(0, 600, (20,), device=_device())
+    wide = torch.randn(20, 700, device=kernel_device())
+    labels = torch.randint(0, 600, (20,), device=kernel_device())
     got = fastmask.masked_cross_entropy(wide[:, 50:650], labels, backend=backend)
     assert strides == [(700, 1)]
-    fastmask.masked_cross_entropy(torch.randn(300, 20, device=_device()).t(), labels % 300, backend=backend)
+    fastmask.masked_cross_entropy(torch.randn(300, 20, device=kernel_device()).t(), labels % 300, backend=backend)
     assert strides[-1] == (300, 1)
     want = torch.nn.functional.cross_entropy(wide[:, 50:650].double(), labels)
     assert_close(got, want, rtol=1e-5, atol=1e-6, what="strided loss")
@@ -139,11 +135,11 @@ def test_strided_rows_reach_the_kernel_without_a_copy(backend, monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_all_ignored_gives_zero_loss_and_gradient(backend):
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     for reduction in ("mean", "sum", "none"):
         for inplace in (False, True):
-            x = torch.randn(6, 50, device=_device()).requires_grad_()
-            labels = torch.full((6,), -100, device=_device())
+            x = torch.randn(6, 50, device=kernel_device()).requires_grad_()
+            labels = torch.full((6,), -100, device=kernel_device())
             loss = fastmask.masked_cross_entropy(
                 x * 1, labels, reduction=reduction, inplace_backward=inplace, backend=backend
             )
@@ -200,7 +196,7 @@ def _opcheck_case(backend: str, name: str, kwargs: dict):
     "backend,name,kwargs", [_opcheck_case(b, n, k) for n, k in QUICK for b in ("reference", "cpp", "triton")]
 )
 def test_opcheck(backend, name, kwargs):
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     args = _op_args(kwargs, backend)
     torch.library.opcheck(ce_ops._masked_ce_op, args + (True, backend))
     torch.library.opcheck(ce_ops._masked_ce_op, (args[0].detach(),) + args[1:] + (False, backend))
@@ -221,7 +217,7 @@ def test_opcheck(backend, name, kwargs):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,kwargs", QUICK[:4], ids=[n for n, _ in QUICK[:4]])
 def test_torch_compile_fullgraph(backend, name, kwargs, inplace):
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     torch._dynamo.reset()
     kwargs = _on_device(kwargs)
     options = _oracle_options(kwargs)
@@ -245,14 +241,14 @@ def test_torch_compile_fullgraph(backend, name, kwargs, inplace):
 @pytest.mark.triton
 def test_triton_multi_block_online_softmax():
     """Small blocks force the online max/sum across many blocks (and a partial last block)."""
-    require_backend("triton", _device())
+    require_backend("triton", kernel_device())
     from fastmask.kernels.cross_entropy import triton_cross_entropy_rows
 
     g = torch.Generator().manual_seed(5)
-    logits = (torch.randn(9, 1000, generator=g) * 4).to(_device())
+    logits = (torch.randn(9, 1000, generator=g) * 4).to(kernel_device())
     logits[2, :700] = float("-inf")  # the first blocks of a row hold no finite value
-    rows = torch.tensor([0, 2, 3, 8], device=_device())
-    targets = torch.tensor([5, 999, 0, 640], device=_device())
+    rows = torch.tensor([0, 2, 3, 8], device=kernel_device())
+    targets = torch.tensor([5, 999, 0, 640], device=kernel_device())
     for block in (16, 64, 128):
         for mode in ("compact", "inplace"):
             x = logits.clone()
@@ -346,10 +342,10 @@ def test_cpp_gradient_buffers_are_recycled():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_logits_propagate(backend):
-    require_backend(backend, _device())
-    x = torch.randn(4, 300, device=_device())
+    require_backend(backend, kernel_device())
+    x = torch.randn(4, 300, device=kernel_device())
     x[1, 17] = float("nan")
-    labels = torch.tensor([3, 5, -100, 7], device=_device())
+    labels = torch.tensor([3, 5, -100, 7], device=kernel_device())
     per_token = fastmask.masked_cross_entropy(x, labels, reduction="none", backend=backend)
     assert bool(torch.isnan(per_token[1])) and bool(torch.isfinite(per_token[[0, 3]]).all()) and per_token[2] == 0
 
@@ -359,24 +355,24 @@ def test_nan_logits_propagate(backend):
 def test_offsets_beyond_2_31_elements(backend):
     """Rows past element 2**31 of a bf16 [65537, 32768] tensor (4 GiB, never touched except
     the labelled rows) are addressed with 64-bit offsets."""
-    require_backend(backend, _device())
-    if backend == "triton" and _device() == "cpu":
+    require_backend(backend, kernel_device())
+    if backend == "triton" and kernel_device() == "cpu":
         pytest.skip(
             "the Triton interpreter copies each argument's whole storage back after a launch (4 GiB here); runs on CUDA"
         )
     rows_total, vocab = 65537, 32768
-    logits = torch.empty((rows_total, vocab), dtype=torch.bfloat16, device=_device())
+    logits = torch.empty((rows_total, vocab), dtype=torch.bfloat16, device=kernel_device())
     assert logits.numel() > 2**31
     g = torch.Generator().manual_seed(0)
-    last = (torch.randn(2, vocab, generator=g) * 3).to(torch.bfloat16).to(_device())
+    last = (torch.randn(2, vocab, generator=g) * 3).to(torch.bfloat16).to(kernel_device())
     logits[-2:] = last
-    labels = torch.full((rows_total,), -100, device=_device())
+    labels = torch.full((rows_total,), -100, device=kernel_device())
     labels[-2:] = torch.tensor([vocab - 1, 12345])
     with torch.no_grad():
         got = fastmask.masked_cross_entropy(logits, labels, reduction="none", backend=backend)[-2:]
     want = torch.nn.functional.cross_entropy(last.double(), labels[-2:], reduction="none")
     assert_close(got, want, rtol=1e-5, atol=1e-5, what="loss past 2**31")
-    rows = torch.tensor([rows_total - 2, rows_total - 1], device=_device())
+    rows = torch.tensor([rows_total - 2, rows_total - 1], device=kernel_device())
     _, grad = ce_ops.cross_entropy_rows(
         backend, logits, rows, labels[-2:], grad_scale=1.0, label_smoothing=0.0, z_loss=0.0, grad_mode="compact"
     )
@@ -390,9 +386,9 @@ def test_offsets_beyond_2_31_elements(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bad", [1000, 5000, -1, -101])
 def test_label_out_of_range_raises(backend, bad):
-    require_backend(backend, _device())
-    x = torch.randn(5, 1000, device=_device())
-    labels = torch.tensor([1, -100, bad, 3, 4], device=_device())
+    require_backend(backend, kernel_device())
+    x = torch.randn(5, 1000, device=kernel_device())
+    labels = torch.tensor([1, -100, bad, 3, 4], device=kernel_device())
     with pytest.raises(ValueError, match=f"labels contains {bad}"):
         fastmask.masked_cross_entropy(x, labels, backend=backend)
     with pytest.raises(ValueError, match=f"labels contains {bad}"):
@@ -501,10 +497,10 @@ def test_bad_num_items_in_batch_raises_even_without_labels_and_in_the_op(value):
 def test_inplace_backward_on_a_leaf_raises(backend):
     """Overwriting a leaf that requires grad (or a view of one) is what torch forbids for its own
     in-place ops; the logits must stay intact and the error name the option and the fix."""
-    require_backend(backend, _device())
-    leaf_logits = torch.randn(4, 10, device=_device(), requires_grad=True)
+    require_backend(backend, kernel_device())
+    leaf_logits = torch.randn(4, 10, device=kernel_device(), requires_grad=True)
     before = leaf_logits.detach().clone()
-    labels = torch.tensor([1, 2, -100, 3], device=_device())
+    labels = torch.tensor([1, 2, -100, 3], device=kernel_device())
     for logits in (leaf_logits, leaf_logits[:, :], leaf_logits.view(2, 2, 10)):
         with pytest.raises(ValueError, match="inplace_backward=True.*leaf.*non-leaf.*inplace_backward=False"):
             fastmask.masked_cross_entropy(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backends import require_backend
+from backends import kernel_device, require_backend
 from loss_samples import (
     FUSED_TOLERANCES,
     TOLERANCES,
@@ -40,12 +40,8 @@ QUICK = [
 _TENSORS = ("hidden", "weight", "bias", "labels")
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _split(kwargs: dict):
-    device = _device()
+    device = kernel_device()
     tensors = {k: (None if kwargs.get(k) is None else kwargs[k].to(device)) for k in _TENSORS}
     options = {k: v for k, v in kwargs.items() if k not in _TENSORS}
     return tensors, options
@@ -62,7 +58,7 @@ def _grads(tensors):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,kwargs", SAMPLES, ids=SAMPLE_IDS)
 def test_matches_float64_oracle(backend, name, kwargs):
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     tensors, options = _split(kwargs)
     dtype = tensors["hidden"].dtype
     tol = FUSED_TOLERANCES[dtype]
@@ -98,7 +94,7 @@ def test_matches_float64_oracle(backend, name, kwargs):
 @pytest.mark.parametrize("name,kwargs", QUICK, ids=[n for n, _ in QUICK])
 def test_matches_masked_cross_entropy_on_full_logits(backend, name, kwargs):
     """Same dtype path as the unfused head (logits rounded by the same matmul): tight tolerances."""
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     tensors, options = _split(kwargs)
     tol = TOLERANCES[tensors["hidden"].dtype]
     ce_options = _oracle_options(options)
@@ -126,7 +122,7 @@ def test_matches_masked_cross_entropy_on_full_logits(backend, name, kwargs):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_chunks_bound_the_logits(backend, monkeypatch):
     """The kernel never sees more than chunk_size rows of logits, and only labelled rows."""
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     seen = []
     original = fused_ops.cross_entropy_rows
 
@@ -135,9 +131,9 @@ def test_chunks_bound_the_logits(backend, monkeypatch):
         return original(backend_name, logits, rows, targets, **kw)
 
     monkeypatch.setattr(fused_ops, "cross_entropy_rows", spy)
-    hidden = torch.randn(200, 16, device=_device(), requires_grad=True)
-    weight = torch.randn(500, 16, device=_device(), requires_grad=True)
-    labels = torch.randint(0, 500, (200,), device=_device())
+    hidden = torch.randn(200, 16, device=kernel_device(), requires_grad=True)
+    weight = torch.randn(500, 16, device=kernel_device(), requires_grad=True)
+    labels = torch.randint(0, 500, (200,), device=kernel_device())
     labels[torch.rand(200) < 0.85] = -100
     count = int((labels != -100).sum())
     fastmask.fused_masked_lm_loss(hidden, weight, labels, chunk_size=9, backend=backend).backward()
@@ -157,11 +153,11 @@ def test_default_chunk_size():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_frozen_weight_and_no_grad(backend):
-    require_backend(backend, _device())
-    hidden = torch.randn(30, 8, device=_device(), requires_grad=True)
-    weight = torch.randn(40, 8, device=_device())
-    bias = torch.randn(40, device=_device(), requires_grad=True)
-    labels = torch.randint(0, 40, (30,), device=_device())
+    require_backend(backend, kernel_device())
+    hidden = torch.randn(30, 8, device=kernel_device(), requires_grad=True)
+    weight = torch.randn(40, 8, device=kernel_device())
+    bias = torch.randn(40, device=kernel_device(), requires_grad=True)
+    labels = torch.randint(0, 40, (30,), device=kernel_device())
     loss = fastmask.fused_masked_lm_loss(hidden, weight, labels, bias, backend=backend)
     loss.backward()
     assert weight.grad is None and hidden.grad is not None and bias.grad is not None
@@ -211,7 +207,7 @@ def _op_args(kwargs: dict, backend: str):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,kwargs", QUICK, ids=[n for n, _ in QUICK])
 def test_opcheck(backend, name, kwargs):
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     args = _op_args(kwargs, backend)
     torch.library.opcheck(fused_ops._fused_op, args)
     hidden, weight, labels, bias = args[:4]
@@ -239,7 +235,7 @@ def test_opcheck(backend, name, kwargs):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,kwargs", QUICK[:3], ids=[n for n, _ in QUICK[:3]])
 def test_torch_compile_fullgraph(backend, name, kwargs):
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     torch._dynamo.reset()
     tensors, options = _split(kwargs)
 
@@ -264,10 +260,12 @@ def test_torch_compile_fullgraph(backend, name, kwargs):
 # ----------------------------------------------------------------------------- arguments
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_label_out_of_range_raises(backend):
-    require_backend(backend, _device())
-    hidden, weight = torch.randn(4, 8, device=_device()), torch.randn(20, 8, device=_device())
+    require_backend(backend, kernel_device())
+    hidden, weight = torch.randn(4, 8, device=kernel_device()), torch.randn(20, 8, device=kernel_device())
     with pytest.raises(ValueError, match="labels contains 20"):
-        fastmask.fused_masked_lm_loss(hidden, weight, torch.tensor([1, 20, -100, 3], device=_device()), backend=backend)
+        fastmask.fused_masked_lm_loss(
+            hidden, weight, torch.tensor([1, 20, -100, 3], device=kernel_device()), backend=backend
+        )
 
 
 @pytest.mark.parametrize(

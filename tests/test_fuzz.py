@@ -47,7 +47,7 @@ import collator_support
 import numpy as np
 import pytest
 import torch
-from backends import require_backend
+from backends import kernel_device, require_backend
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from loss_samples import FUSED_TOLERANCES, TOLERANCES, reference_fused_masked_lm_loss, reference_masked_cross_entropy
@@ -60,7 +60,7 @@ IGNORE = -100
 CASES: Counter = Counter()
 # Triton runs on CUDA tensors where there is a GPU, else on CPU tensors through its interpreter
 # (conftest sets TRITON_INTERPRET); results are compared on the CPU.
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON_DEVICE = kernel_device()
 
 
 # ----------------------------------------------------------------------------- budget

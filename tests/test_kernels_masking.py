@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backends import assert_compiles_offline, require_backend
+from backends import assert_compiles_offline, kernel_device, require_backend
 from masking_samples import MASK_ID, SPECIAL_IDS, VOCAB
 
 import fastmask
@@ -19,13 +19,9 @@ tl = pytest.importorskip("triton.language")
 from fastmask.kernels.masking import MAX_BLOCK_L, _draw, _lowbias32, _row_state, triton_call_reason  # noqa: E402
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @pytest.fixture(autouse=True)
 def _triton_backend():
-    require_backend("triton", _device())
+    require_backend("triton", kernel_device())
 
 
 # ----------------------------------------------------------------------------- generator
@@ -56,7 +52,7 @@ def test_lowbias32_matches_generator():
             torch.randint(0, 2**32, (20000,), generator=g),
             torch.tensor([2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]),
         ]
-    ).to(_device())
+    ).to(kernel_device())
     y = torch.empty_like(x)
     _hash_kernel[(triton.cdiv(x.numel(), 8192),)](x, y, x.numel(), BLOCK=8192)
     expected = _rng.lowbias32(x.cpu())
@@ -69,8 +65,8 @@ def test_row_states_and_draws_match_generator(seed):
     mix1, mix2 = _rng.seed_mix(seed)
     keys = torch.tensor([0, 1, -1, 2**31, -(2**63), 2**63 - 1, 123456789012345, -987654321], dtype=torch.int64)
     length = 300
-    out = torch.empty(keys.numel(), 4, length, dtype=torch.int64, device=_device())
-    _draw_kernel[(keys.numel(),)](keys.to(_device()), out, length, mix1, mix2, BLOCK=512)
+    out = torch.empty(keys.numel(), 4, length, dtype=torch.int64, device=kernel_device())
+    _draw_kernel[(keys.numel(),)](keys.to(kernel_device()), out, length, mix1, mix2, BLOCK=512)
     s1, s2 = (s[:, None] for s in _rng.row_states(keys, mix1, mix2))
     positions = torch.arange(length)
     for stream in range(_rng.NUM_STREAMS):
@@ -79,7 +75,7 @@ def test_row_states_and_draws_match_generator(seed):
 
 # ----------------------------------------------------------------------------- whole kernel
 def _assert_matches_reference(kwargs):
-    kwargs = {k: v.to(_device()) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    kwargs = {k: v.to(kernel_device()) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     before = kwargs["input_ids"].clone()
     expected = fastmask.mask_tokens(**kwargs, backend="reference")
     got = fastmask.mask_tokens(**kwargs, backend="triton")
@@ -177,7 +173,7 @@ def test_row_limit_is_reported():
     assert triton_call_reason(MAX_BLOCK_L) is None
     reason = triton_call_reason(MAX_BLOCK_L + 1)
     assert reason is not None and str(MAX_BLOCK_L) in reason
-    ids = torch.randint(5, VOCAB, (1, MAX_BLOCK_L + 1), device=_device())
+    ids = torch.randint(5, VOCAB, (1, MAX_BLOCK_L + 1), device=kernel_device())
     with pytest.raises(fastmask.BackendUnavailableError, match="one-block limit"):
         fastmask.mask_tokens(ids, mask_token_id=MASK_ID, vocab_size=VOCAB, backend="triton")
 

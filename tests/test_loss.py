@@ -12,17 +12,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from backends import require_backend
+from backends import kernel_device, require_backend
 from loss_samples import assert_close
 from torch import nn
 
 import fastmask
 
 BACKENDS = ["reference", "cpp", pytest.param("triton", marks=pytest.mark.triton)]
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class TinyMLM(nn.Module):
@@ -46,11 +42,11 @@ def _batches(steps: int, vocab: int, seed: int = 0):
 
 def _train(loss_fn, *, three_d: bool, steps: int = 6, vocab: int = 50):
     torch.manual_seed(0)
-    model = TinyMLM(vocab).to(_device())
+    model = TinyMLM(vocab).to(kernel_device())
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     losses = []
     for ids, labels in _batches(steps, vocab):
-        ids, labels = ids.to(_device()), labels.to(_device())
+        ids, labels = ids.to(kernel_device()), labels.to(kernel_device())
         logits = model(ids)
         loss = loss_fn(logits, labels) if three_d else loss_fn(logits.view(-1, vocab), labels.view(-1))
         opt.zero_grad()
@@ -64,7 +60,7 @@ def _train(loss_fn, *, three_d: bool, steps: int = 6, vocab: int = 50):
 @pytest.mark.parametrize("inplace", [False, True])
 def test_drop_in_replacement_for_cross_entropy_loss(backend, inplace):
     """Same training trajectory as nn.CrossEntropyLoss(ignore_index=-100), 2-D or 3-D call."""
-    require_backend(backend, _device())
+    require_backend(backend, kernel_device())
     want_model, want_losses = _train(nn.CrossEntropyLoss(ignore_index=-100), three_d=False)
     for three_d in (False, True):
         got_model, got_losses = _train(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import text_fixtures
 import torch
-from backends import assert_compiles_offline
+from backends import assert_compiles_offline, kernel_device
 from test_ngrams import _planted_corpus, needs_cpp
 
 from fastmask import DataCollatorForLanguageModeling, mask_tokens, ngram_unit_ids, word_start_table
@@ -26,11 +26,6 @@ def _setup():
     texts = text_fixtures.data.corpus_texts(max_chars=200_000)
     vocabulary = build_ngram_vocabulary(texts, tok, max_n=4, min_count=3, size=5000)
     return tok, vocabulary
-
-
-def _triton_device() -> str:
-    """Where the Triton tests run the kernel: the GPU when there is one, else the interpreter."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _plans(tok, length: int, rows: int, device: str = "cpu"):
@@ -77,7 +72,7 @@ def test_unit_starts_bit_identical_cpp_reference():
 def test_unit_starts_bit_identical_triton():
     pytest.importorskip("triton")
     tok, vocabulary = _setup()
-    for plan, on_device in zip(_plans(tok, 128, 4), _plans(tok, 128, 4, _triton_device())):
+    for plan, on_device in zip(_plans(tok, 128, 4), _plans(tok, 128, 4, kernel_device())):
         expected = ngram_unit_starts(plan, vocabulary, "reference")
         assert torch.equal(ngram_unit_starts(on_device, vocabulary, "triton").cpu(), expected)
 
@@ -130,7 +125,7 @@ def test_unit_starts_triton_on_a_dense_vocabulary_with_long_words():
     _, words = plan_units(plan, "whole_word")
     assert expected.sum() < 0.5 * words.sum()  # n-grams merge most words
     assert torch.equal(ngram_unit_starts(plan, vocabulary, "cpp"), expected)
-    assert torch.equal(ngram_unit_starts(plan_on(_triton_device()), vocabulary, "triton").cpu(), expected)
+    assert torch.equal(ngram_unit_starts(plan_on(kernel_device()), vocabulary, "triton").cpu(), expected)
 
 
 @pytest.mark.triton
@@ -170,7 +165,7 @@ def test_mask_tokens_pmi_triton_matches_the_reference(budget):
     pytest.importorskip("triton")
     tok, vocabulary = _setup()
     ids = text_fixtures.packed_batch("minilm", 64, 4 * 62)["input_ids"][:4]
-    device = _triton_device()
+    device = kernel_device()
     kwargs = dict(
         mask_token_id=tok.mask_token_id,
         vocab_size=len(tok),
